@@ -1,0 +1,180 @@
+//! Client authentication: JWTs from the existing auth system (e.g. Django SimpleJWT).
+//!
+//! The algorithm is pinned by configuration (HS256 with a shared secret, or RS256 with a
+//! public key), never taken from the token, which rules out `alg: none` and HS/RS key
+//! confusion. `exp` is required; `nbf` is checked when present. The user id comes from
+//! `user_id` (SimpleJWT's default claim) or else `sub`, as an integer or a string of digits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+
+/// Where the verification key comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// HS256 shared secret.
+    Hs256Secret(String),
+    /// RS256: path to a PEM public key.
+    Rs256PublicKeyFile(PathBuf),
+}
+
+/// Why a token was refused. The message is safe to show the client (it never echoes the
+/// token).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    /// No token in the query string or `Authorization` header.
+    #[error("missing token")]
+    Missing,
+    /// Signature, format or claims are invalid.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// `exp` has passed.
+    #[error("token expired")]
+    Expired,
+}
+
+/// Verifies client tokens. Build once, share.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("alg", &self.validation.algorithms).finish()
+    }
+}
+
+impl Verifier {
+    /// Loads the key. A bad key file is a configuration error at startup, not later.
+    pub fn new(source: &KeySource, leeway: Duration) -> anyhow::Result<Verifier> {
+        let (key, alg) = match source {
+            KeySource::Hs256Secret(s) => (DecodingKey::from_secret(s.as_bytes()), Algorithm::HS256),
+            KeySource::Rs256PublicKeyFile(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| anyhow::anyhow!("cannot read JWT public key {}: {e}", path.display()))?;
+                (
+                    DecodingKey::from_rsa_pem(&pem)
+                        .map_err(|e| anyhow::anyhow!("bad RS256 public key {}: {e}", path.display()))?,
+                    Algorithm::RS256,
+                )
+            }
+        };
+        let mut validation = Validation::new(alg);
+        validation.leeway = leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp"]);
+        Ok(Verifier { key, validation })
+    }
+
+    /// Returns the user id the token was issued to.
+    pub fn verify(&self, token: &str) -> Result<i64, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid(e.to_string()),
+            })?;
+        let claims = data.claims;
+        let id = claims
+            .get("user_id")
+            .or_else(|| claims.get("sub"))
+            .ok_or_else(|| AuthError::Invalid("no user_id or sub claim".into()))?;
+        let id = match id {
+            Value::Number(n) => n.as_i64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+        .filter(|id| *id > 0)
+        .ok_or_else(|| AuthError::Invalid("user id must be a positive integer".into()))?;
+        Ok(id)
+    }
+}
+
+/// Mints an HS256 token for `user_id` valid for `ttl` (the single-node program's
+/// `token` command, and tests).
+pub fn mint_hs256(secret: &str, user_id: i64, ttl: Duration) -> anyhow::Result<String> {
+    let now = proto::time::now_ms() / 1000;
+    let claims = serde_json::json!({
+        "user_id": user_id,
+        "token_type": "access",
+        "iat": now,
+        "exp": now + i64::try_from(ttl.as_secs()).unwrap_or(3600),
+    });
+    Ok(jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "test-secret-0123456789";
+
+    fn verifier() -> Verifier {
+        Verifier::new(&KeySource::Hs256Secret(SECRET.into()), Duration::from_secs(0)).unwrap()
+    }
+
+    fn sign(claims: Value) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+    }
+
+    #[test]
+    fn accepts_simplejwt_and_sub_tokens() {
+        let exp = proto::time::now_ms() / 1000 + 60;
+        assert_eq!(verifier().verify(&sign(serde_json::json!({"user_id": 7, "exp": exp}))), Ok(7));
+        assert_eq!(verifier().verify(&sign(serde_json::json!({"sub": "8", "exp": exp}))), Ok(8));
+        assert_eq!(verifier().verify(&mint_hs256(SECRET, 9, Duration::from_secs(60)).unwrap()), Ok(9));
+    }
+
+    #[test]
+    fn refuses_bad_tokens() {
+        let exp = proto::time::now_ms() / 1000 + 60;
+        let v = verifier();
+        assert_eq!(v.verify(""), Err(AuthError::Missing));
+        assert!(matches!(v.verify("garbage"), Err(AuthError::Invalid(_))));
+        // No exp.
+        assert!(matches!(v.verify(&sign(serde_json::json!({"user_id": 7}))), Err(AuthError::Invalid(_))));
+        // Expired.
+        assert_eq!(v.verify(&sign(serde_json::json!({"user_id": 7, "exp": exp - 3600}))), Err(AuthError::Expired));
+        // Not yet valid.
+        assert!(v.verify(&sign(serde_json::json!({"user_id": 7, "exp": exp, "nbf": exp}))).is_err());
+        // No usable user id.
+        assert!(v.verify(&sign(serde_json::json!({"user_id": "bob", "exp": exp}))).is_err());
+        assert!(v.verify(&sign(serde_json::json!({"exp": exp}))).is_err());
+        // Wrong key.
+        let other = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &serde_json::json!({"user_id": 7, "exp": exp}), &EncodingKey::from_secret(b"another-secret-xxxxxx")).unwrap();
+        assert!(v.verify(&other).is_err());
+        // alg: none.
+        use base64_like::b64;
+        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&format!(r#"{{"user_id":7,"exp":{exp}}}"#)));
+        assert!(v.verify(&none).is_err());
+    }
+
+    /// Minimal unpadded base64url, so the test needs no extra dependency.
+    mod base64_like {
+        pub fn b64(s: &str) -> String {
+            const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            let b = s.as_bytes();
+            let mut out = String::new();
+            for chunk in b.chunks(3) {
+                let n = (u32::from(chunk[0]) << 16)
+                    | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+                    | u32::from(*chunk.get(2).unwrap_or(&0));
+                for i in 0..=chunk.len() {
+                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                }
+            }
+            out
+        }
+    }
+}

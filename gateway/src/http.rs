@@ -1,0 +1,377 @@
+//! The HTTP side of the gateway: our own accept loop (so we control hyper's header-read
+//! timeout and keep upgraded sockets out of warp's graceful shutdown), the WebSocket
+//! handshake done by hand (so we choose tungstenite's buffers and limits), and the REST
+//! routes.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prost::Message as _;
+use proto::{pb, subjects, ErrorCode};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_util::sync::CancellationToken;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::auth::AuthError;
+use crate::Ctx;
+
+/// Largest REST body accepted.
+const MAX_BODY_BYTES: u64 = 64 * 1024;
+
+/// The error body of every non-2xx HTTP answer: `{"error":{"code":…,"message":…}}`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Code and message of an HTTP error.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable code.
+    pub code: String,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// Builds a JSON error response.
+pub fn error_response(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code.as_str().to_owned(),
+            message: message.into(),
+        },
+    };
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
+}
+
+fn auth_error(e: &AuthError) -> Response {
+    error_response(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string())
+}
+
+/// Accepts connections until `shutdown` is cancelled.
+pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationToken) {
+    let routes = routes(ctx.clone());
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(p) => p,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(warp::service(routes.clone()));
+        let header_timeout = ctx.settings.header_timeout;
+        tokio::spawn(async move {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(64 * 1024);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "http connection ended with error");
+            }
+        });
+    }
+}
+
+fn with_ctx(ctx: Arc<Ctx>) -> impl Filter<Extract = (Arc<Ctx>,), Error = Infallible> + Clone {
+    warp::any().map(move || ctx.clone())
+}
+
+/// Every HTTP route of the gateway.
+pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let ws = warp::path("ws")
+        .and(warp::path("chat"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and(with_ctx(ctx.clone()))
+        .map(ws_handshake);
+    let create_conversation = warp::path("api")
+        .and(warp::path("v1"))
+        .and(warp::path("conversations"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::bytes())
+        .and(with_ctx(ctx.clone()))
+        .then(create_conversation);
+    let livez = warp::path("livez").and(warp::path::end()).map(|| {
+        warp::reply::json(&serde_json::json!({"status": "ok"})).into_response()
+    });
+    let readyz = warp::path("readyz")
+        .and(warp::path::end())
+        .and(with_ctx(ctx))
+        .map(|ctx: Arc<Ctx>| {
+            if ctx.bus.is_connected() && !ctx.shutdown.is_cancelled() {
+                warp::reply::json(&serde_json::json!({"status": "ready"})).into_response()
+            } else {
+                error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "not ready")
+            }
+        });
+    ws.or(create_conversation)
+        .unify()
+        .or(livez)
+        .unify()
+        .or(readyz)
+        .unify()
+        .recover(recover)
+        .unify()
+}
+
+async fn recover(r: Rejection) -> Result<Response, Infallible> {
+    Ok(if r.is_not_found() {
+        error_response(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        error_response(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, "method not allowed")
+    } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
+        error_response(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, "body too large")
+    } else if r.find::<warp::reject::LengthRequired>().is_some() {
+        error_response(StatusCode::LENGTH_REQUIRED, ErrorCode::InvalidField, "content-length required")
+    } else {
+        error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidField, format!("bad request: {r:?}"))
+    })
+}
+
+/// Percent-decodes a query value (tokens are URL-safe, but clients may encode anyway).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(proto::headers::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+fn header_has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Authenticates, validates the upgrade request, answers 101 and hands the socket to
+/// [`crate::ws::serve`]. Failures are JSON HTTP errors; nothing is upgraded.
+fn ws_handshake(query: String, headers: HeaderMap, on_upgrade: Option<OnUpgrade>, ctx: Arc<Ctx>) -> Response {
+    let token = query_param(&query, "token")
+        .filter(|t| !t.is_empty())
+        .or_else(|| bearer(&headers));
+    let user_id = match token.as_deref().map(|t| ctx.verifier.verify(t)) {
+        None => return auth_error(&AuthError::Missing),
+        Some(Err(e)) => {
+            tracing::info!(reason = %e, "websocket handshake refused");
+            return auth_error(&e);
+        }
+        Some(Ok(u)) => u,
+    };
+    if ctx.shutdown.is_cancelled() {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "gateway is draining");
+    }
+    let key = headers.get("sec-websocket-key").map(|k| k.as_bytes().to_vec());
+    let is_upgrade = header_has_token(&headers, "connection", "upgrade")
+        && header_has_token(&headers, "upgrade", "websocket")
+        && headers.get("sec-websocket-version").is_some_and(|v| v.as_bytes() == b"13");
+    let (Some(key), Some(on_upgrade), true) = (key, on_upgrade, is_upgrade) else {
+        return error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            ErrorCode::InvalidField,
+            "expected a WebSocket upgrade (version 13)",
+        );
+    };
+    let accept = derive_accept_key(&key);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => crate::ws::serve(ctx, upgraded, user_id).await,
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let mut resp = Response::new(Default::default());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+    h.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    if let Ok(v) = http::HeaderValue::from_str(&accept) {
+        h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
+/// `POST /api/v1/conversations/` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateConversationBody {
+    participant_ids: Vec<proto::frames::Id>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+/// A conversation as the REST API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ConversationJson {
+    /// Id.
+    pub id: i64,
+    /// `direct` or `group`.
+    pub kind: String,
+    /// Title (empty for direct chats).
+    pub title: String,
+    /// Members.
+    pub participant_ids: Vec<i64>,
+    /// Newest message's seq.
+    pub last_seq: i64,
+    /// Creator.
+    pub created_by: i64,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+impl From<pb::Conversation> for ConversationJson {
+    fn from(c: pb::Conversation) -> Self {
+        let kind = match pb::ConversationKind::try_from(c.kind) {
+            Ok(pb::ConversationKind::Direct) => "direct",
+            _ => "group",
+        };
+        ConversationJson {
+            id: c.id,
+            kind: kind.to_owned(),
+            title: c.title,
+            participant_ids: c.participant_ids,
+            last_seq: c.last_seq,
+            created_by: c.created_by,
+            created_at: proto::time::rfc3339_ms(c.created_at_ms),
+        }
+    }
+}
+
+async fn create_conversation(headers: HeaderMap, body: Bytes, ctx: Arc<Ctx>) -> Response {
+    let user_id = match bearer(&headers).map(|t| ctx.verifier.verify(&t)) {
+        None => return auth_error(&AuthError::Missing),
+        Some(Err(e)) => return auth_error(&e),
+        Some(Ok(u)) => u,
+    };
+    let parsed: CreateConversationBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) if e.is_syntax() || e.is_eof() => {
+            return error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, format!("body is not valid JSON: {e}"))
+        }
+        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidField, e.to_string()),
+    };
+    let kind = match parsed.kind.as_deref() {
+        None => pb::ConversationKind::Unspecified,
+        Some("direct") => pb::ConversationKind::Direct,
+        Some("group") => pb::ConversationKind::Group,
+        Some(other) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidField,
+                format!("kind must be \"direct\" or \"group\", got {other:?}"),
+            )
+        }
+    };
+    let req = pb::CreateConversationRequest {
+        creator_id: user_id,
+        participant_ids: parsed.participant_ids.iter().map(|i| i.0).collect(),
+        title: parsed.title.unwrap_or_default(),
+        kind: kind as i32,
+    };
+    let reply = match ctx
+        .bus
+        .request(subjects::CONV_CREATE, Bytes::from(req.encode_to_vec()), ctx.settings.request_timeout)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "message-service request failed");
+            return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "message service unavailable");
+        }
+    };
+    match pb::CreateConversationResponse::decode(reply.payload) {
+        Ok(pb::CreateConversationResponse { result: Some(pb::create_conversation_response::Result::Conversation(c)), existing }) => {
+            let status = if existing { StatusCode::OK } else { StatusCode::CREATED };
+            warp::reply::with_status(warp::reply::json(&ConversationJson::from(c)), status).into_response()
+        }
+        Ok(pb::CreateConversationResponse { result: Some(pb::create_conversation_response::Result::Error(e)), .. }) => {
+            let code = ErrorCode::parse(&e.code);
+            error_response(status_for(code), code, e.message)
+        }
+        _ => error_response(StatusCode::BAD_GATEWAY, ErrorCode::Internal, "bad reply from message service"),
+    }
+}
+
+/// The HTTP status that goes with an error code.
+pub fn status_for(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+        ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        ErrorCode::ConversationNotFound | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_percent_decoding() {
+        assert_eq!(query_param("token=abc.def&x=1", "token").as_deref(), Some("abc.def"));
+        assert_eq!(query_param("x=1&token=a%2Eb", "token").as_deref(), Some("a.b"));
+        assert_eq!(query_param("x=1", "token"), None);
+        assert_eq!(percent_decode("%"), "%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+}

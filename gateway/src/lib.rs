@@ -1,0 +1,179 @@
+//! gateway: stateless WebSocket and REST edge.
+//!
+//! Layout:
+//! - [`settings`]: configuration, read in one place.
+//! - [`auth`]: JWT verification (algorithm pinned by configuration).
+//! - [`http`]: accept loop, hand-made WebSocket handshake, REST routes, JSON errors.
+//! - [`ws`]: one socket's reader and writer.
+//! - [`hub`]: this gateway's sockets by user; fan-out of deliveries.
+//! - [`App`]: wires them to the bus: one delivery subscription per gateway, connection
+//!   events and heartbeats for the routing tables.
+//!
+//! The gateway holds no durable state: killing it loses no acknowledged message (clients
+//! get `message_sent` only after commit, and resync on reconnect).
+
+pub mod auth;
+pub mod http;
+pub mod hub;
+pub mod settings;
+pub mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use bus::Bus;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use prost::Message as _;
+use proto::{pb, subjects};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use settings::{BusSettings, Settings};
+
+/// State shared by every connection of one gateway.
+#[derive(Debug)]
+pub struct Ctx {
+    /// Configuration.
+    pub settings: Settings,
+    /// The bus (NATS or in-process).
+    pub bus: Bus,
+    /// Local sockets.
+    pub hub: hub::Hub,
+    /// Client token verifier.
+    pub verifier: auth::Verifier,
+    /// Source of connection numbers (`<gateway>/<n>`).
+    pub next_conn: AtomicU64,
+    /// Cancelled when the gateway shuts down; every socket's close token is a child.
+    pub shutdown: CancellationToken,
+}
+
+impl Ctx {
+    /// Tells the routing tables a socket opened or closed. An `Up` is flushed before the
+    /// client is told it is connected, so the table knows the socket before the client
+    /// can act on it.
+    pub async fn announce(&self, kind: pb::connection_event::Kind, user_id: i64, connection_id: &str) {
+        let ev = pb::ConnectionEvent {
+            kind: kind as i32,
+            gateway_id: self.settings.gateway_id.clone(),
+            user_id,
+            connection_id: connection_id.to_owned(),
+            at_ms: proto::time::now_ms(),
+        };
+        // Lost events are repaired by the next heartbeat, so a failure is only logged.
+        if let Err(e) = self.bus.publish(subjects::CONN_EVENTS, Bytes::from(ev.encode_to_vec())).await {
+            tracing::warn!(error = %e, "connection event not published");
+        } else if kind == pb::connection_event::Kind::Up {
+            let _ = self.bus.flush().await;
+        }
+    }
+
+    async fn heartbeat(&self, stopping: bool) {
+        let hb = pb::GatewayHeartbeat {
+            gateway_id: self.settings.gateway_id.clone(),
+            user_ids: if stopping { Vec::new() } else { self.hub.socket_owners() },
+            sent_at_ms: proto::time::now_ms(),
+            interval_ms: u32::try_from(self.settings.heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
+            stopping,
+        };
+        if let Err(e) = self.bus.publish(subjects::GATEWAY_HEARTBEAT, Bytes::from(hb.encode_to_vec())).await {
+            tracing::warn!(error = %e, "heartbeat not published");
+        }
+    }
+}
+
+/// A built gateway, listening but not yet serving.
+#[derive(Debug)]
+pub struct App {
+    ctx: Arc<Ctx>,
+    listener: TcpListener,
+    deliveries: bus::Subscriber,
+    resync: bus::Subscriber,
+}
+
+impl App {
+    /// Binds the listener, connects to the bus, subscribes. Tests build it this way too.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        let verifier = auth::Verifier::new(&settings.jwt, settings.jwt_leeway)?;
+        let bus = match &settings.bus {
+            BusSettings::Nats(url) => Bus::connect_nats(url, &format!("gateway {}", settings.gateway_id)).await?,
+            BusSettings::Shared(b) => b.clone(),
+        };
+        let listener = TcpListener::bind(settings.listen).await?;
+        let deliveries = bus.subscribe(&subjects::gateway_delivery(&settings.gateway_id)).await?;
+        let resync = bus.subscribe(subjects::GATEWAY_RESYNC).await?;
+        let ctx = Arc::new(Ctx {
+            settings,
+            bus,
+            hub: hub::Hub::default(),
+            verifier,
+            next_conn: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+        });
+        Ok(App {
+            ctx,
+            listener,
+            deliveries,
+            resync,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// This gateway's id.
+    pub fn gateway_id(&self) -> &str {
+        &self.ctx.settings.gateway_id
+    }
+
+    /// Serves until `shutdown` resolves; then stops accepting, tells the routing tables it
+    /// is gone, and closes every socket with 1012 (service restart) so clients reconnect.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let ctx = self.ctx;
+        let token = ctx.shutdown.clone();
+        let http = tokio::spawn(http::serve(self.listener, ctx.clone(), token.clone()));
+        let mut deliveries = self.deliveries;
+        let c = ctx.clone();
+        let deliver = tokio::spawn(async move {
+            while let Some(m) = deliveries.next().await {
+                match pb::Delivery::decode(m.payload) {
+                    Ok(d) => {
+                        c.hub.deliver(&d);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "undecodable delivery"),
+                }
+            }
+        });
+        let mut resync = self.resync;
+        let c = ctx.clone();
+        let heartbeats = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(c.settings.heartbeat_interval);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    m = resync.next() => if m.is_none() { break },
+                }
+                c.heartbeat(false).await;
+            }
+        });
+        tracing::info!(gateway_id = %ctx.settings.gateway_id, "gateway running");
+        shutdown.await;
+        tracing::info!("gateway stopping");
+        token.cancel();
+        heartbeats.abort();
+        ctx.heartbeat(true).await;
+        let _ = ctx.bus.flush().await;
+        // Give writers a moment to send their close frames.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !ctx.hub.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        deliver.abort();
+        let _ = http.await;
+        Ok(())
+    }
+}

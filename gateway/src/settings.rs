@@ -1,0 +1,157 @@
+//! Gateway configuration, read in one place.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use proto::env;
+
+use crate::auth::KeySource;
+
+/// How the gateway reaches the bus.
+#[derive(Debug, Clone)]
+pub enum BusSettings {
+    /// Connect to NATS at this URL.
+    Nats(String),
+    /// Use an existing bus (the single-node program's in-process bus).
+    Shared(bus::Bus),
+}
+
+/// Everything the gateway needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to listen on (`INDABA_LISTEN`); port 0 picks a free port (tests).
+    pub listen: SocketAddr,
+    /// How client JWTs are verified.
+    pub jwt: KeySource,
+    /// Clock skew allowed on `exp`/`nbf`.
+    pub jwt_leeway: Duration,
+    /// The bus.
+    pub bus: BusSettings,
+    /// This instance's id: names its delivery subject, prefixes its connection ids.
+    pub gateway_id: String,
+    /// Maximum message text length (characters); checked here to fail fast, and again by
+    /// message-service.
+    pub max_text_chars: usize,
+    /// Largest WebSocket message accepted, in bytes.
+    pub max_frame_bytes: usize,
+    /// Frames queued per socket before the client counts as a slow consumer and is closed.
+    pub outbound_queue: usize,
+    /// How often the full socket list is announced to the routing tables.
+    pub heartbeat_interval: Duration,
+    /// How long to wait for message-service before telling the client `unavailable`.
+    pub request_timeout: Duration,
+    /// Time allowed to send a complete HTTP request head (slowloris guard).
+    pub header_timeout: Duration,
+}
+
+/// A configuration value that cannot be used; the message names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Settings {
+    /// Defaults for everything but the key and the bus.
+    pub fn new(jwt: KeySource, bus: BusSettings) -> Settings {
+        Settings {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            jwt,
+            jwt_leeway: Duration::from_secs(30),
+            bus,
+            gateway_id: random_id(),
+            max_text_chars: proto::limits::DEFAULT_MAX_TEXT_CHARS,
+            max_frame_bytes: 64 * 1024,
+            outbound_queue: 1024,
+            heartbeat_interval: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Reads the distributed-mode settings from the process environment.
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        Settings::from_source(|k| std::env::var(k).ok())
+    }
+
+    /// Reads settings from any key → value source (tests pass a map).
+    pub fn from_source(get: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let jwt = match (get(env::JWT_PUBLIC_KEY_FILE), get(env::JWT_SECRET)) {
+            (Some(path), _) => KeySource::Rs256PublicKeyFile(PathBuf::from(path)),
+            (None, Some(secret)) if secret.len() >= 16 => KeySource::Hs256Secret(secret),
+            (None, Some(_)) => {
+                return Err(ConfigError(format!(
+                    "{} must be at least 16 characters",
+                    env::JWT_SECRET
+                )))
+            }
+            (None, None) => {
+                return Err(ConfigError(format!(
+                    "set {} (HS256) or {} (RS256)",
+                    env::JWT_SECRET,
+                    env::JWT_PUBLIC_KEY_FILE
+                )))
+            }
+        };
+        let nats = get(env::NATS_URL).unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+        let mut s = Settings::new(jwt, BusSettings::Nats(nats));
+        if let Some(l) = get(env::LISTEN) {
+            s.listen = l
+                .parse()
+                .map_err(|_| ConfigError(format!("{} must be host:port, got {l:?}", env::LISTEN)))?;
+        }
+        if let Some(id) = get(env::GATEWAY_ID) {
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+                return Err(ConfigError(format!(
+                    "{} may only contain letters, digits, '-' and '_'",
+                    env::GATEWAY_ID
+                )));
+            }
+            s.gateway_id = id;
+        }
+        if let Some(v) = get(env::JWT_LEEWAY_SECS) {
+            let secs: u64 = v.parse().map_err(|_| {
+                ConfigError(format!("{} must be a number of seconds", env::JWT_LEEWAY_SECS))
+            })?;
+            s.jwt_leeway = Duration::from_secs(secs);
+        }
+        if let Some(v) = get(env::MAX_TEXT_CHARS) {
+            s.max_text_chars = v
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| ConfigError(format!("{} must be a positive integer", env::MAX_TEXT_CHARS)))?;
+        }
+        Ok(s)
+    }
+}
+
+/// A random gateway id, for instances without a configured one.
+pub fn random_id() -> String {
+    use rand::Rng;
+    let n: u64 = rand::rng().random();
+    format!("gw-{n:012x}").chars().take(15).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let m: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_source(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn key_is_required_and_values_are_checked() {
+        assert!(from(&[]).unwrap_err().0.contains("INDABA_JWT_SECRET"));
+        assert!(from(&[("INDABA_JWT_SECRET", "short")]).is_err());
+        let ok = from(&[("INDABA_JWT_SECRET", "0123456789abcdef")]).unwrap();
+        assert_eq!(ok.listen.port(), 8000);
+        let e = from(&[("INDABA_JWT_SECRET", "0123456789abcdef"), ("INDABA_LISTEN", "nope")]);
+        assert!(e.unwrap_err().0.contains("INDABA_LISTEN"));
+        let e = from(&[("INDABA_JWT_SECRET", "0123456789abcdef"), ("INDABA_GATEWAY_ID", "a.b")]);
+        assert!(e.is_err());
+    }
+}

@@ -1,0 +1,106 @@
+//! message-service configuration, read in one place.
+
+use std::path::PathBuf;
+
+use proto::env;
+
+/// Where the service keeps its data.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    /// PostgreSQL URL (distributed deployment).
+    Postgres(String),
+    /// SQLite file (single-node program).
+    Sqlite(PathBuf),
+}
+
+/// How the service reaches the bus.
+#[derive(Debug, Clone)]
+pub enum BusSettings {
+    /// Connect to NATS at this URL.
+    Nats(String),
+    /// Use an already created bus (the single-node program's in-process bus).
+    Shared(bus::Bus),
+}
+
+/// Everything message-service needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Database.
+    pub store: StoreSettings,
+    /// Bus.
+    pub bus: BusSettings,
+    /// Database pool size.
+    pub pool_size: u32,
+    /// Maximum message length in characters.
+    pub max_text_chars: usize,
+    /// Maximum participants of a group.
+    pub max_group_size: usize,
+    /// How many requests one instance works on at once (bounds memory and DB pressure).
+    pub max_in_flight: usize,
+}
+
+/// A configuration value that cannot be used; the message names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Settings {
+    /// Reads the distributed-mode settings from the process environment.
+    pub fn from_env() -> Result<Settings, ConfigError> {
+        Settings::from_source(|k| std::env::var(k).ok())
+    }
+
+    /// Reads settings from any key → value source (tests pass a map).
+    pub fn from_source(get: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let database = get(env::DATABASE_URL)
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| ConfigError(format!("{} is required", env::DATABASE_URL)))?;
+        let nats = get(env::NATS_URL).unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+        Ok(Settings {
+            store: StoreSettings::Postgres(database),
+            bus: BusSettings::Nats(nats),
+            pool_size: parse(&get, env::DB_POOL_SIZE, 16)?,
+            max_text_chars: parse(&get, env::MAX_TEXT_CHARS, proto::limits::DEFAULT_MAX_TEXT_CHARS)?,
+            max_group_size: parse(&get, env::MAX_GROUP_SIZE, proto::limits::DEFAULT_MAX_GROUP_SIZE)?,
+            max_in_flight: 1024,
+        })
+    }
+}
+
+/// Parses an optional positive number, naming the variable in the error.
+pub fn parse<T: std::str::FromStr + PartialOrd + Default>(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: T,
+) -> Result<T, ConfigError> {
+    match get(key) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<T>() {
+            Ok(n) if n > T::default() => Ok(n),
+            _ => Err(ConfigError(format!("{key} must be a positive integer, got {v:?}"))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let m: HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_source(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn requires_database_url_and_rejects_bad_numbers() {
+        assert!(from(&[]).unwrap_err().0.contains("DATABASE_URL"));
+        let s = from(&[("DATABASE_URL", "postgres://x/y")]).unwrap();
+        assert_eq!(s.max_text_chars, 4000);
+        let e = from(&[("DATABASE_URL", "postgres://x"), ("INDABA_MAX_TEXT_CHARS", "lots")]);
+        assert!(e.unwrap_err().0.contains("INDABA_MAX_TEXT_CHARS"));
+        let e = from(&[("DATABASE_URL", "postgres://x"), ("INDABA_MAX_GROUP_SIZE", "0")]);
+        assert!(e.is_err());
+    }
+}

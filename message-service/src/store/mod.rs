@@ -1,0 +1,591 @@
+//! The message store: conversations, participants, messages, the delivery outbox.
+//!
+//! Two backends share every line of SQL: PostgreSQL (the distributed deployment) and
+//! SQLite (the single-node program). The [`on_pool!`] macro expands each method body once
+//! per backend, so the compiler checks both and there is no per-backend copy to drift.
+//! The SQL sticks to what both understand: `$n` placeholders, `RETURNING`, partial
+//! indexes, `UPDATE ... RETURNING` for the per-conversation sequence.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use proto::pb::{ChatMessage, Conversation, ConversationKind};
+use proto::ErrorCode;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, Row, SqlitePool};
+
+/// Why a store operation failed. `Rejected` carries a client-facing code; `Database` is
+/// ours (retry or alert).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The request is not allowed or refers to something that does not exist.
+    #[error("{code}: {message}")]
+    Rejected {
+        /// Stable client-facing code.
+        code: ErrorCode,
+        /// Detail for humans.
+        message: String,
+    },
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+fn rejected(code: ErrorCode, message: impl Into<String>) -> StoreError {
+    StoreError::Rejected {
+        code,
+        message: message.into(),
+    }
+}
+
+/// A message to store.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Author.
+    pub sender_id: i64,
+    /// Target conversation; when `None`, the direct conversation with `receiver_id`.
+    pub conversation_id: Option<i64>,
+    /// The named receiver (required without `conversation_id`).
+    pub receiver_id: Option<i64>,
+    /// Body (already validated for length).
+    pub text: String,
+    /// Idempotency key.
+    pub client_msg_id: Option<String>,
+    /// Sending connection, kept in the outbox so a republished delivery still skips it.
+    pub origin_connection_id: String,
+}
+
+/// The result of [`Store::send_message`].
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// The stored message (the original one for a retried `client_msg_id`).
+    pub message: ChatMessage,
+    /// Everyone in the conversation, sender included.
+    pub participants: Vec<i64>,
+    /// True when `client_msg_id` matched an already stored message.
+    pub duplicate: bool,
+}
+
+/// An outbox entry whose delivery must be (re)published.
+#[derive(Debug, Clone)]
+pub struct PendingDelivery {
+    /// The message.
+    pub message: ChatMessage,
+    /// Its conversation's participants.
+    pub participants: Vec<i64>,
+    /// The connection that sent it.
+    pub origin_connection_id: String,
+}
+
+/// The store. Cheap to clone (pools are shared).
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// PostgreSQL, for the distributed deployment.
+    Postgres(PgPool),
+    /// SQLite, for the single-node program.
+    Sqlite(SqlitePool),
+}
+
+/// Expands `$body` once per backend with `$pool` bound to that backend's pool and
+/// `$begin` to the statement that opens a write transaction. SQLite needs
+/// `BEGIN IMMEDIATE`: a deferred transaction that reads then writes can fail with
+/// SQLITE_BUSY instead of waiting for the write lock.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident, $begin:ident| $body:block) => {
+        match $store {
+            Store::Postgres($pool) => {
+                let $begin: &'static str = "BEGIN";
+                $body
+            }
+            Store::Sqlite($pool) => {
+                let $begin: &'static str = "BEGIN IMMEDIATE";
+                $body
+            }
+        }
+    };
+}
+
+/// How long a freshly written outbox row is left to the instance that wrote it before
+/// any instance may republish it.
+pub const OUTBOX_LEASE: Duration = Duration::from_secs(5);
+
+fn message_from_row<R: Row>(row: &R) -> Result<ChatMessage, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ChatMessage {
+        id: row.try_get("id")?,
+        conversation_id: row.try_get("conversation_id")?,
+        seq: row.try_get("seq")?,
+        sender_id: row.try_get("sender_id")?,
+        receiver_id: row.try_get("receiver_id")?,
+        text: row.try_get("text")?,
+        client_msg_id: row.try_get::<Option<String>, _>("client_msg_id")?.unwrap_or_default(),
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+fn direct_key(a: i64, b: i64) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    format!("{lo}:{hi}")
+}
+
+impl Store {
+    /// Connects to PostgreSQL and applies pending migrations.
+    pub async fn connect_postgres(url: &str, pool_size: u32) -> Result<Store, StoreError> {
+        let opts = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(pool_size.max(1))
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Store::Postgres(pool))
+    }
+
+    /// Opens (creating if needed) a SQLite file and applies pending migrations.
+    pub async fn open_sqlite(path: &Path, pool_size: u32) -> Result<Store, StoreError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL is durable across process crashes; only an OS crash can lose
+            // the newest transactions. The single-node program accepts that trade.
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(pool_size.max(1))
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Store::Sqlite(pool))
+    }
+
+    /// Checks the database answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, |pool, _begin| {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Stores a message: idempotent on (sender, client_msg_id), assigns the conversation's
+    /// next `seq`, writes the outbox row, all in one transaction.
+    pub async fn send_message(&self, m: &NewMessage) -> Result<Sent, StoreError> {
+        if let Some(existing) = self.find_by_client_msg_id(m).await? {
+            return Ok(existing);
+        }
+        match self.insert_message(m).await {
+            // Two retries of one client_msg_id raced; the loser rolled back and returns
+            // the winner's row.
+            Err(StoreError::Database(sqlx::Error::Database(e)))
+                if e.is_unique_violation() && m.client_msg_id.is_some() =>
+            {
+                match self.find_by_client_msg_id(m).await? {
+                    Some(existing) => Ok(existing),
+                    None => Err(StoreError::Database(sqlx::Error::Database(e))),
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn insert_message(&self, m: &NewMessage) -> Result<Sent, StoreError> {
+        let now = proto::time::now_ms();
+        let lease = now + i64::try_from(OUTBOX_LEASE.as_millis()).unwrap_or(5_000);
+        on_pool!(self, |pool, begin| {
+            let mut tx = pool.begin_with(begin).await?;
+            let conversation_id = match m.conversation_id {
+                Some(id) => {
+                    let members: Vec<i64> = sqlx::query_scalar(
+                        "SELECT user_id FROM participants WHERE conversation_id = $1",
+                    )
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    if members.is_empty() {
+                        let exists: Option<i64> =
+                            sqlx::query_scalar("SELECT id FROM conversations WHERE id = $1")
+                                .bind(id)
+                                .fetch_optional(&mut *tx)
+                                .await?;
+                        if exists.is_none() {
+                            return Err(rejected(
+                                ErrorCode::ConversationNotFound,
+                                format!("conversation {id} does not exist"),
+                            ));
+                        }
+                    }
+                    if !members.contains(&m.sender_id) {
+                        return Err(rejected(
+                            ErrorCode::Forbidden,
+                            format!("you are not a participant of conversation {id}"),
+                        ));
+                    }
+                    if let Some(r) = m.receiver_id {
+                        if !members.contains(&r) {
+                            return Err(rejected(
+                                ErrorCode::InvalidReceiver,
+                                format!("user {r} is not a participant of conversation {id}"),
+                            ));
+                        }
+                    }
+                    id
+                }
+                None => {
+                    let Some(r) = m.receiver_id else {
+                        return Err(rejected(
+                            ErrorCode::InvalidField,
+                            "conversation_id or receiver_id is required",
+                        ));
+                    };
+                    let key = direct_key(m.sender_id, r);
+                    let found: Option<i64> =
+                        sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = $1")
+                            .bind(&key)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    match found {
+                        Some(id) => id,
+                        None => {
+                            // ON CONFLICT: a concurrent first message of the same pair
+                            // waits for the other insert and then reuses its row.
+                            let created: Option<i64> = sqlx::query_scalar(
+                                "INSERT INTO conversations (kind, title, direct_key, created_by, created_at_ms)
+                                 VALUES ($1, '', $2, $3, $4)
+                                 ON CONFLICT (direct_key) DO NOTHING RETURNING id",
+                            )
+                            .bind(ConversationKind::Direct as i64)
+                            .bind(&key)
+                            .bind(m.sender_id)
+                            .bind(now)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            match created {
+                                Some(id) => {
+                                    for u in [m.sender_id, r] {
+                                        sqlx::query(
+                                            "INSERT INTO participants (conversation_id, user_id, joined_at_ms)
+                                             VALUES ($1, $2, $3)",
+                                        )
+                                        .bind(id)
+                                        .bind(u)
+                                        .bind(now)
+                                        .execute(&mut *tx)
+                                        .await?;
+                                    }
+                                    id
+                                }
+                                None => sqlx::query_scalar(
+                                    "SELECT id FROM conversations WHERE direct_key = $1",
+                                )
+                                .bind(&key)
+                                .fetch_one(&mut *tx)
+                                .await?,
+                            }
+                        }
+                    }
+                }
+            };
+            // The row lock taken here serializes writers of one conversation, which is
+            // what makes seq gap-free; other conversations proceed in parallel.
+            let seq: i64 = sqlx::query_scalar(
+                "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+            )
+            .bind(conversation_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            let row = sqlx::query(
+                "INSERT INTO messages (conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 RETURNING id, conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms",
+            )
+            .bind(conversation_id)
+            .bind(seq)
+            .bind(m.sender_id)
+            .bind(m.receiver_id)
+            .bind(&m.text)
+            .bind(m.client_msg_id.as_deref())
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            let message = message_from_row(&row)?;
+            sqlx::query(
+                "INSERT INTO outbox (message_id, origin_connection_id, lease_until_ms) VALUES ($1, $2, $3)",
+            )
+            .bind(message.id)
+            .bind(&m.origin_connection_id)
+            .bind(lease)
+            .execute(&mut *tx)
+            .await?;
+            let participants: Vec<i64> = sqlx::query_scalar(
+                "SELECT user_id FROM participants WHERE conversation_id = $1 ORDER BY user_id",
+            )
+            .bind(conversation_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(Sent {
+                message,
+                participants,
+                duplicate: false,
+            })
+        })
+    }
+
+    async fn find_by_client_msg_id(&self, m: &NewMessage) -> Result<Option<Sent>, StoreError> {
+        let Some(key) = m.client_msg_id.as_deref() else {
+            return Ok(None);
+        };
+        let message = on_pool!(self, |pool, _begin| {
+            let row = sqlx::query(
+                "SELECT id, conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms
+                 FROM messages WHERE sender_id = $1 AND client_msg_id = $2",
+            )
+            .bind(m.sender_id)
+            .bind(key)
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(message_from_row).transpose()?
+        });
+        let Some(message) = message else {
+            return Ok(None);
+        };
+        let participants = self.participants(message.conversation_id).await?;
+        Ok(Some(Sent {
+            message,
+            participants,
+            duplicate: true,
+        }))
+    }
+
+    /// User ids of a conversation's participants, ascending.
+    pub async fn participants(&self, conversation_id: i64) -> Result<Vec<i64>, StoreError> {
+        Ok(on_pool!(self, |pool, _begin| {
+            sqlx::query_scalar(
+                "SELECT user_id FROM participants WHERE conversation_id = $1 ORDER BY user_id",
+            )
+            .bind(conversation_id)
+            .fetch_all(pool)
+            .await?
+        }))
+    }
+
+    /// Creates a conversation. A direct conversation of a pair that already has one
+    /// returns the existing one (`true` in the result).
+    pub async fn create_conversation(
+        &self,
+        creator_id: i64,
+        participant_ids: &[i64],
+        title: &str,
+        kind: ConversationKind,
+    ) -> Result<(Conversation, bool), StoreError> {
+        let mut members: Vec<i64> = participant_ids.to_vec();
+        members.push(creator_id);
+        members.sort_unstable();
+        members.dedup();
+        let kind = match kind {
+            ConversationKind::Unspecified if members.len() == 2 && title.is_empty() => {
+                ConversationKind::Direct
+            }
+            ConversationKind::Unspecified => ConversationKind::Group,
+            k => k,
+        };
+        if kind == ConversationKind::Direct && members.len() != 2 {
+            return Err(rejected(
+                ErrorCode::InvalidField,
+                "a direct conversation has exactly two distinct participants",
+            ));
+        }
+        let key = (kind == ConversationKind::Direct).then(|| direct_key(members[0], members[1]));
+        let now = proto::time::now_ms();
+        let created: Option<i64> = on_pool!(self, |pool, begin| {
+            let mut tx = pool.begin_with(begin).await?;
+            // ON CONFLICT on the unique direct_key makes concurrent creators of the same
+            // pair converge on one row instead of failing.
+            let id: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO conversations (kind, title, direct_key, created_by, created_at_ms)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (direct_key) DO NOTHING RETURNING id",
+            )
+            .bind(kind as i64)
+            .bind(title)
+            .bind(key.as_deref())
+            .bind(creator_id)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(id) = id {
+                for u in &members {
+                    sqlx::query(
+                        "INSERT INTO participants (conversation_id, user_id, joined_at_ms) VALUES ($1, $2, $3)",
+                    )
+                    .bind(id)
+                    .bind(*u)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            tx.commit().await?;
+            id
+        });
+        let (id, existing) = match created {
+            Some(id) => (id, false),
+            None => {
+                let id: Option<i64> = on_pool!(self, |pool, _begin| {
+                    sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = $1")
+                        .bind(key.as_deref())
+                        .fetch_optional(pool)
+                        .await?
+                });
+                let id = id.ok_or_else(|| {
+                    StoreError::Database(sqlx::Error::Protocol(
+                        "direct conversation vanished after conflict".into(),
+                    ))
+                })?;
+                (id, true)
+            }
+        };
+        let conv = self.get_conversation(id).await?.ok_or_else(|| {
+            StoreError::Database(sqlx::Error::Protocol("conversation vanished".into()))
+        })?;
+        Ok((conv, existing))
+    }
+
+    /// One conversation with its participants, if it exists.
+    pub async fn get_conversation(&self, id: i64) -> Result<Option<Conversation>, StoreError> {
+        let row = on_pool!(self, |pool, _begin| {
+            let row = sqlx::query(
+                "SELECT id, kind, title, last_seq, created_by, created_at_ms FROM conversations WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+            match row {
+                Some(r) => Some((
+                    r.try_get::<i64, _>("kind")?,
+                    r.try_get::<String, _>("title")?,
+                    r.try_get::<i64, _>("last_seq")?,
+                    r.try_get::<i64, _>("created_by")?,
+                    r.try_get::<i64, _>("created_at_ms")?,
+                )),
+                None => None,
+            }
+        });
+        let Some((kind, title, last_seq, created_by, created_at_ms)) = row else {
+            return Ok(None);
+        };
+        let participant_ids = self.participants(id).await?;
+        Ok(Some(Conversation {
+            id,
+            kind: i32::try_from(kind).unwrap_or_default(),
+            title,
+            participant_ids,
+            last_seq,
+            created_at_ms,
+            created_by,
+        }))
+    }
+
+    /// One message by id.
+    pub async fn get_message(&self, id: i64) -> Result<Option<ChatMessage>, StoreError> {
+        Ok(on_pool!(self, |pool, _begin| {
+            let row = sqlx::query(
+                "SELECT id, conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms
+                 FROM messages WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(message_from_row).transpose()?
+        }))
+    }
+
+    /// Claims up to `limit` outbox rows whose lease has run out (their writer died or is
+    /// stuck), extending the lease so other instances leave them alone, and returns what
+    /// to republish. A row claimed twice is published twice; gateways drop the repeat by
+    /// message id.
+    pub async fn claim_expired_outbox(&self, limit: i64) -> Result<Vec<PendingDelivery>, StoreError> {
+        let now = proto::time::now_ms();
+        let lease = now + i64::try_from(OUTBOX_LEASE.as_millis()).unwrap_or(5_000);
+        let claimed: Vec<(i64, String)> = on_pool!(self, |pool, _begin| {
+            let rows = sqlx::query(
+                "UPDATE outbox SET lease_until_ms = $1
+                 WHERE message_id IN (SELECT message_id FROM outbox WHERE lease_until_ms < $2
+                                      ORDER BY message_id LIMIT $3)
+                   AND lease_until_ms < $2
+                 RETURNING message_id, origin_connection_id",
+            )
+            .bind(lease)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in &rows {
+                out.push((r.try_get::<i64, _>("message_id")?, r.try_get::<String, _>("origin_connection_id")?));
+            }
+            out
+        });
+        let mut pending = Vec::with_capacity(claimed.len());
+        for (id, origin) in claimed {
+            if let Some(message) = self.get_message(id).await? {
+                let participants = self.participants(message.conversation_id).await?;
+                pending.push(PendingDelivery {
+                    message,
+                    participants,
+                    origin_connection_id: origin,
+                });
+            }
+        }
+        pending.sort_by_key(|p| p.message.id);
+        Ok(pending)
+    }
+
+    /// Forgets outbox rows whose delivery was published.
+    pub async fn complete_outbox(&self, message_ids: &[i64]) -> Result<(), StoreError> {
+        if message_ids.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, |pool, _begin| {
+            let mut qb = sqlx::QueryBuilder::new("DELETE FROM outbox WHERE message_id IN (");
+            let mut sep = qb.separated(", ");
+            for id in message_ids {
+                sep.push_bind(*id);
+            }
+            qb.push(")");
+            qb.build().execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Number of outbox rows (for tests and the readiness report).
+    pub async fn outbox_len(&self) -> Result<i64, StoreError> {
+        Ok(on_pool!(self, |pool, _begin| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(pool).await?
+        }))
+    }
+
+    /// Counts messages with a given idempotency key (tests use it to prove one row).
+    pub async fn count_by_client_msg_id(&self, sender_id: i64, key: &str) -> Result<i64, StoreError> {
+        Ok(on_pool!(self, |pool, _begin| {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM messages WHERE sender_id = $1 AND client_msg_id = $2",
+            )
+            .bind(sender_id)
+            .bind(key)
+            .fetch_one(pool)
+            .await?
+        }))
+    }
+}

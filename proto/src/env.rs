@@ -1,0 +1,29 @@
+//! Every environment variable any Indaba program reads. Each is read in exactly one
+//! settings module; this is the single place their names are written.
+
+/// `host:port` the HTTP/WebSocket listener binds (gateway, single-node). Default `0.0.0.0:8000`.
+pub const LISTEN: &str = "INDABA_LISTEN";
+/// HS256 shared secret for client JWTs.
+pub const JWT_SECRET: &str = "INDABA_JWT_SECRET";
+/// Path to a PEM RSA public key; when set, client JWTs are verified as RS256.
+pub const JWT_PUBLIC_KEY_FILE: &str = "INDABA_JWT_PUBLIC_KEY_FILE";
+/// Allowed clock skew for `exp`/`nbf`, in seconds. Default 30.
+pub const JWT_LEEWAY_SECS: &str = "INDABA_JWT_LEEWAY_SECS";
+/// NATS server URL(s), comma separated (distributed mode).
+pub const NATS_URL: &str = "NATS_URL";
+/// PostgreSQL connection string (message-service, distributed mode).
+pub const DATABASE_URL: &str = "DATABASE_URL";
+/// Directory for the single-node program's SQLite file and generated secret. Default `./data`.
+pub const DATA_DIR: &str = "INDABA_DATA_DIR";
+/// Maximum message text length in characters. Default 4000.
+pub const MAX_TEXT_CHARS: &str = "INDABA_MAX_TEXT_CHARS";
+/// Maximum participants of a group conversation. Default 1000.
+pub const MAX_GROUP_SIZE: &str = "INDABA_MAX_GROUP_SIZE";
+/// Stable id of this gateway instance (defaults to a random one; set it to the pod name).
+pub const GATEWAY_ID: &str = "INDABA_GATEWAY_ID";
+/// Log format: `json` (default in distributed binaries) or `pretty`.
+pub const LOG_FORMAT: &str = "INDABA_LOG_FORMAT";
+/// Log filter, `tracing_subscriber::EnvFilter` syntax. Default `info`.
+pub const LOG: &str = "INDABA_LOG";
+/// Size of the PostgreSQL/SQLite connection pool. Default 16 (PostgreSQL), 4 (SQLite).
+pub const DB_POOL_SIZE: &str = "INDABA_DB_POOL_SIZE";

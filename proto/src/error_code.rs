@@ -1,0 +1,121 @@
+use std::fmt;
+
+/// Stable error codes. Clients match on the string form (`as_str`), so a variant's string
+/// never changes once released; new variants may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The frame or body is not valid JSON.
+    InvalidJson,
+    /// The frame has no `type`, or `type` is not a string.
+    MissingType,
+    /// `type` names no frame this server understands.
+    UnknownType,
+    /// A field is missing, has the wrong type, or an out-of-range value.
+    InvalidField,
+    /// The message text is empty or only whitespace.
+    EmptyText,
+    /// The message text is longer than the configured limit.
+    TextTooLong,
+    /// `receiver_id` is the sender, or is not a participant of the conversation.
+    InvalidReceiver,
+    /// The conversation does not exist.
+    ConversationNotFound,
+    /// The caller is not allowed to do this (e.g. not a participant).
+    Forbidden,
+    /// The group would exceed the configured member limit.
+    TooManyParticipants,
+    /// Authentication is missing, invalid or expired.
+    Unauthorized,
+    /// The caller is sending too fast.
+    RateLimited,
+    /// A backend this request needs is unreachable or timed out; retrying (with the same
+    /// `client_msg_id`) is safe.
+    Unavailable,
+    /// A bug or unexpected failure on our side.
+    Internal,
+    /// The route does not exist.
+    NotFound,
+    /// The HTTP method is not allowed on this route.
+    MethodNotAllowed,
+    /// The frame type is part of the protocol but this server does not serve it yet.
+    Unsupported,
+    /// The request body is larger than allowed.
+    PayloadTooLarge,
+}
+
+impl ErrorCode {
+    /// Every code, for documentation and exhaustive tests.
+    pub const ALL: [ErrorCode; 18] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::MissingType,
+        ErrorCode::UnknownType,
+        ErrorCode::InvalidField,
+        ErrorCode::EmptyText,
+        ErrorCode::TextTooLong,
+        ErrorCode::InvalidReceiver,
+        ErrorCode::ConversationNotFound,
+        ErrorCode::Forbidden,
+        ErrorCode::TooManyParticipants,
+        ErrorCode::Unauthorized,
+        ErrorCode::RateLimited,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::Unsupported,
+        ErrorCode::PayloadTooLarge,
+    ];
+
+    /// The wire form of the code.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::MissingType => "missing_type",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::EmptyText => "empty_text",
+            ErrorCode::TextTooLong => "text_too_long",
+            ErrorCode::InvalidReceiver => "invalid_receiver",
+            ErrorCode::ConversationNotFound => "conversation_not_found",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::TooManyParticipants => "too_many_participants",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Unsupported => "unsupported",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+        }
+    }
+
+    /// Parses the wire form; unknown strings (from a newer peer) map to `Internal`.
+    pub fn parse(s: &str) -> ErrorCode {
+        ErrorCode::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .unwrap_or(ErrorCode::Internal)
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for c in ErrorCode::ALL {
+            assert!(seen.insert(c.as_str()), "duplicate code {c}");
+            assert_eq!(ErrorCode::parse(c.as_str()), c);
+        }
+        assert_eq!(ErrorCode::parse("no_such_code"), ErrorCode::Internal);
+    }
+}

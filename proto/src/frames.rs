@@ -1,0 +1,431 @@
+//! The JSON frames of the client protocol: [`ClientFrame`] (client → server) and
+//! [`ServerFrame`] (server → client), each a closed enum tagged by `type`.
+//!
+//! Names follow the spec exactly (`chat_message`, `new_message`, `message_sent`, ...);
+//! everything Indaba adds is an optional field or a new `type`, never a rename, so the
+//! spec's JavaScript and React Native clients work unchanged.
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::limits::Invalid;
+use crate::ErrorCode;
+
+/// A positive integer id that also accepts a string of digits, because JavaScript clients
+/// often keep ids as strings (`"42"`) after reading them from a URL or a data attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Id(pub i64);
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Id;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a positive integer id")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Id, E> {
+                if v > 0 {
+                    Ok(Id(v))
+                } else {
+                    Err(E::custom("id must be a positive integer"))
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Id, E> {
+                i64::try_from(v)
+                    .map_err(|_| E::custom("id is too large"))
+                    .and_then(|v| self.visit_i64(v))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Id, E> {
+                // JSON numbers like `2.0` are integers to a JavaScript client.
+                if v.fract() == 0.0 && v >= 1.0 && v < 9.0e15 {
+                    #[allow(clippy::cast_possible_truncation)]
+                    self.visit_i64(v as i64)
+                } else {
+                    Err(E::custom("id must be a positive integer"))
+                }
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Id, E> {
+                v.parse::<i64>()
+                    .map_err(|_| E::custom("id must be a positive integer"))
+                    .and_then(|v| self.visit_i64(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A client idempotency key: a string, or a number (kept as its decimal string).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ClientMsgId(pub String);
+
+impl<'de> Deserialize<'de> for ClientMsgId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ClientMsgId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or integer client_msg_id")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ClientMsgId, E> {
+                crate::limits::validate_client_msg_id(v).map_err(|e| E::custom(e.message))?;
+                Ok(ClientMsgId(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ClientMsgId, E> {
+                Ok(ClientMsgId(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ClientMsgId, E> {
+                Ok(ClientMsgId(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `chat_message`: send a text message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Target conversation. When absent, the direct conversation with `receiver_id` is
+    /// found or created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<Id>,
+    /// The other user (the spec always sends it; optional when `conversation_id` is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_id: Option<Id>,
+    /// The message body.
+    pub text: String,
+    /// Idempotency key: resending with the same key never stores a second copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<ClientMsgId>,
+}
+
+/// `typing_indicator`: the user started or stopped typing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TypingIndicator {
+    /// The conversation being typed in.
+    pub conversation_id: Id,
+    /// The spec's client names the other user; informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_id: Option<Id>,
+    /// `true` while typing. The spec's default is `true`.
+    #[serde(default = "default_true")]
+    pub is_typing: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `read_receipt`: the user has read these messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReadReceipt {
+    /// Ids of messages read.
+    pub message_ids: Vec<Id>,
+}
+
+/// `join_conversation` / `leave_conversation`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationRef {
+    /// The conversation's id.
+    pub conversation_id: Id,
+}
+
+/// Every frame a client may send. Closed: an unknown `type` is an `unknown_type` error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Send a message.
+    ChatMessage(ChatMessage),
+    /// Typing started/stopped.
+    TypingIndicator(TypingIndicator),
+    /// Messages were read.
+    ReadReceipt(ReadReceipt),
+    /// Subscribe this connection to a conversation's room events.
+    JoinConversation(ConversationRef),
+    /// Unsubscribe from a conversation's room events.
+    LeaveConversation(ConversationRef),
+    /// Application-level keepalive; answered with `pong`.
+    Ping,
+}
+
+/// Why a client frame was rejected: the error frame to send back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+    /// The frame's `client_msg_id`, if it had a readable one, so the client can match the
+    /// error to its pending message.
+    pub reference: Option<String>,
+}
+
+impl FrameError {
+    /// Turns the error into the frame sent to the client.
+    pub fn into_frame(self) -> ServerFrame {
+        ServerFrame::Error(ErrorFrame {
+            code: self.code.as_str().to_owned(),
+            message: self.message,
+            reference: self.reference,
+        })
+    }
+}
+
+/// The client frame types this server understands, in protocol order.
+pub const CLIENT_FRAME_TYPES: [&str; 6] = [
+    "chat_message",
+    "typing_indicator",
+    "read_receipt",
+    "join_conversation",
+    "leave_conversation",
+    "ping",
+];
+
+/// Parses one client text frame, telling apart: not JSON (`invalid_json`), no `type`
+/// (`missing_type`), an unknown `type` (`unknown_type`) and a known type with bad fields
+/// (`invalid_field`). Never panics, whatever the input.
+pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(rename = "type")]
+        ty: Option<serde_json::Value>,
+        client_msg_id: Option<serde_json::Value>,
+    }
+    let probe: Probe = serde_json::from_str(text).map_err(|e| FrameError {
+        code: ErrorCode::InvalidJson,
+        message: if e.is_data() {
+            "frame must be a JSON object".to_owned()
+        } else {
+            format!("frame is not valid JSON: {e}")
+        },
+        reference: None,
+    })?;
+    let reference = match probe.client_msg_id {
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let ty = match probe.ty {
+        Some(serde_json::Value::String(s)) => s,
+        _ => {
+            return Err(FrameError {
+                code: ErrorCode::MissingType,
+                message: "frame has no string `type`".to_owned(),
+                reference,
+            })
+        }
+    };
+    if !CLIENT_FRAME_TYPES.contains(&ty.as_str()) {
+        let mut shown: String = ty.chars().take(64).collect();
+        if shown.len() < ty.len() {
+            shown.push('…');
+        }
+        return Err(FrameError {
+            code: ErrorCode::UnknownType,
+            message: format!("unknown frame type `{shown}`"),
+            reference,
+        });
+    }
+    serde_json::from_str::<ClientFrame>(text).map_err(|e| FrameError {
+        code: ErrorCode::InvalidField,
+        message: strip_position(&e.to_string()),
+        reference,
+    })
+}
+
+/// serde_json appends " at line 1 column 57"; clients do not need the position.
+fn strip_position(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// `connection_established`: sent once, first, on every accepted socket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionEstablished {
+    /// The authenticated user.
+    pub user_id: i64,
+    /// This socket's id (`<gateway>/<n>`), unique across the cluster.
+    pub connection_id: String,
+    /// Server clock, RFC 3339.
+    pub server_time: String,
+}
+
+/// `message_sent`: the sender's own socket learns the message is durably stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageSent {
+    /// The stored message's id.
+    pub message_id: i64,
+    /// Its conversation (useful when the client sent only `receiver_id`).
+    pub conversation_id: i64,
+    /// Its position in the conversation.
+    pub seq: i64,
+    /// The client's idempotency key, echoed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    /// When the store accepted it, RFC 3339.
+    pub created_at: String,
+    /// True when this answers a retry of an already stored message.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// `new_message`: a message for this user (from someone else, or from their other device).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewMessage {
+    /// The message's id (what `read_receipt` names).
+    pub message_id: i64,
+    /// Its conversation.
+    pub conversation_id: i64,
+    /// Who wrote it.
+    pub sender_id: i64,
+    /// The receiver the sender named, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver_id: Option<i64>,
+    /// The body.
+    pub text: String,
+    /// Its position in the conversation.
+    pub seq: i64,
+    /// When it was stored, RFC 3339.
+    pub created_at: String,
+    /// The sender's idempotency key (lets the sender's other devices de-duplicate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+}
+
+/// `error`: a frame was rejected; the connection stays open.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorFrame {
+    /// Stable code (see [`ErrorCode`]).
+    pub code: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// The rejected frame's `client_msg_id`, when it had one.
+    #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+/// Every frame the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// First frame on every socket.
+    ConnectionEstablished(ConnectionEstablished),
+    /// The sender's message is stored.
+    MessageSent(MessageSent),
+    /// A message to show.
+    NewMessage(NewMessage),
+    /// A rejected frame.
+    Error(ErrorFrame),
+    /// Answer to `ping`.
+    Pong,
+}
+
+impl ServerFrame {
+    /// Serializes the frame. Our frames contain only strings and integers, so this cannot
+    /// fail; the fallback keeps that promise without a panic path.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"serialization failed"}"#.to_owned()
+        })
+    }
+
+    /// Builds an error frame.
+    pub fn error(code: ErrorCode, message: impl Into<String>, reference: Option<String>) -> Self {
+        ServerFrame::Error(ErrorFrame {
+            code: code.as_str().to_owned(),
+            message: message.into(),
+            reference,
+        })
+    }
+}
+
+impl From<Invalid> for FrameError {
+    fn from(i: Invalid) -> Self {
+        FrameError {
+            code: i.code,
+            message: i.message,
+            reference: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(text: &str) -> ErrorCode {
+        parse_client_frame(text).unwrap_err().code
+    }
+
+    #[test]
+    fn parses_the_spec_frames_verbatim() {
+        let f = parse_client_frame(
+            r#"{"type": "chat_message", "conversation_id": 1, "receiver_id": 2, "text": "Hello!"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::ChatMessage(ChatMessage {
+                conversation_id: Some(Id(1)),
+                receiver_id: Some(Id(2)),
+                text: "Hello!".into(),
+                client_msg_id: None,
+            })
+        );
+        let f = parse_client_frame(r#"{"type":"typing_indicator","conversation_id":1,"receiver_id":2,"is_typing":false}"#).unwrap();
+        assert!(matches!(f, ClientFrame::TypingIndicator(TypingIndicator { is_typing: false, .. })));
+        let f = parse_client_frame(r#"{"type":"read_receipt","message_ids":[1,"2"]}"#).unwrap();
+        assert_eq!(f, ClientFrame::ReadReceipt(ReadReceipt { message_ids: vec![Id(1), Id(2)] }));
+        assert_eq!(parse_client_frame(r#"{"type":"ping"}"#).unwrap(), ClientFrame::Ping);
+    }
+
+    #[test]
+    fn ids_may_be_strings_of_digits() {
+        let f = parse_client_frame(r#"{"type":"join_conversation","conversation_id":"17"}"#).unwrap();
+        assert_eq!(f, ClientFrame::JoinConversation(ConversationRef { conversation_id: Id(17) }));
+    }
+
+    #[test]
+    fn error_codes_for_bad_frames() {
+        assert_eq!(code("not json"), ErrorCode::InvalidJson);
+        assert_eq!(code("[1,2]"), ErrorCode::InvalidJson);
+        assert_eq!(code(""), ErrorCode::InvalidJson);
+        assert_eq!(code(r#"{"text":"hi"}"#), ErrorCode::MissingType);
+        assert_eq!(code(r#"{"type":5}"#), ErrorCode::MissingType);
+        assert_eq!(code(r#"{"type":"launch_rockets"}"#), ErrorCode::UnknownType);
+        assert_eq!(code(r#"{"type":"chat_message","receiver_id":2}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"type":"chat_message","receiver_id":"bob","text":"x"}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"type":"chat_message","receiver_id":-3,"text":"x"}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"type":"chat_message","receiver_id":2,"text":7}"#), ErrorCode::InvalidField);
+        assert_eq!(code(r#"{"type":"read_receipt","message_ids":"1"}"#), ErrorCode::InvalidField);
+    }
+
+    #[test]
+    fn error_keeps_the_client_msg_id_as_ref() {
+        let e = parse_client_frame(r#"{"type":"chat_message","text":5,"client_msg_id":"abc"}"#).unwrap_err();
+        assert_eq!(e.reference.as_deref(), Some("abc"));
+        let e = parse_client_frame(r#"{"type":"nope","client_msg_id":12}"#).unwrap_err();
+        assert_eq!(e.reference.as_deref(), Some("12"));
+    }
+
+    #[test]
+    fn server_frames_use_the_spec_names() {
+        let j = ServerFrame::MessageSent(MessageSent {
+            message_id: 9,
+            conversation_id: 3,
+            seq: 1,
+            client_msg_id: None,
+            created_at: "t".into(),
+            duplicate: false,
+        })
+        .to_json();
+        assert_eq!(j, r#"{"type":"message_sent","message_id":9,"conversation_id":3,"seq":1,"created_at":"t"}"#);
+        let j = ServerFrame::error(ErrorCode::Forbidden, "no", Some("k".into())).to_json();
+        assert_eq!(j, r#"{"type":"error","code":"forbidden","message":"no","ref":"k"}"#);
+    }
+}

@@ -1,0 +1,94 @@
+//! Input validation shared by every entry point, so a message sent over the WebSocket, REST
+//! or gRPC is held to the same rules.
+
+use crate::ErrorCode;
+
+/// Default maximum message length, in Unicode scalar values (what users call characters).
+pub const DEFAULT_MAX_TEXT_CHARS: usize = 4000;
+/// Default maximum number of participants in a group conversation.
+pub const DEFAULT_MAX_GROUP_SIZE: usize = 1000;
+/// Maximum length of a `client_msg_id` (a UUID is 36).
+pub const MAX_CLIENT_MSG_ID_LEN: usize = 64;
+/// Maximum length of a conversation title, in characters.
+pub const MAX_TITLE_CHARS: usize = 200;
+
+/// A validation failure: a stable code plus a message for humans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// What went wrong, for machines.
+    pub code: ErrorCode,
+    /// What went wrong, for humans.
+    pub message: String,
+}
+
+impl Invalid {
+    /// Shorthand constructor.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks message text: not blank, at most `max_chars` characters.
+pub fn validate_text(text: &str, max_chars: usize) -> Result<(), Invalid> {
+    if text.trim().is_empty() {
+        return Err(Invalid::new(ErrorCode::EmptyText, "text must not be empty"));
+    }
+    // Byte length bounds the character count from above, so most texts skip the count.
+    if text.len() > max_chars && text.chars().count() > max_chars {
+        return Err(Invalid::new(
+            ErrorCode::TextTooLong,
+            format!("text is longer than {max_chars} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an idempotency key: 1..=64 printable ASCII characters.
+pub fn validate_client_msg_id(id: &str) -> Result<(), Invalid> {
+    if id.is_empty() || id.len() > MAX_CLIENT_MSG_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(Invalid::new(
+            ErrorCode::InvalidField,
+            format!("client_msg_id must be 1 to {MAX_CLIENT_MSG_ID_LEN} printable ASCII characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an id is a positive integer.
+pub fn validate_id(field: &str, id: i64) -> Result<(), Invalid> {
+    if id <= 0 {
+        return Err(Invalid::new(
+            ErrorCode::InvalidField,
+            format!("{field} must be a positive integer"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_rules() {
+        assert_eq!(validate_text("", 10).unwrap_err().code, ErrorCode::EmptyText);
+        assert_eq!(validate_text(" \n\t", 10).unwrap_err().code, ErrorCode::EmptyText);
+        assert!(validate_text("hello", 5).is_ok());
+        assert_eq!(validate_text("hello!", 5).unwrap_err().code, ErrorCode::TextTooLong);
+        // Five characters, fifteen bytes: the limit counts characters.
+        assert!(validate_text("ééééé", 5).is_ok());
+        assert!(validate_text("日本語です", 5).is_ok());
+    }
+
+    #[test]
+    fn client_msg_id_rules() {
+        assert!(validate_client_msg_id("3f2b-1").is_ok());
+        assert!(validate_client_msg_id("").is_err());
+        assert!(validate_client_msg_id("has space").is_err());
+        assert!(validate_client_msg_id(&"x".repeat(65)).is_err());
+    }
+}
