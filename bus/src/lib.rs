@@ -127,7 +127,8 @@ impl Bus {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Message, BusError> {
-        self.request_with_headers(subject, &[], payload, timeout).await
+        self.request_with_headers(subject, &[], payload, timeout)
+            .await
     }
 
     /// Sends a request with headers and waits for the first answer.
@@ -150,7 +151,11 @@ impl Bus {
     }
 
     /// Subscribes as a member of a queue group: each message goes to one member.
-    pub async fn queue_subscribe(&self, subject: &str, group: &str) -> Result<Subscriber, BusError> {
+    pub async fn queue_subscribe(
+        &self,
+        subject: &str,
+        group: &str,
+    ) -> Result<Subscriber, BusError> {
         self.subscribe_inner(subject, Some(group)).await
     }
 

@@ -86,7 +86,11 @@ pub(crate) async fn subscribe(
     group: Option<&str>,
 ) -> Result<Subscriber, BusError> {
     let res = match group {
-        Some(g) => client.queue_subscribe(subject.to_owned(), g.to_owned()).await,
+        Some(g) => {
+            client
+                .queue_subscribe(subject.to_owned(), g.to_owned())
+                .await
+        }
         None => client.subscribe(subject.to_owned()).await,
     };
     res.map(|s| Subscriber {

@@ -4,7 +4,8 @@
 /// with `INDABA_LOG_FORMAT=pretty`; filter from `INDABA_LOG` (default `info`).
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env(proto::env::LOG).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env(proto::env::LOG).unwrap_or_else(|_| EnvFilter::new("info"));
     let pretty = std::env::var(proto::env::LOG_FORMAT).is_ok_and(|v| v == "pretty");
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let _ = if pretty {

@@ -44,7 +44,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("alg", &self.validation.algorithms).finish()
+        f.debug_struct("Verifier")
+            .field("alg", &self.validation.algorithms)
+            .finish()
     }
 }
 
@@ -54,11 +56,13 @@ impl Verifier {
         let (key, alg) = match source {
             KeySource::Hs256Secret(s) => (DecodingKey::from_secret(s.as_bytes()), Algorithm::HS256),
             KeySource::Rs256PublicKeyFile(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| anyhow::anyhow!("cannot read JWT public key {}: {e}", path.display()))?;
+                let pem = std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!("cannot read JWT public key {}: {e}", path.display())
+                })?;
                 (
-                    DecodingKey::from_rsa_pem(&pem)
-                        .map_err(|e| anyhow::anyhow!("bad RS256 public key {}: {e}", path.display()))?,
+                    DecodingKey::from_rsa_pem(&pem).map_err(|e| {
+                        anyhow::anyhow!("bad RS256 public key {}: {e}", path.display())
+                    })?,
                     Algorithm::RS256,
                 )
             }
@@ -78,9 +82,9 @@ impl Verifier {
         }
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(e.to_string()),
-            })?;
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+            _ => AuthError::Invalid(e.to_string()),
+        })?;
         let claims = data.claims;
         let id = claims
             .get("user_id")
@@ -121,19 +125,37 @@ mod tests {
     const SECRET: &str = "test-secret-0123456789";
 
     fn verifier() -> Verifier {
-        Verifier::new(&KeySource::Hs256Secret(SECRET.into()), Duration::from_secs(0)).unwrap()
+        Verifier::new(
+            &KeySource::Hs256Secret(SECRET.into()),
+            Duration::from_secs(0),
+        )
+        .unwrap()
     }
 
     fn sign(claims: Value) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(SECRET.as_bytes())).unwrap()
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
     }
 
     #[test]
     fn accepts_simplejwt_and_sub_tokens() {
         let exp = proto::time::now_ms() / 1000 + 60;
-        assert_eq!(verifier().verify(&sign(serde_json::json!({"user_id": 7, "exp": exp}))), Ok(7));
-        assert_eq!(verifier().verify(&sign(serde_json::json!({"sub": "8", "exp": exp}))), Ok(8));
-        assert_eq!(verifier().verify(&mint_hs256(SECRET, 9, Duration::from_secs(60)).unwrap()), Ok(9));
+        assert_eq!(
+            verifier().verify(&sign(serde_json::json!({"user_id": 7, "exp": exp}))),
+            Ok(7)
+        );
+        assert_eq!(
+            verifier().verify(&sign(serde_json::json!({"sub": "8", "exp": exp}))),
+            Ok(8)
+        );
+        assert_eq!(
+            verifier().verify(&mint_hs256(SECRET, 9, Duration::from_secs(60)).unwrap()),
+            Ok(9)
+        );
     }
 
     #[test]
@@ -143,27 +165,49 @@ mod tests {
         assert_eq!(v.verify(""), Err(AuthError::Missing));
         assert!(matches!(v.verify("garbage"), Err(AuthError::Invalid(_))));
         // No exp.
-        assert!(matches!(v.verify(&sign(serde_json::json!({"user_id": 7}))), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            v.verify(&sign(serde_json::json!({"user_id": 7}))),
+            Err(AuthError::Invalid(_))
+        ));
         // Expired.
-        assert_eq!(v.verify(&sign(serde_json::json!({"user_id": 7, "exp": exp - 3600}))), Err(AuthError::Expired));
+        assert_eq!(
+            v.verify(&sign(serde_json::json!({"user_id": 7, "exp": exp - 3600}))),
+            Err(AuthError::Expired)
+        );
         // Not yet valid.
-        assert!(v.verify(&sign(serde_json::json!({"user_id": 7, "exp": exp, "nbf": exp}))).is_err());
+        assert!(v
+            .verify(&sign(
+                serde_json::json!({"user_id": 7, "exp": exp, "nbf": exp})
+            ))
+            .is_err());
         // No usable user id.
-        assert!(v.verify(&sign(serde_json::json!({"user_id": "bob", "exp": exp}))).is_err());
+        assert!(v
+            .verify(&sign(serde_json::json!({"user_id": "bob", "exp": exp})))
+            .is_err());
         assert!(v.verify(&sign(serde_json::json!({"exp": exp}))).is_err());
         // Wrong key.
-        let other = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &serde_json::json!({"user_id": 7, "exp": exp}), &EncodingKey::from_secret(b"another-secret-xxxxxx")).unwrap();
+        let other = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"user_id": 7, "exp": exp}),
+            &EncodingKey::from_secret(b"another-secret-xxxxxx"),
+        )
+        .unwrap();
         assert!(v.verify(&other).is_err());
         // alg: none.
         use base64_like::b64;
-        let none = format!("{}.{}.", b64(r#"{"alg":"none","typ":"JWT"}"#), b64(&format!(r#"{{"user_id":7,"exp":{exp}}}"#)));
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(&format!(r#"{{"user_id":7,"exp":{exp}}}"#))
+        );
         assert!(v.verify(&none).is_err());
     }
 
     /// Minimal unpadded base64url, so the test needs no extra dependency.
     mod base64_like {
         pub fn b64(s: &str) -> String {
-            const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            const T: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             let b = s.as_bytes();
             let mut out = String::new();
             for chunk in b.chunks(3) {

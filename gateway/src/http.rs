@@ -53,7 +53,11 @@ pub fn error_response(status: StatusCode, code: ErrorCode, message: impl Into<St
 }
 
 fn auth_error(e: &AuthError) -> Response {
-    error_response(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string())
+    error_response(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthorized,
+        e.to_string(),
+    )
 }
 
 /// Accepts connections until `shutdown` is cancelled.
@@ -81,7 +85,9 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationT
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .max_buf_size(64 * 1024);
-            let conn = builder.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "http connection ended with error");
             }
@@ -114,9 +120,9 @@ pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infal
         .and(warp::body::bytes())
         .and(with_ctx(ctx.clone()))
         .then(create_conversation);
-    let livez = warp::path("livez").and(warp::path::end()).map(|| {
-        warp::reply::json(&serde_json::json!({"status": "ok"})).into_response()
-    });
+    let livez = warp::path("livez")
+        .and(warp::path::end())
+        .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
     let readyz = warp::path("readyz")
         .and(warp::path::end())
         .and(with_ctx(ctx))
@@ -124,7 +130,11 @@ pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infal
             if ctx.bus.is_connected() && !ctx.shutdown.is_cancelled() {
                 warp::reply::json(&serde_json::json!({"status": "ready"})).into_response()
             } else {
-                error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "not ready")
+                error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Unavailable,
+                    "not ready",
+                )
             }
         });
     ws.or(create_conversation)
@@ -141,13 +151,29 @@ async fn recover(r: Rejection) -> Result<Response, Infallible> {
     Ok(if r.is_not_found() {
         error_response(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route")
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
-        error_response(StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed, "method not allowed")
+        error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::MethodNotAllowed,
+            "method not allowed",
+        )
     } else if r.find::<warp::reject::PayloadTooLarge>().is_some() {
-        error_response(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, "body too large")
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::PayloadTooLarge,
+            "body too large",
+        )
     } else if r.find::<warp::reject::LengthRequired>().is_some() {
-        error_response(StatusCode::LENGTH_REQUIRED, ErrorCode::InvalidField, "content-length required")
+        error_response(
+            StatusCode::LENGTH_REQUIRED,
+            ErrorCode::InvalidField,
+            "content-length required",
+        )
     } else {
-        error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidField, format!("bad request: {r:?}"))
+        error_response(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidField,
+            format!("bad request: {r:?}"),
+        )
     })
 }
 
@@ -187,7 +213,9 @@ fn query_param(query: &str, name: &str) -> Option<String> {
 fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(proto::headers::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
 }
 
 fn header_has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
@@ -200,7 +228,12 @@ fn header_has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
 
 /// Authenticates, validates the upgrade request, answers 101 and hands the socket to
 /// [`crate::ws::serve`]. Failures are JSON HTTP errors; nothing is upgraded.
-fn ws_handshake(query: String, headers: HeaderMap, on_upgrade: Option<OnUpgrade>, ctx: Arc<Ctx>) -> Response {
+fn ws_handshake(
+    query: String,
+    headers: HeaderMap,
+    on_upgrade: Option<OnUpgrade>,
+    ctx: Arc<Ctx>,
+) -> Response {
     let token = query_param(&query, "token")
         .filter(|t| !t.is_empty())
         .or_else(|| bearer(&headers));
@@ -213,12 +246,20 @@ fn ws_handshake(query: String, headers: HeaderMap, on_upgrade: Option<OnUpgrade>
         Some(Ok(u)) => u,
     };
     if ctx.shutdown.is_cancelled() {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "gateway is draining");
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "gateway is draining",
+        );
     }
-    let key = headers.get("sec-websocket-key").map(|k| k.as_bytes().to_vec());
+    let key = headers
+        .get("sec-websocket-key")
+        .map(|k| k.as_bytes().to_vec());
     let is_upgrade = header_has_token(&headers, "connection", "upgrade")
         && header_has_token(&headers, "upgrade", "websocket")
-        && headers.get("sec-websocket-version").is_some_and(|v| v.as_bytes() == b"13");
+        && headers
+            .get("sec-websocket-version")
+            .is_some_and(|v| v.as_bytes() == b"13");
     let (Some(key), Some(on_upgrade), true) = (key, on_upgrade, is_upgrade) else {
         return error_response(
             StatusCode::UPGRADE_REQUIRED,
@@ -236,8 +277,14 @@ fn ws_handshake(query: String, headers: HeaderMap, on_upgrade: Option<OnUpgrade>
     let mut resp = Response::new(Default::default());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
-    h.insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
-    h.insert(http::header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    h.insert(
+        http::header::UPGRADE,
+        http::HeaderValue::from_static("websocket"),
+    );
     if let Ok(v) = http::HeaderValue::from_str(&accept) {
         h.insert(http::header::SEC_WEBSOCKET_ACCEPT, v);
     }
@@ -301,9 +348,19 @@ async fn create_conversation(headers: HeaderMap, body: Bytes, ctx: Arc<Ctx>) -> 
     let parsed: CreateConversationBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) if e.is_syntax() || e.is_eof() => {
-            return error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidJson, format!("body is not valid JSON: {e}"))
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidJson,
+                format!("body is not valid JSON: {e}"),
+            )
         }
-        Err(e) => return error_response(StatusCode::BAD_REQUEST, ErrorCode::InvalidField, e.to_string()),
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidField,
+                e.to_string(),
+            )
+        }
     };
     let kind = match parsed.kind.as_deref() {
         None => pb::ConversationKind::Unspecified,
@@ -325,25 +382,48 @@ async fn create_conversation(headers: HeaderMap, body: Bytes, ctx: Arc<Ctx>) -> 
     };
     let reply = match ctx
         .bus
-        .request(subjects::CONV_CREATE, Bytes::from(req.encode_to_vec()), ctx.settings.request_timeout)
+        .request(
+            subjects::CONV_CREATE,
+            Bytes::from(req.encode_to_vec()),
+            ctx.settings.request_timeout,
+        )
         .await
     {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "message-service request failed");
-            return error_response(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "message service unavailable");
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "message service unavailable",
+            );
         }
     };
     match pb::CreateConversationResponse::decode(reply.payload) {
-        Ok(pb::CreateConversationResponse { result: Some(pb::create_conversation_response::Result::Conversation(c)), existing }) => {
-            let status = if existing { StatusCode::OK } else { StatusCode::CREATED };
-            warp::reply::with_status(warp::reply::json(&ConversationJson::from(c)), status).into_response()
+        Ok(pb::CreateConversationResponse {
+            result: Some(pb::create_conversation_response::Result::Conversation(c)),
+            existing,
+        }) => {
+            let status = if existing {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            warp::reply::with_status(warp::reply::json(&ConversationJson::from(c)), status)
+                .into_response()
         }
-        Ok(pb::CreateConversationResponse { result: Some(pb::create_conversation_response::Result::Error(e)), .. }) => {
+        Ok(pb::CreateConversationResponse {
+            result: Some(pb::create_conversation_response::Result::Error(e)),
+            ..
+        }) => {
             let code = ErrorCode::parse(&e.code);
             error_response(status_for(code), code, e.message)
         }
-        _ => error_response(StatusCode::BAD_GATEWAY, ErrorCode::Internal, "bad reply from message service"),
+        _ => error_response(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::Internal,
+            "bad reply from message service",
+        ),
     }
 }
 
@@ -368,8 +448,14 @@ mod tests {
 
     #[test]
     fn query_and_percent_decoding() {
-        assert_eq!(query_param("token=abc.def&x=1", "token").as_deref(), Some("abc.def"));
-        assert_eq!(query_param("x=1&token=a%2Eb", "token").as_deref(), Some("a.b"));
+        assert_eq!(
+            query_param("token=abc.def&x=1", "token").as_deref(),
+            Some("abc.def")
+        );
+        assert_eq!(
+            query_param("x=1&token=a%2Eb", "token").as_deref(),
+            Some("a.b")
+        );
         assert_eq!(query_param("x=1", "token"), None);
         assert_eq!(percent_decode("%"), "%");
         assert_eq!(percent_decode("%zz%4"), "%zz%4");

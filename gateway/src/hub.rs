@@ -108,7 +108,12 @@ impl Hub {
     /// consumer): it will resync when it reconnects, and it never holds up the others.
     pub fn deliver(&self, d: &pb::Delivery) -> usize {
         let Some(m) = &d.message else { return 0 };
-        if !self.recent.lock().unwrap_or_else(|e| e.into_inner()).insert(m.id) {
+        if !self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(m.id)
+        {
             return 0;
         }
         let frame = ServerFrame::NewMessage(NewMessage {

@@ -54,7 +54,12 @@ impl Ctx {
     /// Tells the routing tables a socket opened or closed. An `Up` is flushed before the
     /// client is told it is connected, so the table knows the socket before the client
     /// can act on it.
-    pub async fn announce(&self, kind: pb::connection_event::Kind, user_id: i64, connection_id: &str) {
+    pub async fn announce(
+        &self,
+        kind: pb::connection_event::Kind,
+        user_id: i64,
+        connection_id: &str,
+    ) {
         let ev = pb::ConnectionEvent {
             kind: kind as i32,
             gateway_id: self.settings.gateway_id.clone(),
@@ -63,7 +68,11 @@ impl Ctx {
             at_ms: proto::time::now_ms(),
         };
         // Lost events are repaired by the next heartbeat, so a failure is only logged.
-        if let Err(e) = self.bus.publish(subjects::CONN_EVENTS, Bytes::from(ev.encode_to_vec())).await {
+        if let Err(e) = self
+            .bus
+            .publish(subjects::CONN_EVENTS, Bytes::from(ev.encode_to_vec()))
+            .await
+        {
             tracing::warn!(error = %e, "connection event not published");
         } else if kind == pb::connection_event::Kind::Up {
             let _ = self.bus.flush().await;
@@ -73,12 +82,21 @@ impl Ctx {
     async fn heartbeat(&self, stopping: bool) {
         let hb = pb::GatewayHeartbeat {
             gateway_id: self.settings.gateway_id.clone(),
-            user_ids: if stopping { Vec::new() } else { self.hub.socket_owners() },
+            user_ids: if stopping {
+                Vec::new()
+            } else {
+                self.hub.socket_owners()
+            },
             sent_at_ms: proto::time::now_ms(),
-            interval_ms: u32::try_from(self.settings.heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
+            interval_ms: u32::try_from(self.settings.heartbeat_interval.as_millis())
+                .unwrap_or(u32::MAX),
             stopping,
         };
-        if let Err(e) = self.bus.publish(subjects::GATEWAY_HEARTBEAT, Bytes::from(hb.encode_to_vec())).await {
+        if let Err(e) = self
+            .bus
+            .publish(subjects::GATEWAY_HEARTBEAT, Bytes::from(hb.encode_to_vec()))
+            .await
+        {
             tracing::warn!(error = %e, "heartbeat not published");
         }
     }
@@ -98,11 +116,15 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let verifier = auth::Verifier::new(&settings.jwt, settings.jwt_leeway)?;
         let bus = match &settings.bus {
-            BusSettings::Nats(url) => Bus::connect_nats(url, &format!("gateway {}", settings.gateway_id)).await?,
+            BusSettings::Nats(url) => {
+                Bus::connect_nats(url, &format!("gateway {}", settings.gateway_id)).await?
+            }
             BusSettings::Shared(b) => b.clone(),
         };
         let listener = TcpListener::bind(settings.listen).await?;
-        let deliveries = bus.subscribe(&subjects::gateway_delivery(&settings.gateway_id)).await?;
+        let deliveries = bus
+            .subscribe(&subjects::gateway_delivery(&settings.gateway_id))
+            .await?;
         let resync = bus.subscribe(subjects::GATEWAY_RESYNC).await?;
         let ctx = Arc::new(Ctx {
             settings,

@@ -95,12 +95,16 @@ impl Settings {
         let nats = get(env::NATS_URL).unwrap_or_else(|| "nats://127.0.0.1:4222".into());
         let mut s = Settings::new(jwt, BusSettings::Nats(nats));
         if let Some(l) = get(env::LISTEN) {
-            s.listen = l
-                .parse()
-                .map_err(|_| ConfigError(format!("{} must be host:port, got {l:?}", env::LISTEN)))?;
+            s.listen = l.parse().map_err(|_| {
+                ConfigError(format!("{} must be host:port, got {l:?}", env::LISTEN))
+            })?;
         }
         if let Some(id) = get(env::GATEWAY_ID) {
-            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            if id.is_empty()
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
                 return Err(ConfigError(format!(
                     "{} may only contain letters, digits, '-' and '_'",
                     env::GATEWAY_ID
@@ -110,16 +114,20 @@ impl Settings {
         }
         if let Some(v) = get(env::JWT_LEEWAY_SECS) {
             let secs: u64 = v.parse().map_err(|_| {
-                ConfigError(format!("{} must be a number of seconds", env::JWT_LEEWAY_SECS))
+                ConfigError(format!(
+                    "{} must be a number of seconds",
+                    env::JWT_LEEWAY_SECS
+                ))
             })?;
             s.jwt_leeway = Duration::from_secs(secs);
         }
         if let Some(v) = get(env::MAX_TEXT_CHARS) {
-            s.max_text_chars = v
-                .parse()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ConfigError(format!("{} must be a positive integer", env::MAX_TEXT_CHARS)))?;
+            s.max_text_chars = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ConfigError(format!(
+                    "{} must be a positive integer",
+                    env::MAX_TEXT_CHARS
+                ))
+            })?;
         }
         Ok(s)
     }
@@ -138,8 +146,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn from(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let m: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_source(|k| m.get(k).cloned())
     }
 
@@ -149,9 +159,15 @@ mod tests {
         assert!(from(&[("INDABA_JWT_SECRET", "short")]).is_err());
         let ok = from(&[("INDABA_JWT_SECRET", "0123456789abcdef")]).unwrap();
         assert_eq!(ok.listen.port(), 8000);
-        let e = from(&[("INDABA_JWT_SECRET", "0123456789abcdef"), ("INDABA_LISTEN", "nope")]);
+        let e = from(&[
+            ("INDABA_JWT_SECRET", "0123456789abcdef"),
+            ("INDABA_LISTEN", "nope"),
+        ]);
         assert!(e.unwrap_err().0.contains("INDABA_LISTEN"));
-        let e = from(&[("INDABA_JWT_SECRET", "0123456789abcdef"), ("INDABA_GATEWAY_ID", "a.b")]);
+        let e = from(&[
+            ("INDABA_JWT_SECRET", "0123456789abcdef"),
+            ("INDABA_GATEWAY_ID", "a.b"),
+        ]);
         assert!(e.is_err());
     }
 }

@@ -38,8 +38,15 @@ pub fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
 /// Runs an upgraded, authenticated socket until either side closes it.
 pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
     let io = TokioIo::new(upgraded);
-    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config(ctx.settings.max_frame_bytes))).await;
-    let n = ctx.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ws = WebSocketStream::from_raw_socket(
+        io,
+        Role::Server,
+        Some(ws_config(ctx.settings.max_frame_bytes)),
+    )
+    .await;
+    let n = ctx
+        .next_conn
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let connection_id: Arc<str> = Arc::from(format!("{}/{n}", ctx.settings.gateway_id));
     let (tx, rx) = mpsc::channel(ctx.settings.outbound_queue);
     let close = ctx.shutdown.child_token();
@@ -57,7 +64,8 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
         close: close.clone(),
     };
     ctx.hub.add(user_id, handle);
-    ctx.announce(pb::connection_event::Kind::Up, user_id, &connection_id).await;
+    ctx.announce(pb::connection_event::Kind::Up, user_id, &connection_id)
+        .await;
     tracing::debug!(%connection_id, user_id, "socket open");
 
     let (sink, mut stream) = ws.split();
@@ -93,7 +101,8 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
     }
     close.cancel();
     ctx.hub.remove(user_id, &connection_id);
-    ctx.announce(pb::connection_event::Kind::Down, user_id, &connection_id).await;
+    ctx.announce(pb::connection_event::Kind::Down, user_id, &connection_id)
+        .await;
     let _ = writer.await;
     tracing::debug!(%connection_id, user_id, "socket closed");
 }
@@ -144,7 +153,11 @@ impl Conn {
     /// Queues a frame for this socket. A full queue means the client is not reading: the
     /// hub's slow-consumer rule applies.
     fn send(&self, frame: ServerFrame) {
-        if self.tx.try_send(Outbound::Text(Utf8Bytes::from(frame.to_json()))).is_err() {
+        if self
+            .tx
+            .try_send(Outbound::Text(Utf8Bytes::from(frame.to_json())))
+            .is_err()
+        {
             tracing::warn!(connection_id = %self.connection_id, "outbound queue full; dropping reply");
         }
     }
@@ -216,7 +229,11 @@ pub async fn send_message(
 ) -> Result<(pb::ChatMessage, bool), (ErrorCode, String)> {
     let reply = ctx
         .bus
-        .request(subjects::MSG_SEND, Bytes::from(req.encode_to_vec()), ctx.settings.request_timeout)
+        .request(
+            subjects::MSG_SEND,
+            Bytes::from(req.encode_to_vec()),
+            ctx.settings.request_timeout,
+        )
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "message-service request failed");
@@ -225,11 +242,20 @@ pub async fn send_message(
                 "message service unavailable; retry with the same client_msg_id".to_owned(),
             )
         })?;
-    let resp = pb::SendMessageResponse::decode(reply.payload)
-        .map_err(|_| (ErrorCode::Internal, "bad reply from message service".to_owned()))?;
+    let resp = pb::SendMessageResponse::decode(reply.payload).map_err(|_| {
+        (
+            ErrorCode::Internal,
+            "bad reply from message service".to_owned(),
+        )
+    })?;
     match resp.result {
         Some(pb::send_message_response::Result::Message(m)) => Ok((m, resp.duplicate)),
-        Some(pb::send_message_response::Result::Error(e)) => Err((ErrorCode::parse(&e.code), e.message)),
-        None => Err((ErrorCode::Internal, "empty reply from message service".to_owned())),
+        Some(pb::send_message_response::Result::Error(e)) => {
+            Err((ErrorCode::parse(&e.code), e.message))
+        }
+        None => Err((
+            ErrorCode::Internal,
+            "empty reply from message service".to_owned(),
+        )),
     }
 }

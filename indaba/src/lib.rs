@@ -1,1 +1,157 @@
+//! The single-node program: the same gateway and message-service code as the distributed
+//! deployment, in one process, over [`bus::Bus::local`] and a SQLite file. Nothing else
+//! to install.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use gateway::auth::KeySource;
+
+/// Name of the generated HS256 secret inside the data directory.
+pub const SECRET_FILE: &str = "jwt-secret";
+/// Name of the SQLite database inside the data directory.
+pub const DB_FILE: &str = "indaba.db";
+
+/// Single-node configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the database and generated secret live.
+    pub data_dir: PathBuf,
+    /// HTTP/WebSocket listen address.
+    pub listen: SocketAddr,
+    /// HS256 secret; `None` means use (or create) `<data_dir>/jwt-secret`.
+    pub jwt_secret: Option<String>,
+    /// Per-service knobs, applied to both services.
+    pub max_text_chars: usize,
+}
+
+impl Settings {
+    /// Reads `INDABA_DATA_DIR`, `INDABA_LISTEN`, `INDABA_JWT_SECRET`, `INDABA_MAX_TEXT_CHARS`.
+    pub fn from_env() -> anyhow::Result<Settings> {
+        use proto::env;
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let listen = match get(env::LISTEN) {
+            Some(l) => l
+                .parse()
+                .with_context(|| format!("{} must be host:port, got {l:?}", env::LISTEN))?,
+            None => SocketAddr::from(([0, 0, 0, 0], 8000)),
+        };
+        let max_text_chars =
+            match get(env::MAX_TEXT_CHARS) {
+                Some(v) => v.parse().ok().filter(|n| *n > 0).with_context(|| {
+                    format!("{} must be a positive integer", env::MAX_TEXT_CHARS)
+                })?,
+                None => proto::limits::DEFAULT_MAX_TEXT_CHARS,
+            };
+        Ok(Settings {
+            data_dir: PathBuf::from(get(env::DATA_DIR).unwrap_or_else(|| "./data".into())),
+            listen,
+            jwt_secret: get(env::JWT_SECRET),
+            max_text_chars,
+        })
+    }
+}
+
+/// Returns the configured secret, or the one kept in the data directory (created on first
+/// use, readable only by its owner).
+pub fn load_or_create_secret(data_dir: &Path, configured: Option<&str>) -> anyhow::Result<String> {
+    if let Some(s) = configured {
+        anyhow::ensure!(
+            s.len() >= 16,
+            "{} must be at least 16 characters",
+            proto::env::JWT_SECRET
+        );
+        return Ok(s.to_owned());
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let path = data_dir.join(SECRET_FILE);
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_owned();
+        anyhow::ensure!(
+            s.len() >= 16,
+            "{} is too short; delete it to regenerate",
+            path.display()
+        );
+        return Ok(s);
+    }
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(secret)
+}
+
+/// The assembled single-node server.
+#[derive(Debug)]
+pub struct SingleNode {
+    gateway: gateway::App,
+    messages: message_service::App,
+    secret: String,
+}
+
+impl SingleNode {
+    /// Opens the database, creates the in-process bus, builds both services.
+    pub async fn build(settings: Settings) -> anyhow::Result<SingleNode> {
+        let secret = load_or_create_secret(&settings.data_dir, settings.jwt_secret.as_deref())?;
+        let bus = bus::Bus::local();
+        let messages = message_service::App::build(message_service::Settings {
+            store: message_service::StoreSettings::Sqlite(settings.data_dir.join(DB_FILE)),
+            bus: message_service::BusSettings::Shared(bus.clone()),
+            pool_size: 4,
+            max_text_chars: settings.max_text_chars,
+            max_group_size: proto::limits::DEFAULT_MAX_GROUP_SIZE,
+            max_in_flight: 1024,
+        })
+        .await?;
+        let mut gw = gateway::Settings::new(
+            KeySource::Hs256Secret(secret.clone()),
+            gateway::BusSettings::Shared(bus),
+        );
+        gw.listen = settings.listen;
+        gw.gateway_id = "local".into();
+        gw.max_text_chars = settings.max_text_chars;
+        let gateway = gateway::App::build(gw).await?;
+        Ok(SingleNode {
+            gateway,
+            messages,
+            secret,
+        })
+    }
+
+    /// The bound HTTP address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.gateway.local_addr()
+    }
+
+    /// The HS256 secret in use (to mint tokens).
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
+    /// The message store (tests inspect it).
+    pub fn store(&self) -> message_service::Store {
+        self.messages.store()
+    }
+
+    /// Serves until `shutdown` resolves: the gateway drains first, then message-service.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut rx2 = rx.clone();
+        let messages = tokio::spawn(self.messages.run(async move {
+            let _ = rx2.wait_for(|v| *v).await;
+        }));
+        self.gateway.run(shutdown).await?;
+        let _ = tx.send(true);
+        drop(rx);
+        messages.await??;
+        Ok(())
+    }
+}

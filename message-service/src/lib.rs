@@ -71,7 +71,9 @@ impl App {
     /// service exactly this way.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let store = match &settings.store {
-            StoreSettings::Postgres(url) => Store::connect_postgres(url, settings.pool_size).await?,
+            StoreSettings::Postgres(url) => {
+                Store::connect_postgres(url, settings.pool_size).await?
+            }
             StoreSettings::Sqlite(path) => Store::open_sqlite(path, settings.pool_size).await?,
         };
         let bus = match &settings.bus {
@@ -89,8 +91,14 @@ impl App {
                 .await?;
             subs.push((route, s));
         }
-        subs.push((Route::ConnEvents, bus.subscribe(subjects::CONN_EVENTS).await?));
-        subs.push((Route::Heartbeats, bus.subscribe(subjects::GATEWAY_HEARTBEAT).await?));
+        subs.push((
+            Route::ConnEvents,
+            bus.subscribe(subjects::CONN_EVENTS).await?,
+        ));
+        subs.push((
+            Route::Heartbeats,
+            bus.subscribe(subjects::GATEWAY_HEARTBEAT).await?,
+        ));
         // Ask every gateway for its full socket list so routing works right away instead
         // of after the next heartbeat.
         bus.publish(subjects::GATEWAY_RESYNC, Bytes::new()).await?;
@@ -182,7 +190,10 @@ fn store_error(e: StoreError) -> pb::Error {
         StoreError::Rejected { code, message } => proto::pb_error(code, message),
         other => {
             tracing::error!(error = %other, "store failure");
-            proto::pb_error(ErrorCode::Unavailable, "the message store is unavailable; retry")
+            proto::pb_error(
+                ErrorCode::Unavailable,
+                "the message store is unavailable; retry",
+            )
         }
     }
 }
@@ -248,7 +259,10 @@ async fn handle_send(inner: &Inner, payload: &[u8]) -> Bytes {
     Bytes::from(resp.encode_to_vec())
 }
 
-async fn send(inner: &Inner, req: pb::SendMessageRequest) -> Result<(pb::ChatMessage, bool), pb::Error> {
+async fn send(
+    inner: &Inner,
+    req: pb::SendMessageRequest,
+) -> Result<(pb::ChatMessage, bool), pb::Error> {
     validate_send(&req, inner.settings.max_text_chars)?;
     let new = store::NewMessage {
         sender_id: req.sender_id,
@@ -262,7 +276,13 @@ async fn send(inner: &Inner, req: pb::SendMessageRequest) -> Result<(pb::ChatMes
     if !sent.duplicate {
         // Committed: publish now. The reply goes out after this, but a slow publish only
         // delays `message_sent`, never loses the message (the outbox row covers a crash).
-        deliver(inner, &sent.message, &sent.participants, &req.origin_connection_id).await;
+        deliver(
+            inner,
+            &sent.message,
+            &sent.participants,
+            &req.origin_connection_id,
+        )
+        .await;
     }
     Ok((sent.message, sent.duplicate))
 }
@@ -278,14 +298,21 @@ async fn deliver(inner: &Inner, message: &pb::ChatMessage, participants: &[i64],
             origin_connection_id: origin.to_owned(),
         };
         let subject = subjects::gateway_delivery(&gateway);
-        if let Err(e) = inner.bus.publish(&subject, Bytes::from(d.encode_to_vec())).await {
+        if let Err(e) = inner
+            .bus
+            .publish(&subject, Bytes::from(d.encode_to_vec()))
+            .await
+        {
             tracing::warn!(error = %e, %gateway, message_id = message.id, "delivery publish failed");
             ok = false;
         }
     }
     // On failure the row stays; the sweeper republishes it when the lease runs out.
     if ok && inner.published.try_send(message.id).is_err() {
-        tracing::debug!(message_id = message.id, "outbox completion queue full; sweeper will redo it");
+        tracing::debug!(
+            message_id = message.id,
+            "outbox completion queue full; sweeper will redo it"
+        );
     }
 }
 
@@ -302,7 +329,10 @@ async fn handle_create(inner: &Inner, payload: &[u8]) -> Bytes {
         if req.title.chars().count() > proto::limits::MAX_TITLE_CHARS {
             return Err(proto::pb_error(
                 ErrorCode::InvalidField,
-                format!("title is longer than {} characters", proto::limits::MAX_TITLE_CHARS),
+                format!(
+                    "title is longer than {} characters",
+                    proto::limits::MAX_TITLE_CHARS
+                ),
             ));
         }
         let mut distinct = req.participant_ids.clone();
@@ -318,7 +348,10 @@ async fn handle_create(inner: &Inner, payload: &[u8]) -> Bytes {
         if distinct.len() > inner.settings.max_group_size {
             return Err(proto::pb_error(
                 ErrorCode::TooManyParticipants,
-                format!("a group has at most {} members", inner.settings.max_group_size),
+                format!(
+                    "a group has at most {} members",
+                    inner.settings.max_group_size
+                ),
             ));
         }
         let kind = ConversationKind::try_from(req.kind).unwrap_or(ConversationKind::Unspecified);

@@ -106,7 +106,10 @@ impl Routes {
 
     /// Number of gateways known.
     pub fn gateway_count(&self) -> usize {
-        self.gateways.read().unwrap_or_else(|e| e.into_inner()).len()
+        self.gateways
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 

@@ -60,8 +60,16 @@ impl Settings {
             store: StoreSettings::Postgres(database),
             bus: BusSettings::Nats(nats),
             pool_size: parse(&get, env::DB_POOL_SIZE, 16)?,
-            max_text_chars: parse(&get, env::MAX_TEXT_CHARS, proto::limits::DEFAULT_MAX_TEXT_CHARS)?,
-            max_group_size: parse(&get, env::MAX_GROUP_SIZE, proto::limits::DEFAULT_MAX_GROUP_SIZE)?,
+            max_text_chars: parse(
+                &get,
+                env::MAX_TEXT_CHARS,
+                proto::limits::DEFAULT_MAX_TEXT_CHARS,
+            )?,
+            max_group_size: parse(
+                &get,
+                env::MAX_GROUP_SIZE,
+                proto::limits::DEFAULT_MAX_GROUP_SIZE,
+            )?,
             max_in_flight: 1024,
         })
     }
@@ -77,7 +85,9 @@ pub fn parse<T: std::str::FromStr + PartialOrd + Default>(
         None => Ok(default),
         Some(v) => match v.trim().parse::<T>() {
             Ok(n) if n > T::default() => Ok(n),
-            _ => Err(ConfigError(format!("{key} must be a positive integer, got {v:?}"))),
+            _ => Err(ConfigError(format!(
+                "{key} must be a positive integer, got {v:?}"
+            ))),
         },
     }
 }
@@ -88,8 +98,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn from(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let m: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Settings::from_source(|k| m.get(k).cloned())
     }
 
@@ -98,9 +110,15 @@ mod tests {
         assert!(from(&[]).unwrap_err().0.contains("DATABASE_URL"));
         let s = from(&[("DATABASE_URL", "postgres://x/y")]).unwrap();
         assert_eq!(s.max_text_chars, 4000);
-        let e = from(&[("DATABASE_URL", "postgres://x"), ("INDABA_MAX_TEXT_CHARS", "lots")]);
+        let e = from(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("INDABA_MAX_TEXT_CHARS", "lots"),
+        ]);
         assert!(e.unwrap_err().0.contains("INDABA_MAX_TEXT_CHARS"));
-        let e = from(&[("DATABASE_URL", "postgres://x"), ("INDABA_MAX_GROUP_SIZE", "0")]);
+        let e = from(&[
+            ("DATABASE_URL", "postgres://x"),
+            ("INDABA_MAX_GROUP_SIZE", "0"),
+        ]);
         assert!(e.is_err());
     }
 }

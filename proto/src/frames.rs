@@ -40,7 +40,7 @@ impl<'de> Deserialize<'de> for Id {
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Id, E> {
                 // JSON numbers like `2.0` are integers to a JavaScript client.
-                if v.fract() == 0.0 && v >= 1.0 && v < 9.0e15 {
+                if v.fract() == 0.0 && (1.0..9.0e15).contains(&v) {
                     #[allow(clippy::cast_possible_truncation)]
                     self.visit_i64(v as i64)
                 } else {
@@ -193,6 +193,19 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         #[serde(rename = "type")]
         ty: Option<serde_json::Value>,
         client_msg_id: Option<serde_json::Value>,
+    }
+    // serde would happily read a struct from a JSON array; frames are objects only.
+    if !text.trim_start().starts_with('{') {
+        let valid = serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
+        return Err(FrameError {
+            code: ErrorCode::InvalidJson,
+            message: if valid {
+                "frame must be a JSON object".to_owned()
+            } else {
+                "frame is not valid JSON".to_owned()
+            },
+            reference: None,
+        });
     }
     let probe: Probe = serde_json::from_str(text).map_err(|e| FrameError {
         code: ErrorCode::InvalidJson,
@@ -377,17 +390,40 @@ mod tests {
                 client_msg_id: None,
             })
         );
-        let f = parse_client_frame(r#"{"type":"typing_indicator","conversation_id":1,"receiver_id":2,"is_typing":false}"#).unwrap();
-        assert!(matches!(f, ClientFrame::TypingIndicator(TypingIndicator { is_typing: false, .. })));
+        let f = parse_client_frame(
+            r#"{"type":"typing_indicator","conversation_id":1,"receiver_id":2,"is_typing":false}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            f,
+            ClientFrame::TypingIndicator(TypingIndicator {
+                is_typing: false,
+                ..
+            })
+        ));
         let f = parse_client_frame(r#"{"type":"read_receipt","message_ids":[1,"2"]}"#).unwrap();
-        assert_eq!(f, ClientFrame::ReadReceipt(ReadReceipt { message_ids: vec![Id(1), Id(2)] }));
-        assert_eq!(parse_client_frame(r#"{"type":"ping"}"#).unwrap(), ClientFrame::Ping);
+        assert_eq!(
+            f,
+            ClientFrame::ReadReceipt(ReadReceipt {
+                message_ids: vec![Id(1), Id(2)]
+            })
+        );
+        assert_eq!(
+            parse_client_frame(r#"{"type":"ping"}"#).unwrap(),
+            ClientFrame::Ping
+        );
     }
 
     #[test]
     fn ids_may_be_strings_of_digits() {
-        let f = parse_client_frame(r#"{"type":"join_conversation","conversation_id":"17"}"#).unwrap();
-        assert_eq!(f, ClientFrame::JoinConversation(ConversationRef { conversation_id: Id(17) }));
+        let f =
+            parse_client_frame(r#"{"type":"join_conversation","conversation_id":"17"}"#).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::JoinConversation(ConversationRef {
+                conversation_id: Id(17)
+            })
+        );
     }
 
     #[test]
@@ -398,16 +434,32 @@ mod tests {
         assert_eq!(code(r#"{"text":"hi"}"#), ErrorCode::MissingType);
         assert_eq!(code(r#"{"type":5}"#), ErrorCode::MissingType);
         assert_eq!(code(r#"{"type":"launch_rockets"}"#), ErrorCode::UnknownType);
-        assert_eq!(code(r#"{"type":"chat_message","receiver_id":2}"#), ErrorCode::InvalidField);
-        assert_eq!(code(r#"{"type":"chat_message","receiver_id":"bob","text":"x"}"#), ErrorCode::InvalidField);
-        assert_eq!(code(r#"{"type":"chat_message","receiver_id":-3,"text":"x"}"#), ErrorCode::InvalidField);
-        assert_eq!(code(r#"{"type":"chat_message","receiver_id":2,"text":7}"#), ErrorCode::InvalidField);
-        assert_eq!(code(r#"{"type":"read_receipt","message_ids":"1"}"#), ErrorCode::InvalidField);
+        assert_eq!(
+            code(r#"{"type":"chat_message","receiver_id":2}"#),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code(r#"{"type":"chat_message","receiver_id":"bob","text":"x"}"#),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code(r#"{"type":"chat_message","receiver_id":-3,"text":"x"}"#),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code(r#"{"type":"chat_message","receiver_id":2,"text":7}"#),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(
+            code(r#"{"type":"read_receipt","message_ids":"1"}"#),
+            ErrorCode::InvalidField
+        );
     }
 
     #[test]
     fn error_keeps_the_client_msg_id_as_ref() {
-        let e = parse_client_frame(r#"{"type":"chat_message","text":5,"client_msg_id":"abc"}"#).unwrap_err();
+        let e = parse_client_frame(r#"{"type":"chat_message","text":5,"client_msg_id":"abc"}"#)
+            .unwrap_err();
         assert_eq!(e.reference.as_deref(), Some("abc"));
         let e = parse_client_frame(r#"{"type":"nope","client_msg_id":12}"#).unwrap_err();
         assert_eq!(e.reference.as_deref(), Some("12"));
@@ -424,8 +476,14 @@ mod tests {
             duplicate: false,
         })
         .to_json();
-        assert_eq!(j, r#"{"type":"message_sent","message_id":9,"conversation_id":3,"seq":1,"created_at":"t"}"#);
+        assert_eq!(
+            j,
+            r#"{"type":"message_sent","message_id":9,"conversation_id":3,"seq":1,"created_at":"t"}"#
+        );
         let j = ServerFrame::error(ErrorCode::Forbidden, "no", Some("k".into())).to_json();
-        assert_eq!(j, r#"{"type":"error","code":"forbidden","message":"no","ref":"k"}"#);
+        assert_eq!(
+            j,
+            r#"{"type":"error","code":"forbidden","message":"no","ref":"k"}"#
+        );
     }
 }

@@ -48,11 +48,15 @@ pub fn validate_text(text: &str, max_chars: usize) -> Result<(), Invalid> {
 
 /// Checks an idempotency key: 1..=64 printable ASCII characters.
 pub fn validate_client_msg_id(id: &str) -> Result<(), Invalid> {
-    if id.is_empty() || id.len() > MAX_CLIENT_MSG_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic())
+    if id.is_empty()
+        || id.len() > MAX_CLIENT_MSG_ID_LEN
+        || !id.bytes().all(|b| b.is_ascii_graphic())
     {
         return Err(Invalid::new(
             ErrorCode::InvalidField,
-            format!("client_msg_id must be 1 to {MAX_CLIENT_MSG_ID_LEN} printable ASCII characters"),
+            format!(
+                "client_msg_id must be 1 to {MAX_CLIENT_MSG_ID_LEN} printable ASCII characters"
+            ),
         ));
     }
     Ok(())
@@ -75,10 +79,19 @@ mod tests {
 
     #[test]
     fn text_rules() {
-        assert_eq!(validate_text("", 10).unwrap_err().code, ErrorCode::EmptyText);
-        assert_eq!(validate_text(" \n\t", 10).unwrap_err().code, ErrorCode::EmptyText);
+        assert_eq!(
+            validate_text("", 10).unwrap_err().code,
+            ErrorCode::EmptyText
+        );
+        assert_eq!(
+            validate_text(" \n\t", 10).unwrap_err().code,
+            ErrorCode::EmptyText
+        );
         assert!(validate_text("hello", 5).is_ok());
-        assert_eq!(validate_text("hello!", 5).unwrap_err().code, ErrorCode::TextTooLong);
+        assert_eq!(
+            validate_text("hello!", 5).unwrap_err().code,
+            ErrorCode::TextTooLong
+        );
         // Five characters, fifteen bytes: the limit counts characters.
         assert!(validate_text("ééééé", 5).is_ok());
         assert!(validate_text("日本語です", 5).is_ok());

@@ -129,7 +129,9 @@ where
         sender_id: row.try_get("sender_id")?,
         receiver_id: row.try_get("receiver_id")?,
         text: row.try_get("text")?,
-        client_msg_id: row.try_get::<Option<String>, _>("client_msg_id")?.unwrap_or_default(),
+        client_msg_id: row
+            .try_get::<Option<String>, _>("client_msg_id")?
+            .unwrap_or_default(),
         created_at_ms: row.try_get("created_at_ms")?,
     })
 }
@@ -286,12 +288,14 @@ impl Store {
                                     }
                                     id
                                 }
-                                None => sqlx::query_scalar(
-                                    "SELECT id FROM conversations WHERE direct_key = $1",
-                                )
-                                .bind(&key)
-                                .fetch_one(&mut *tx)
-                                .await?,
+                                None => {
+                                    sqlx::query_scalar(
+                                        "SELECT id FROM conversations WHERE direct_key = $1",
+                                    )
+                                    .bind(&key)
+                                    .fetch_one(&mut *tx)
+                                    .await?
+                                }
                             }
                         }
                     }
@@ -515,7 +519,10 @@ impl Store {
     /// stuck), extending the lease so other instances leave them alone, and returns what
     /// to republish. A row claimed twice is published twice; gateways drop the repeat by
     /// message id.
-    pub async fn claim_expired_outbox(&self, limit: i64) -> Result<Vec<PendingDelivery>, StoreError> {
+    pub async fn claim_expired_outbox(
+        &self,
+        limit: i64,
+    ) -> Result<Vec<PendingDelivery>, StoreError> {
         let now = proto::time::now_ms();
         let lease = now + i64::try_from(OUTBOX_LEASE.as_millis()).unwrap_or(5_000);
         let claimed: Vec<(i64, String)> = on_pool!(self, |pool, _begin| {
@@ -533,7 +540,10 @@ impl Store {
             .await?;
             let mut out = Vec::with_capacity(rows.len());
             for r in &rows {
-                out.push((r.try_get::<i64, _>("message_id")?, r.try_get::<String, _>("origin_connection_id")?));
+                out.push((
+                    r.try_get::<i64, _>("message_id")?,
+                    r.try_get::<String, _>("origin_connection_id")?,
+                ));
             }
             out
         });
@@ -572,12 +582,18 @@ impl Store {
     /// Number of outbox rows (for tests and the readiness report).
     pub async fn outbox_len(&self) -> Result<i64, StoreError> {
         Ok(on_pool!(self, |pool, _begin| {
-            sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(pool).await?
+            sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+                .fetch_one(pool)
+                .await?
         }))
     }
 
     /// Counts messages with a given idempotency key (tests use it to prove one row).
-    pub async fn count_by_client_msg_id(&self, sender_id: i64, key: &str) -> Result<i64, StoreError> {
+    pub async fn count_by_client_msg_id(
+        &self,
+        sender_id: i64,
+        key: &str,
+    ) -> Result<i64, StoreError> {
         Ok(on_pool!(self, |pool, _begin| {
             sqlx::query_scalar(
                 "SELECT COUNT(*) FROM messages WHERE sender_id = $1 AND client_msg_id = $2",

@@ -1,0 +1,56 @@
+//! `indaba`: the single-node server, and a token minting helper.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "indaba",
+    about = "Indaba real-time messaging, single-node mode",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run gateway + message-service in one process (the default).
+    Serve,
+    /// Print a client JWT for a user, signed with this data directory's secret.
+    Token {
+        /// The user id to put in the `user_id` claim.
+        #[arg(long)]
+        user: i64,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl_secs: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = indaba::Settings::from_env()?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Token { user, ttl_secs } => {
+            anyhow::ensure!(user > 0, "--user must be a positive integer");
+            let secret =
+                indaba::load_or_create_secret(&settings.data_dir, settings.jwt_secret.as_deref())?;
+            let token =
+                gateway::auth::mint_hs256(&secret, user, std::time::Duration::from_secs(ttl_secs))?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Serve => {
+            bus::runtime::init_tracing();
+            let node = indaba::SingleNode::build(settings.clone()).await?;
+            let addr = node.local_addr()?;
+            tracing::info!(%addr, data_dir = %settings.data_dir.display(), "indaba single-node listening");
+            eprintln!(
+                "indaba listening on ws://{addr}/ws/chat/?token=…  (mint a token: indaba token --user 1)"
+            );
+            node.run(bus::runtime::shutdown_signal()).await
+        }
+    }
+}

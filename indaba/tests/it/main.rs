@@ -1,0 +1,11 @@
+//! Integration tests: the real gateway and message-service over real NATS and PostgreSQL
+//! (throwaway servers on random ports), and the single-node program with neither.
+
+// Tests state their expectations with unwrap/expect; a failure is the test failing.
+#![allow(clippy::unwrap_used)]
+
+mod bad_input;
+mod delivery;
+mod http_api;
+mod store_suite;
+mod support;

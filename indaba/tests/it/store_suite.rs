@@ -1,0 +1,228 @@
+//! One store test suite, run against PostgreSQL and SQLite.
+
+use std::collections::HashSet;
+
+use message_service::store::{NewMessage, Store, StoreError};
+use proto::pb::ConversationKind;
+use proto::ErrorCode;
+
+use crate::support::fresh_database;
+
+fn msg(
+    sender: i64,
+    conversation: Option<i64>,
+    receiver: Option<i64>,
+    text: &str,
+    key: Option<&str>,
+) -> NewMessage {
+    NewMessage {
+        sender_id: sender,
+        conversation_id: conversation,
+        receiver_id: receiver,
+        text: text.into(),
+        client_msg_id: key.map(str::to_owned),
+        origin_connection_id: String::new(),
+    }
+}
+
+fn code(e: StoreError) -> ErrorCode {
+    match e {
+        StoreError::Rejected { code, .. } => code,
+        other => panic!("expected a rejection, got {other}"),
+    }
+}
+
+async fn suite(store: Store) {
+    // Conversations.
+    let (group, existing) = store
+        .create_conversation(1, &[3, 2, 3], "Trip", ConversationKind::Unspecified)
+        .await
+        .expect("group");
+    assert!(!existing);
+    assert_eq!(group.kind, ConversationKind::Group as i32);
+    assert_eq!(group.participant_ids, vec![1, 2, 3]);
+    let (d1, e1) = store
+        .create_conversation(1, &[2], "", ConversationKind::Unspecified)
+        .await
+        .expect("direct");
+    let (d2, e2) = store
+        .create_conversation(2, &[1], "", ConversationKind::Direct)
+        .await
+        .expect("direct again");
+    assert_eq!((d1.id, e1, e2), (d2.id, false, true));
+    assert_eq!(d1.kind, ConversationKind::Direct as i32);
+
+    // Sending by receiver finds the direct conversation; seq counts up from 1.
+    let a = store
+        .send_message(&msg(1, None, Some(2), "one", None))
+        .await
+        .expect("send");
+    let b = store
+        .send_message(&msg(2, Some(d1.id), None, "two", None))
+        .await
+        .expect("send");
+    assert_eq!((a.message.conversation_id, a.message.seq), (d1.id, 1));
+    assert_eq!((b.message.conversation_id, b.message.seq), (d1.id, 2));
+    assert_eq!(a.participants, vec![1, 2]);
+    // A new pair gets a new direct conversation.
+    let c = store
+        .send_message(&msg(5, None, Some(6), "hi", None))
+        .await
+        .expect("send");
+    assert_ne!(c.message.conversation_id, d1.id);
+    assert_eq!(c.message.seq, 1);
+
+    // Idempotency.
+    let k1 = store
+        .send_message(&msg(1, Some(group.id), None, "once", Some("key-1")))
+        .await
+        .expect("send");
+    let k2 = store
+        .send_message(&msg(1, Some(group.id), None, "once", Some("key-1")))
+        .await
+        .expect("retry");
+    assert!(!k1.duplicate && k2.duplicate);
+    assert_eq!(k1.message.id, k2.message.id);
+    assert_eq!(
+        store
+            .count_by_client_msg_id(1, "key-1")
+            .await
+            .expect("count"),
+        1
+    );
+    // The same key from another sender is a different message.
+    let other = store
+        .send_message(&msg(2, Some(group.id), None, "mine", Some("key-1")))
+        .await
+        .expect("send");
+    assert_ne!(other.message.id, k1.message.id);
+
+    // Rejections.
+    assert_eq!(
+        code(
+            store
+                .send_message(&msg(9, Some(group.id), None, "x", None))
+                .await
+                .unwrap_err()
+        ),
+        ErrorCode::Forbidden
+    );
+    assert_eq!(
+        code(
+            store
+                .send_message(&msg(1, Some(424_242), None, "x", None))
+                .await
+                .unwrap_err()
+        ),
+        ErrorCode::ConversationNotFound
+    );
+    assert_eq!(
+        code(
+            store
+                .send_message(&msg(1, Some(group.id), Some(9), "x", None))
+                .await
+                .unwrap_err()
+        ),
+        ErrorCode::InvalidReceiver
+    );
+    assert_eq!(
+        code(
+            store
+                .create_conversation(1, &[2, 3], "", ConversationKind::Direct)
+                .await
+                .unwrap_err()
+        ),
+        ErrorCode::InvalidField
+    );
+
+    // Concurrent writers of one conversation get distinct, gap-free seqs.
+    let before = store
+        .get_conversation(group.id)
+        .await
+        .expect("get")
+        .expect("exists")
+        .last_seq;
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let s = store.clone();
+        let gid = group.id;
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..25 {
+                let sender = [1, 2, 3][(t + i) % 3];
+                seqs.push(
+                    s.send_message(&msg(sender, Some(gid), None, "race", None))
+                        .await
+                        .expect("send")
+                        .message
+                        .seq,
+                );
+            }
+            seqs
+        }));
+    }
+    let mut all = HashSet::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    let expected: HashSet<i64> = (before + 1..=before + 100).collect();
+    assert_eq!(all, expected);
+
+    // Concurrent retries of one key store one row.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let s = store.clone();
+        let gid = group.id;
+        tasks.push(tokio::spawn(async move {
+            s.send_message(&msg(3, Some(gid), None, "dupe race", Some("same")))
+                .await
+                .expect("send")
+                .message
+                .id
+        }));
+    }
+    let mut ids = HashSet::new();
+    for t in tasks {
+        ids.insert(t.await.expect("task"));
+    }
+    assert_eq!(ids.len(), 1);
+    assert_eq!(
+        store
+            .count_by_client_msg_id(3, "same")
+            .await
+            .expect("count"),
+        1
+    );
+
+    // Outbox: every stored message left a row (no service is publishing here); fresh rows
+    // are still leased to their writer, and completing removes them.
+    let pending = store.outbox_len().await.expect("outbox");
+    assert!(pending >= 100, "{pending}");
+    assert!(store
+        .claim_expired_outbox(1000)
+        .await
+        .expect("claim")
+        .is_empty());
+    store
+        .complete_outbox(&[a.message.id, b.message.id])
+        .await
+        .expect("complete");
+    assert_eq!(store.outbox_len().await.expect("outbox"), pending - 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_suite_postgres() {
+    let url = fresh_database().await;
+    suite(Store::connect_postgres(&url, 8).await.expect("connect")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_suite_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    suite(
+        Store::open_sqlite(&dir.path().join("t.db"), 4)
+            .await
+            .expect("open"),
+    )
+    .await;
+}

@@ -1,0 +1,498 @@
+//! Test harness: real nats-server and PostgreSQL processes on random ports, the real
+//! services built with their own `App::build`, and small WebSocket/HTTP clients.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OnceCell;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A nats-server child process with JetStream, killed on drop.
+pub struct Nats {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let bin = std::env::var("INDABA_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {bin} (set INDABA_NATS_SERVER or run scripts/test.sh): {e}")
+            });
+        wait_for_port(port, "nats-server");
+        Nats {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One throwaway PostgreSQL cluster per test process. A shell watchdog stops it when the
+/// test process exits, so nothing outlives the run even if a test panics.
+struct PgCluster {
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+static PG: OnceCell<PgCluster> = OnceCell::const_new();
+static DB_COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn pg_bin(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("INDABA_PG_BIN") {
+        return PathBuf::from(dir).join(name);
+    }
+    // Debian keeps the server binaries out of PATH.
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
+        versions.sort();
+        if let Some(bin) = versions.pop() {
+            if bin.join(name).exists() {
+                return bin.join(name);
+            }
+        }
+    }
+    PathBuf::from(name)
+}
+
+/// initdb refuses to run as root: then the cluster runs as `INDABA_PG_RUN_AS`
+/// (default `postgres`).
+fn pg_user() -> Option<String> {
+    if let Ok(u) = std::env::var("INDABA_PG_RUN_AS") {
+        return Some(u).filter(|u| !u.is_empty());
+    }
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    (String::from_utf8_lossy(&uid.stdout).trim() == "0").then(|| "postgres".to_owned())
+}
+
+fn as_pg_user(user: &Option<String>, bin: PathBuf) -> Command {
+    match user {
+        Some(u) => {
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--"]).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
+async fn start_pg() -> PgCluster {
+    tokio::task::spawn_blocking(|| {
+        let user = pg_user();
+        let dir = tempfile::tempdir().expect("tempdir");
+        if let Some(u) = &user {
+            let ok = Command::new("chown").arg(u).arg(dir.path()).status().expect("chown");
+            assert!(ok.success(), "chown {u} failed");
+        }
+        let data = dir.path().join("data");
+        let ok = as_pg_user(&user, pg_bin("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "-D"])
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()
+            .expect("run initdb (install PostgreSQL server binaries)");
+        assert!(ok.success(), "initdb failed");
+        let port = free_port();
+        let opts = format!(
+            "-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c max_connections=300",
+            sock = dir.path().display()
+        );
+        let ok = as_pg_user(&user, pg_bin("pg_ctl"))
+            .args(["-D"])
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("pg.log"))
+            .args(["-o", &opts, "-w", "start"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run pg_ctl");
+        assert!(ok.success(), "pg_ctl start failed; see {}", dir.path().join("pg.log").display());
+        // The watchdog stops the cluster and removes its files once this process is gone,
+        // even if a test panicked.
+        let stop = format!(
+            "{run}{pg_ctl} -D {data} stop -m immediate",
+            run = user.as_ref().map(|u| format!("runuser -u {u} -- ")).unwrap_or_default(),
+            pg_ctl = pg_bin("pg_ctl").display(),
+            data = data.display(),
+        );
+        let script = format!(
+            "while kill -0 {parent} 2>/dev/null; do sleep 0.5; done; {stop} >/dev/null 2>&1; rm -rf {dir}",
+            parent = std::process::id(),
+            dir = dir.path().display(),
+        );
+        // Deliberately never waited for: the watchdog must outlive this process.
+        #[allow(clippy::zombie_processes)]
+        let _watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn postgres watchdog");
+        wait_for_port(port, "postgres");
+        PgCluster { port, _dir: dir }
+    })
+    .await
+    .expect("start postgres")
+}
+
+/// A fresh, empty database on the shared throwaway cluster.
+pub async fn fresh_database() -> String {
+    let pg = PG.get_or_init(start_pg).await;
+    let n = DB_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("it_{}_{n}", std::process::id());
+    let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", pg.port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match sqlx::PgPool::connect(&admin).await {
+            Ok(pool) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&pool)
+                    .await
+                    .expect("create database");
+                pool.close().await;
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "postgres not accepting connections: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    format!("postgres://postgres@127.0.0.1:{}/{name}", pg.port)
+}
+
+/// A running service task; aborting on drop stands in for `kill -9`.
+pub struct Running {
+    pub handle: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Running {
+    /// Graceful stop (SIGTERM equivalent): waits for the service to finish.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let _ = tokio::time::timeout(WAIT, &mut self.handle).await;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+fn run_with_stop<F>(f: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> F) -> Running
+where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let fut = f(rx);
+    let handle = tokio::spawn(async move {
+        if let Err(e) = fut.await {
+            eprintln!("service exited with error: {e:#}");
+        }
+    });
+    Running {
+        handle,
+        stop: Some(tx),
+    }
+}
+
+pub async fn spawn_message_service(
+    nats_url: &str,
+    database_url: &str,
+) -> (Running, message_service::Store) {
+    let settings = message_service::Settings {
+        store: message_service::StoreSettings::Postgres(database_url.into()),
+        bus: message_service::BusSettings::Nats(nats_url.into()),
+        pool_size: 8,
+        max_text_chars: 100,
+        max_group_size: 1000,
+        max_in_flight: 256,
+    };
+    let app = message_service::App::build(settings)
+        .await
+        .expect("build message-service");
+    let store = app.store();
+    let running = run_with_stop(|rx| {
+        app.run(async move {
+            let _ = rx.await;
+        })
+    });
+    (running, store)
+}
+
+pub async fn spawn_gateway(nats_url: &str, id: &str) -> (Running, SocketAddr) {
+    let mut s = gateway::Settings::new(
+        gateway::auth::KeySource::Hs256Secret(SECRET.into()),
+        gateway::BusSettings::Nats(nats_url.into()),
+    );
+    s.listen = "127.0.0.1:0".parse().expect("addr");
+    s.gateway_id = id.into();
+    s.max_text_chars = 100;
+    let app = gateway::App::build(s).await.expect("build gateway");
+    let addr = app.local_addr().expect("addr");
+    let running = run_with_stop(|rx| {
+        app.run(async move {
+            let _ = rx.await;
+        })
+    });
+    (running, addr)
+}
+
+pub async fn spawn_single_node(
+    dir: &std::path::Path,
+) -> (Running, SocketAddr, message_service::Store) {
+    let node = indaba::SingleNode::build(indaba::Settings {
+        data_dir: dir.to_path_buf(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        jwt_secret: Some(SECRET.into()),
+        max_text_chars: 100,
+    })
+    .await
+    .expect("build single node");
+    let addr = node.local_addr().expect("addr");
+    let store = node.store();
+    let running = run_with_stop(|rx| {
+        node.run(async move {
+            let _ = rx.await;
+        })
+    });
+    (running, addr, store)
+}
+
+pub fn token(user: i64) -> String {
+    gateway::auth::mint_hs256(SECRET, user, Duration::from_secs(3600)).expect("mint")
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client speaking the spec's protocol.
+pub struct Client {
+    ws: Ws,
+    pub user_id: i64,
+    pub connection_id: String,
+}
+
+impl Client {
+    /// Connects with `?token=` exactly like the spec's clients, and reads
+    /// `connection_established`.
+    pub async fn connect(addr: SocketAddr, user_id: i64) -> Client {
+        let url = format!("ws://{addr}/ws/chat/?token={}", token(user_id));
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
+        let mut c = Client {
+            ws,
+            user_id,
+            connection_id: String::new(),
+        };
+        let hello = c.recv().await;
+        assert_eq!(hello["type"], "connection_established", "{hello}");
+        assert_eq!(hello["user_id"], user_id);
+        c.connection_id = hello["connection_id"]
+            .as_str()
+            .expect("connection_id")
+            .to_owned();
+        c
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("ws send");
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws
+            .send(Message::text(text.to_owned()))
+            .await
+            .expect("ws send");
+    }
+
+    /// Next JSON frame, failing the test after [`WAIT`].
+    pub async fn recv(&mut self) -> Value {
+        match self.try_recv(WAIT).await {
+            Some(v) => v,
+            None => panic!("user {}: no frame within {WAIT:?}", self.user_id),
+        }
+    }
+
+    /// Next JSON frame within `d`, or `None`.
+    pub async fn try_recv(&mut self, d: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
+            match m.expect("ws read") {
+                Message::Text(t) => {
+                    return Some(serde_json::from_str(&t).expect("server sent JSON"))
+                }
+                Message::Close(f) => panic!("user {}: socket closed: {f:?}", self.user_id),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads frames until one of `ty` arrives (others are returned in the second value).
+    pub async fn recv_type(&mut self, ty: &str) -> (Value, Vec<Value>) {
+        let mut skipped = Vec::new();
+        loop {
+            let v = self.recv().await;
+            if v["type"] == ty {
+                return (v, skipped);
+            }
+            skipped.push(v);
+        }
+    }
+
+    /// Asserts nothing arrives for `d`.
+    pub async fn expect_silence(&mut self, d: Duration) {
+        if let Some(v) = self.try_recv(d).await {
+            panic!("user {}: unexpected frame {v}", self.user_id);
+        }
+    }
+
+    /// Sends a chat message and returns the server's answer (`message_sent` or `error`).
+    pub async fn chat(&mut self, receiver: i64, text: &str, client_msg_id: Option<&str>) -> Value {
+        let mut f = json!({"type": "chat_message", "receiver_id": receiver, "text": text});
+        if let Some(k) = client_msg_id {
+            f["client_msg_id"] = json!(k);
+        }
+        self.send(f).await;
+        loop {
+            let v = self.recv().await;
+            if v["type"] == "message_sent" || v["type"] == "error" {
+                return v;
+            }
+        }
+    }
+
+    /// Round-trips a ping: proves the socket is still open and everything before it was
+    /// handled.
+    pub async fn ping(&mut self) {
+        self.send(json!({"type": "ping"})).await;
+        let (_, _) = self.recv_type("pong").await;
+    }
+}
+
+/// A minimal HTTP/1.1 client (one request per connection) returning status and JSON body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = bearer {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if method != "GET" {
+        req.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("http timeout")
+        .expect("read");
+    let text = String::from_utf8_lossy(&buf);
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let rest = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    let json = serde_json::from_str(&rest).unwrap_or(Value::Null);
+    (status, json)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
