@@ -32,6 +32,13 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
   apt-get update -qq >&2 && apt-get install -y -qq postgresql >&2
 fi
 
+# The spec's JavaScript client runs in Node with the `ws` package.
+if ! command -v node >/dev/null; then
+  echo "==> installing Node.js (Debian)" >&2
+  apt-get update -qq >&2 && apt-get install -y -qq nodejs npm >&2
+fi
+(cd indaba/tests/spec-client && npm install --no-audit --no-fund --silent >&2)
+
 # initdb refuses to run as root; the tests then run the cluster as an unprivileged user.
 if [ "$(id -u)" = 0 ]; then
   export INDABA_PG_RUN_AS="${INDABA_PG_RUN_AS:-postgres}"

@@ -52,6 +52,29 @@ pub fn error_response(status: StatusCode, code: ErrorCode, message: impl Into<St
     warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
+/// A REST failure on its way to becoming a JSON error response.
+#[derive(Debug)]
+pub struct HttpError {
+    status: StatusCode,
+    code: ErrorCode,
+    message: String,
+}
+
+impl HttpError {
+    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+        HttpError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The JSON response.
+    pub fn into_response(self) -> Response {
+        error_response(self.status, self.code, self.message)
+    }
+}
+
 fn auth_error(e: &AuthError) -> Response {
     error_response(
         StatusCode::UNAUTHORIZED,
@@ -120,6 +143,18 @@ pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infal
         .and(warp::body::bytes())
         .and(with_ctx(ctx.clone()))
         .then(create_conversation);
+    let participants = warp::path("api")
+        .and(warp::path("v1"))
+        .and(warp::path("conversations"))
+        .and(warp::path::param::<i64>())
+        .and(warp::path("participants"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::bytes())
+        .and(with_ctx(ctx.clone()))
+        .then(update_participants);
     let livez = warp::path("livez")
         .and(warp::path::end())
         .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
@@ -138,6 +173,8 @@ pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infal
             }
         });
     ws.or(create_conversation)
+        .unify()
+        .or(participants)
         .unify()
         .or(livez)
         .unify()
@@ -321,15 +358,19 @@ pub struct ConversationJson {
     pub created_at: String,
 }
 
+/// The wire name of a conversation kind.
+pub fn kind_name(kind: i32) -> &'static str {
+    match pb::ConversationKind::try_from(kind) {
+        Ok(pb::ConversationKind::Direct) => "direct",
+        _ => "group",
+    }
+}
+
 impl From<pb::Conversation> for ConversationJson {
     fn from(c: pb::Conversation) -> Self {
-        let kind = match pb::ConversationKind::try_from(c.kind) {
-            Ok(pb::ConversationKind::Direct) => "direct",
-            _ => "group",
-        };
         ConversationJson {
             id: c.id,
-            kind: kind.to_owned(),
+            kind: kind_name(c.kind).to_owned(),
             title: c.title,
             participant_ids: c.participant_ids,
             last_seq: c.last_seq,
@@ -424,6 +465,89 @@ async fn create_conversation(headers: HeaderMap, body: Bytes, ctx: Arc<Ctx>) -> 
             ErrorCode::Internal,
             "bad reply from message service",
         ),
+    }
+}
+
+/// `POST /api/v1/conversations/{id}/participants/` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParticipantsBody {
+    #[serde(default)]
+    add: Vec<proto::frames::Id>,
+    #[serde(default)]
+    remove: Vec<proto::frames::Id>,
+}
+
+/// Parses a JSON body into `T`, telling bad JSON (`invalid_json`) from bad fields.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpError> {
+    serde_json::from_slice(body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidJson,
+                format!("body is not valid JSON: {e}"),
+            )
+        } else {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidField,
+                e.to_string(),
+            )
+        }
+    })
+}
+
+fn authenticate(headers: &HeaderMap, ctx: &Ctx) -> Result<i64, HttpError> {
+    let e = match bearer(headers).map(|t| ctx.verifier.verify(&t)) {
+        Some(Ok(u)) => return Ok(u),
+        None => AuthError::Missing,
+        Some(Err(e)) => e,
+    };
+    Err(HttpError::new(
+        StatusCode::UNAUTHORIZED,
+        ErrorCode::Unauthorized,
+        e.to_string(),
+    ))
+}
+
+async fn update_participants(
+    conversation_id: i64,
+    headers: HeaderMap,
+    body: Bytes,
+    ctx: Arc<Ctx>,
+) -> Response {
+    let user_id = match authenticate(&headers, &ctx) {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    let parsed: ParticipantsBody = match parse_body(&body) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let req = pb::UpdateParticipantsRequest {
+        actor_id: user_id,
+        conversation_id,
+        add_user_ids: parsed.add.iter().map(|i| i.0).collect(),
+        remove_user_ids: parsed.remove.iter().map(|i| i.0).collect(),
+    };
+    match crate::ws::call::<_, pb::UpdateParticipantsResponse>(&ctx, subjects::CONV_MEMBERS, &req)
+        .await
+    {
+        Ok(pb::UpdateParticipantsResponse {
+            result: Some(pb::update_participants_response::Result::Conversation(c)),
+        }) => warp::reply::json(&ConversationJson::from(c)).into_response(),
+        Ok(pb::UpdateParticipantsResponse {
+            result: Some(pb::update_participants_response::Result::Error(e)),
+        }) => {
+            let code = ErrorCode::parse(&e.code);
+            error_response(status_for(code), code, e.message)
+        }
+        Ok(_) => error_response(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::Internal,
+            "bad reply from message service",
+        ),
+        Err((code, message)) => error_response(status_for(code), code, message),
     }
 }
 

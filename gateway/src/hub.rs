@@ -1,9 +1,9 @@
 //! The sockets this gateway holds, by user, and fan-out of deliveries to them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use proto::frames::{NewMessage, ServerFrame};
+use proto::frames::{self, NewMessage, ServerFrame};
 use proto::pb;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -12,19 +12,71 @@ use tokio_util::sync::CancellationToken;
 /// A frame queued for one socket's writer.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A text frame, already serialized (shared by every recipient of a fan-out).
+    /// A text frame, already serialized.
     Text(Utf8Bytes),
+    /// A live `new_message` (serialized once, shared by every recipient). The writer holds
+    /// these back while a resume is streaming and drops any it already sent.
+    Message {
+        /// For de-duplication against the resume stream.
+        message_id: i64,
+        /// The frame.
+        text: Utf8Bytes,
+    },
+}
+
+/// Frames of a resume (`sync`), on their own channel so a long resume waits for the
+/// client instead of overflowing the live queue.
+#[derive(Debug, Clone)]
+pub enum SyncFrame {
+    /// From here on, hold live messages back.
+    Begin,
+    /// A missed message.
+    Message {
+        /// For de-duplication.
+        message_id: i64,
+        /// The frame.
+        text: Utf8Bytes,
+    },
+    /// An error about one conversation of the resume.
+    Text(Utf8Bytes),
+    /// `sync_complete`; then the held-back live messages follow.
+    End(Utf8Bytes),
+}
+
+/// State of one socket shared with the hub.
+#[derive(Debug, Default)]
+pub struct ConnShared {
+    /// Rooms joined by this socket.
+    pub joined: Mutex<HashSet<i64>>,
 }
 
 /// One socket, as the hub sees it.
 #[derive(Debug, Clone)]
 pub struct ConnHandle {
     /// `<gateway>/<n>`.
-    pub connection_id: std::sync::Arc<str>,
+    pub connection_id: Arc<str>,
     /// The socket's bounded outbound queue.
     pub tx: mpsc::Sender<Outbound>,
     /// Cancelled to close the socket (slow consumer, shutdown).
     pub close: CancellationToken,
+    /// Room membership of the socket.
+    pub shared: Arc<ConnShared>,
+}
+
+impl ConnHandle {
+    /// Queues a frame; a full queue marks the client a slow consumer and closes it, so it
+    /// never holds up anyone else. Returns whether the frame was queued.
+    pub fn offer(&self, frame: Outbound) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(connection_id = %self.connection_id, "slow consumer: closing socket");
+                self.close.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
 }
 
 /// How many recent message ids are remembered to drop repeated deliveries (the outbox may
@@ -35,29 +87,50 @@ const RECENT_IDS: usize = 100_000;
 #[derive(Debug, Default)]
 pub struct Hub {
     by_user: Mutex<HashMap<i64, Vec<ConnHandle>>>,
-    recent: Mutex<Recent>,
+    recent: Mutex<RecentIds>,
 }
 
-#[derive(Debug, Default)]
-struct Recent {
+/// A bounded set of recently seen ids (FIFO eviction).
+#[derive(Debug)]
+pub struct RecentIds {
     set: HashSet<i64>,
     order: VecDeque<i64>,
+    cap: usize,
 }
 
-impl Recent {
+impl Default for RecentIds {
+    fn default() -> Self {
+        RecentIds::with_capacity(RECENT_IDS)
+    }
+}
+
+impl RecentIds {
+    /// An empty set remembering at most `cap` ids.
+    pub fn with_capacity(cap: usize) -> Self {
+        RecentIds {
+            set: HashSet::new(),
+            order: VecDeque::new(),
+            cap,
+        }
+    }
+
     /// Records an id; false if it was already there.
-    fn insert(&mut self, id: i64) -> bool {
+    pub fn insert(&mut self, id: i64) -> bool {
         if !self.set.insert(id) {
             return false;
         }
         self.order.push_back(id);
-        if self.order.len() > RECENT_IDS {
+        if self.order.len() > self.cap {
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&old);
             }
         }
         true
     }
+}
+
+fn text(frame: &ServerFrame) -> Utf8Bytes {
+    Utf8Bytes::from(frame.to_json())
 }
 
 impl Hub {
@@ -103,51 +176,114 @@ impl Hub {
         self.len() == 0
     }
 
-    /// Sends `new_message` to every local socket of the recipients except the sending one.
-    /// Returns how many sockets got it. A socket whose queue is full is closed (slow
-    /// consumer): it will resync when it reconnects, and it never holds up the others.
-    pub fn deliver(&self, d: &pb::Delivery) -> usize {
-        let Some(m) = &d.message else { return 0 };
-        if !self
-            .recent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(m.id)
-        {
-            return 0;
-        }
-        let frame = ServerFrame::NewMessage(NewMessage {
-            message_id: m.id,
-            conversation_id: m.conversation_id,
-            sender_id: m.sender_id,
-            receiver_id: m.receiver_id,
-            text: m.text.clone(),
-            seq: m.seq,
-            created_at: proto::time::rfc3339_ms(m.created_at_ms),
-            client_msg_id: (!m.client_msg_id.is_empty()).then(|| m.client_msg_id.clone()),
-        });
-        let text = Utf8Bytes::from(frame.to_json());
-        let targets: Vec<ConnHandle> = {
-            let map = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
-            d.recipient_ids
-                .iter()
-                .filter_map(|u| map.get(u))
-                .flatten()
-                .filter(|c| *c.connection_id != *d.origin_connection_id)
-                .cloned()
-                .collect()
+    /// The sockets of `users`, except the one named `skip`, with their owners.
+    fn targets(&self, users: &[i64], skip: &str) -> Vec<(i64, ConnHandle)> {
+        let map = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
+        users
+            .iter()
+            .filter_map(|u| map.get(u).map(|v| (*u, v)))
+            .flat_map(|(u, v)| v.iter().map(move |c| (u, c)))
+            .filter(|(_, c)| *c.connection_id != *skip)
+            .map(|(u, c)| (u, c.clone()))
+            .collect()
+    }
+
+    /// Hands a delivery to the local sockets of its recipients (never back to the socket
+    /// it came from). For a message, returns the recipients other than the sender that
+    /// now have it on at least one socket (they are owed a `message_delivered`).
+    pub fn deliver(&self, d: &pb::Delivery) -> Vec<i64> {
+        use pb::delivery::Event;
+        let Some(event) = &d.event else {
+            return Vec::new();
         };
-        let mut sent = 0;
-        for c in targets {
-            match c.tx.try_send(Outbound::Text(text.clone())) {
-                Ok(()) => sent += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    tracing::warn!(connection_id = %c.connection_id, "slow consumer: closing socket");
-                    c.close.cancel();
+        let origin = d.origin_connection_id.as_str();
+        match event {
+            Event::Message(m) => {
+                if !self
+                    .recent
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(m.id)
+                {
+                    return Vec::new();
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                let t = text(&ServerFrame::NewMessage(NewMessage::from_pb(m)));
+                let mut reached: Vec<i64> = Vec::new();
+                for (user, c) in self.targets(&d.recipient_ids, origin) {
+                    let queued = c.offer(Outbound::Message {
+                        message_id: m.id,
+                        text: t.clone(),
+                    });
+                    if queued && user != m.sender_id && !reached.contains(&user) {
+                        reached.push(user);
+                    }
+                }
+                reached
+            }
+            Event::Typing(t) => {
+                let f = text(&ServerFrame::TypingIndicator(frames::TypingNotice {
+                    conversation_id: t.conversation_id,
+                    user_id: t.user_id,
+                    is_typing: t.is_typing,
+                }));
+                self.broadcast(&d.recipient_ids, origin, &f);
+                Vec::new()
+            }
+            Event::ReadReceipt(r) => {
+                let f = text(&ServerFrame::ReadReceipt(frames::ReceiptNotice {
+                    message_ids: r.message_ids.clone(),
+                    conversation_id: r.conversation_id,
+                    reader_id: r.reader_id,
+                    read_at: proto::time::rfc3339_ms(r.read_at_ms),
+                }));
+                self.broadcast(&d.recipient_ids, origin, &f);
+                Vec::new()
+            }
+            Event::Delivered(x) => {
+                let f = text(&ServerFrame::MessageDelivered(frames::Delivered {
+                    message_id: x.message_id,
+                    conversation_id: x.conversation_id,
+                    recipient_id: x.recipient_id,
+                    delivered_at: proto::time::rfc3339_ms(x.at_ms),
+                }));
+                self.broadcast(&d.recipient_ids, origin, &f);
+                Vec::new()
+            }
+            Event::Membership(ev) => {
+                let f = text(&ServerFrame::ParticipantsChanged(
+                    frames::ParticipantsChanged {
+                        conversation_id: ev.conversation_id,
+                        added_user_ids: ev.added_user_ids.clone(),
+                        removed_user_ids: ev.removed_user_ids.clone(),
+                    },
+                ));
+                let left = text(&ServerFrame::LeftConversation(frames::Left {
+                    conversation_id: ev.conversation_id,
+                    reason: Some("removed".into()),
+                }));
+                for (user, c) in self.targets(&d.recipient_ids, origin) {
+                    c.offer(Outbound::Text(f.clone()));
+                    // A removed member's sockets leave the room at once.
+                    if ev.removed_user_ids.contains(&user) {
+                        let was_joined = c
+                            .shared
+                            .joined
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&ev.conversation_id);
+                        if was_joined {
+                            c.offer(Outbound::Text(left.clone()));
+                        }
+                    }
+                }
+                Vec::new()
             }
         }
-        sent
+    }
+
+    fn broadcast(&self, users: &[i64], skip: &str, frame: &Utf8Bytes) {
+        for (_, c) in self.targets(users, skip) {
+            c.offer(Outbound::Text(frame.clone()));
+        }
     }
 }

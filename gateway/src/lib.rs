@@ -48,13 +48,36 @@ pub struct Ctx {
     pub next_conn: AtomicU64,
     /// Cancelled when the gateway shuts down; every socket's close token is a child.
     pub shutdown: CancellationToken,
+    /// Orders socket events and heartbeat snapshots on the wire (see [`Ctx::register`]).
+    pub routing_lock: tokio::sync::Mutex<()>,
 }
 
 impl Ctx {
-    /// Tells the routing tables a socket opened or closed. An `Up` is flushed before the
-    /// client is told it is connected, so the table knows the socket before the client
-    /// can act on it.
-    pub async fn announce(
+    /// Registers a socket and tells the routing tables. The `Up` is flushed before the
+    /// client is told it is connected, so the tables know the socket before the client can
+    /// act on it.
+    pub async fn register(&self, user_id: i64, conn: hub::ConnHandle) {
+        let connection_id = conn.connection_id.clone();
+        {
+            // Hub change and event publish happen under the routing lock, so a heartbeat
+            // snapshot can never be published after an event it does not reflect.
+            let _order = self.routing_lock.lock().await;
+            self.hub.add(user_id, conn);
+            self.publish_event(pb::connection_event::Kind::Up, user_id, &connection_id)
+                .await;
+        }
+        let _ = self.bus.flush().await;
+    }
+
+    /// Forgets a socket and tells the routing tables.
+    pub async fn unregister(&self, user_id: i64, connection_id: &str) {
+        let _order = self.routing_lock.lock().await;
+        self.hub.remove(user_id, connection_id);
+        self.publish_event(pb::connection_event::Kind::Down, user_id, connection_id)
+            .await;
+    }
+
+    async fn publish_event(
         &self,
         kind: pb::connection_event::Kind,
         user_id: i64,
@@ -74,12 +97,31 @@ impl Ctx {
             .await
         {
             tracing::warn!(error = %e, "connection event not published");
-        } else if kind == pb::connection_event::Kind::Up {
-            let _ = self.bus.flush().await;
+        }
+    }
+
+    /// Tells message-service which recipients now have a message on a socket, so the
+    /// sender can show "delivered".
+    async fn ack_deliveries(&self, msg: &pb::ChatMessage, recipients: &[i64]) {
+        for r in recipients {
+            let ack = pb::DeliveryAck {
+                message_id: msg.id,
+                conversation_id: msg.conversation_id,
+                sender_id: msg.sender_id,
+                recipient_id: *r,
+            };
+            if let Err(e) = self
+                .bus
+                .publish(subjects::DELIVERY_ACKS, Bytes::from(ack.encode_to_vec()))
+                .await
+            {
+                tracing::debug!(error = %e, "delivery ack not published");
+            }
         }
     }
 
     async fn heartbeat(&self, stopping: bool) {
+        let _order = self.routing_lock.lock().await;
         let hb = pb::GatewayHeartbeat {
             gateway_id: self.settings.gateway_id.clone(),
             user_ids: if stopping {
@@ -133,6 +175,7 @@ impl App {
             verifier,
             next_conn: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
+            routing_lock: tokio::sync::Mutex::new(()),
         });
         Ok(App {
             ctx,
@@ -164,7 +207,10 @@ impl App {
             while let Some(m) = deliveries.next().await {
                 match pb::Delivery::decode(m.payload) {
                     Ok(d) => {
-                        c.hub.deliver(&d);
+                        let reached = c.hub.deliver(&d);
+                        if let Some(pb::delivery::Event::Message(msg)) = &d.event {
+                            c.ack_deliveries(msg, &reached).await;
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "undecodable delivery"),
                 }

@@ -1,16 +1,17 @@
 //! One WebSocket connection: a reader that handles client frames in order, and a writer
-//! that drains the socket's bounded outbound queue.
+//! that drains the socket's bounded queues.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use prost::Message as _;
 use proto::frames::{
-    parse_client_frame, ChatMessage, ClientFrame, ConnectionEstablished, MessageSent, ServerFrame,
+    self, parse_client_frame, ChatMessage, ClientFrame, ConnectionEstablished, MessageSent,
+    NewMessage, ServerFrame,
 };
 use proto::{pb, subjects, ErrorCode};
 use tokio::sync::mpsc;
@@ -20,8 +21,20 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{ConnHandle, Outbound};
+use crate::hub::{ConnHandle, ConnShared, Outbound, RecentIds, SyncFrame};
 use crate::Ctx;
+
+/// Typing indicators for one conversation are forwarded at most this often, unless the
+/// state flips (a stop is never held back).
+pub const TYPING_INTERVAL: Duration = Duration::from_secs(1);
+/// Most conversations one `sync` may name.
+pub const MAX_SYNC_CONVERSATIONS: usize = 1000;
+/// Most message ids one `read_receipt` may carry.
+pub const MAX_RECEIPT_IDS: usize = 500;
+/// Page size used while streaming a resume.
+const SYNC_PAGE: u32 = 200;
+/// Live messages held back during a resume before the client counts as too slow.
+const MAX_HELD_BACK: usize = 10_000;
 
 /// The tungstenite configuration for client sockets. The default read buffer is 128 KiB
 /// allocated up front (~138 KB per idle socket); 4 KiB brings an idle socket to ~7 KB.
@@ -49,7 +62,9 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let connection_id: Arc<str> = Arc::from(format!("{}/{n}", ctx.settings.gateway_id));
     let (tx, rx) = mpsc::channel(ctx.settings.outbound_queue);
+    let (sync_tx, sync_rx) = mpsc::channel(64);
     let close = ctx.shutdown.child_token();
+    let shared = Arc::new(ConnShared::default());
 
     // The first frame, queued before the socket is visible to deliveries.
     let hello = ServerFrame::ConnectionEstablished(ConnectionEstablished {
@@ -62,19 +77,21 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
         connection_id: connection_id.clone(),
         tx: tx.clone(),
         close: close.clone(),
+        shared: shared.clone(),
     };
-    ctx.hub.add(user_id, handle);
-    ctx.announce(pb::connection_event::Kind::Up, user_id, &connection_id)
-        .await;
+    ctx.register(user_id, handle).await;
     tracing::debug!(%connection_id, user_id, "socket open");
 
     let (sink, mut stream) = ws.split();
-    let writer = tokio::spawn(write_loop(sink, rx, close.clone()));
-    let conn = Conn {
+    let writer = tokio::spawn(write_loop(sink, rx, sync_rx, close.clone()));
+    let mut conn = Conn {
         ctx: ctx.clone(),
         user_id,
         connection_id: connection_id.clone(),
         tx,
+        sync_tx,
+        shared,
+        typing: HashMap::new(),
     };
     loop {
         let next = tokio::select! {
@@ -100,46 +117,107 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
         }
     }
     close.cancel();
-    ctx.hub.remove(user_id, &connection_id);
-    ctx.announce(pb::connection_event::Kind::Down, user_id, &connection_id)
-        .await;
+    ctx.unregister(user_id, &connection_id).await;
+    conn.stop_typing().await;
     let _ = writer.await;
     tracing::debug!(%connection_id, user_id, "socket closed");
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocketStream<TokioIo<Upgraded>>, Message>;
 
-async fn write_loop(mut sink: Sink, mut rx: mpsc::Receiver<Outbound>, close: CancellationToken) {
+/// What the writer remembers to keep a resume and live traffic in order and free of
+/// repeats.
+struct WriterState {
+    /// Message ids already written to this socket.
+    sent: RecentIds,
+    /// A resume is streaming: live messages wait in `held`.
+    syncing: bool,
+    held: Vec<(i64, Utf8Bytes)>,
+}
+
+impl WriterState {
+    async fn message(&mut self, sink: &mut Sink, id: i64, text: Utf8Bytes) -> Result<(), ()> {
+        if self.sent.insert(id) {
+            sink.send(Message::Text(text)).await.map_err(|_| ())?;
+        }
+        Ok(())
+    }
+}
+
+async fn write_loop(
+    mut sink: Sink,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut sync_rx: mpsc::Receiver<SyncFrame>,
+    close: CancellationToken,
+) {
+    let mut st = WriterState {
+        sent: RecentIds::with_capacity(4096),
+        syncing: false,
+        held: Vec::new(),
+    };
     loop {
-        tokio::select! {
+        let res: Result<(), ()> = tokio::select! {
             biased;
-            m = rx.recv() => match m {
-                Some(Outbound::Text(t)) => {
-                    if sink.send(Message::Text(t)).await.is_err() {
-                        break;
-                    }
+            () = close.cancelled() => break,
+            Some(f) = sync_rx.recv() => match f {
+                SyncFrame::Begin => {
+                    st.syncing = true;
+                    Ok(())
                 }
+                SyncFrame::Message { message_id, text } => st.message(&mut sink, message_id, text).await,
+                SyncFrame::Text(t) => sink.send(Message::Text(t)).await.map_err(|_| ()),
+                SyncFrame::End(t) => {
+                    let mut r = sink.send(Message::Text(t)).await.map_err(|_| ());
+                    st.syncing = false;
+                    for (id, text) in std::mem::take(&mut st.held) {
+                        if r.is_ok() {
+                            r = st.message(&mut sink, id, text).await;
+                        }
+                    }
+                    r
+                }
+            },
+            m = rx.recv() => match m {
+                Some(Outbound::Text(t)) => sink.send(Message::Text(t)).await.map_err(|_| ()),
+                Some(Outbound::Message { message_id, text }) if st.syncing => {
+                    st.held.push((message_id, text));
+                    if st.held.len() > MAX_HELD_BACK {
+                        close.cancel();
+                    }
+                    Ok(())
+                }
+                Some(Outbound::Message { message_id, text }) => st.message(&mut sink, message_id, text).await,
                 None => break,
             },
-            () = close.cancelled() => {
-                // Flush what is queued (bounded), then say goodbye. 1012 tells clients the
-                // server is restarting and to reconnect, 1013 that they were too slow.
-                let code = if rx.len() >= rx.max_capacity() { CloseCode::Again } else { CloseCode::Restart };
-                while let Ok(Outbound::Text(t)) = rx.try_recv() {
-                    if sink.feed(Message::Text(t)).await.is_err() {
-                        return;
-                    }
-                }
-                let frame = CloseFrame { code, reason: Utf8Bytes::from_static("closing") };
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    let _ = sink.send(Message::Close(Some(frame))).await;
-                    let _ = sink.close().await;
-                })
-                .await;
-                break;
-            }
+        };
+        if res.is_err() {
+            return;
         }
     }
+    // Closing: flush what is queued (bounded), then say goodbye. 1012 tells clients the
+    // server is restarting and to reconnect; 1013 that they were too slow.
+    let code = if rx.len() >= rx.max_capacity() || st.held.len() > MAX_HELD_BACK {
+        CloseCode::Again
+    } else {
+        CloseCode::Restart
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(f) = rx.try_recv() {
+            let t = match f {
+                Outbound::Text(t) | Outbound::Message { text: t, .. } => t,
+            };
+            if sink.feed(Message::Text(t)).await.is_err() {
+                return;
+            }
+        }
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static("closing"),
+        };
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        let _ = sink.close().await;
+    })
+    .await;
 }
 
 struct Conn {
@@ -147,11 +225,14 @@ struct Conn {
     user_id: i64,
     connection_id: Arc<str>,
     tx: mpsc::Sender<Outbound>,
+    sync_tx: mpsc::Sender<SyncFrame>,
+    shared: Arc<ConnShared>,
+    /// Per conversation: when the last indicator was forwarded, and its state.
+    typing: HashMap<i64, (Instant, bool)>,
 }
 
 impl Conn {
-    /// Queues a frame for this socket. A full queue means the client is not reading: the
-    /// hub's slow-consumer rule applies.
+    /// Queues a reply for this socket.
     fn send(&self, frame: ServerFrame) {
         if self
             .tx
@@ -162,21 +243,40 @@ impl Conn {
         }
     }
 
-    async fn handle_text(&self, text: &str) {
+    fn send_error(&self, code: ErrorCode, message: String, conversation_id: Option<i64>) {
+        let mut f = ServerFrame::error(code, message, None);
+        if let ServerFrame::Error(e) = &mut f {
+            e.conversation_id = conversation_id;
+        }
+        self.send(f);
+    }
+
+    async fn handle_text(&mut self, text: &str) {
         match parse_client_frame(text) {
             Err(e) => self.send(e.into_frame()),
             Ok(ClientFrame::Ping) => self.send(ServerFrame::Pong),
             Ok(ClientFrame::ChatMessage(m)) => self.chat_message(m).await,
-            Ok(
-                ClientFrame::TypingIndicator(_)
-                | ClientFrame::ReadReceipt(_)
-                | ClientFrame::JoinConversation(_)
-                | ClientFrame::LeaveConversation(_),
-            ) => self.send(ServerFrame::error(
-                ErrorCode::Unsupported,
-                "this frame type is recognised but not served by this server version yet",
-                None,
-            )),
+            Ok(ClientFrame::TypingIndicator(t)) => {
+                self.typing_indicator(t.conversation_id.0, t.is_typing)
+                    .await
+            }
+            Ok(ClientFrame::ReadReceipt(r)) => self.read_receipt(r).await,
+            Ok(ClientFrame::JoinConversation(r)) => self.join(r.conversation_id.0).await,
+            Ok(ClientFrame::LeaveConversation(r)) => {
+                let id = r.conversation_id.0;
+                self.shared
+                    .joined
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                self.send(ServerFrame::LeftConversation(frames::Left {
+                    conversation_id: id,
+                    reason: None,
+                }));
+            }
+            Ok(ClientFrame::Sync(s)) => self.sync(s).await,
+            Ok(ClientFrame::History(h)) => self.history(h).await,
+            Ok(ClientFrame::ListConversations) => self.list_conversations().await,
         }
     }
 
@@ -220,6 +320,319 @@ impl Conn {
             Err((code, message)) => self.send(ServerFrame::error(code, message, reference)),
         }
     }
+
+    /// Forwards an indicator unless it repeats the last forwarded state within
+    /// [`TYPING_INTERVAL`] (the spec's client sends one per keystroke): repeats are
+    /// coalesced silently; a change of state always goes through.
+    async fn typing_indicator(&mut self, conversation_id: i64, is_typing: bool) {
+        let now = Instant::now();
+        if let Some((at, state)) = self.typing.get(&conversation_id) {
+            if *state == is_typing && now.duration_since(*at) < TYPING_INTERVAL {
+                return;
+            }
+        }
+        let req = pb::TypingRequest {
+            user_id: self.user_id,
+            conversation_id,
+            is_typing,
+            origin_connection_id: self.connection_id.to_string(),
+        };
+        match call::<_, pb::TypingResponse>(&self.ctx, subjects::TYPING, &req).await {
+            Ok(pb::TypingResponse { error: None }) => {
+                self.typing.insert(conversation_id, (now, is_typing));
+            }
+            Ok(pb::TypingResponse { error: Some(e) }) => {
+                self.send_error(ErrorCode::parse(&e.code), e.message, Some(conversation_id))
+            }
+            Err((code, message)) => self.send_error(code, message, Some(conversation_id)),
+        }
+        // Forget stopped entries so the map stays as small as the set of live typists.
+        if self.typing.len() > 64 {
+            self.typing
+                .retain(|_, (at, state)| *state || now.duration_since(*at) < TYPING_INTERVAL);
+        }
+    }
+
+    /// On disconnect: whoever saw this socket typing hears it stopped.
+    async fn stop_typing(&mut self) {
+        let typing: Vec<i64> = self
+            .typing
+            .iter()
+            .filter(|(_, (_, state))| *state)
+            .map(|(c, _)| *c)
+            .collect();
+        for conversation_id in typing {
+            let req = pb::TypingRequest {
+                user_id: self.user_id,
+                conversation_id,
+                is_typing: false,
+                origin_connection_id: self.connection_id.to_string(),
+            };
+            let _ = call::<_, pb::TypingResponse>(&self.ctx, subjects::TYPING, &req).await;
+        }
+    }
+
+    async fn read_receipt(&self, r: frames::ReadReceipt) {
+        if r.message_ids.is_empty() || r.message_ids.len() > MAX_RECEIPT_IDS {
+            return self.send_error(
+                ErrorCode::InvalidField,
+                format!("message_ids must hold 1 to {MAX_RECEIPT_IDS} ids"),
+                None,
+            );
+        }
+        let req = pb::MarkReadRequest {
+            reader_id: self.user_id,
+            message_ids: r.message_ids.iter().map(|i| i.0).collect(),
+        };
+        match call::<_, pb::MarkReadResponse>(&self.ctx, subjects::RECEIPTS_MARK, &req).await {
+            Ok(resp) => {
+                if let Some(e) = resp.error {
+                    return self.send_error(ErrorCode::parse(&e.code), e.message, None);
+                }
+                if !resp.rejected_ids.is_empty() {
+                    let mut f = ServerFrame::error(
+                        ErrorCode::MessageNotFound,
+                        "some message ids do not exist or are not yours to read; the rest were marked read",
+                        None,
+                    );
+                    if let ServerFrame::Error(e) = &mut f {
+                        e.message_ids = Some(resp.rejected_ids);
+                    }
+                    self.send(f);
+                }
+            }
+            Err((code, message)) => self.send_error(code, message, None),
+        }
+    }
+
+    async fn join(&self, conversation_id: i64) {
+        let req = pb::GetConversationRequest {
+            conversation_id,
+            as_user_id: self.user_id,
+        };
+        match call::<_, pb::GetConversationResponse>(&self.ctx, subjects::CONV_GET, &req).await {
+            Ok(pb::GetConversationResponse {
+                result: Some(pb::get_conversation_response::Result::Conversation(c)),
+            }) => {
+                self.shared
+                    .joined
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(conversation_id);
+                self.send(ServerFrame::JoinedConversation(frames::Joined {
+                    conversation_id,
+                    participant_ids: c.participant_ids,
+                }));
+            }
+            Ok(pb::GetConversationResponse {
+                result: Some(pb::get_conversation_response::Result::Error(e)),
+            }) => self.send_error(ErrorCode::parse(&e.code), e.message, Some(conversation_id)),
+            Ok(_) => self.send_error(
+                ErrorCode::Internal,
+                "empty reply".into(),
+                Some(conversation_id),
+            ),
+            Err((code, message)) => self.send_error(code, message, Some(conversation_id)),
+        }
+    }
+
+    /// Streams every message after the client's last seq, per conversation in seq order,
+    /// then `sync_complete`. Live messages arriving meanwhile are held by the writer and
+    /// sent afterwards, minus any the resume already carried.
+    async fn sync(&self, s: frames::Sync) {
+        if s.conversations.len() > MAX_SYNC_CONVERSATIONS {
+            return self.send_error(
+                ErrorCode::InvalidField,
+                format!("sync names at most {MAX_SYNC_CONVERSATIONS} conversations"),
+                None,
+            );
+        }
+        if let Some((c, _)) = s.conversations.iter().find(|(_, seq)| **seq < 0) {
+            return self.send_error(
+                ErrorCode::InvalidField,
+                "last seq must not be negative".into(),
+                Some(c.0),
+            );
+        }
+        if self.sync_tx.send(SyncFrame::Begin).await.is_err() {
+            return;
+        }
+        let mut done = BTreeMap::new();
+        let mut truncated = Vec::new();
+        for (conv, last_seq) in s.conversations {
+            let mut after = last_seq;
+            loop {
+                let req = pb::ListMessagesRequest {
+                    user_id: self.user_id,
+                    conversation_id: conv.0,
+                    after_seq: after,
+                    before_seq: 0,
+                    limit: SYNC_PAGE,
+                };
+                let page =
+                    match call::<_, pb::ListMessagesResponse>(&self.ctx, subjects::MSG_LIST, &req)
+                        .await
+                    {
+                        Ok(p) => p,
+                        Err((code, message)) => {
+                            self.sync_error(code, message, conv.0).await;
+                            break;
+                        }
+                    };
+                if let Some(e) = page.error {
+                    self.sync_error(ErrorCode::parse(&e.code), e.message, conv.0)
+                        .await;
+                    break;
+                }
+                if after == last_seq && page.first_retained_seq > last_seq + 1 {
+                    truncated.push(conv.0);
+                }
+                for m in &page.messages {
+                    after = m.seq;
+                    let text =
+                        Utf8Bytes::from(ServerFrame::NewMessage(NewMessage::from_pb(m)).to_json());
+                    if self
+                        .sync_tx
+                        .send(SyncFrame::Message {
+                            message_id: m.id,
+                            text,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                if !page.has_more || page.messages.is_empty() {
+                    done.insert(conv.0.to_string(), page.last_seq.max(after));
+                    break;
+                }
+            }
+        }
+        let end = ServerFrame::SyncComplete(frames::SyncComplete {
+            conversations: done,
+            truncated,
+        });
+        let _ = self
+            .sync_tx
+            .send(SyncFrame::End(Utf8Bytes::from(end.to_json())))
+            .await;
+    }
+
+    async fn sync_error(&self, code: ErrorCode, message: String, conversation_id: i64) {
+        let mut f = ServerFrame::error(code, message, None);
+        if let ServerFrame::Error(e) = &mut f {
+            e.conversation_id = Some(conversation_id);
+        }
+        let _ = self
+            .sync_tx
+            .send(SyncFrame::Text(Utf8Bytes::from(f.to_json())))
+            .await;
+    }
+
+    async fn history(&self, h: frames::History) {
+        let limit = h.limit.unwrap_or(50).clamp(1, 200);
+        let before = match h.before_seq {
+            Some(b) if b <= 0 => {
+                return self.send_error(
+                    ErrorCode::InvalidField,
+                    "before_seq must be positive".into(),
+                    Some(h.conversation_id.0),
+                )
+            }
+            Some(b) => b,
+            None => i64::MAX,
+        };
+        let req = pb::ListMessagesRequest {
+            user_id: self.user_id,
+            conversation_id: h.conversation_id.0,
+            after_seq: 0,
+            before_seq: before,
+            limit,
+        };
+        match call::<_, pb::ListMessagesResponse>(&self.ctx, subjects::MSG_LIST, &req).await {
+            Ok(p) if p.error.is_none() => self.send(ServerFrame::History(frames::HistoryPage {
+                conversation_id: h.conversation_id.0,
+                messages: p.messages.iter().map(NewMessage::from_pb).collect(),
+                has_more: p.has_more,
+            })),
+            Ok(p) => {
+                let e = p.error.unwrap_or_default();
+                self.send_error(
+                    ErrorCode::parse(&e.code),
+                    e.message,
+                    Some(h.conversation_id.0),
+                )
+            }
+            Err((code, message)) => self.send_error(code, message, Some(h.conversation_id.0)),
+        }
+    }
+
+    async fn list_conversations(&self) {
+        let req = pb::ListConversationsRequest {
+            user_id: self.user_id,
+            limit: 100,
+        };
+        match call::<_, pb::ListConversationsResponse>(&self.ctx, subjects::CONV_LIST, &req).await {
+            Ok(r) if r.error.is_none() => {
+                let conversations = r
+                    .conversations
+                    .into_iter()
+                    .filter_map(|s| {
+                        let c = s.conversation?;
+                        Some(frames::ConversationInfo {
+                            id: c.id,
+                            kind: crate::http::kind_name(c.kind).to_owned(),
+                            title: c.title,
+                            participant_ids: c.participant_ids,
+                            last_seq: c.last_seq,
+                            last_read_seq: s.last_read_seq,
+                            unread_count: s.unread_count,
+                            last_message: s.last_message.as_ref().map(NewMessage::from_pb),
+                        })
+                    })
+                    .collect();
+                self.send(ServerFrame::Conversations(frames::Conversations {
+                    conversations,
+                }))
+            }
+            Ok(r) => {
+                let e = r.error.unwrap_or_default();
+                self.send_error(ErrorCode::parse(&e.code), e.message, None)
+            }
+            Err((code, message)) => self.send_error(code, message, None),
+        }
+    }
+}
+
+/// One request/reply with message-service. Transport failures become `unavailable`
+/// (retrying is safe), an undecodable reply `internal`.
+pub async fn call<Req: prost::Message, Resp: prost::Message + Default>(
+    ctx: &Ctx,
+    subject: &str,
+    req: &Req,
+) -> Result<Resp, (ErrorCode, String)> {
+    let reply = ctx
+        .bus
+        .request(
+            subject,
+            Bytes::from(req.encode_to_vec()),
+            ctx.settings.request_timeout,
+        )
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, subject, "message-service request failed");
+            (
+                ErrorCode::Unavailable,
+                "message service unavailable; retry".to_owned(),
+            )
+        })?;
+    Resp::decode(reply.payload).map_err(|_| {
+        (
+            ErrorCode::Internal,
+            "bad reply from message service".to_owned(),
+        )
+    })
 }
 
 /// Asks message-service to store a message. Shared by the WebSocket and REST paths.
@@ -227,27 +640,19 @@ pub async fn send_message(
     ctx: &Ctx,
     req: pb::SendMessageRequest,
 ) -> Result<(pb::ChatMessage, bool), (ErrorCode, String)> {
-    let reply = ctx
-        .bus
-        .request(
-            subjects::MSG_SEND,
-            Bytes::from(req.encode_to_vec()),
-            ctx.settings.request_timeout,
-        )
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "message-service request failed");
-            (
-                ErrorCode::Unavailable,
-                "message service unavailable; retry with the same client_msg_id".to_owned(),
-            )
-        })?;
-    let resp = pb::SendMessageResponse::decode(reply.payload).map_err(|_| {
-        (
-            ErrorCode::Internal,
-            "bad reply from message service".to_owned(),
-        )
-    })?;
+    let resp: pb::SendMessageResponse =
+        call(ctx, subjects::MSG_SEND, &req)
+            .await
+            .map_err(|(code, message)| {
+                if code == ErrorCode::Unavailable {
+                    (
+                        code,
+                        "message service unavailable; retry with the same client_msg_id".to_owned(),
+                    )
+                } else {
+                    (code, message)
+                }
+            })?;
     match resp.result {
         Some(pb::send_message_response::Result::Message(m)) => Ok((m, resp.duplicate)),
         Some(pb::send_message_response::Result::Error(e)) => {

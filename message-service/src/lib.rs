@@ -51,8 +51,13 @@ enum Route {
     Send,
     CreateConversation,
     GetConversation,
-    ConnEvents,
-    Heartbeats,
+    MarkRead,
+    Typing,
+    ListMessages,
+    ListConversations,
+    UpdateParticipants,
+    DeliveryAcks,
+    Routing,
 }
 
 struct Inner {
@@ -85,20 +90,20 @@ impl App {
             (Route::Send, subjects::MSG_SEND),
             (Route::CreateConversation, subjects::CONV_CREATE),
             (Route::GetConversation, subjects::CONV_GET),
+            (Route::MarkRead, subjects::RECEIPTS_MARK),
+            (Route::Typing, subjects::TYPING),
+            (Route::ListMessages, subjects::MSG_LIST),
+            (Route::ListConversations, subjects::CONV_LIST),
+            (Route::UpdateParticipants, subjects::CONV_MEMBERS),
+            (Route::DeliveryAcks, subjects::DELIVERY_ACKS),
         ] {
             let s = bus
                 .queue_subscribe(subject, subjects::MESSAGE_SERVICE_QUEUE)
                 .await?;
             subs.push((route, s));
         }
-        subs.push((
-            Route::ConnEvents,
-            bus.subscribe(subjects::CONN_EVENTS).await?,
-        ));
-        subs.push((
-            Route::Heartbeats,
-            bus.subscribe(subjects::GATEWAY_HEARTBEAT).await?,
-        ));
+        // One subscription for both routing streams keeps them in order (see ROUTING_ALL).
+        subs.push((Route::Routing, bus.subscribe(subjects::ROUTING_ALL).await?));
         // Ask every gateway for its full socket list so routing works right away instead
         // of after the next heartbeat.
         bus.publish(subjects::GATEWAY_RESYNC, Bytes::new()).await?;
@@ -154,15 +159,36 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
     while let Some(msg) = sub.next().await {
         match route {
             // Routing updates are applied inline, in arrival order.
-            Route::ConnEvents => match pb::ConnectionEvent::decode(msg.payload) {
-                Ok(ev) => inner.routes.apply_event(&ev),
-                Err(e) => tracing::warn!(error = %e, "undecodable connection event"),
-            },
-            Route::Heartbeats => match pb::GatewayHeartbeat::decode(msg.payload) {
+            Route::Routing if msg.subject == subjects::CONN_EVENTS => {
+                match pb::ConnectionEvent::decode(msg.payload) {
+                    Ok(ev) => inner.routes.apply_event(&ev),
+                    Err(e) => tracing::warn!(error = %e, "undecodable connection event"),
+                }
+            }
+            Route::Routing => match pb::GatewayHeartbeat::decode(msg.payload) {
                 Ok(hb) => inner.routes.apply_heartbeat(&hb),
                 Err(e) => tracing::warn!(error = %e, "undecodable heartbeat"),
             },
-            Route::Send | Route::CreateConversation | Route::GetConversation => {
+            Route::DeliveryAcks => match pb::DeliveryAck::decode(msg.payload) {
+                Ok(ack) => {
+                    let ev = pb::delivery::Event::Delivered(pb::DeliveredEvent {
+                        message_id: ack.message_id,
+                        conversation_id: ack.conversation_id,
+                        recipient_id: ack.recipient_id,
+                        at_ms: proto::time::now_ms(),
+                    });
+                    publish_event(&inner, ev, &[ack.sender_id], "").await;
+                }
+                Err(e) => tracing::warn!(error = %e, "undecodable delivery ack"),
+            },
+            Route::Send
+            | Route::CreateConversation
+            | Route::GetConversation
+            | Route::MarkRead
+            | Route::Typing
+            | Route::ListMessages
+            | Route::ListConversations
+            | Route::UpdateParticipants => {
                 // Bounded concurrency: when saturated we stop reading, and NATS buffers
                 // (then times the requester out, who retries with the same key).
                 let Ok(permit) = inner.in_flight.clone().acquire_owned().await else {
@@ -173,7 +199,17 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
                     let reply = match route {
                         Route::Send => handle_send(&inner, &msg.payload).await,
                         Route::CreateConversation => handle_create(&inner, &msg.payload).await,
-                        _ => handle_get(&inner, &msg.payload).await,
+                        Route::GetConversation => handle_get(&inner, &msg.payload).await,
+                        Route::MarkRead => handle_mark_read(&inner, &msg.payload).await,
+                        Route::Typing => handle_typing(&inner, &msg.payload).await,
+                        Route::ListMessages => handle_list_messages(&inner, &msg.payload).await,
+                        Route::ListConversations => {
+                            handle_list_conversations(&inner, &msg.payload).await
+                        }
+                        Route::UpdateParticipants => {
+                            handle_update_participants(&inner, &msg.payload).await
+                        }
+                        Route::DeliveryAcks | Route::Routing => return,
                     };
                     if let Err(e) = inner.bus.respond(&msg, reply).await {
                         tracing::warn!(error = %e, "could not send reply");
@@ -290,10 +326,34 @@ async fn send(
 /// Publishes one `Delivery` per gateway that holds sockets of the participants, then
 /// queues the outbox row for deletion.
 async fn deliver(inner: &Inner, message: &pb::ChatMessage, participants: &[i64], origin: &str) {
+    let ok = publish_event(
+        inner,
+        pb::delivery::Event::Message(message.clone()),
+        participants,
+        origin,
+    )
+    .await;
+    // On failure the row stays; the sweeper republishes it when the lease runs out.
+    if ok && inner.published.try_send(message.id).is_err() {
+        tracing::debug!(
+            message_id = message.id,
+            "outbox completion queue full; sweeper will redo it"
+        );
+    }
+}
+
+/// Publishes `event` once to every gateway holding sockets of `recipients`. Returns false
+/// if any publish failed.
+async fn publish_event(
+    inner: &Inner,
+    event: pb::delivery::Event,
+    recipients: &[i64],
+    origin: &str,
+) -> bool {
     let mut ok = true;
-    for (gateway, users) in inner.routes.by_gateway(participants) {
+    for (gateway, users) in inner.routes.by_gateway(recipients) {
         let d = pb::Delivery {
-            message: Some(message.clone()),
+            event: Some(event.clone()),
             recipient_ids: users,
             origin_connection_id: origin.to_owned(),
         };
@@ -303,17 +363,204 @@ async fn deliver(inner: &Inner, message: &pb::ChatMessage, participants: &[i64],
             .publish(&subject, Bytes::from(d.encode_to_vec()))
             .await
         {
-            tracing::warn!(error = %e, %gateway, message_id = message.id, "delivery publish failed");
+            tracing::warn!(error = %e, %gateway, "delivery publish failed");
             ok = false;
         }
     }
-    // On failure the row stays; the sweeper republishes it when the lease runs out.
-    if ok && inner.published.try_send(message.id).is_err() {
-        tracing::debug!(
-            message_id = message.id,
-            "outbox completion queue full; sweeper will redo it"
-        );
+    ok
+}
+
+/// Decodes a request or answers with an `invalid_field` error.
+fn decode<T: prost::Message + Default>(payload: &[u8]) -> Result<T, pb::Error> {
+    T::decode(payload)
+        .map_err(|e| proto::pb_error(ErrorCode::InvalidField, format!("undecodable request: {e}")))
+}
+
+/// Most message ids one read receipt may carry.
+pub const MAX_RECEIPT_IDS: usize = 500;
+
+async fn handle_mark_read(inner: &Inner, payload: &[u8]) -> Bytes {
+    let res = async {
+        let req: pb::MarkReadRequest = decode(payload)?;
+        proto::limits::validate_id("reader_id", req.reader_id).map_err(invalid)?;
+        if req.message_ids.is_empty() || req.message_ids.len() > MAX_RECEIPT_IDS {
+            return Err(proto::pb_error(
+                ErrorCode::InvalidField,
+                format!("message_ids must hold 1 to {MAX_RECEIPT_IDS} ids"),
+            ));
+        }
+        let marked = inner
+            .store
+            .mark_read(req.reader_id, &req.message_ids)
+            .await
+            .map_err(store_error)?;
+        // Relay: one receipt per (conversation, sender), to all of the sender's devices.
+        let mut groups: std::collections::BTreeMap<(i64, i64), Vec<i64>> =
+            std::collections::BTreeMap::new();
+        for m in &marked.newly_read {
+            groups
+                .entry((m.conversation_id, m.sender_id))
+                .or_default()
+                .push(m.message_id);
+        }
+        for ((conversation_id, sender_id), message_ids) in groups {
+            let ev = pb::delivery::Event::ReadReceipt(pb::ReadReceiptEvent {
+                conversation_id,
+                reader_id: req.reader_id,
+                message_ids,
+                read_at_ms: marked.read_at_ms,
+            });
+            publish_event(inner, ev, &[sender_id], "").await;
+        }
+        Ok(marked)
     }
+    .await;
+    let resp = match res {
+        Ok(m) => pb::MarkReadResponse {
+            accepted_ids: m.accepted,
+            rejected_ids: m.rejected,
+            read_at_ms: m.read_at_ms,
+            error: None,
+        },
+        Err(e) => pb::MarkReadResponse {
+            error: Some(e),
+            ..Default::default()
+        },
+    };
+    Bytes::from(resp.encode_to_vec())
+}
+
+async fn handle_typing(inner: &Inner, payload: &[u8]) -> Bytes {
+    let res = async {
+        let req: pb::TypingRequest = decode(payload)?;
+        let members = inner
+            .store
+            .require_member(req.conversation_id, req.user_id)
+            .await
+            .map_err(store_error)?;
+        let ev = pb::delivery::Event::Typing(pb::TypingEvent {
+            conversation_id: req.conversation_id,
+            user_id: req.user_id,
+            is_typing: req.is_typing,
+        });
+        // Everyone but the typist (whose other devices do not need it).
+        let others: Vec<i64> = members.into_iter().filter(|u| *u != req.user_id).collect();
+        publish_event(inner, ev, &others, &req.origin_connection_id).await;
+        Ok(())
+    }
+    .await;
+    Bytes::from(pb::TypingResponse { error: res.err() }.encode_to_vec())
+}
+
+async fn handle_list_messages(inner: &Inner, payload: &[u8]) -> Bytes {
+    let res = async {
+        let req: pb::ListMessagesRequest = decode(payload)?;
+        if req.after_seq < 0 || req.before_seq < 0 {
+            return Err(proto::pb_error(
+                ErrorCode::InvalidField,
+                "seq bounds must not be negative",
+            ));
+        }
+        inner
+            .store
+            .list_messages(
+                req.user_id,
+                req.conversation_id,
+                req.after_seq,
+                req.before_seq,
+                req.limit,
+            )
+            .await
+            .map_err(store_error)
+    }
+    .await;
+    let resp = match res {
+        Ok(p) => pb::ListMessagesResponse {
+            messages: p.messages,
+            has_more: p.has_more,
+            last_seq: p.last_seq,
+            first_retained_seq: p.first_retained_seq,
+            error: None,
+        },
+        Err(e) => pb::ListMessagesResponse {
+            error: Some(e),
+            ..Default::default()
+        },
+    };
+    Bytes::from(resp.encode_to_vec())
+}
+
+async fn handle_list_conversations(inner: &Inner, payload: &[u8]) -> Bytes {
+    let res = async {
+        let req: pb::ListConversationsRequest = decode(payload)?;
+        let limit = if req.limit == 0 { 100 } else { req.limit };
+        inner
+            .store
+            .list_conversations(req.user_id, limit)
+            .await
+            .map_err(store_error)
+    }
+    .await;
+    let resp = match res {
+        Ok(list) => pb::ListConversationsResponse {
+            conversations: list
+                .into_iter()
+                .map(|s| pb::ConversationSummary {
+                    conversation: Some(s.conversation),
+                    last_read_seq: s.last_read_seq,
+                    unread_count: s.unread_count,
+                    last_message: s.last_message,
+                })
+                .collect(),
+            error: None,
+        },
+        Err(e) => pb::ListConversationsResponse {
+            conversations: Vec::new(),
+            error: Some(e),
+        },
+    };
+    Bytes::from(resp.encode_to_vec())
+}
+
+async fn handle_update_participants(inner: &Inner, payload: &[u8]) -> Bytes {
+    use pb::update_participants_response::Result as R;
+    let res = async {
+        let req: pb::UpdateParticipantsRequest = decode(payload)?;
+        for u in req.add_user_ids.iter().chain(&req.remove_user_ids) {
+            proto::limits::validate_id("user_ids", *u).map_err(invalid)?;
+        }
+        let (conv, added, removed) = inner
+            .store
+            .update_participants(
+                req.actor_id,
+                req.conversation_id,
+                &req.add_user_ids,
+                &req.remove_user_ids,
+                inner.settings.max_group_size,
+            )
+            .await
+            .map_err(store_error)?;
+        if !added.is_empty() || !removed.is_empty() {
+            // Everyone affected hears it at once: current members and the removed.
+            let mut audience = conv.participant_ids.clone();
+            audience.extend(&removed);
+            let ev = pb::delivery::Event::Membership(pb::MembershipEvent {
+                conversation_id: conv.id,
+                added_user_ids: added,
+                removed_user_ids: removed,
+            });
+            publish_event(inner, ev, &audience, "").await;
+        }
+        Ok(conv)
+    }
+    .await;
+    let resp = pb::UpdateParticipantsResponse {
+        result: Some(match res {
+            Ok(c) => R::Conversation(c),
+            Err(e) => R::Error(e),
+        }),
+    };
+    Bytes::from(resp.encode_to_vec())
 }
 
 async fn handle_create(inner: &Inner, payload: &[u8]) -> Bytes {

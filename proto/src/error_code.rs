@@ -41,11 +41,13 @@ pub enum ErrorCode {
     Unsupported,
     /// The request body is larger than allowed.
     PayloadTooLarge,
+    /// The message ids do not exist or belong to conversations the caller is not in.
+    MessageNotFound,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::InvalidJson,
         ErrorCode::MissingType,
         ErrorCode::UnknownType,
@@ -64,6 +66,7 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::Unsupported,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::MessageNotFound,
     ];
 
     /// The wire form of the code.
@@ -87,6 +90,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::MessageNotFound => "message_not_found",
         }
     }
 

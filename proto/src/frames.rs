@@ -133,6 +133,26 @@ pub struct ConversationRef {
     pub conversation_id: Id,
 }
 
+/// `sync`: resume after a gap. Maps conversation id → the last `seq` the client has.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sync {
+    /// Conversation id → last seq seen (0 for "everything").
+    pub conversations: std::collections::BTreeMap<Id, i64>,
+}
+
+/// `history`: an older page of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct History {
+    /// The conversation.
+    pub conversation_id: Id,
+    /// Return messages with seq below this (absent: the newest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before_seq: Option<i64>,
+    /// Page size (default 50, at most 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
 /// Every frame a client may send. Closed: an unknown `type` is an `unknown_type` error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -149,6 +169,12 @@ pub enum ClientFrame {
     LeaveConversation(ConversationRef),
     /// Application-level keepalive; answered with `pong`.
     Ping,
+    /// Resume: stream what was missed, then `sync_complete`.
+    Sync(Sync),
+    /// An older page of messages.
+    History(History),
+    /// The conversation list with unread counts.
+    ListConversations,
 }
 
 /// Why a client frame was rejected: the error frame to send back.
@@ -170,18 +196,23 @@ impl FrameError {
             code: self.code.as_str().to_owned(),
             message: self.message,
             reference: self.reference,
+            conversation_id: None,
+            message_ids: None,
         })
     }
 }
 
 /// The client frame types this server understands, in protocol order.
-pub const CLIENT_FRAME_TYPES: [&str; 6] = [
+pub const CLIENT_FRAME_TYPES: [&str; 9] = [
     "chat_message",
     "typing_indicator",
     "read_receipt",
     "join_conversation",
     "leave_conversation",
     "ping",
+    "sync",
+    "history",
+    "list_conversations",
 ];
 
 /// Parses one client text frame, telling apart: not JSON (`invalid_json`), no `type`
@@ -320,6 +351,130 @@ pub struct ErrorFrame {
     /// The rejected frame's `client_msg_id`, when it had one.
     #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
+    /// The conversation the error is about, when the frame named several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation_id: Option<i64>,
+    /// The message ids rejected, for a partly accepted `read_receipt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_ids: Option<Vec<i64>>,
+}
+
+/// `typing_indicator` (server → client): someone in a conversation is typing, or stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TypingNotice {
+    /// The conversation.
+    pub conversation_id: i64,
+    /// Who is typing.
+    pub user_id: i64,
+    /// Started (true) or stopped (false).
+    pub is_typing: bool,
+}
+
+/// `read_receipt` (server → client): a reader read some of your messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceiptNotice {
+    /// The messages read.
+    pub message_ids: Vec<i64>,
+    /// Their conversation.
+    pub conversation_id: i64,
+    /// Who read them.
+    pub reader_id: i64,
+    /// When, RFC 3339.
+    pub read_at: String,
+}
+
+/// `joined_conversation`: the socket now gets the room's events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Joined {
+    /// The room.
+    pub conversation_id: i64,
+    /// Its members.
+    pub participant_ids: Vec<i64>,
+}
+
+/// `left_conversation`: the socket no longer gets the room's events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Left {
+    /// The room.
+    pub conversation_id: i64,
+    /// Why, when the server decided (`removed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `participants_changed`: members were added to or removed from a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParticipantsChanged {
+    /// The group.
+    pub conversation_id: i64,
+    /// New members.
+    pub added_user_ids: Vec<i64>,
+    /// Former members.
+    pub removed_user_ids: Vec<i64>,
+}
+
+/// `message_delivered`: a recipient's device received your message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivered {
+    /// The message.
+    pub message_id: i64,
+    /// Its conversation.
+    pub conversation_id: i64,
+    /// The recipient whose device got it.
+    pub recipient_id: i64,
+    /// When, RFC 3339.
+    pub delivered_at: String,
+}
+
+/// `sync_complete`: every missed message has been sent; live traffic follows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncComplete {
+    /// Conversation id → its newest seq, for every conversation synced successfully.
+    pub conversations: std::collections::BTreeMap<String, i64>,
+    /// Conversations where messages the client asked for are no longer retained; the
+    /// client has a gap it cannot fill and should say so to the user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub truncated: Vec<i64>,
+}
+
+/// `history` (server → client): a page of older messages, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPage {
+    /// The conversation.
+    pub conversation_id: i64,
+    /// The messages, ascending by seq.
+    pub messages: Vec<NewMessage>,
+    /// Older messages exist.
+    pub has_more: bool,
+}
+
+/// One row of `conversations`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationInfo {
+    /// Id.
+    pub id: i64,
+    /// `direct` or `group`.
+    pub kind: String,
+    /// Title (empty for direct chats).
+    pub title: String,
+    /// Members.
+    pub participant_ids: Vec<i64>,
+    /// Newest seq.
+    pub last_seq: i64,
+    /// Your read watermark.
+    pub last_read_seq: i64,
+    /// Messages from others after your watermark.
+    pub unread_count: i64,
+    /// The newest message.
+    #[serde(default)]
+    pub last_message: Option<NewMessage>,
+}
+
+/// `conversations`: answer to `list_conversations`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversations {
+    /// Most recently active first.
+    pub conversations: Vec<ConversationInfo>,
 }
 
 /// Every frame the server sends.
@@ -336,6 +491,24 @@ pub enum ServerFrame {
     Error(ErrorFrame),
     /// Answer to `ping`.
     Pong,
+    /// Someone is typing.
+    TypingIndicator(TypingNotice),
+    /// Your messages were read.
+    ReadReceipt(ReceiptNotice),
+    /// Your message reached a recipient's device.
+    MessageDelivered(Delivered),
+    /// Room joined.
+    JoinedConversation(Joined),
+    /// Room left.
+    LeftConversation(Left),
+    /// Group membership changed.
+    ParticipantsChanged(ParticipantsChanged),
+    /// End of a resume.
+    SyncComplete(SyncComplete),
+    /// A history page.
+    History(HistoryPage),
+    /// The conversation list.
+    Conversations(Conversations),
 }
 
 impl ServerFrame {
@@ -353,7 +526,25 @@ impl ServerFrame {
             code: code.as_str().to_owned(),
             message: message.into(),
             reference,
+            conversation_id: None,
+            message_ids: None,
         })
+    }
+}
+
+impl NewMessage {
+    /// The client form of a stored message.
+    pub fn from_pb(m: &crate::pb::ChatMessage) -> NewMessage {
+        NewMessage {
+            message_id: m.id,
+            conversation_id: m.conversation_id,
+            sender_id: m.sender_id,
+            receiver_id: m.receiver_id,
+            text: m.text.clone(),
+            seq: m.seq,
+            created_at: crate::time::rfc3339_ms(m.created_at_ms),
+            client_msg_id: (!m.client_msg_id.is_empty()).then(|| m.client_msg_id.clone()),
+        }
     }
 }
 
@@ -411,6 +602,35 @@ mod tests {
         assert_eq!(
             parse_client_frame(r#"{"type":"ping"}"#).unwrap(),
             ClientFrame::Ping
+        );
+    }
+
+    #[test]
+    fn sync_history_and_list() {
+        let f = parse_client_frame(r#"{"type":"sync","conversations":{"3":10,"4":0}}"#).unwrap();
+        let ClientFrame::Sync(s) = f else {
+            panic!("not sync")
+        };
+        assert_eq!(s.conversations.get(&Id(3)), Some(&10));
+        assert_eq!(s.conversations.len(), 2);
+        assert_eq!(
+            code(r#"{"type":"sync","conversations":{"x":1}}"#),
+            ErrorCode::InvalidField
+        );
+        assert_eq!(code(r#"{"type":"sync"}"#), ErrorCode::InvalidField);
+        let f = parse_client_frame(r#"{"type":"history","conversation_id":3,"before_seq":20}"#)
+            .unwrap();
+        assert!(matches!(
+            f,
+            ClientFrame::History(History {
+                before_seq: Some(20),
+                limit: None,
+                ..
+            })
+        ));
+        assert_eq!(
+            parse_client_frame(r#"{"type":"list_conversations"}"#).unwrap(),
+            ClientFrame::ListConversations
         );
     }
 

@@ -13,6 +13,23 @@ pub const CONV_CREATE: &str = "indaba.v1.conv.create";
 /// `pb::GetConversationResponse`.
 pub const CONV_GET: &str = "indaba.v1.conv.get";
 
+/// Request/reply: mark messages read. `pb::MarkReadRequest` → `pb::MarkReadResponse`.
+pub const RECEIPTS_MARK: &str = "indaba.v1.receipts.mark";
+/// Request/reply: route a typing indicator. `pb::TypingRequest` → `pb::TypingResponse`.
+pub const TYPING: &str = "indaba.v1.typing";
+/// Request/reply: a page of messages (resume and history). `pb::ListMessagesRequest` →
+/// `pb::ListMessagesResponse`.
+pub const MSG_LIST: &str = "indaba.v1.msg.list";
+/// Request/reply: a user's conversations with unread counts. `pb::ListConversationsRequest`
+/// → `pb::ListConversationsResponse`.
+pub const CONV_LIST: &str = "indaba.v1.conv.list";
+/// Request/reply: add/remove group members. `pb::UpdateParticipantsRequest` →
+/// `pb::UpdateParticipantsResponse`.
+pub const CONV_MEMBERS: &str = "indaba.v1.conv.members";
+/// Publish (queue group): a gateway handed a `new_message` to a recipient's socket
+/// (`pb::DeliveryAck`); message-service tells the sender (`message_delivered`).
+pub const DELIVERY_ACKS: &str = "indaba.v1.msg.delivered";
+
 /// Queue group shared by every message-service instance, so each request is handled once.
 pub const MESSAGE_SERVICE_QUEUE: &str = "message-service";
 
@@ -26,9 +43,14 @@ pub fn gateway_delivery(gateway_id: &str) -> String {
 }
 
 /// Broadcast: a socket opened or closed (`pb::ConnectionEvent`).
-pub const CONN_EVENTS: &str = "indaba.v1.conn.events";
+pub const CONN_EVENTS: &str = "indaba.v1.routing.conn";
 /// Broadcast: a gateway's full list of connected users (`pb::GatewayHeartbeat`).
-pub const GATEWAY_HEARTBEAT: &str = "indaba.v1.gateway.heartbeat";
+pub const GATEWAY_HEARTBEAT: &str = "indaba.v1.routing.heartbeat";
+/// Wildcard covering [`CONN_EVENTS`] and [`GATEWAY_HEARTBEAT`]. Routing tables subscribe
+/// to both through this one subscription: NATS keeps one publisher's messages in order
+/// within a subscription, and a heartbeat applied out of order with a socket event would
+/// make the table forget a live socket.
+pub const ROUTING_ALL: &str = "indaba.v1.routing.>";
 /// Broadcast, empty payload: "every gateway, send your heartbeat now". Published by a
 /// service that has just started and has no routing table yet.
 pub const GATEWAY_RESYNC: &str = "indaba.v1.gateway.resync";

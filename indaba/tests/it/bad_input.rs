@@ -34,7 +34,7 @@ async fn bad_frames_get_stable_error_codes() {
     ];
     for (frame, code, reference) in &cases {
         a.send_raw(frame).await;
-        let (err, _) = a.recv_type("error").await;
+        let err = a.recv_type("error").await;
         assert_eq!(err["code"], *code, "frame {frame} → {err}");
         assert!(
             err["message"].as_str().is_some_and(|m| !m.is_empty()),
@@ -49,7 +49,7 @@ async fn bad_frames_get_stable_error_codes() {
     outsider
         .send(json!({"type": "chat_message", "conversation_id": conv, "text": "let me in", "client_msg_id": "o-1"}))
         .await;
-    let (err, _) = outsider.recv_type("error").await;
+    let err = outsider.recv_type("error").await;
     assert_eq!(err["code"], "forbidden");
     assert_eq!(err["ref"], "o-1");
 

@@ -35,7 +35,7 @@ async fn core_scenario(gw1: SocketAddr, gw2: SocketAddr, store: &message_service
     assert_eq!(sent["client_msg_id"], "k-1");
     let conversation_id = sent["conversation_id"].as_i64().expect("conversation_id");
 
-    let (got, _) = b.recv_type("new_message").await;
+    let got = b.recv_type("new_message").await;
     assert_eq!(got["message_id"], id);
     assert_eq!(got["conversation_id"], conversation_id);
     assert_eq!(got["sender_id"], ALICE);
@@ -47,11 +47,12 @@ async fn core_scenario(gw1: SocketAddr, gw2: SocketAddr, store: &message_service
         .expect("created_at")
         .ends_with('Z'));
 
-    let (other_device, _) = a2.recv_type("new_message").await;
+    let other_device = a2.recv_type("new_message").await;
     assert_eq!(other_device["message_id"], id);
 
     // The sending socket got message_sent, not a copy of its own message.
-    a1.expect_silence(Duration::from_millis(300)).await;
+    a1.expect_none_of("new_message", Duration::from_millis(300))
+        .await;
 
     // A retry with the same key: same id, flagged duplicate, nothing stored or delivered.
     let again = a1.chat(BOB, "Hello!", Some("k-1")).await;
@@ -70,14 +71,15 @@ async fn core_scenario(gw1: SocketAddr, gw2: SocketAddr, store: &message_service
     // Bob answers in the same conversation, by conversation_id, without receiver_id.
     b.send(json!({"type": "chat_message", "conversation_id": conversation_id, "text": "Hi Alice"}))
         .await;
-    let (reply_sent, _) = b.recv_type("message_sent").await;
+    let reply_sent = b.recv_type("message_sent").await;
     assert_eq!(reply_sent["seq"], 2);
     for a in [&mut a1, &mut a2] {
-        let (m, _) = a.recv_type("new_message").await;
+        let m = a.recv_type("new_message").await;
         assert_eq!(m["text"], "Hi Alice");
         assert_eq!(m["sender_id"], BOB);
     }
-    b.expect_silence(Duration::from_millis(200)).await;
+    b.expect_none_of("new_message", Duration::from_millis(200))
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +149,7 @@ async fn outbox_delivers_after_a_crash_between_commit_and_publish() {
         .expect("store");
     assert_eq!(store.outbox_len().await.expect("outbox"), 1);
 
-    let (got, _) = b.recv_type("new_message").await;
+    let got = b.recv_type("new_message").await;
     assert_eq!(got["message_id"], sent.message.id);
     assert_eq!(got["text"], "from the dead");
     b.expect_silence(Duration::from_secs(2)).await;
@@ -176,7 +178,7 @@ async fn late_message_service_learns_routes_from_resync() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let sent = a.chat(BOB, "are you there?", None).await;
     assert_eq!(sent["type"], "message_sent", "{sent}");
-    let (got, _) = b.recv_type("new_message").await;
+    let got = b.recv_type("new_message").await;
     assert_eq!(got["text"], "are you there?");
 }
 

@@ -191,9 +191,9 @@ async fn create_conversations_over_rest_and_talk_in_a_group() {
     let mut c3 = Client::connect(addr, 3).await;
     c1.send(json!({"type": "chat_message", "conversation_id": gid, "text": "hello group"}))
         .await;
-    let (sent, _) = c1.recv_type("message_sent").await;
+    let sent = c1.recv_type("message_sent").await;
     for c in [&mut c2, &mut c3] {
-        let (m, _) = c.recv_type("new_message").await;
+        let m = c.recv_type("new_message").await;
         assert_eq!(m["message_id"], sent["message_id"]);
         assert_eq!(m["conversation_id"], gid);
         assert!(m.get("receiver_id").is_none());

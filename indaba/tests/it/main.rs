@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod bad_input;
+mod conversations;
 mod delivery;
 mod http_api;
+mod spec_client;
 mod store_suite;
 mod support;

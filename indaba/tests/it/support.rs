@@ -331,6 +331,8 @@ pub struct Client {
     ws: Ws,
     pub user_id: i64,
     pub connection_id: String,
+    /// Frames read while looking for another type, kept for later `recv_type` calls.
+    pending: std::collections::VecDeque<Value>,
 }
 
 impl Client {
@@ -345,6 +347,7 @@ impl Client {
             ws,
             user_id,
             connection_id: String::new(),
+            pending: Default::default(),
         };
         let hello = c.recv().await;
         assert_eq!(hello["type"], "connection_established", "{hello}");
@@ -395,22 +398,41 @@ impl Client {
         }
     }
 
-    /// Reads frames until one of `ty` arrives (others are returned in the second value).
-    pub async fn recv_type(&mut self, ty: &str) -> (Value, Vec<Value>) {
-        let mut skipped = Vec::new();
+    /// The first frame of type `ty`, earlier skipped ones first; frames of other types
+    /// are kept for later calls.
+    pub async fn recv_type(&mut self, ty: &str) -> Value {
+        if let Some(i) = self.pending.iter().position(|v| v["type"] == ty) {
+            return self.pending.remove(i).unwrap();
+        }
         loop {
             let v = self.recv().await;
             if v["type"] == ty {
-                return (v, skipped);
+                return v;
             }
-            skipped.push(v);
+            self.pending.push_back(v);
         }
     }
 
-    /// Asserts nothing arrives for `d`.
+    /// Asserts no new frame arrives for `d`.
     pub async fn expect_silence(&mut self, d: Duration) {
         if let Some(v) = self.try_recv(d).await {
             panic!("user {}: unexpected frame {v}", self.user_id);
+        }
+    }
+
+    /// Asserts no frame of type `ty` is pending or arrives within `d` (others are kept).
+    pub async fn expect_none_of(&mut self, ty: &str, d: Duration) {
+        if let Some(v) = self.pending.iter().find(|v| v["type"] == ty) {
+            panic!("user {}: unexpected frame {v}", self.user_id);
+        }
+        let deadline = tokio::time::Instant::now() + d;
+        while let Some(v) = self.try_recv(deadline - tokio::time::Instant::now()).await {
+            assert!(
+                v["type"] != ty,
+                "user {}: unexpected frame {v}",
+                self.user_id
+            );
+            self.pending.push_back(v);
         }
     }
 
@@ -426,6 +448,7 @@ impl Client {
             if v["type"] == "message_sent" || v["type"] == "error" {
                 return v;
             }
+            self.pending.push_back(v);
         }
     }
 
@@ -433,7 +456,7 @@ impl Client {
     /// handled.
     pub async fn ping(&mut self) {
         self.send(json!({"type": "ping"})).await;
-        let (_, _) = self.recv_type("pong").await;
+        let _ = self.recv_type("pong").await;
     }
 }
 

@@ -82,6 +82,56 @@ pub struct PendingDelivery {
     pub origin_connection_id: String,
 }
 
+/// A message newly marked read, as the relay to its sender needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadMark {
+    /// The message.
+    pub message_id: i64,
+    /// Its conversation.
+    pub conversation_id: i64,
+    /// Its author (who gets the receipt).
+    pub sender_id: i64,
+}
+
+/// The result of [`Store::mark_read`].
+#[derive(Debug, Clone, Default)]
+pub struct MarkedRead {
+    /// Ids the reader may see (now read, whether or not they already were).
+    pub accepted: Vec<i64>,
+    /// Ids that do not exist or belong to conversations the reader is not in.
+    pub rejected: Vec<i64>,
+    /// Messages read for the first time by this reader, written by someone else.
+    pub newly_read: Vec<ReadMark>,
+    /// The read time recorded.
+    pub read_at_ms: i64,
+}
+
+/// A page of messages.
+#[derive(Debug, Clone, Default)]
+pub struct MessagePage {
+    /// Ascending by seq.
+    pub messages: Vec<ChatMessage>,
+    /// More exist beyond the page in the requested direction.
+    pub has_more: bool,
+    /// The conversation's newest seq.
+    pub last_seq: i64,
+    /// Oldest seq still stored (0 when the conversation is empty).
+    pub first_retained_seq: i64,
+}
+
+/// One row of a user's conversation list.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// The conversation.
+    pub conversation: Conversation,
+    /// The user's read watermark.
+    pub last_read_seq: i64,
+    /// Messages after the watermark not written by the user.
+    pub unread_count: i64,
+    /// The newest message, if any.
+    pub last_message: Option<ChatMessage>,
+}
+
 /// The store. Cheap to clone (pools are shared).
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -304,9 +354,11 @@ impl Store {
             // The row lock taken here serializes writers of one conversation, which is
             // what makes seq gap-free; other conversations proceed in parallel.
             let seq: i64 = sqlx::query_scalar(
-                "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+                "UPDATE conversations SET last_seq = last_seq + 1, last_message_at_ms = $2
+                 WHERE id = $1 RETURNING last_seq",
             )
             .bind(conversation_id)
+            .bind(now)
             .fetch_one(&mut *tx)
             .await?;
             let row = sqlx::query(
@@ -577,6 +629,328 @@ impl Store {
             qb.build().execute(pool).await?;
         });
         Ok(())
+    }
+
+    /// Fails with `conversation_not_found` or `forbidden` unless `user_id` is a participant;
+    /// returns the participants.
+    pub async fn require_member(
+        &self,
+        conversation_id: i64,
+        user_id: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let members = self.participants(conversation_id).await?;
+        if members.is_empty() {
+            let exists: Option<i64> = on_pool!(self, |pool, _begin| {
+                sqlx::query_scalar("SELECT id FROM conversations WHERE id = $1")
+                    .bind(conversation_id)
+                    .fetch_optional(pool)
+                    .await?
+            });
+            if exists.is_none() {
+                return Err(rejected(
+                    ErrorCode::ConversationNotFound,
+                    format!("conversation {conversation_id} does not exist"),
+                ));
+            }
+        }
+        if !members.contains(&user_id) {
+            return Err(rejected(
+                ErrorCode::Forbidden,
+                format!("you are not a participant of conversation {conversation_id}"),
+            ));
+        }
+        Ok(members)
+    }
+
+    /// Records that `reader` read `ids`: per-message read time (first read wins) and the
+    /// reader's per-conversation watermark, in one transaction.
+    pub async fn mark_read(&self, reader: i64, ids: &[i64]) -> Result<MarkedRead, StoreError> {
+        let mut ids: Vec<i64> = ids.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let now = proto::time::now_ms();
+        let mut out = MarkedRead {
+            read_at_ms: now,
+            ..MarkedRead::default()
+        };
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let visible: Vec<(i64, i64, i64, i64)> = on_pool!(self, |pool, begin| {
+            let mut tx = pool.begin_with(begin).await?;
+            let mut qb = sqlx::QueryBuilder::new(
+                "SELECT m.id, m.conversation_id, m.sender_id, m.seq FROM messages m
+                 JOIN participants p ON p.conversation_id = m.conversation_id AND p.user_id = ",
+            );
+            qb.push_bind(reader);
+            qb.push(" WHERE m.id IN (");
+            let mut sep = qb.separated(", ");
+            for id in &ids {
+                sep.push_bind(*id);
+            }
+            qb.push(") ORDER BY m.id");
+            let rows = qb.build().fetch_all(&mut *tx).await?;
+            let mut visible = Vec::with_capacity(rows.len());
+            for r in &rows {
+                visible.push((
+                    r.try_get::<i64, _>("id")?,
+                    r.try_get::<i64, _>("conversation_id")?,
+                    r.try_get::<i64, _>("sender_id")?,
+                    r.try_get::<i64, _>("seq")?,
+                ));
+            }
+            for (id, conv, sender, _) in &visible {
+                let inserted: Option<i64> = sqlx::query_scalar(
+                    "INSERT INTO message_reads (message_id, user_id, read_at_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (message_id, user_id) DO NOTHING RETURNING message_id",
+                )
+                .bind(*id)
+                .bind(reader)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if inserted.is_some() && *sender != reader {
+                    out.newly_read.push(ReadMark {
+                        message_id: *id,
+                        conversation_id: *conv,
+                        sender_id: *sender,
+                    });
+                }
+            }
+            let mut marks: std::collections::BTreeMap<i64, i64> = std::collections::BTreeMap::new();
+            for (_, conv, _, seq) in &visible {
+                let e = marks.entry(*conv).or_insert(0);
+                *e = (*e).max(*seq);
+            }
+            for (conv, seq) in marks {
+                sqlx::query(
+                    "UPDATE participants SET last_read_seq = $1
+                     WHERE conversation_id = $2 AND user_id = $3 AND last_read_seq < $1",
+                )
+                .bind(seq)
+                .bind(conv)
+                .bind(reader)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+            visible
+        });
+        let seen: std::collections::HashSet<i64> = visible.iter().map(|v| v.0).collect();
+        for id in ids {
+            if seen.contains(&id) {
+                out.accepted.push(id);
+            } else {
+                out.rejected.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A page of a conversation for a member: forward from `after_seq` (resume) or, with
+    /// `before_seq > 0` and `after_seq == 0`, backward from `before_seq` (history).
+    pub async fn list_messages(
+        &self,
+        user_id: i64,
+        conversation_id: i64,
+        after_seq: i64,
+        before_seq: i64,
+        limit: u32,
+    ) -> Result<MessagePage, StoreError> {
+        self.require_member(conversation_id, user_id).await?;
+        let limit = i64::from(limit.clamp(1, 500));
+        let backward = before_seq > 0 && after_seq == 0;
+        let upper = if before_seq > 0 { before_seq } else { i64::MAX };
+        let (mut messages, last_seq, first) = on_pool!(self, |pool, _begin| {
+            let sql = if backward {
+                "SELECT id, conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms
+                 FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq < $3
+                 ORDER BY seq DESC LIMIT $4"
+            } else {
+                "SELECT id, conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms
+                 FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq < $3
+                 ORDER BY seq ASC LIMIT $4"
+            };
+            let rows = sqlx::query(sql)
+                .bind(conversation_id)
+                .bind(after_seq)
+                .bind(upper)
+                .bind(limit + 1)
+                .fetch_all(pool)
+                .await?;
+            let mut v = Vec::with_capacity(rows.len());
+            for r in &rows {
+                v.push(message_from_row(r)?);
+            }
+            let last_seq: i64 =
+                sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = $1")
+                    .bind(conversation_id)
+                    .fetch_one(pool)
+                    .await?;
+            let first: Option<i64> =
+                sqlx::query_scalar("SELECT MIN(seq) FROM messages WHERE conversation_id = $1")
+                    .bind(conversation_id)
+                    .fetch_one(pool)
+                    .await?;
+            (v, last_seq, first.unwrap_or(0))
+        });
+        let has_more = messages.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        messages.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        if backward {
+            messages.reverse();
+        }
+        Ok(MessagePage {
+            messages,
+            has_more,
+            last_seq,
+            first_retained_seq: first,
+        })
+    }
+
+    /// The user's conversations, most recently active first, with unread counts.
+    pub async fn list_conversations(
+        &self,
+        user_id: i64,
+        limit: u32,
+    ) -> Result<Vec<Summary>, StoreError> {
+        let limit = i64::from(limit.clamp(1, 500));
+        let rows: Vec<(i64, i64)> = on_pool!(self, |pool, _begin| {
+            let rows = sqlx::query(
+                "SELECT c.id, p.last_read_seq FROM participants p
+                 JOIN conversations c ON c.id = p.conversation_id
+                 WHERE p.user_id = $1
+                 ORDER BY c.last_message_at_ms DESC, c.id DESC LIMIT $2",
+            )
+            .bind(user_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            let mut v = Vec::with_capacity(rows.len());
+            for r in &rows {
+                v.push((
+                    r.try_get::<i64, _>("id")?,
+                    r.try_get::<i64, _>("last_read_seq")?,
+                ));
+            }
+            v
+        });
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, last_read_seq) in rows {
+            let Some(conversation) = self.get_conversation(id).await? else {
+                continue;
+            };
+            let (unread_count, last_message) = on_pool!(self, |pool, _begin| {
+                let unread: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM messages WHERE conversation_id = $1 AND seq > $2 AND sender_id <> $3",
+                )
+                .bind(id)
+                .bind(last_read_seq)
+                .bind(user_id)
+                .fetch_one(pool)
+                .await?;
+                let row = sqlx::query(
+                    "SELECT id, conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms
+                     FROM messages WHERE conversation_id = $1 AND seq = $2",
+                )
+                .bind(id)
+                .bind(conversation.last_seq)
+                .fetch_optional(pool)
+                .await?;
+                (unread, row.as_ref().map(message_from_row).transpose()?)
+            });
+            out.push(Summary {
+                conversation,
+                last_read_seq,
+                unread_count,
+                last_message,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Adds and removes members of a group the actor belongs to. Returns the updated
+    /// conversation and the users actually added and removed.
+    pub async fn update_participants(
+        &self,
+        actor: i64,
+        conversation_id: i64,
+        add: &[i64],
+        remove: &[i64],
+        max_group_size: usize,
+    ) -> Result<(Conversation, Vec<i64>, Vec<i64>), StoreError> {
+        let conv = self
+            .get_conversation(conversation_id)
+            .await?
+            .ok_or_else(|| {
+                rejected(
+                    ErrorCode::ConversationNotFound,
+                    format!("conversation {conversation_id} does not exist"),
+                )
+            })?;
+        if !conv.participant_ids.contains(&actor) {
+            return Err(rejected(
+                ErrorCode::Forbidden,
+                "you are not a participant of this conversation",
+            ));
+        }
+        if conv.kind == ConversationKind::Direct as i32 {
+            return Err(rejected(
+                ErrorCode::InvalidField,
+                "members of a direct conversation cannot change",
+            ));
+        }
+        let current: std::collections::BTreeSet<i64> =
+            conv.participant_ids.iter().copied().collect();
+        let added: Vec<i64> = add
+            .iter()
+            .copied()
+            .filter(|u| !current.contains(u))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let removed: Vec<i64> = remove
+            .iter()
+            .copied()
+            .filter(|u| current.contains(u))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if current.len() + added.len() - removed.len() > max_group_size {
+            return Err(rejected(
+                ErrorCode::TooManyParticipants,
+                format!("a group has at most {max_group_size} members"),
+            ));
+        }
+        let now = proto::time::now_ms();
+        on_pool!(self, |pool, begin| {
+            let mut tx = pool.begin_with(begin).await?;
+            for u in &added {
+                sqlx::query(
+                    "INSERT INTO participants (conversation_id, user_id, joined_at_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (conversation_id, user_id) DO NOTHING",
+                )
+                .bind(conversation_id)
+                .bind(*u)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for u in &removed {
+                sqlx::query("DELETE FROM participants WHERE conversation_id = $1 AND user_id = $2")
+                    .bind(conversation_id)
+                    .bind(*u)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        let conv = self
+            .get_conversation(conversation_id)
+            .await?
+            .ok_or_else(|| {
+                StoreError::Database(sqlx::Error::Protocol("conversation vanished".into()))
+            })?;
+        Ok((conv, added, removed))
     }
 
     /// Number of outbox rows (for tests and the readiness report).
