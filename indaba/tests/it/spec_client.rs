@@ -1,5 +1,6 @@
-//! The spec's own `ChatWebSocket` class, unmodified but for the URL, run in Node (with the
-//! `ws` package as `WebSocket`) against two gateways over real NATS and PostgreSQL.
+//! The spec's own `ChatWebSocket` class and `useChatWebSocket` hook, unmodified but for the
+//! URL (and, for the hook, module syntax and a minimal React stand-in), run in Node with the
+//! `ws` package as `WebSocket` against a gateway over real NATS and PostgreSQL.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -22,7 +23,14 @@ async fn the_specs_javascript_client_works_unchanged() {
         .current_dir(&dir)
         .arg("spec_test.js")
         .arg(format!("ws://{gw}"))
-        .args([token(11), "11".into(), token(12), "12".into()])
+        .args([
+            token(11),
+            "11".into(),
+            token(12),
+            "12".into(),
+            token(13),
+            "13".into(),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

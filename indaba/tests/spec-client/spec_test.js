@@ -1,14 +1,16 @@
-// Drives two instances of the spec's unmodified ChatWebSocket class against a running
-// Indaba gateway, the way the spec's web app uses it. Usage:
-//   node spec_test.js ws://127.0.0.1:PORT <tokenA> <userA> <tokenB> <userB>
+// Drives two instances of the spec's unmodified ChatWebSocket class and one of its
+// useChatWebSocket hook against a running Indaba gateway, the way the spec's apps use them.
+// Usage:
+//   node spec_test.js ws://127.0.0.1:PORT <tokenA> <userA> <tokenB> <userB> <tokenC> <userC>
 // Exits 0 when every expectation held, 1 (with the reason) otherwise.
 'use strict';
 
 globalThis.WebSocket = require('ws');
-const [base, tokenA, userA, tokenB, userB] = process.argv.slice(2);
+const [base, tokenA, userA, tokenB, userB, tokenC, userC] = process.argv.slice(2);
 globalThis.INDABA_WS_BASE = base;
 let currentToken = null;
 globalThis.localStorage = { getItem: (k) => (k === 'authToken' ? currentToken : null) };
+globalThis.getAuthToken = () => currentToken; // the hook's "Your auth token function"
 const { ChatWebSocket } = require('./chat_websocket.js');
 
 const events = [];
@@ -80,6 +82,31 @@ async function waitOpen(chat, who) {
   a.joinConversation(msg.conversation_id);
   a.leaveConversation(msg.conversation_id);
   await new Promise((r) => setTimeout(r, 200));
+
+  // 7. The React Native hook, rendered once through a minimal React stand-in.
+  currentToken = tokenC;
+  const { render } = require('./react_shim.js');
+  const { useChatWebSocket } = require('./use_chat_websocket.js');
+  const { result: hook, slots } = render(useChatWebSocket, Number(userC));
+  const isConnected = () => slots[1].value;
+  const messages = () => slots[2].value;
+  const deadline = Date.now() + 10000;
+  while (!isConnected()) {
+    if (Date.now() > deadline) throw new Error('hook never connected');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  await new Promise((r) => setTimeout(r, 200));
+  a.sendMessage(undefined, Number(userC), 'Hello hook!');
+  let toHook;
+  while (!(toHook = messages().find((m) => m.type === 'new_message' && m.text === 'Hello hook!'))) {
+    if (Date.now() > deadline) throw new Error(`hook never got the message: ${JSON.stringify(messages())}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  // The hook sent a read receipt on its own; A's class marks the message read.
+  await waitFor('A sees the hook read it', (e) => e.who === 'A' && e.kind === 'status' && e.status === 'read' && e.ids.includes(toHook.message_id));
+  hook.sendMessage(toHook.conversation_id, Number(userA), 'Hi from the hook');
+  await waitFor('A displays the hook message', (e) => e.who === 'A' && e.kind === 'display' && e.data.text === 'Hi from the hook');
+
   console.log(JSON.stringify({ ok: true, events: events.length }));
   process.exit(0);
 })().catch((err) => {
