@@ -25,6 +25,8 @@ pub struct Settings {
     pub jwt_secret: Option<String>,
     /// Per-service knobs, applied to both services.
     pub max_text_chars: usize,
+    /// Message retention (`None`: keep forever).
+    pub retention: Option<std::time::Duration>,
 }
 
 impl Settings {
@@ -45,11 +47,13 @@ impl Settings {
                 })?,
                 None => proto::limits::DEFAULT_MAX_TEXT_CHARS,
             };
+        let retention = message_service::settings::retention_from(&get)?;
         Ok(Settings {
             data_dir: PathBuf::from(get(env::DATA_DIR).unwrap_or_else(|| "./data".into())),
             listen,
             jwt_secret: get(env::JWT_SECRET),
             max_text_chars,
+            retention,
         })
     }
 }
@@ -109,6 +113,7 @@ impl SingleNode {
             max_text_chars: settings.max_text_chars,
             max_group_size: proto::limits::DEFAULT_MAX_GROUP_SIZE,
             max_in_flight: 1024,
+            retention: settings.retention,
         })
         .await?;
         let mut gw = gateway::Settings::new(

@@ -669,7 +669,8 @@ async fn complete_outbox(store: Store, mut rx: mpsc::Receiver<i64>) {
     }
 }
 
-/// Republishes deliveries whose writer died before publishing, and expires dead gateways.
+/// Republishes deliveries whose writer died before publishing, expires dead gateways and
+/// applies message retention.
 async fn sweep(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -678,6 +679,15 @@ async fn sweep(inner: Arc<Inner>) {
         let dropped = inner.routes.expire();
         if dropped > 0 {
             tracing::warn!(dropped, "gateways stopped sending heartbeats");
+        }
+        if let Some(keep) = inner.settings.retention {
+            let cutoff =
+                proto::time::now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+            match inner.store.prune_before(cutoff, 1000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(n, "pruned messages past retention"),
+                Err(e) => tracing::warn!(error = %e, "retention prune failed"),
+            }
         }
         match inner.store.claim_expired_outbox(500).await {
             Ok(pending) => {

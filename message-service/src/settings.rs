@@ -37,6 +37,8 @@ pub struct Settings {
     pub max_group_size: usize,
     /// How many requests one instance works on at once (bounds memory and DB pressure).
     pub max_in_flight: usize,
+    /// Messages older than this are deleted; `None` keeps them forever.
+    pub retention: Option<std::time::Duration>,
 }
 
 /// A configuration value that cannot be used; the message names the variable.
@@ -71,8 +73,22 @@ impl Settings {
                 proto::limits::DEFAULT_MAX_GROUP_SIZE,
             )?,
             max_in_flight: 1024,
+            retention: retention_from(&get)?,
         })
     }
+}
+
+/// Reads `INDABA_MESSAGE_RETENTION_DAYS` (absent: keep forever).
+pub fn retention_from(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<std::time::Duration>, ConfigError> {
+    if get(env::MESSAGE_RETENTION_DAYS).is_none() {
+        return Ok(None);
+    }
+    let days: u64 = parse(get, env::MESSAGE_RETENTION_DAYS, 1)?;
+    Ok(Some(std::time::Duration::from_secs(
+        days.saturating_mul(86_400),
+    )))
 }
 
 /// Parses an optional positive number, naming the variable in the error.

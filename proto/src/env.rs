@@ -1,5 +1,6 @@
-//! Every environment variable any Indaba program reads. Each is read in exactly one
-//! settings module; this is the single place their names are written.
+//! Every environment variable any Indaba program reads. This is the single place their
+//! names are written; programs read them only in their settings modules, through these
+//! constants.
 
 /// `host:port` the HTTP/WebSocket listener binds (gateway, single-node). Default `0.0.0.0:8000`.
 pub const LISTEN: &str = "INDABA_LISTEN";
@@ -25,5 +26,8 @@ pub const GATEWAY_ID: &str = "INDABA_GATEWAY_ID";
 pub const LOG_FORMAT: &str = "INDABA_LOG_FORMAT";
 /// Log filter, `tracing_subscriber::EnvFilter` syntax. Default `info`.
 pub const LOG: &str = "INDABA_LOG";
+/// Delete messages older than this many days (default: keep forever). Clients resuming
+/// past the retained range are told (`sync_complete.truncated`).
+pub const MESSAGE_RETENTION_DAYS: &str = "INDABA_MESSAGE_RETENTION_DAYS";
 /// Size of the PostgreSQL/SQLite connection pool. Default 16 (PostgreSQL), 4 (SQLite).
 pub const DB_POOL_SIZE: &str = "INDABA_DB_POOL_SIZE";

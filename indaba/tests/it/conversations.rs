@@ -443,3 +443,53 @@ async fn resume_on_another_gateway_loses_and_repeats_nothing() {
         .await;
     assert_eq!(u1.recv_type("error").await["code"], "invalid_field");
 }
+
+/// Past the retention window a resume says so (`truncated`) instead of silently skipping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_past_retention_is_reported_as_truncated() {
+    let nats = Nats::start();
+    let db = fresh_database().await;
+    let (_m, _) = spawn_message_service_with(&nats.url(), &db, |s| {
+        s.retention = Some(Duration::from_secs(2));
+    })
+    .await;
+    let (_g, gw) = spawn_gateway(&nats.url(), "gw-ret").await;
+    let mut sender = Client::connect(gw, 2).await;
+    let mut conv = 0;
+    for i in 0..3 {
+        conv = sender.chat(1, &format!("old {i}"), None).await["conversation_id"]
+            .as_i64()
+            .unwrap();
+    }
+    // The sweeper prunes once a second; wait until the old messages are gone.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        sender
+            .send(json!({"type": "history", "conversation_id": conv}))
+            .await;
+        let h = sender.recv_type("history").await;
+        if h["messages"].as_array().unwrap().is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old messages never pruned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fresh = sender.chat(1, "new", None).await;
+    assert_eq!(fresh["seq"], 4);
+
+    let mut reader = Client::connect(gw, 1).await;
+    reader
+        .send(json!({"type": "sync", "conversations": {conv.to_string(): 0}}))
+        .await;
+    let m = reader.recv_type("new_message").await;
+    assert_eq!(
+        (m["seq"].as_i64(), m["text"].as_str()),
+        (Some(4), Some("new"))
+    );
+    let done = reader.recv_type("sync_complete").await;
+    assert_eq!(done["truncated"], json!([conv]));
+    assert_eq!(done["conversations"][conv.to_string()], 4);
+}

@@ -261,14 +261,24 @@ pub async fn spawn_message_service(
     nats_url: &str,
     database_url: &str,
 ) -> (Running, message_service::Store) {
-    let settings = message_service::Settings {
+    spawn_message_service_with(nats_url, database_url, |_| {}).await
+}
+
+pub async fn spawn_message_service_with(
+    nats_url: &str,
+    database_url: &str,
+    tweak: impl FnOnce(&mut message_service::Settings),
+) -> (Running, message_service::Store) {
+    let mut settings = message_service::Settings {
         store: message_service::StoreSettings::Postgres(database_url.into()),
         bus: message_service::BusSettings::Nats(nats_url.into()),
         pool_size: 8,
         max_text_chars: 100,
         max_group_size: 1000,
         max_in_flight: 256,
+        retention: None,
     };
+    tweak(&mut settings);
     let app = message_service::App::build(settings)
         .await
         .expect("build message-service");
@@ -307,6 +317,7 @@ pub async fn spawn_single_node(
         listen: "127.0.0.1:0".parse().expect("addr"),
         jwt_secret: Some(SECRET.into()),
         max_text_chars: 100,
+        retention: None,
     })
     .await
     .expect("build single node");

@@ -792,7 +792,12 @@ impl Store {
                     .bind(conversation_id)
                     .fetch_one(pool)
                     .await?;
-            (v, last_seq, first.unwrap_or(0))
+            // No rows but a non-zero last_seq: retention removed them all.
+            (
+                v,
+                last_seq,
+                first.unwrap_or(if last_seq > 0 { last_seq + 1 } else { 0 }),
+            )
         });
         let has_more = messages.len() > usize::try_from(limit).unwrap_or(usize::MAX);
         messages.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
@@ -951,6 +956,22 @@ impl Store {
                 StoreError::Database(sqlx::Error::Protocol("conversation vanished".into()))
             })?;
         Ok((conv, added, removed))
+    }
+
+    /// Deletes up to `limit` messages created before `cutoff_ms` (retention). Returns how
+    /// many went. Their read marks and outbox rows go with them (ON DELETE CASCADE).
+    pub async fn prune_before(&self, cutoff_ms: i64, limit: i64) -> Result<u64, StoreError> {
+        Ok(on_pool!(self, |pool, _begin| {
+            sqlx::query(
+                "DELETE FROM messages WHERE id IN
+                 (SELECT id FROM messages WHERE created_at_ms < $1 ORDER BY id LIMIT $2)",
+            )
+            .bind(cutoff_ms)
+            .bind(limit)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }))
     }
 
     /// Number of outbox rows (for tests and the readiness report).
