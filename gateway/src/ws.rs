@@ -15,6 +15,7 @@ use proto::frames::{
 };
 use proto::{pb, subjects, ErrorCode};
 use tokio::sync::mpsc;
+use tokio::time::sleep_until;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
@@ -31,6 +32,8 @@ pub const TYPING_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_SYNC_CONVERSATIONS: usize = 1000;
 /// Most message ids one `read_receipt` may carry.
 pub const MAX_RECEIPT_IDS: usize = 500;
+/// How long read receipts are collected before one write (see `Conn::read_receipt`).
+pub const RECEIPT_BATCH_WINDOW: Duration = Duration::from_millis(100);
 /// Page size used while streaming a resume.
 const SYNC_PAGE: u32 = 200;
 /// Live messages held back during a resume before the client counts as too slow.
@@ -92,11 +95,18 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
         sync_tx,
         shared,
         typing: HashMap::new(),
+        receipts: Vec::new(),
+        receipts_due: None,
     };
     loop {
+        let flush_at = conn.receipts_due;
         let next = tokio::select! {
             m = stream.next() => m,
             () = close.cancelled() => break,
+            () = sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
+                conn.flush_receipts().await;
+                continue;
+            }
         };
         match next {
             Some(Ok(Message::Text(text))) => conn.handle_text(&text).await,
@@ -118,6 +128,8 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
     }
     close.cancel();
     ctx.unregister(user_id, &connection_id).await;
+    // Reads the client reported just before leaving still count.
+    conn.flush_receipts().await;
     conn.stop_typing().await;
     let _ = writer.await;
     tracing::debug!(%connection_id, user_id, "socket closed");
@@ -229,6 +241,11 @@ struct Conn {
     shared: Arc<ConnShared>,
     /// Per conversation: when the last indicator was forwarded, and its state.
     typing: HashMap<i64, (Instant, bool)>,
+    /// Message ids from `read_receipt` frames not yet sent to message-service. The spec's
+    /// client sends one receipt per displayed message; a burst becomes one write.
+    receipts: Vec<i64>,
+    /// When `receipts` must be flushed.
+    receipts_due: Option<tokio::time::Instant>,
 }
 
 impl Conn {
@@ -372,7 +389,9 @@ impl Conn {
         }
     }
 
-    async fn read_receipt(&self, r: frames::ReadReceipt) {
+    /// Queues the ids; they are written together after [`RECEIPT_BATCH_WINDOW`] or once
+    /// [`MAX_RECEIPT_IDS`] are waiting.
+    async fn read_receipt(&mut self, r: frames::ReadReceipt) {
         if r.message_ids.is_empty() || r.message_ids.len() > MAX_RECEIPT_IDS {
             return self.send_error(
                 ErrorCode::InvalidField,
@@ -380,9 +399,31 @@ impl Conn {
                 None,
             );
         }
+        self.receipts.extend(r.message_ids.iter().map(|i| i.0));
+        if self.receipts.len() >= MAX_RECEIPT_IDS {
+            self.flush_receipts().await;
+        } else if self.receipts_due.is_none() {
+            self.receipts_due = Some(tokio::time::Instant::now() + RECEIPT_BATCH_WINDOW);
+        }
+    }
+
+    async fn flush_receipts(&mut self) {
+        self.receipts_due = None;
+        if self.receipts.is_empty() {
+            return;
+        }
+        let mut ids = std::mem::take(&mut self.receipts);
+        ids.sort_unstable();
+        ids.dedup();
+        for chunk in ids.chunks(MAX_RECEIPT_IDS) {
+            self.mark_read(chunk.to_vec()).await;
+        }
+    }
+
+    async fn mark_read(&self, message_ids: Vec<i64>) {
         let req = pb::MarkReadRequest {
             reader_id: self.user_id,
-            message_ids: r.message_ids.iter().map(|i| i.0).collect(),
+            message_ids,
         };
         match call::<_, pb::MarkReadResponse>(&self.ctx, subjects::RECEIPTS_MARK, &req).await {
             Ok(resp) => {

@@ -128,6 +128,31 @@ async fn read_receipts_are_stored_relayed_and_counted() {
         assert_eq!(r["reader_id"], 2);
         assert!(r["read_at"].as_str().unwrap().ends_with('Z'));
     }
+    // One receipt per displayed message, as the spec's client sends them: the gateway
+    // batches them; every id reaches the sender.
+    let m3 = a.chat(2, "three-a", None).await["message_id"]
+        .as_i64()
+        .unwrap();
+    let m4 = a.chat(2, "three-b", None).await["message_id"]
+        .as_i64()
+        .unwrap();
+    b.send(json!({"type": "read_receipt", "message_ids": [m3]}))
+        .await;
+    b.send(json!({"type": "read_receipt", "message_ids": [m4]}))
+        .await;
+    let mut relayed = HashSet::new();
+    while relayed.len() < 2 {
+        let r = a.recv_type("read_receipt").await;
+        relayed.extend(
+            r["message_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_i64().unwrap()),
+        );
+    }
+    assert_eq!(relayed, HashSet::from([m3, m4]));
+
     // Reading again relays nothing new.
     b.send(json!({"type": "read_receipt", "message_ids": [id1]}))
         .await;
@@ -145,7 +170,7 @@ async fn read_receipts_are_stored_relayed_and_counted() {
             row["last_read_seq"].as_i64(),
             row["unread_count"].as_i64()
         ),
-        (Some(conv), Some(2), Some(0))
+        (Some(conv), Some(4), Some(0))
     );
     a.chat(2, "three", None).await;
     b.send(json!({"type": "list_conversations"})).await;
