@@ -48,6 +48,8 @@ pub enum SyncFrame {
 pub struct ConnShared {
     /// Rooms joined by this socket.
     pub joined: Mutex<HashSet<i64>>,
+    /// The user said they are away, or the socket went idle.
+    pub away: std::sync::atomic::AtomicBool,
 }
 
 /// One socket, as the hub sees it.
@@ -88,6 +90,14 @@ const RECENT_IDS: usize = 100_000;
 pub struct Hub {
     by_user: Mutex<HashMap<i64, Vec<ConnHandle>>>,
     recent: Mutex<RecentIds>,
+    /// Watched user → the sockets watching them, and the status they were last told.
+    watchers: Mutex<HashMap<i64, Watched>>,
+}
+
+#[derive(Debug, Default)]
+struct Watched {
+    sockets: Vec<ConnHandle>,
+    last_status: Option<String>,
 }
 
 /// A bounded set of recently seen ids (FIFO eviction).
@@ -129,6 +139,15 @@ impl RecentIds {
     }
 }
 
+/// The client form of a presence record.
+pub fn presence_frame(user_id: i64, status: &str, last_seen_ms: i64) -> frames::Presence {
+    frames::Presence {
+        user_id,
+        status: status.to_owned(),
+        last_seen: (last_seen_ms > 0).then(|| proto::time::rfc3339_ms(last_seen_ms)),
+    }
+}
+
 fn text(frame: &ServerFrame) -> Utf8Bytes {
     Utf8Bytes::from(frame.to_json())
 }
@@ -157,6 +176,84 @@ impl Hub {
         m.iter()
             .flat_map(|(u, v)| std::iter::repeat_n(*u, v.len()))
             .collect()
+    }
+
+    /// Every socket with its id and away state (the heartbeat, for presence).
+    pub fn sockets(&self) -> Vec<pb::SocketInfo> {
+        let m = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
+        m.iter()
+            .flat_map(|(u, v)| {
+                v.iter().map(move |c| pb::SocketInfo {
+                    user_id: *u,
+                    connection_id: c.connection_id.to_string(),
+                    away: c.shared.away.load(std::sync::atomic::Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+
+    /// Starts sending `conn` the presence changes of `users`.
+    pub fn watch(&self, conn: &ConnHandle, users: &[i64]) {
+        let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        for u in users {
+            let entry = w.entry(*u).or_default();
+            if !entry
+                .sockets
+                .iter()
+                .any(|c| c.connection_id == conn.connection_id)
+            {
+                entry.sockets.push(conn.clone());
+            }
+        }
+    }
+
+    /// Stops sending `connection_id` the presence changes of `users`.
+    pub fn unwatch(&self, connection_id: &str, users: &[i64]) {
+        let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        for u in users {
+            if let Some(entry) = w.get_mut(u) {
+                entry.sockets.retain(|c| &*c.connection_id != connection_id);
+                if entry.sockets.is_empty() {
+                    w.remove(u);
+                }
+            }
+        }
+    }
+
+    /// Records a status learned by query (so a repeat from the change stream is dropped)
+    /// and tells whether it is news to the watchers.
+    pub fn note_presence(&self, user_id: i64, status: &str) {
+        let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = w.get_mut(&user_id) {
+            entry.last_status = Some(status.to_owned());
+        }
+    }
+
+    /// Sends a presence change to the user's watchers on this gateway, unless it repeats
+    /// the last status they got (several presence-service instances publish the same
+    /// change). A user nobody watches costs nothing here. Returns sockets reached.
+    pub fn presence(&self, change: &pb::PresenceChange) -> usize {
+        let targets = {
+            let mut w = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(entry) = w.get_mut(&change.user_id) else {
+                return 0;
+            };
+            if entry.last_status.as_deref() == Some(change.status.as_str()) {
+                return 0;
+            }
+            entry.last_status = Some(change.status.clone());
+            entry.sockets.clone()
+        };
+        let f = text(&ServerFrame::Presence(presence_frame(
+            change.user_id,
+            &change.status,
+            change.last_seen_ms,
+        )));
+        let mut n = 0;
+        for c in targets {
+            n += usize::from(c.offer(Outbound::Text(f.clone())));
+        }
+        n
     }
 
     /// Every socket (for shutdown).

@@ -77,6 +77,25 @@ impl Ctx {
             .await;
     }
 
+    /// Tells presence a socket went away/idle or came back, in order with its up/down.
+    pub async fn publish_status(&self, user_id: i64, connection_id: &str, away: bool) {
+        let _order = self.routing_lock.lock().await;
+        let st = pb::SocketStatus {
+            gateway_id: self.settings.gateway_id.clone(),
+            user_id,
+            connection_id: connection_id.to_owned(),
+            away,
+            at_ms: proto::time::now_ms(),
+        };
+        if let Err(e) = self
+            .bus
+            .publish(subjects::SOCKET_STATUS, Bytes::from(st.encode_to_vec()))
+            .await
+        {
+            tracing::warn!(error = %e, "socket status not published");
+        }
+    }
+
     async fn publish_event(
         &self,
         kind: pb::connection_event::Kind,
@@ -129,6 +148,11 @@ impl Ctx {
             } else {
                 self.hub.socket_owners()
             },
+            sockets: if stopping {
+                Vec::new()
+            } else {
+                self.hub.sockets()
+            },
             sent_at_ms: proto::time::now_ms(),
             interval_ms: u32::try_from(self.settings.heartbeat_interval.as_millis())
                 .unwrap_or(u32::MAX),
@@ -151,6 +175,7 @@ pub struct App {
     listener: TcpListener,
     deliveries: bus::Subscriber,
     resync: bus::Subscriber,
+    presence: bus::Subscriber,
 }
 
 impl App {
@@ -168,6 +193,7 @@ impl App {
             .subscribe(&subjects::gateway_delivery(&settings.gateway_id))
             .await?;
         let resync = bus.subscribe(subjects::GATEWAY_RESYNC).await?;
+        let presence = bus.subscribe(subjects::PRESENCE_CHANGES).await?;
         let ctx = Arc::new(Ctx {
             settings,
             bus,
@@ -182,6 +208,7 @@ impl App {
             listener,
             deliveries,
             resync,
+            presence,
         })
     }
 
@@ -216,6 +243,18 @@ impl App {
                 }
             }
         });
+        let mut presence = self.presence;
+        let c = ctx.clone();
+        let presence_task = tokio::spawn(async move {
+            while let Some(m) = presence.next().await {
+                match pb::PresenceChange::decode(m.payload) {
+                    Ok(ch) => {
+                        c.hub.presence(&ch);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "undecodable presence change"),
+                }
+            }
+        });
         let mut resync = self.resync;
         let c = ctx.clone();
         let heartbeats = tokio::spawn(async move {
@@ -241,6 +280,7 @@ impl App {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         deliver.abort();
+        presence_task.abort();
         let _ = http.await;
         Ok(())
     }

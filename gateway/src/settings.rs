@@ -43,6 +43,8 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Time allowed to send a complete HTTP request head (slowloris guard).
     pub header_timeout: Duration,
+    /// A socket with no client frame for this long counts as away (presence).
+    pub idle_away: Duration,
 }
 
 /// A configuration value that cannot be used; the message names the variable.
@@ -65,6 +67,7 @@ impl Settings {
             heartbeat_interval: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
+            idle_away: Duration::from_secs(300),
         }
     }
 
@@ -120,6 +123,24 @@ impl Settings {
                 ))
             })?;
             s.jwt_leeway = Duration::from_secs(secs);
+        }
+        if let Some(v) = get(env::GATEWAY_HEARTBEAT_MS) {
+            let ms: u64 = v.parse().ok().filter(|n| *n >= 100).ok_or_else(|| {
+                ConfigError(format!(
+                    "{} must be a number of milliseconds >= 100",
+                    env::GATEWAY_HEARTBEAT_MS
+                ))
+            })?;
+            s.heartbeat_interval = Duration::from_millis(ms);
+        }
+        if let Some(v) = get(env::IDLE_AWAY_SECS) {
+            let secs: u64 = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ConfigError(format!(
+                    "{} must be a positive number of seconds",
+                    env::IDLE_AWAY_SECS
+                ))
+            })?;
+            s.idle_away = Duration::from_secs(secs);
         }
         if let Some(v) = get(env::MAX_TEXT_CHARS) {
             s.max_text_chars = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {

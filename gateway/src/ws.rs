@@ -1,7 +1,7 @@
 //! One WebSocket connection: a reader that handles client frames in order, and a writer
 //! that drains the socket's bounded queues.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,10 @@ pub const MAX_SYNC_CONVERSATIONS: usize = 1000;
 pub const MAX_RECEIPT_IDS: usize = 500;
 /// How long read receipts are collected before one write (see `Conn::read_receipt`).
 pub const RECEIPT_BATCH_WINDOW: Duration = Duration::from_millis(100);
+/// Most users one socket may watch through `presence_subscribe`.
+pub const MAX_WATCHED_USERS: usize = 500;
+/// Most rooms one socket may be joined to.
+pub const MAX_JOINED_ROOMS: usize = 100;
 /// Page size used while streaming a resume.
 const SYNC_PAGE: u32 = 200;
 /// Live messages held back during a resume before the client counts as too slow.
@@ -82,7 +86,7 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
         close: close.clone(),
         shared: shared.clone(),
     };
-    ctx.register(user_id, handle).await;
+    ctx.register(user_id, handle.clone()).await;
     tracing::debug!(%connection_id, user_id, "socket open");
 
     let (sink, mut stream) = ws.split();
@@ -97,9 +101,17 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
         typing: HashMap::new(),
         receipts: Vec::new(),
         receipts_due: None,
+        handle,
+        explicit_watch: HashSet::new(),
+        room_members: HashMap::new(),
+        watched: HashSet::new(),
+        said_away: false,
+        idle: false,
+        last_activity: tokio::time::Instant::now(),
     };
     loop {
         let flush_at = conn.receipts_due;
+        let idle_at = conn.last_activity + ctx.settings.idle_away;
         let next = tokio::select! {
             m = stream.next() => m,
             () = close.cancelled() => break,
@@ -107,7 +119,17 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
                 conn.flush_receipts().await;
                 continue;
             }
+            () = sleep_until(idle_at), if !conn.idle => {
+                conn.idle = true;
+                conn.update_away().await;
+                continue;
+            }
         };
+        if conn.idle {
+            conn.idle = false;
+            conn.update_away().await;
+        }
+        conn.last_activity = tokio::time::Instant::now();
         match next {
             Some(Ok(Message::Text(text))) => conn.handle_text(&text).await,
             Some(Ok(Message::Binary(_))) => {
@@ -130,6 +152,8 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
     ctx.unregister(user_id, &connection_id).await;
     // Reads the client reported just before leaving still count.
     conn.flush_receipts().await;
+    let watched: Vec<i64> = conn.watched.iter().copied().collect();
+    ctx.hub.unwatch(&connection_id, &watched);
     conn.stop_typing().await;
     let _ = writer.await;
     tracing::debug!(%connection_id, user_id, "socket closed");
@@ -246,6 +270,19 @@ struct Conn {
     receipts: Vec<i64>,
     /// When `receipts` must be flushed.
     receipts_due: Option<tokio::time::Instant>,
+    /// This socket as the hub knows it (for presence watches).
+    handle: ConnHandle,
+    /// Users watched through `presence_subscribe`.
+    explicit_watch: HashSet<i64>,
+    /// Members of joined rooms, watched while joined.
+    room_members: HashMap<i64, Vec<i64>>,
+    /// What the hub currently sends this socket presence for.
+    watched: HashSet<i64>,
+    /// The client said `away`.
+    said_away: bool,
+    /// No client frame for `idle_away`.
+    idle: bool,
+    last_activity: tokio::time::Instant,
 }
 
 impl Conn {
@@ -286,6 +323,8 @@ impl Conn {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&id);
+                self.room_members.remove(&id);
+                self.update_watch();
                 self.send(ServerFrame::LeftConversation(frames::Left {
                     conversation_id: id,
                     reason: None,
@@ -294,6 +333,88 @@ impl Conn {
             Ok(ClientFrame::Sync(s)) => self.sync(s).await,
             Ok(ClientFrame::History(h)) => self.history(h).await,
             Ok(ClientFrame::ListConversations) => self.list_conversations().await,
+            Ok(ClientFrame::SetStatus(st)) => {
+                self.said_away = st.status == frames::UserStatus::Away;
+                self.update_away().await;
+            }
+            Ok(ClientFrame::PresenceSubscribe(p)) => self.presence_subscribe(p).await,
+        }
+    }
+
+    /// Publishes the socket's away state when it changes (said away, or idle).
+    async fn update_away(&self) {
+        let away = self.said_away || self.idle;
+        let was = self
+            .shared
+            .away
+            .swap(away, std::sync::atomic::Ordering::Relaxed);
+        if was != away {
+            self.ctx
+                .publish_status(self.user_id, &self.connection_id, away)
+                .await;
+        }
+    }
+
+    async fn presence_subscribe(&mut self, p: frames::PresenceSubscribe) {
+        let ids: Vec<i64> = p.user_ids.iter().map(|i| i.0).collect();
+        let total = self
+            .explicit_watch
+            .iter()
+            .chain(&ids)
+            .collect::<HashSet<_>>()
+            .len();
+        if total > MAX_WATCHED_USERS {
+            return self.send_error(
+                ErrorCode::InvalidField,
+                format!("a socket may watch at most {MAX_WATCHED_USERS} users"),
+                None,
+            );
+        }
+        self.explicit_watch.extend(ids.iter().copied());
+        self.update_watch();
+        self.send_current_presence(&ids).await;
+    }
+
+    /// Recomputes the watched set (explicit ∪ joined rooms' members, minus oneself) and
+    /// tells the hub the difference.
+    fn update_watch(&mut self) {
+        let mut now: HashSet<i64> = self.explicit_watch.clone();
+        for members in self.room_members.values() {
+            now.extend(members.iter().copied());
+        }
+        now.remove(&self.user_id);
+        let added: Vec<i64> = now.difference(&self.watched).copied().collect();
+        let removed: Vec<i64> = self.watched.difference(&now).copied().collect();
+        self.ctx.hub.watch(&self.handle, &added);
+        self.ctx.hub.unwatch(&self.connection_id, &removed);
+        self.watched = now;
+    }
+
+    /// Sends the current presence of `users` (asked of presence-service). Without a
+    /// presence-service the socket simply gets changes as they happen.
+    async fn send_current_presence(&self, users: &[i64]) {
+        let users: Vec<i64> = users
+            .iter()
+            .copied()
+            .filter(|u| *u != self.user_id)
+            .collect();
+        if users.is_empty() {
+            return;
+        }
+        let req = pb::GetPresenceRequest { user_ids: users };
+        match call::<_, pb::GetPresenceResponse>(&self.ctx, subjects::PRESENCE_GET, &req).await {
+            Ok(r) if r.error.is_none() => {
+                for u in r.users {
+                    self.ctx.hub.note_presence(u.user_id, &u.status);
+                    self.send(ServerFrame::Presence(crate::hub::presence_frame(
+                        u.user_id,
+                        &u.status,
+                        u.last_seen_ms,
+                    )));
+                }
+            }
+            Ok(r) => tracing::debug!(error = ?r.error, "presence query refused"),
+            Err((_, message)) => tracing::debug!(%message, "presence query failed"),
         }
     }
 
@@ -446,7 +567,16 @@ impl Conn {
         }
     }
 
-    async fn join(&self, conversation_id: i64) {
+    async fn join(&mut self, conversation_id: i64) {
+        if self.room_members.len() >= MAX_JOINED_ROOMS
+            && !self.room_members.contains_key(&conversation_id)
+        {
+            return self.send_error(
+                ErrorCode::InvalidField,
+                format!("a socket may join at most {MAX_JOINED_ROOMS} rooms"),
+                Some(conversation_id),
+            );
+        }
         let req = pb::GetConversationRequest {
             conversation_id,
             as_user_id: self.user_id,
@@ -460,10 +590,16 @@ impl Conn {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(conversation_id);
+                self.room_members
+                    .insert(conversation_id, c.participant_ids.clone());
+                self.update_watch();
+                let members = c.participant_ids.clone();
                 self.send(ServerFrame::JoinedConversation(frames::Joined {
                     conversation_id,
                     participant_ids: c.participant_ids,
                 }));
+                // Members' current statuses follow the acknowledgement.
+                self.send_current_presence(&members).await;
             }
             Ok(pb::GetConversationResponse {
                 result: Some(pb::get_conversation_response::Result::Error(e)),

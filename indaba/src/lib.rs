@@ -1,5 +1,5 @@
-//! The single-node program: the same gateway and message-service code as the distributed
-//! deployment, in one process, over [`bus::Bus::local`] and a SQLite file. Nothing else
+//! The single-node program: the same gateway, message-service and presence-service code as
+//! the distributed deployment, in one process, over [`bus::Bus::local`] and a SQLite file. Nothing else
 //! to install.
 
 use std::future::Future;
@@ -98,6 +98,7 @@ pub fn load_or_create_secret(data_dir: &Path, configured: Option<&str>) -> anyho
 pub struct SingleNode {
     gateway: gateway::App,
     messages: message_service::App,
+    presence: presence_service::App,
     secret: String,
 }
 
@@ -116,6 +117,10 @@ impl SingleNode {
             retention: settings.retention,
         })
         .await?;
+        let presence = presence_service::App::build(presence_service::Settings::new(
+            presence_service::BusSettings::Shared(bus.clone()),
+        ))
+        .await?;
         let mut gw = gateway::Settings::new(
             KeySource::Hs256Secret(secret.clone()),
             gateway::BusSettings::Shared(bus),
@@ -127,6 +132,7 @@ impl SingleNode {
         Ok(SingleNode {
             gateway,
             messages,
+            presence,
             secret,
         })
     }
@@ -153,10 +159,15 @@ impl SingleNode {
         let messages = tokio::spawn(self.messages.run(async move {
             let _ = rx2.wait_for(|v| *v).await;
         }));
+        let mut rx3 = rx.clone();
+        let presence = tokio::spawn(self.presence.run(async move {
+            let _ = rx3.wait_for(|v| *v).await;
+        }));
         self.gateway.run(shutdown).await?;
         let _ = tx.send(true);
         drop(rx);
         messages.await??;
+        presence.await??;
         Ok(())
     }
 }

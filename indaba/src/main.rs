@@ -17,6 +17,9 @@ struct Cli {
 enum Command {
     /// Run gateway + message-service in one process (the default).
     Serve,
+    /// Run one distributed-mode gateway (settings from the environment, as the `gateway`
+    /// binary): one image can then serve every role.
+    Gateway,
     /// Print a client JWT for a user, signed with this data directory's secret.
     Token {
         /// The user id to put in the `user_id` claim.
@@ -31,8 +34,15 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Gateway) = cli.command {
+        bus::runtime::init_tracing();
+        let app = gateway::App::build(gateway::Settings::from_env()?).await?;
+        tracing::info!(addr = %app.local_addr()?, "gateway listening");
+        return app.run(bus::runtime::shutdown_signal()).await;
+    }
     let settings = indaba::Settings::from_env()?;
     match cli.command.unwrap_or(Command::Serve) {
+        Command::Gateway => Ok(()),
         Command::Token { user, ttl_secs } => {
             anyhow::ensure!(user > 0, "--user must be a positive integer");
             let secret =

@@ -165,10 +165,14 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
                     Err(e) => tracing::warn!(error = %e, "undecodable connection event"),
                 }
             }
-            Route::Routing => match pb::GatewayHeartbeat::decode(msg.payload) {
-                Ok(hb) => inner.routes.apply_heartbeat(&hb),
-                Err(e) => tracing::warn!(error = %e, "undecodable heartbeat"),
-            },
+            Route::Routing if msg.subject == subjects::GATEWAY_HEARTBEAT => {
+                match pb::GatewayHeartbeat::decode(msg.payload) {
+                    Ok(hb) => inner.routes.apply_heartbeat(&hb),
+                    Err(e) => tracing::warn!(error = %e, "undecodable heartbeat"),
+                }
+            }
+            // Away/online status changes matter to presence, not to routing.
+            Route::Routing => {}
             Route::DeliveryAcks => match pb::DeliveryAck::decode(msg.payload) {
                 Ok(ack) => {
                     let ev = pb::delivery::Event::Delivered(pb::DeliveredEvent {

@@ -146,6 +146,7 @@ mod tests {
             sent_at_ms: 0,
             interval_ms: 1000,
             stopping: false,
+            sockets: Vec::new(),
         });
         assert!(r.by_gateway(&[2]).is_empty());
         assert_eq!(r.by_gateway(&[2, 3, 4])[0].1, vec![3, 4]);

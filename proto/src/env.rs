@@ -22,6 +22,13 @@ pub const MAX_TEXT_CHARS: &str = "INDABA_MAX_TEXT_CHARS";
 pub const MAX_GROUP_SIZE: &str = "INDABA_MAX_GROUP_SIZE";
 /// Stable id of this gateway instance (defaults to a random one; set it to the pod name).
 pub const GATEWAY_ID: &str = "INDABA_GATEWAY_ID";
+/// Gateway heartbeat interval in milliseconds (default 10000). Routing tables and
+/// presence drop a gateway silent for three intervals, so this sets the crash TTL.
+pub const GATEWAY_HEARTBEAT_MS: &str = "INDABA_GATEWAY_HEARTBEAT_MS";
+/// Seconds without a client frame after which a socket counts as away (default 300).
+pub const IDLE_AWAY_SECS: &str = "INDABA_IDLE_AWAY_SECS";
+/// Seconds a user stays present after the last socket closes (default 5).
+pub const PRESENCE_GRACE_SECS: &str = "INDABA_PRESENCE_GRACE_SECS";
 /// Log format: `json` (default in distributed binaries) or `pretty`.
 pub const LOG_FORMAT: &str = "INDABA_LOG_FORMAT";
 /// Log filter, `tracing_subscriber::EnvFilter` syntax. Default `info`.

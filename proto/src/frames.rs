@@ -153,6 +153,30 @@ pub struct History {
     pub limit: Option<u32>,
 }
 
+/// `set_status`: the user says they are away, or back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetStatus {
+    /// `away` or `online`.
+    pub status: UserStatus,
+}
+
+/// Statuses a client may set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserStatus {
+    /// Present.
+    Online,
+    /// Away from the device.
+    Away,
+}
+
+/// `presence_subscribe`: receive presence changes of these users.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PresenceSubscribe {
+    /// Users to watch (at most 500 per socket).
+    pub user_ids: Vec<Id>,
+}
+
 /// Every frame a client may send. Closed: an unknown `type` is an `unknown_type` error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -175,6 +199,10 @@ pub enum ClientFrame {
     History(History),
     /// The conversation list with unread counts.
     ListConversations,
+    /// Away / back.
+    SetStatus(SetStatus),
+    /// Watch users' presence.
+    PresenceSubscribe(PresenceSubscribe),
 }
 
 /// Why a client frame was rejected: the error frame to send back.
@@ -203,7 +231,7 @@ impl FrameError {
 }
 
 /// The client frame types this server understands, in protocol order.
-pub const CLIENT_FRAME_TYPES: [&str; 9] = [
+pub const CLIENT_FRAME_TYPES: [&str; 11] = [
     "chat_message",
     "typing_indicator",
     "read_receipt",
@@ -213,6 +241,8 @@ pub const CLIENT_FRAME_TYPES: [&str; 9] = [
     "sync",
     "history",
     "list_conversations",
+    "set_status",
+    "presence_subscribe",
 ];
 
 /// Parses one client text frame, telling apart: not JSON (`invalid_json`), no `type`
@@ -470,6 +500,17 @@ pub struct ConversationInfo {
     pub last_message: Option<NewMessage>,
 }
 
+/// `presence`: a watched user's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Presence {
+    /// Whose.
+    pub user_id: i64,
+    /// `online`, `away` or `offline`.
+    pub status: String,
+    /// When last connected, RFC 3339 (null if never seen).
+    pub last_seen: Option<String>,
+}
+
 /// `conversations`: answer to `list_conversations`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Conversations {
@@ -509,6 +550,8 @@ pub enum ServerFrame {
     History(HistoryPage),
     /// The conversation list.
     Conversations(Conversations),
+    /// A watched user's presence.
+    Presence(Presence),
 }
 
 impl ServerFrame {

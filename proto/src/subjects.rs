@@ -30,6 +30,16 @@ pub const CONV_MEMBERS: &str = "indaba.v1.conv.members";
 /// (`pb::DeliveryAck`); message-service tells the sender (`message_delivered`).
 pub const DELIVERY_ACKS: &str = "indaba.v1.msg.delivered";
 
+/// Request/reply: presence of users. `pb::GetPresenceRequest` → `pb::GetPresenceResponse`.
+pub const PRESENCE_GET: &str = "indaba.v1.presence.get";
+/// Broadcast: presence-service → gateways, `pb::PresenceChange`.
+pub const PRESENCE_CHANGES: &str = "indaba.v1.presence.changes";
+/// Broadcast between presence-service instances: "I am alive" (payload: the instance id
+/// as 8 big-endian bytes). The live instance with the lowest id publishes changes.
+pub const PRESENCE_INSTANCES: &str = "indaba.v1.presence.instances";
+/// Queue group shared by every presence-service instance.
+pub const PRESENCE_SERVICE_QUEUE: &str = "presence-service";
+
 /// Queue group shared by every message-service instance, so each request is handled once.
 pub const MESSAGE_SERVICE_QUEUE: &str = "message-service";
 
@@ -46,7 +56,9 @@ pub fn gateway_delivery(gateway_id: &str) -> String {
 pub const CONN_EVENTS: &str = "indaba.v1.routing.conn";
 /// Broadcast: a gateway's full list of connected users (`pb::GatewayHeartbeat`).
 pub const GATEWAY_HEARTBEAT: &str = "indaba.v1.routing.heartbeat";
-/// Wildcard covering [`CONN_EVENTS`] and [`GATEWAY_HEARTBEAT`]. Routing tables subscribe
+/// Broadcast: a socket went away/idle or came back (`pb::SocketStatus`).
+pub const SOCKET_STATUS: &str = "indaba.v1.routing.status";
+/// Wildcard covering [`CONN_EVENTS`], [`GATEWAY_HEARTBEAT`] and [`SOCKET_STATUS`]. Routing tables subscribe
 /// to both through this one subscription: NATS keeps one publisher's messages in order
 /// within a subscription, and a heartbeat applied out of order with a socket event would
 /// make the table forget a live socket.

@@ -8,6 +8,7 @@ mod bad_input;
 mod conversations;
 mod delivery;
 mod http_api;
+mod presence;
 mod spec_client;
 mod store_suite;
 mod support;

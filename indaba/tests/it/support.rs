@@ -292,6 +292,14 @@ pub async fn spawn_message_service_with(
 }
 
 pub async fn spawn_gateway(nats_url: &str, id: &str) -> (Running, SocketAddr) {
+    spawn_gateway_with(nats_url, id, |_| {}).await
+}
+
+pub async fn spawn_gateway_with(
+    nats_url: &str,
+    id: &str,
+    tweak: impl FnOnce(&mut gateway::Settings),
+) -> (Running, SocketAddr) {
     let mut s = gateway::Settings::new(
         gateway::auth::KeySource::Hs256Secret(SECRET.into()),
         gateway::BusSettings::Nats(nats_url.into()),
@@ -299,6 +307,7 @@ pub async fn spawn_gateway(nats_url: &str, id: &str) -> (Running, SocketAddr) {
     s.listen = "127.0.0.1:0".parse().expect("addr");
     s.gateway_id = id.into();
     s.max_text_chars = 100;
+    tweak(&mut s);
     let app = gateway::App::build(s).await.expect("build gateway");
     let addr = app.local_addr().expect("addr");
     let running = run_with_stop(|rx| {
@@ -307,6 +316,70 @@ pub async fn spawn_gateway(nats_url: &str, id: &str) -> (Running, SocketAddr) {
         })
     });
     (running, addr)
+}
+
+/// A presence-service with test timings: 300 ms grace, no warm-up (unless tweaked).
+pub async fn spawn_presence(
+    nats_url: &str,
+    tweak: impl FnOnce(&mut presence_service::Settings),
+) -> (Running, presence_service::Handle) {
+    let mut s =
+        presence_service::Settings::new(presence_service::BusSettings::Nats(nats_url.into()));
+    s.grace = Duration::from_millis(300);
+    s.warmup = Duration::ZERO;
+    s.tick = Duration::from_millis(50);
+    tweak(&mut s);
+    let app = presence_service::App::build(s)
+        .await
+        .expect("build presence");
+    let handle = app.handle();
+    let running = run_with_stop(|rx| {
+        app.run(async move {
+            let _ = rx.await;
+        })
+    });
+    (running, handle)
+}
+
+/// A gateway in its own OS process (`indaba gateway`), so a test can `kill -9` it.
+pub struct GatewayProcess {
+    child: Child,
+    pub addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    pub fn start(nats_url: &str, id: &str, heartbeat_ms: u64) -> GatewayProcess {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_indaba"))
+            .arg("gateway")
+            .env("NATS_URL", nats_url)
+            .env("INDABA_JWT_SECRET", SECRET)
+            .env("INDABA_LISTEN", format!("127.0.0.1:{port}"))
+            .env("INDABA_GATEWAY_ID", id)
+            .env("INDABA_GATEWAY_HEARTBEAT_MS", heartbeat_ms.to_string())
+            .env("INDABA_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn indaba gateway");
+        wait_for_port(port, "gateway process");
+        GatewayProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    /// SIGKILL: no goodbye heartbeat, no close frames.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
 }
 
 pub async fn spawn_single_node(
