@@ -19,6 +19,10 @@ pub enum Outbound {
     Message {
         /// For de-duplication against the resume stream.
         message_id: i64,
+        /// Its conversation.
+        conversation_id: i64,
+        /// Its seq.
+        seq: i64,
         /// The frame.
         text: Utf8Bytes,
     },
@@ -34,6 +38,10 @@ pub enum SyncFrame {
     Message {
         /// For de-duplication.
         message_id: i64,
+        /// Its conversation.
+        conversation_id: i64,
+        /// Its seq.
+        seq: i64,
         /// The frame.
         text: Utf8Bytes,
     },
@@ -309,6 +317,8 @@ impl Hub {
                 for (user, c) in self.targets(&d.recipient_ids, origin) {
                     let queued = c.offer(Outbound::Message {
                         message_id: m.id,
+                        conversation_id: m.conversation_id,
+                        seq: m.seq,
                         text: t.clone(),
                     });
                     if queued && user != m.sender_id && !reached.contains(&user) {

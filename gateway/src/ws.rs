@@ -95,7 +95,6 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
         ctx: ctx.clone(),
         user_id,
         connection_id: connection_id.clone(),
-        tx,
         sync_tx,
         shared,
         typing: HashMap::new(),
@@ -164,19 +163,67 @@ type Sink = futures_util::stream::SplitSink<WebSocketStream<TokioIo<Upgraded>>, 
 /// What the writer remembers to keep a resume and live traffic in order and free of
 /// repeats.
 struct WriterState {
-    /// Message ids already written to this socket.
+    /// Message ids recently written to this socket (live repeats, outbox republishes).
     sent: RecentIds,
+    /// Per conversation, the highest seq a resume has covered: every message at or below
+    /// it was in the store when the resume read it, so it was streamed. Never evicted
+    /// (bounded by the conversations one `sync` may name).
+    synced_upto: HashMap<i64, i64>,
     /// A resume is streaming: live messages wait in `held`.
     syncing: bool,
-    held: Vec<(i64, Utf8Bytes)>,
+    held: Vec<MessageFrame>,
+}
+
+/// A `new_message` frame with what de-duplication needs.
+struct MessageFrame {
+    message_id: i64,
+    conversation_id: i64,
+    seq: i64,
+    text: Utf8Bytes,
+}
+
+/// How long one frame may take to reach the client's socket before the client counts as
+/// gone (a peer that stops reading must not pin a task and its buffers forever).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn send_frame(sink: &mut Sink, m: Message) -> Result<(), ()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(m)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
 }
 
 impl WriterState {
-    async fn message(&mut self, sink: &mut Sink, id: i64, text: Utf8Bytes) -> Result<(), ()> {
-        if self.sent.insert(id) {
-            sink.send(Message::Text(text)).await.map_err(|_| ())?;
+    async fn message(
+        &mut self,
+        sink: &mut Sink,
+        m: MessageFrame,
+        from_sync: bool,
+    ) -> Result<(), ()> {
+        if from_sync {
+            let e = self.synced_upto.entry(m.conversation_id).or_insert(0);
+            *e = (*e).max(m.seq);
+        } else if self
+            .synced_upto
+            .get(&m.conversation_id)
+            .is_some_and(|upto| m.seq <= *upto)
+        {
+            return Ok(());
+        }
+        if self.sent.insert(m.message_id) {
+            send_frame(sink, Message::Text(m.text)).await?;
         }
         Ok(())
+    }
+}
+
+/// Cancels the socket's token when the writer ends for any reason, so the reader stops
+/// too and the socket leaves the hub instead of lingering half-alive.
+struct CancelOnDrop(CancellationToken);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
     }
 }
 
@@ -186,8 +233,10 @@ async fn write_loop(
     mut sync_rx: mpsc::Receiver<SyncFrame>,
     close: CancellationToken,
 ) {
+    let _guard = CancelOnDrop(close.clone());
     let mut st = WriterState {
-        sent: RecentIds::with_capacity(4096),
+        sent: RecentIds::with_capacity(1024),
+        synced_upto: HashMap::new(),
         syncing: false,
         held: Vec::new(),
     };
@@ -200,29 +249,35 @@ async fn write_loop(
                     st.syncing = true;
                     Ok(())
                 }
-                SyncFrame::Message { message_id, text } => st.message(&mut sink, message_id, text).await,
-                SyncFrame::Text(t) => sink.send(Message::Text(t)).await.map_err(|_| ()),
+                SyncFrame::Message { message_id, conversation_id, seq, text } => {
+                    st.message(&mut sink, MessageFrame { message_id, conversation_id, seq, text }, true).await
+                }
+                SyncFrame::Text(t) => send_frame(&mut sink, Message::Text(t)).await,
                 SyncFrame::End(t) => {
-                    let mut r = sink.send(Message::Text(t)).await.map_err(|_| ());
+                    let mut r = send_frame(&mut sink, Message::Text(t)).await;
                     st.syncing = false;
-                    for (id, text) in std::mem::take(&mut st.held) {
+                    for m in std::mem::take(&mut st.held) {
                         if r.is_ok() {
-                            r = st.message(&mut sink, id, text).await;
+                            r = st.message(&mut sink, m, false).await;
                         }
                     }
                     r
                 }
             },
             m = rx.recv() => match m {
-                Some(Outbound::Text(t)) => sink.send(Message::Text(t)).await.map_err(|_| ()),
-                Some(Outbound::Message { message_id, text }) if st.syncing => {
-                    st.held.push((message_id, text));
-                    if st.held.len() > MAX_HELD_BACK {
-                        close.cancel();
+                Some(Outbound::Text(t)) => send_frame(&mut sink, Message::Text(t)).await,
+                Some(Outbound::Message { message_id, conversation_id, seq, text }) => {
+                    let m = MessageFrame { message_id, conversation_id, seq, text };
+                    if st.syncing {
+                        st.held.push(m);
+                        if st.held.len() > MAX_HELD_BACK {
+                            close.cancel();
+                        }
+                        Ok(())
+                    } else {
+                        st.message(&mut sink, m, false).await
                     }
-                    Ok(())
                 }
-                Some(Outbound::Message { message_id, text }) => st.message(&mut sink, message_id, text).await,
                 None => break,
             },
         };
@@ -260,7 +315,6 @@ struct Conn {
     ctx: Arc<Ctx>,
     user_id: i64,
     connection_id: Arc<str>,
-    tx: mpsc::Sender<Outbound>,
     sync_tx: mpsc::Sender<SyncFrame>,
     shared: Arc<ConnShared>,
     /// Per conversation: when the last indicator was forwarded, and its state.
@@ -288,13 +342,10 @@ struct Conn {
 impl Conn {
     /// Queues a reply for this socket.
     fn send(&self, frame: ServerFrame) {
-        if self
-            .tx
-            .try_send(Outbound::Text(Utf8Bytes::from(frame.to_json())))
-            .is_err()
-        {
-            tracing::warn!(connection_id = %self.connection_id, "outbound queue full; dropping reply");
-        }
+        // A full queue means the client is not reading: close it like any slow consumer
+        // (it reconnects and resyncs) rather than silently dropping a reply.
+        self.handle
+            .offer(Outbound::Text(Utf8Bytes::from(frame.to_json())));
     }
 
     fn send_error(&self, code: ErrorCode, message: String, conversation_id: Option<i64>) {
@@ -480,14 +531,27 @@ impl Conn {
                 self.typing.insert(conversation_id, (now, is_typing));
             }
             Ok(pb::TypingResponse { error: Some(e) }) => {
+                self.typing.remove(&conversation_id);
                 self.send_error(ErrorCode::parse(&e.code), e.message, Some(conversation_id))
             }
-            Err((code, message)) => self.send_error(code, message, Some(conversation_id)),
+            // It may or may not have gone out: forget the state so the next indicator,
+            // whatever it says, is forwarded.
+            Err((code, message)) => {
+                self.typing.remove(&conversation_id);
+                self.send_error(code, message, Some(conversation_id))
+            }
         }
         // Forget stopped entries so the map stays as small as the set of live typists.
         if self.typing.len() > 64 {
-            self.typing
-                .retain(|_, (at, state)| *state || now.duration_since(*at) < TYPING_INTERVAL);
+            // Keep live typists; an old "typing" left without a stop ages out after 30 s.
+            self.typing.retain(|_, (at, state)| {
+                now.duration_since(*at)
+                    < if *state {
+                        Duration::from_secs(30)
+                    } else {
+                        TYPING_INTERVAL
+                    }
+            });
         }
     }
 
@@ -661,7 +725,7 @@ impl Conn {
                         .await;
                     break;
                 }
-                if after == last_seq && page.first_retained_seq > last_seq + 1 {
+                if after == last_seq && page.first_retained_seq > last_seq.saturating_add(1) {
                     truncated.push(conv.0);
                 }
                 for m in &page.messages {
@@ -672,6 +736,8 @@ impl Conn {
                         .sync_tx
                         .send(SyncFrame::Message {
                             message_id: m.id,
+                            conversation_id: m.conversation_id,
+                            seq: m.seq,
                             text,
                         })
                         .await
@@ -681,7 +747,9 @@ impl Conn {
                     }
                 }
                 if !page.has_more || page.messages.is_empty() {
-                    done.insert(conv.0.to_string(), page.last_seq.max(after));
+                    // The highest seq actually streamed: a message committed after the page
+                    // was read is live traffic, not covered by this resume.
+                    done.insert(conv.0.to_string(), after);
                     break;
                 }
             }

@@ -69,6 +69,33 @@ struct Inner {
     published: mpsc::Sender<i64>,
     published_rx: tokio::sync::Mutex<Option<mpsc::Receiver<i64>>>,
     in_flight: Arc<Semaphore>,
+    /// Message ids already acknowledged as delivered (bounded, oldest forgotten first).
+    acked: std::sync::Mutex<(
+        std::collections::HashSet<i64>,
+        std::collections::VecDeque<i64>,
+    )>,
+    /// Until the routing table has heard from the gateways (their answer to our resync),
+    /// a delivery that found nobody may be wrong: keep its outbox row for the sweeper.
+    routes_warm_at: tokio::time::Instant,
+}
+
+/// How long after start the routing table is treated as incomplete.
+const ROUTES_WARMUP: Duration = Duration::from_secs(2);
+
+impl Inner {
+    fn first_ack(&self, message_id: i64) -> bool {
+        let mut g = self.acked.lock().unwrap_or_else(|e| e.into_inner());
+        if !g.0.insert(message_id) {
+            return false;
+        }
+        g.1.push_back(message_id);
+        if g.1.len() > 100_000 {
+            if let Some(old) = g.1.pop_front() {
+                g.0.remove(&old);
+            }
+        }
+        true
+    }
 }
 
 impl App {
@@ -118,6 +145,8 @@ impl App {
                 published,
                 published_rx: tokio::sync::Mutex::new(Some(published_rx)),
                 in_flight,
+                acked: Default::default(),
+                routes_warm_at: tokio::time::Instant::now() + ROUTES_WARMUP,
             }),
             subs,
         })
@@ -174,6 +203,9 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
             // Away/online status changes matter to presence, not to routing.
             Route::Routing => {}
             Route::DeliveryAcks => match pb::DeliveryAck::decode(msg.payload) {
+                // "Delivered" means at least one recipient device has it: the first ack
+                // per message is enough (a group would otherwise send one per member).
+                Ok(ack) if !inner.first_ack(ack.message_id) => {}
                 Ok(ack) => {
                     let ev = pb::delivery::Event::Delivered(pb::DeliveredEvent {
                         message_id: ack.message_id,
@@ -337,8 +369,10 @@ async fn deliver(inner: &Inner, message: &pb::ChatMessage, participants: &[i64],
         origin,
     )
     .await;
-    // On failure the row stays; the sweeper republishes it when the lease runs out.
-    if ok && inner.published.try_send(message.id).is_err() {
+    // On failure the row stays; the sweeper republishes it when the lease runs out. Same
+    // while the routing table may still be missing gateways (just after start).
+    let warm = tokio::time::Instant::now() >= inner.routes_warm_at;
+    if ok && warm && inner.published.try_send(message.id).is_err() {
         tracing::debug!(
             message_id = message.id,
             "outbox completion queue full; sweeper will redo it"
@@ -692,6 +726,9 @@ async fn sweep(inner: Arc<Inner>) {
                 Ok(n) => tracing::info!(n, "pruned messages past retention"),
                 Err(e) => tracing::warn!(error = %e, "retention prune failed"),
             }
+        }
+        if tokio::time::Instant::now() < inner.routes_warm_at {
+            continue;
         }
         match inner.store.claim_expired_outbox(500).await {
             Ok(pending) => {

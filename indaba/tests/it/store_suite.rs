@@ -90,6 +90,12 @@ async fn suite(store: Store) {
             .expect("count"),
         1
     );
+    // Reusing a key for a different message is refused, not mistaken for a retry.
+    let reuse = store
+        .send_message(&msg(1, Some(group.id), None, "something else", Some("key-1")))
+        .await
+        .unwrap_err();
+    assert_eq!(code(reuse), ErrorCode::InvalidField);
     // The same key from another sender is a different message.
     let other = store
         .send_message(&msg(2, Some(group.id), None, "mine", Some("key-1")))

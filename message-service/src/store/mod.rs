@@ -160,6 +160,13 @@ macro_rules! on_pool {
     };
 }
 
+/// Most message text one page carries (JSON escaping can grow it ~6×; still under the
+/// 1 MiB WebSocket write limit and NATS's 1 MB payload).
+pub const PAGE_TEXT_BYTES: usize = 128 * 1024;
+
+/// Unread counts stop at this (a "999+" badge); counting further is wasted work.
+pub const UNREAD_CAP: i64 = 1000;
+
 /// How long a freshly written outbox row is left to the instance that wrote it before
 /// any instance may republish it.
 pub const OUTBOX_LEASE: Duration = Duration::from_secs(5);
@@ -417,6 +424,18 @@ impl Store {
         let Some(message) = message else {
             return Ok(None);
         };
+        // A key reused for a different message is a client bug (e.g. a counter that
+        // restarted); answering "duplicate" would silently drop the new message.
+        let same_target = match m.conversation_id {
+            Some(c) => c == message.conversation_id,
+            None => m.receiver_id == message.receiver_id,
+        };
+        if !same_target || m.text != message.text {
+            return Err(rejected(
+                ErrorCode::InvalidField,
+                "client_msg_id was already used for a different message",
+            ));
+        }
         let participants = self.participants(message.conversation_id).await?;
         Ok(Some(Sent {
             message,
@@ -799,8 +818,23 @@ impl Store {
                 first.unwrap_or(if last_seq > 0 { last_seq + 1 } else { 0 }),
             )
         });
-        let has_more = messages.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut has_more = messages.len() > usize::try_from(limit).unwrap_or(usize::MAX);
         messages.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        // Bound the page by size too, so it fits a NATS message (1 MB by default) and,
+        // as JSON, a WebSocket write: at most PAGE_TEXT_BYTES of text, at least one message.
+        let mut bytes = 0;
+        let mut keep = 0;
+        for m in &messages {
+            bytes += m.text.len() + 64;
+            if keep > 0 && bytes > PAGE_TEXT_BYTES {
+                break;
+            }
+            keep += 1;
+        }
+        if keep < messages.len() {
+            messages.truncate(keep);
+            has_more = true;
+        }
         if backward {
             messages.reverse();
         }
@@ -846,11 +880,13 @@ impl Store {
             };
             let (unread_count, last_message) = on_pool!(self, |pool, _begin| {
                 let unread: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM messages WHERE conversation_id = $1 AND seq > $2 AND sender_id <> $3",
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM messages
+                     WHERE conversation_id = $1 AND seq > $2 AND sender_id <> $3 LIMIT $4) AS u",
                 )
                 .bind(id)
                 .bind(last_read_seq)
                 .bind(user_id)
+                .bind(UNREAD_CAP)
                 .fetch_one(pool)
                 .await?;
                 let row = sqlx::query(
@@ -883,52 +919,61 @@ impl Store {
         remove: &[i64],
         max_group_size: usize,
     ) -> Result<(Conversation, Vec<i64>, Vec<i64>), StoreError> {
-        let conv = self
-            .get_conversation(conversation_id)
-            .await?
-            .ok_or_else(|| {
-                rejected(
+        let now = proto::time::now_ms();
+        let (added, removed): (Vec<i64>, Vec<i64>) = on_pool!(self, |pool, begin| {
+            let mut tx = pool.begin_with(begin).await?;
+            // Lock the conversation row first: concurrent edits then see each other's
+            // result, so the size limit and the actor's membership hold.
+            let kind: Option<i64> = sqlx::query_scalar(
+                "UPDATE conversations SET last_seq = last_seq WHERE id = $1 RETURNING kind",
+            )
+            .bind(conversation_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(kind) = kind else {
+                return Err(rejected(
                     ErrorCode::ConversationNotFound,
                     format!("conversation {conversation_id} does not exist"),
-                )
-            })?;
-        if !conv.participant_ids.contains(&actor) {
-            return Err(rejected(
-                ErrorCode::Forbidden,
-                "you are not a participant of this conversation",
-            ));
-        }
-        if conv.kind == ConversationKind::Direct as i32 {
-            return Err(rejected(
-                ErrorCode::InvalidField,
-                "members of a direct conversation cannot change",
-            ));
-        }
-        let current: std::collections::BTreeSet<i64> =
-            conv.participant_ids.iter().copied().collect();
-        let added: Vec<i64> = add
-            .iter()
-            .copied()
-            .filter(|u| !current.contains(u))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let removed: Vec<i64> = remove
-            .iter()
-            .copied()
-            .filter(|u| current.contains(u))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        if current.len() + added.len() - removed.len() > max_group_size {
-            return Err(rejected(
-                ErrorCode::TooManyParticipants,
-                format!("a group has at most {max_group_size} members"),
-            ));
-        }
-        let now = proto::time::now_ms();
-        on_pool!(self, |pool, begin| {
-            let mut tx = pool.begin_with(begin).await?;
+                ));
+            };
+            let members: Vec<i64> =
+                sqlx::query_scalar("SELECT user_id FROM participants WHERE conversation_id = $1")
+                    .bind(conversation_id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            if !members.contains(&actor) {
+                return Err(rejected(
+                    ErrorCode::Forbidden,
+                    "you are not a participant of this conversation",
+                ));
+            }
+            if kind == ConversationKind::Direct as i64 {
+                return Err(rejected(
+                    ErrorCode::InvalidField,
+                    "members of a direct conversation cannot change",
+                ));
+            }
+            let current: std::collections::BTreeSet<i64> = members.iter().copied().collect();
+            let added: Vec<i64> = add
+                .iter()
+                .copied()
+                .filter(|u| !current.contains(u))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let removed: Vec<i64> = remove
+                .iter()
+                .copied()
+                .filter(|u| current.contains(u))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            if current.len() + added.len() - removed.len() > max_group_size {
+                return Err(rejected(
+                    ErrorCode::TooManyParticipants,
+                    format!("a group has at most {max_group_size} members"),
+                ));
+            }
             for u in &added {
                 sqlx::query(
                     "INSERT INTO participants (conversation_id, user_id, joined_at_ms) VALUES ($1, $2, $3)
@@ -948,6 +993,7 @@ impl Store {
                     .await?;
             }
             tx.commit().await?;
+            (added, removed)
         });
         let conv = self
             .get_conversation(conversation_id)
