@@ -72,7 +72,7 @@ impl Message {
 #[derive(Clone, Debug)]
 pub enum Bus {
     /// A NATS connection.
-    Nats(async_nats::Client),
+    Nats(async_nats::Client, tokio::sync::watch::Receiver<u64>),
     /// The in-process bus.
     Local(LocalBus),
 }
@@ -81,7 +81,9 @@ impl Bus {
     /// Connects to NATS (`url` may list several servers, comma separated). The client
     /// reconnects forever in the background; `name` shows up in the server's monitoring.
     pub async fn connect_nats(url: &str, name: &str) -> Result<Bus, BusError> {
-        nats::connect(url, name).await.map(Bus::Nats)
+        nats::connect(url, name)
+            .await
+            .map(|(client, reconnects)| Bus::Nats(client, reconnects))
     }
 
     /// A fresh in-process bus.
@@ -104,7 +106,7 @@ impl Bus {
         payload: Bytes,
     ) -> Result<(), BusError> {
         match self {
-            Bus::Nats(c) => nats::publish(c, subject, None, headers, payload).await,
+            Bus::Nats(c, _) => nats::publish(c, subject, None, headers, payload).await,
             Bus::Local(l) => {
                 l.publish(subject, None, headers, payload);
                 Ok(())
@@ -140,7 +142,7 @@ impl Bus {
         timeout: Duration,
     ) -> Result<Message, BusError> {
         match self {
-            Bus::Nats(c) => nats::request(c, subject, headers, payload, timeout).await,
+            Bus::Nats(c, _) => nats::request(c, subject, headers, payload, timeout).await,
             Bus::Local(l) => l.request(subject, headers, payload, timeout).await,
         }
     }
@@ -165,7 +167,7 @@ impl Bus {
         group: Option<&str>,
     ) -> Result<Subscriber, BusError> {
         match self {
-            Bus::Nats(c) => nats::subscribe(c, subject, group).await,
+            Bus::Nats(c, _) => nats::subscribe(c, subject, group).await,
             Bus::Local(l) => Ok(l.subscribe(subject, group)),
         }
     }
@@ -173,15 +175,25 @@ impl Bus {
     /// Waits until everything published so far has been written to the server.
     pub async fn flush(&self) -> Result<(), BusError> {
         match self {
-            Bus::Nats(c) => c.flush().await.map_err(|e| BusError::Other(e.to_string())),
+            Bus::Nats(c, _) => c.flush().await.map_err(|e| BusError::Other(e.to_string())),
             Bus::Local(_) => Ok(()),
+        }
+    }
+
+    /// Counts reconnections to NATS (0 until the first one). While disconnected, messages
+    /// published to us were dropped by the server, so a holder of client state (a
+    /// gateway) must treat a change as "I may have missed deliveries". `None` in process.
+    pub fn reconnects(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        match self {
+            Bus::Nats(_, r) => Some(r.clone()),
+            Bus::Local(_) => None,
         }
     }
 
     /// Whether the transport is currently connected (always true in process).
     pub fn is_connected(&self) -> bool {
         match self {
-            Bus::Nats(c) => matches!(
+            Bus::Nats(c, _) => matches!(
                 c.connection_state(),
                 async_nats::connection::State::Connected
             ),

@@ -6,27 +6,43 @@ use bytes::Bytes;
 
 use crate::{BusError, Message, Subscriber, SubscriberInner};
 
-pub(crate) async fn connect(url: &str, name: &str) -> Result<async_nats::Client, BusError> {
-    async_nats::ConnectOptions::new()
+pub(crate) async fn connect(
+    url: &str,
+    name: &str,
+) -> Result<(async_nats::Client, tokio::sync::watch::Receiver<u64>), BusError> {
+    let (tx, rx) = tokio::sync::watch::channel(0u64);
+    let tx = std::sync::Arc::new(tx);
+    let connected_once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = async_nats::ConnectOptions::new()
         .name(name)
         // Reconnect forever: a gateway without NATS fails readiness but keeps its sockets,
         // and recovers by itself when NATS comes back.
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
         .subscription_capacity(crate::SUBSCRIBER_CAPACITY)
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("nats connected"),
-                async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
-                async_nats::Event::SlowConsumer(sid) => {
-                    tracing::error!(sid, "nats slow consumer: messages dropped")
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            let connected_once = connected_once.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        tracing::info!("nats connected");
+                        if connected_once.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                            tx.send_modify(|n| *n += 1);
+                        }
+                    }
+                    async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                    async_nats::Event::SlowConsumer(sid) => {
+                        tracing::error!(sid, "nats slow consumer: messages dropped")
+                    }
+                    other => tracing::info!(event = %other, "nats event"),
                 }
-                other => tracing::info!(event = %other, "nats event"),
             }
         })
         .connect(url)
         .await
-        .map_err(|e| BusError::Connect(e.to_string()))
+        .map_err(|e| BusError::Connect(e.to_string()))?;
+    Ok((client, rx))
 }
 
 fn header_map(headers: &[(&str, &str)]) -> Option<async_nats::HeaderMap> {

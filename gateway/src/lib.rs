@@ -255,6 +255,24 @@ impl App {
                 }
             }
         });
+        // After a NATS reconnect, deliveries published while we were away are gone: close
+        // every socket with 1012 so clients reconnect and `sync`, and re-announce at once.
+        let reconnect_task = ctx.bus.reconnects().map(|mut changes| {
+            let c = ctx.clone();
+            tokio::spawn(async move {
+                while changes.changed().await.is_ok() {
+                    let sockets = c.hub.all();
+                    tracing::warn!(
+                        n = sockets.len(),
+                        "nats reconnected; asking clients to resync"
+                    );
+                    c.heartbeat(false).await;
+                    for s in sockets {
+                        s.close.cancel();
+                    }
+                }
+            })
+        });
         let mut resync = self.resync;
         let c = ctx.clone();
         let heartbeats = tokio::spawn(async move {
@@ -281,6 +299,9 @@ impl App {
         }
         deliver.abort();
         presence_task.abort();
+        if let Some(t) = reconnect_task {
+            t.abort();
+        }
         let _ = http.await;
         Ok(())
     }

@@ -194,3 +194,16 @@ async fn no_message_service_means_unavailable_not_a_dropped_socket() {
     assert_eq!(r["ref"], "u-1");
     a.ping().await;
 }
+
+/// NATS restarts under a gateway: deliveries published meanwhile are gone, so the gateway
+/// closes its sockets with 1012 and the clients reconnect and resync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_makes_clients_reconnect_and_resync() {
+    let nats = Nats::start();
+    let port = nats.port;
+    let (_g, gw) = spawn_gateway(&nats.url(), "gw-blip").await;
+    let mut a = Client::connect(gw, ALICE).await;
+    drop(nats);
+    let _nats = Nats::start_on(port);
+    assert_eq!(a.expect_close().await, 1012);
+}

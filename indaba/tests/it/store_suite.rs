@@ -92,7 +92,13 @@ async fn suite(store: Store) {
     );
     // Reusing a key for a different message is refused, not mistaken for a retry.
     let reuse = store
-        .send_message(&msg(1, Some(group.id), None, "something else", Some("key-1")))
+        .send_message(&msg(
+            1,
+            Some(group.id),
+            None,
+            "something else",
+            Some("key-1"),
+        ))
         .await
         .unwrap_err();
     assert_eq!(code(reuse), ErrorCode::InvalidField);

@@ -46,9 +46,13 @@ pub struct Nats {
 
 impl Nats {
     pub fn start() -> Nats {
+        Nats::start_on(free_port())
+    }
+
+    /// Starts nats-server on a given port (to restart one where clients expect it).
+    pub fn start_on(port: u16) -> Nats {
         let bin = std::env::var("INDABA_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let child = Command::new(&bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(dir.path())
@@ -494,6 +498,22 @@ impl Client {
                 return v;
             }
             self.pending.push_back(v);
+        }
+    }
+
+    /// Reads until the server closes the socket; returns the close code.
+    pub async fn expect_close(&mut self) -> u16 {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => panic!("user {}: socket not closed within {WAIT:?}", self.user_id),
+                Ok(None) => panic!("user {}: socket ended without a close frame", self.user_id),
+                Ok(Some(Err(e))) => panic!("user {}: socket error {e}", self.user_id),
+                Ok(Some(Ok(Message::Close(f)))) => {
+                    return f.map(|f| u16::from(f.code)).unwrap_or(0)
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
         }
     }
 
