@@ -203,6 +203,48 @@ mod tests {
         assert!(v.verify(&none).is_err());
     }
 
+    #[test]
+    fn rs256_keys_and_no_key_confusion() {
+        let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        let public_path = dir.join("test-rs256-public.pem");
+        let v = Verifier::new(
+            &KeySource::Rs256PublicKeyFile(public_path.clone()),
+            Duration::ZERO,
+        )
+        .unwrap();
+        let private = std::fs::read(dir.join("test-rs256-private.pem")).unwrap();
+        let claims = serde_json::json!({"user_id": 5, "exp": proto::time::now_ms() / 1000 + 60});
+        let good = jsonwebtoken::encode(
+            &Header::new(Algorithm::RS256),
+            &claims,
+            &EncodingKey::from_rsa_pem(&private).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v.verify(&good), Ok(5));
+        // The classic confusion: HS256 "signed" with the public key as the shared secret.
+        let public = std::fs::read(&public_path).unwrap();
+        let forged = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(&public),
+        )
+        .unwrap();
+        assert!(v.verify(&forged).is_err());
+        // An HS256 verifier refuses RS256 tokens too.
+        assert!(verifier().verify(&good).is_err());
+        // A missing or bad key file fails at startup.
+        assert!(Verifier::new(
+            &KeySource::Rs256PublicKeyFile(dir.join("missing.pem")),
+            Duration::ZERO
+        )
+        .is_err());
+        assert!(Verifier::new(
+            &KeySource::Rs256PublicKeyFile(dir.join("README.md")),
+            Duration::ZERO
+        )
+        .is_err());
+    }
+
     /// Minimal unpadded base64url, so the test needs no extra dependency.
     mod base64_like {
         pub fn b64(s: &str) -> String {
