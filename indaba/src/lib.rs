@@ -13,6 +13,8 @@ use gateway::auth::KeySource;
 pub const SECRET_FILE: &str = "jwt-secret";
 /// Name of the SQLite database inside the data directory.
 pub const DB_FILE: &str = "indaba.db";
+/// presence-service's own SQLite file (it shares no tables with message-service).
+pub const PRESENCE_DB_FILE: &str = "presence.db";
 
 /// Single-node configuration.
 #[derive(Debug, Clone)]
@@ -117,10 +119,11 @@ impl SingleNode {
             retention: settings.retention,
         })
         .await?;
-        let presence = presence_service::App::build(presence_service::Settings::new(
-            presence_service::BusSettings::Shared(bus.clone()),
-        ))
-        .await?;
+        let mut presence_settings =
+            presence_service::Settings::new(presence_service::BusSettings::Shared(bus.clone()));
+        presence_settings.store =
+            presence_service::StoreSettings::Sqlite(settings.data_dir.join(PRESENCE_DB_FILE));
+        let presence = presence_service::App::build(presence_settings).await?;
         let mut gw = gateway::Settings::new(
             KeySource::Hs256Secret(secret.clone()),
             gateway::BusSettings::Shared(bus),

@@ -14,6 +14,8 @@
 //! themselves every second; when the publisher dies, the next one takes over with the
 //! state it already has. During a hand-over both may publish; gateways drop repeats.
 
+mod grpc;
+pub mod store;
 pub mod tracker;
 
 use std::future::Future;
@@ -26,7 +28,19 @@ use futures_util::StreamExt;
 use prost::Message as _;
 use proto::{pb, subjects, ErrorCode};
 
+pub use store::LastSeenStore;
 pub use tracker::{Status, Timing, Tracker};
+
+/// Where `last_seen` is kept.
+#[derive(Debug, Clone)]
+pub enum StoreSettings {
+    /// Nowhere durable (a warning is logged).
+    Memory,
+    /// PostgreSQL URL.
+    Postgres(String),
+    /// SQLite file.
+    Sqlite(std::path::PathBuf),
+}
 
 /// How the service reaches the bus.
 #[derive(Debug, Clone)]
@@ -51,6 +65,12 @@ pub struct Settings {
     pub warmup: Duration,
     /// How often timers are evaluated (default 250 ms).
     pub tick: Duration,
+    /// Durable `last_seen`.
+    pub store: StoreSettings,
+    /// Where the gRPC `PresenceService` listens (`None`: not served).
+    pub grpc_listen: Option<std::net::SocketAddr>,
+    /// When set, gRPC callers must send `authorization: Bearer <key>`.
+    pub grpc_api_key: Option<String>,
 }
 
 impl Settings {
@@ -61,6 +81,9 @@ impl Settings {
             grace: Duration::from_secs(5),
             warmup: Duration::from_secs(3),
             tick: Duration::from_millis(250),
+            store: StoreSettings::Memory,
+            grpc_listen: None,
+            grpc_api_key: None,
         }
     }
 
@@ -78,6 +101,20 @@ impl Settings {
             })?;
             s.grace = Duration::from_secs(secs);
         }
+        if let Ok(url) = std::env::var(proto::env::DATABASE_URL) {
+            s.store = StoreSettings::Postgres(url);
+        }
+        let listen =
+            std::env::var(proto::env::GRPC_LISTEN).unwrap_or_else(|_| "0.0.0.0:50052".into());
+        s.grpc_listen = Some(listen.parse().map_err(|_| {
+            anyhow::anyhow!(
+                "{} must be host:port, got {listen:?}",
+                proto::env::GRPC_LISTEN
+            )
+        })?);
+        s.grpc_api_key = std::env::var(proto::env::GRPC_API_KEY)
+            .ok()
+            .filter(|k| !k.is_empty());
         Ok(s)
     }
 }
@@ -95,6 +132,8 @@ pub struct App {
     queries: bus::Subscriber,
     instances: bus::Subscriber,
     instance_id: u64,
+    store: LastSeenStore,
+    grpc: Option<tokio::net::TcpListener>,
 }
 
 /// An instance not heard from for this long no longer counts (3 announcements missed).
@@ -128,6 +167,18 @@ impl App {
             BusSettings::Nats(url) => Bus::connect_nats(url, "presence-service").await?,
             BusSettings::Shared(b) => b.clone(),
         };
+        let store = match &settings.store {
+            StoreSettings::Memory => {
+                tracing::warn!("no database configured: last_seen is not kept across restarts");
+                LastSeenStore::Memory
+            }
+            StoreSettings::Postgres(url) => LastSeenStore::connect_postgres(url).await?,
+            StoreSettings::Sqlite(path) => LastSeenStore::open_sqlite(path).await?,
+        };
+        let grpc = match settings.grpc_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+            None => None,
+        };
         let routing = bus.subscribe(subjects::ROUTING_ALL).await?;
         let queries = bus
             .queue_subscribe(subjects::PRESENCE_GET, subjects::PRESENCE_SERVICE_QUEUE)
@@ -154,7 +205,14 @@ impl App {
             queries,
             instances,
             instance_id,
+            store,
+            grpc,
         })
+    }
+
+    /// The bound gRPC address, if served.
+    pub fn grpc_addr(&self) -> Option<std::net::SocketAddr> {
+        self.grpc.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// A handle on this instance's state.
@@ -172,7 +230,34 @@ impl App {
             mut queries,
             mut instances,
             instance_id,
+            store,
+            grpc,
         } = self;
+        let stop_grpc = tokio_util_like::Stop::default();
+        let grpc_task = grpc.map(|listener| {
+            let svc = grpc::PresenceGrpc {
+                tracker: tracker.clone(),
+                store: store.clone(),
+            };
+            tokio::spawn(grpc::serve(
+                listener,
+                svc,
+                settings.grpc_api_key.clone(),
+                stop_grpc.clone(),
+            ))
+        });
+        // last_seen writes leave the event loop: batched by a writer task.
+        let (seen_tx, mut seen_rx) = tokio::sync::mpsc::channel::<(i64, i64)>(65_536);
+        let writer_store = store.clone();
+        let writer = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(256);
+            while seen_rx.recv_many(&mut batch, 256).await > 0 {
+                if let Err(e) = writer_store.save(&batch).await {
+                    tracing::warn!(error = %e, n = batch.len(), "last_seen not saved");
+                }
+                batch.clear();
+            }
+        });
         let mut peers: std::collections::HashMap<u64, tokio::time::Instant> = Default::default();
         let mut announce = tokio::time::interval(INSTANCE_ANNOUNCE);
         let mut tick = tokio::time::interval(settings.tick);
@@ -192,16 +277,23 @@ impl App {
                     let _ = bus.publish(subjects::PRESENCE_INSTANCES, Bytes::copy_from_slice(&instance_id.to_be_bytes())).await;
                 }
                 Some(q) = queries.next() => {
-                    let reply = answer(&tracker, &q.payload);
-                    if let Err(e) = bus.respond(&q, reply).await {
-                        tracing::warn!(error = %e, "presence reply failed");
-                    }
+                    // May read the database: answered off the event loop.
+                    let (bus, tracker, store) = (bus.clone(), tracker.clone(), store.clone());
+                    tokio::spawn(async move {
+                        let reply = answer(&tracker, &store, &q.payload).await;
+                        if let Err(e) = bus.respond(&q, reply).await {
+                            tracing::warn!(error = %e, "presence reply failed");
+                        }
+                    });
                 }
                 _ = tick.tick() => {
                     let changes = tracker
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .tick(proto::time::now_ms());
+                    for c in changes.iter().filter(|c| c.status == Status::Offline) {
+                        let _ = seen_tx.try_send((c.user_id, c.last_seen_ms));
+                    }
                     peers.retain(|_, seen| seen.elapsed() < INSTANCE_TTL);
                     // Every instance keeps its state current; only the leader speaks.
                     let leader = peers.keys().all(|p| *p >= instance_id);
@@ -222,6 +314,12 @@ impl App {
             }
         }
         tracing::info!("presence-service stopping");
+        stop_grpc.stop();
+        if let Some(t) = grpc_task {
+            let _ = t.await;
+        }
+        drop(seen_tx);
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
         Ok(())
     }
 }
@@ -263,7 +361,60 @@ fn apply(tracker: &Mutex<Tracker>, m: &bus::Message) {
     }
 }
 
-fn answer(tracker: &Mutex<Tracker>, payload: &[u8]) -> Bytes {
+/// Statuses of `users`; last_seen of users not in memory comes from the store.
+pub async fn lookup(
+    tracker: &Mutex<Tracker>,
+    store: &LastSeenStore,
+    users: &[i64],
+) -> Vec<pb::UserPresence> {
+    let now = proto::time::now_ms();
+    let mut out: Vec<pb::UserPresence> = {
+        let t = tracker.lock().unwrap_or_else(|e| e.into_inner());
+        users
+            .iter()
+            .map(|u| {
+                let (status, last_seen_ms, connections) = t.get(*u, now);
+                pb::UserPresence {
+                    user_id: *u,
+                    status: status.as_str().to_owned(),
+                    last_seen_ms,
+                    connections,
+                }
+            })
+            .collect()
+    };
+    let unknown: Vec<i64> = out
+        .iter()
+        .filter(|p| p.connections == 0 && p.last_seen_ms == 0)
+        .map(|p| p.user_id)
+        .collect();
+    if !unknown.is_empty() {
+        match store.load(&unknown).await {
+            Ok(found) => {
+                for p in &mut out {
+                    if let Some(at) = found.get(&p.user_id) {
+                        p.last_seen_ms = *at;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "last_seen lookup failed"),
+        }
+    }
+    out
+}
+
+/// Checks a presence query: at most [`MAX_QUERY_USERS`] positive ids.
+pub fn validate_query(users: &[i64]) -> Result<(), String> {
+    if users.len() > MAX_QUERY_USERS {
+        return Err(format!("at most {MAX_QUERY_USERS} users per query"));
+    }
+    if users.iter().any(|u| *u <= 0) {
+        return Err("user ids must be positive integers".into());
+    }
+    Ok(())
+}
+
+async fn answer(tracker: &Mutex<Tracker>, store: &LastSeenStore, payload: &[u8]) -> Bytes {
     let resp = match pb::GetPresenceRequest::decode(payload) {
         Err(e) => pb::GetPresenceResponse {
             users: Vec::new(),
@@ -272,33 +423,42 @@ fn answer(tracker: &Mutex<Tracker>, payload: &[u8]) -> Bytes {
                 format!("undecodable request: {e}"),
             )),
         },
-        Ok(req) if req.user_ids.len() > MAX_QUERY_USERS => pb::GetPresenceResponse {
-            users: Vec::new(),
-            error: Some(proto::pb_error(
-                ErrorCode::InvalidField,
-                format!("at most {MAX_QUERY_USERS} users per query"),
-            )),
-        },
-        Ok(req) => {
-            let now = proto::time::now_ms();
-            let t = tracker.lock().unwrap_or_else(|e| e.into_inner());
-            pb::GetPresenceResponse {
-                users: req
-                    .user_ids
-                    .iter()
-                    .map(|u| {
-                        let (status, last_seen_ms, connections) = t.get(*u, now);
-                        pb::UserPresence {
-                            user_id: *u,
-                            status: status.as_str().to_owned(),
-                            last_seen_ms,
-                            connections,
-                        }
-                    })
-                    .collect(),
+        Ok(req) => match validate_query(&req.user_ids) {
+            Err(msg) => pb::GetPresenceResponse {
+                users: Vec::new(),
+                error: Some(proto::pb_error(ErrorCode::InvalidField, msg)),
+            },
+            Ok(()) => pb::GetPresenceResponse {
+                users: lookup(tracker, store, &req.user_ids).await,
                 error: None,
-            }
-        }
+            },
+        },
     };
     Bytes::from(resp.encode_to_vec())
+}
+
+/// A one-shot stop signal shared by clones (no extra dependency).
+mod tokio_util_like {
+    use std::sync::Arc;
+    use tokio::sync::watch;
+
+    #[derive(Clone, Debug)]
+    pub struct Stop(Arc<watch::Sender<bool>>);
+
+    impl Default for Stop {
+        fn default() -> Self {
+            Stop(Arc::new(watch::channel(false).0))
+        }
+    }
+
+    impl Stop {
+        pub fn stop(&self) {
+            let _ = self.0.send(true);
+        }
+
+        pub async fn stopped(&self) {
+            let mut rx = self.0.subscribe();
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    }
 }

@@ -29,6 +29,10 @@ pub const GATEWAY_HEARTBEAT_MS: &str = "INDABA_GATEWAY_HEARTBEAT_MS";
 pub const IDLE_AWAY_SECS: &str = "INDABA_IDLE_AWAY_SECS";
 /// Seconds a user stays present after the last socket closes (default 5).
 pub const PRESENCE_GRACE_SECS: &str = "INDABA_PRESENCE_GRACE_SECS";
+/// `host:port` a service's gRPC API listens on (presence-service default `0.0.0.0:50052`).
+pub const GRPC_LISTEN: &str = "INDABA_GRPC_LISTEN";
+/// When set, gRPC callers must send `authorization: Bearer <this key>`.
+pub const GRPC_API_KEY: &str = "INDABA_GRPC_API_KEY";
 /// Log format: `json` (default in distributed binaries) or `pretty`.
 pub const LOG_FORMAT: &str = "INDABA_LOG_FORMAT";
 /// Log filter, `tracing_subscriber::EnvFilter` syntax. Default `info`.

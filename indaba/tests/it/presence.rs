@@ -26,7 +26,7 @@ async fn next_presence(w: &mut Client, user: i64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_online_away_offline() {
     let nats = Nats::start();
-    let (_p, _) = spawn_presence(&nats.url(), |_| {}).await;
+    let (_p, _, _) = spawn_presence(&nats.url(), |_| {}).await;
     let (_g1, gw1) = spawn_gateway(&nats.url(), "pg-1").await;
     let (_g2, gw2) = spawn_gateway(&nats.url(), "pg-2").await;
     let mut w = Client::connect(gw1, 20).await;
@@ -61,7 +61,7 @@ async fn two_devices_online_away_offline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnect_within_grace_does_not_flap() {
     let nats = Nats::start();
-    let (_p, _) = spawn_presence(&nats.url(), |s| s.grace = Duration::from_secs(1)).await;
+    let (_p, _, _) = spawn_presence(&nats.url(), |s| s.grace = Duration::from_secs(1)).await;
     let (_g1, gw1) = spawn_gateway(&nats.url(), "pf-1").await;
     let (_g2, gw2) = spawn_gateway(&nats.url(), "pf-2").await;
     let mut w = Client::connect(gw1, 30).await;
@@ -78,7 +78,7 @@ async fn reconnect_within_grace_does_not_flap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_gateway_users_go_offline_within_the_ttl() {
     let nats = Nats::start();
-    let (_p, handle) = spawn_presence(&nats.url(), |_| {}).await;
+    let (_p, handle, _) = spawn_presence(&nats.url(), |_| {}).await;
     let (_g, gw) = spawn_gateway(&nats.url(), "pk-ok").await;
     let mut doomed = GatewayProcess::start(&nats.url(), "pk-doomed", 300);
     let mut w = Client::connect(gw, 40).await;
@@ -105,14 +105,14 @@ async fn killed_gateway_users_go_offline_within_the_ttl() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarted_presence_service_announces_no_one_offline() {
     let nats = Nats::start();
-    let (p1, _) = spawn_presence(&nats.url(), |_| {}).await;
+    let (p1, _, _) = spawn_presence(&nats.url(), |_| {}).await;
     let (_g, gw) = spawn_gateway(&nats.url(), "pr-1").await;
     let mut w = Client::connect(gw, 50).await;
     let _u = Client::connect(gw, 51).await;
     assert_eq!(subscribe(&mut w, &[51]).await[0]["status"], "online");
     p1.stop().await;
     // The new instance warms up as in production; the gateways answer its resync at once.
-    let (_p2, h2) = spawn_presence(&nats.url(), |s| s.warmup = Duration::from_secs(1)).await;
+    let (_p2, h2, _) = spawn_presence(&nats.url(), |s| s.warmup = Duration::from_secs(1)).await;
     w.expect_none_of("presence", Duration::from_millis(2_000))
         .await;
     assert_eq!(h2.get(51).0, presence_service::Status::Online);
@@ -121,8 +121,8 @@ async fn restarted_presence_service_announces_no_one_offline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_agree_and_watchers_hear_each_change_once() {
     let nats = Nats::start();
-    let (_p1, h1) = spawn_presence(&nats.url(), |_| {}).await;
-    let (_p2, h2) = spawn_presence(&nats.url(), |_| {}).await;
+    let (_p1, h1, _) = spawn_presence(&nats.url(), |_| {}).await;
+    let (_p2, h2, _) = spawn_presence(&nats.url(), |_| {}).await;
     let (_g1, gw1) = spawn_gateway(&nats.url(), "pa-1").await;
     let (_g2, gw2) = spawn_gateway(&nats.url(), "pa-2").await;
     let mut w = Client::connect(gw2, 60).await;
@@ -178,7 +178,7 @@ async fn unwatched_users_cause_no_client_traffic_and_rooms_bring_statuses() {
     let nats = Nats::start();
     let db = fresh_database().await;
     let (_m, _) = spawn_message_service(&nats.url(), &db).await;
-    let (_p, _) = spawn_presence(&nats.url(), |_| {}).await;
+    let (_p, _, _) = spawn_presence(&nats.url(), |_| {}).await;
     let (_g, gw) = spawn_gateway(&nats.url(), "pw-1").await;
     let mut bystander = Client::connect(gw, 70).await;
     let mut peer = Client::connect(gw, 71).await;
@@ -205,4 +205,108 @@ async fn unwatched_users_cause_no_client_traffic_and_rooms_bring_statuses() {
     );
     drop(peer);
     assert_eq!(next_presence(&mut bystander, 71).await, "offline");
+}
+
+/// last_seen outlives every presence-service instance: it is kept in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_seen_survives_a_presence_restart() {
+    let nats = Nats::start();
+    let db = fresh_database().await;
+    let url = db.clone();
+    let (p1, _, _) = spawn_presence(&nats.url(), move |s| {
+        s.store = presence_service::StoreSettings::Postgres(url)
+    })
+    .await;
+    let (_g, gw) = spawn_gateway(&nats.url(), "pl-1").await;
+    let mut w = Client::connect(gw, 80).await;
+    let u = Client::connect(gw, 81).await;
+    subscribe(&mut w, &[81]).await;
+    drop(u);
+    let off = w.recv_type("presence").await;
+    assert_eq!(off["status"], "offline");
+    let last_seen = off["last_seen"].as_str().unwrap().to_owned();
+    // Give the writer a moment, then replace the instance entirely.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p1.stop().await;
+    let url = db.clone();
+    let (_p2, _, _) = spawn_presence(&nats.url(), move |s| {
+        s.store = presence_service::StoreSettings::Postgres(url)
+    })
+    .await;
+    let mut w2 = Client::connect(gw, 82).await;
+    let p = subscribe(&mut w2, &[81]).await.remove(0);
+    assert_eq!(p["status"], "offline");
+    assert_eq!(p["last_seen"], last_seen);
+}
+
+/// Other backends ask over gRPC (`indaba.chat.v1.PresenceService/GetPresence`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_get_presence_with_api_key() {
+    use proto::pb::presence_service_client::PresenceServiceClient;
+    let nats = Nats::start();
+    let (_p, _, grpc) = spawn_presence(&nats.url(), |s| {
+        s.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+        s.grpc_api_key = Some("backend-key".into());
+    })
+    .await;
+    let (_g, gw) = spawn_gateway(&nats.url(), "pg-grpc").await;
+    let _a = Client::connect(gw, 91).await;
+    let _a2 = Client::connect(gw, 91).await;
+    let mut client = PresenceServiceClient::connect(format!("http://{}", grpc.unwrap()))
+        .await
+        .unwrap();
+    let ask = |ids: Vec<i64>, key: Option<&str>| {
+        let mut r = tonic::Request::new(proto::pb::GetPresenceRequest { user_ids: ids });
+        if let Some(k) = key {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {k}").parse().unwrap());
+        }
+        r
+    };
+    // The sockets reach presence within a tick or two.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let users = loop {
+        let resp = client
+            .get_presence(ask(vec![91, 92], Some("backend-key")))
+            .await
+            .unwrap();
+        let users = resp.into_inner().users;
+        if users[0].connections == 2 || tokio::time::Instant::now() > deadline {
+            break users;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (
+            users[0].user_id,
+            users[0].status.as_str(),
+            users[0].connections
+        ),
+        (91, "online", 2)
+    );
+    assert_eq!(
+        (
+            users[1].user_id,
+            users[1].status.as_str(),
+            users[1].connections
+        ),
+        (92, "offline", 0)
+    );
+    let e = client.get_presence(ask(vec![91], None)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = client
+        .get_presence(ask(vec![91], Some("wrong")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let e = client
+        .get_presence(ask((1..=501).collect(), Some("backend-key")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    let e = client
+        .get_presence(ask(vec![0], Some("backend-key")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
 }

@@ -326,7 +326,7 @@ pub async fn spawn_gateway_with(
 pub async fn spawn_presence(
     nats_url: &str,
     tweak: impl FnOnce(&mut presence_service::Settings),
-) -> (Running, presence_service::Handle) {
+) -> (Running, presence_service::Handle, Option<SocketAddr>) {
     let mut s =
         presence_service::Settings::new(presence_service::BusSettings::Nats(nats_url.into()));
     s.grace = Duration::from_millis(300);
@@ -337,12 +337,13 @@ pub async fn spawn_presence(
         .await
         .expect("build presence");
     let handle = app.handle();
+    let grpc = app.grpc_addr();
     let running = run_with_stop(|rx| {
         app.run(async move {
             let _ = rx.await;
         })
     });
-    (running, handle)
+    (running, handle, grpc)
 }
 
 /// A gateway in its own OS process (`indaba gateway`), so a test can `kill -9` it.
