@@ -282,6 +282,26 @@ fn ws_handshake(
         }
         Some(Ok(u)) => u,
     };
+    // Cross-site WebSocket hijacking: a browser sends the page's Origin; refuse origins
+    // not on the allowlist. Clients without an Origin (apps, servers) are not browsers.
+    if let Some(origin) = headers.get(http::header::ORIGIN) {
+        let allowed = ctx.settings.allowed_origins.is_empty()
+            || origin.to_str().is_ok_and(|o| {
+                let o = o.trim_end_matches('/');
+                ctx.settings
+                    .allowed_origins
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(o))
+            });
+        if !allowed {
+            tracing::info!("websocket handshake refused: origin not allowed");
+            return error_response(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "origin not allowed",
+            );
+        }
+    }
     if ctx.shutdown.is_cancelled() {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,

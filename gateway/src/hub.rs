@@ -58,6 +58,10 @@ pub struct ConnShared {
     pub joined: Mutex<HashSet<i64>>,
     /// The user said they are away, or the socket went idle.
     pub away: std::sync::atomic::AtomicBool,
+    /// When the client last answered a ping (unix ms).
+    pub last_pong_ms: std::sync::atomic::AtomicI64,
+    /// Close code to use when the socket is closed by the server (0: decide by cause).
+    pub close_code: std::sync::atomic::AtomicU16,
 }
 
 /// One socket, as the hub sees it.
@@ -262,6 +266,12 @@ impl Hub {
             n += usize::from(c.offer(Outbound::Text(f.clone())));
         }
         n
+    }
+
+    /// How many sockets a user has on this gateway.
+    pub fn user_sockets(&self, user_id: i64) -> usize {
+        let m = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&user_id).map_or(0, Vec::len)
     }
 
     /// Every socket (for shutdown).

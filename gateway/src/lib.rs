@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod settings;
 pub mod ws;
 
@@ -50,6 +51,8 @@ pub struct Ctx {
     pub shutdown: CancellationToken,
     /// Orders socket events and heartbeat snapshots on the wire (see [`Ctx::register`]).
     pub routing_lock: tokio::sync::Mutex<()>,
+    /// Chat-message token buckets per user on this gateway.
+    pub chat_limits: std::sync::Mutex<std::collections::HashMap<i64, limits::Bucket>>,
 }
 
 impl Ctx {
@@ -73,6 +76,12 @@ impl Ctx {
     pub async fn unregister(&self, user_id: i64, connection_id: &str) {
         let _order = self.routing_lock.lock().await;
         self.hub.remove(user_id, connection_id);
+        if self.hub.user_sockets(user_id) == 0 {
+            self.chat_limits
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&user_id);
+        }
         self.publish_event(pb::connection_event::Kind::Down, user_id, connection_id)
             .await;
     }
@@ -117,6 +126,15 @@ impl Ctx {
         {
             tracing::warn!(error = %e, "connection event not published");
         }
+    }
+
+    /// Takes one chat-message token for `user_id`; false when the user is over the rate.
+    pub fn allow_chat(&self, user_id: i64) -> bool {
+        let rate = f64::from(self.settings.chat_rate_per_10s);
+        let mut m = self.chat_limits.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(user_id)
+            .or_insert_with(|| limits::Bucket::full(rate, rate / 10.0))
+            .take(std::time::Instant::now())
     }
 
     /// Tells message-service which recipients now have a message on a socket, so the
@@ -202,6 +220,7 @@ impl App {
             next_conn: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
             routing_lock: tokio::sync::Mutex::new(()),
+            chat_limits: Default::default(),
         });
         Ok(App {
             ctx,

@@ -45,6 +45,12 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// A socket with no client frame for this long counts as away (presence).
     pub idle_away: Duration,
+    /// Browser origins allowed to open sockets; empty means any.
+    pub allowed_origins: Vec<String>,
+    /// Chat messages per user per 10 s on this gateway.
+    pub chat_rate_per_10s: u32,
+    /// Server ping interval; a socket that answers none of two pings is closed.
+    pub ping_interval: Duration,
 }
 
 /// A configuration value that cannot be used; the message names the variable.
@@ -68,6 +74,9 @@ impl Settings {
             request_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
             idle_away: Duration::from_secs(300),
+            allowed_origins: Vec::new(),
+            chat_rate_per_10s: 30,
+            ping_interval: Duration::from_secs(25),
         }
     }
 
@@ -141,6 +150,30 @@ impl Settings {
                 ))
             })?;
             s.idle_away = Duration::from_secs(secs);
+        }
+        if let Some(v) = get(env::ALLOWED_ORIGINS) {
+            s.allowed_origins = v
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect();
+        }
+        if let Some(v) = get(env::CHAT_RATE_PER_10S) {
+            s.chat_rate_per_10s = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ConfigError(format!(
+                    "{} must be a positive integer",
+                    env::CHAT_RATE_PER_10S
+                ))
+            })?;
+        }
+        if let Some(v) = get(env::PING_INTERVAL_SECS) {
+            let secs: u64 = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ConfigError(format!(
+                    "{} must be a positive number of seconds",
+                    env::PING_INTERVAL_SECS
+                ))
+            })?;
+            s.ping_interval = Duration::from_secs(secs);
         }
         if let Some(v) = get(env::MAX_TEXT_CHARS) {
             s.max_text_chars = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {

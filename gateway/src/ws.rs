@@ -34,6 +34,8 @@ pub const MAX_SYNC_CONVERSATIONS: usize = 1000;
 pub const MAX_RECEIPT_IDS: usize = 500;
 /// How long read receipts are collected before one write (see `Conn::read_receipt`).
 pub const RECEIPT_BATCH_WINDOW: Duration = Duration::from_millis(100);
+/// Rate-limited chat messages in a row after which the socket is closed with 1008.
+pub const RATE_STRIKES_BEFORE_CLOSE: u32 = 20;
 /// Most users one socket may watch through `presence_subscribe`.
 pub const MAX_WATCHED_USERS: usize = 500;
 /// Most rooms one socket may be joined to.
@@ -90,7 +92,17 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
     tracing::debug!(%connection_id, user_id, "socket open");
 
     let (sink, mut stream) = ws.split();
-    let writer = tokio::spawn(write_loop(sink, rx, sync_rx, close.clone()));
+    shared
+        .last_pong_ms
+        .store(proto::time::now_ms(), std::sync::atomic::Ordering::Relaxed);
+    let writer = tokio::spawn(write_loop(
+        sink,
+        rx,
+        sync_rx,
+        close.clone(),
+        shared.clone(),
+        ctx.settings.ping_interval,
+    ));
     let mut conn = Conn {
         ctx: ctx.clone(),
         user_id,
@@ -105,6 +117,7 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
         room_members: HashMap::new(),
         watched: HashSet::new(),
         said_away: false,
+        rate_strikes: 0,
         idle: false,
         last_activity: tokio::time::Instant::now(),
     };
@@ -139,7 +152,11 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
                 ));
             }
             Some(Ok(Message::Close(_))) | None => break,
-            // Pings are answered by tungstenite itself; pongs and raw frames need nothing.
+            Some(Ok(Message::Pong(_))) => conn
+                .shared
+                .last_pong_ms
+                .store(proto::time::now_ms(), std::sync::atomic::Ordering::Relaxed),
+            // Pings are answered by tungstenite itself; raw frames need nothing.
             Some(Ok(_)) => {}
             Some(Err(e)) => {
                 tracing::debug!(%connection_id, error = %e, "socket read error");
@@ -232,8 +249,14 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Outbound>,
     mut sync_rx: mpsc::Receiver<SyncFrame>,
     close: CancellationToken,
+    shared: Arc<ConnShared>,
+    ping_interval: Duration,
 ) {
     let _guard = CancelOnDrop(close.clone());
+    let mut ping = tokio::time::interval(ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.reset(); // first ping one interval from now, not before connection_established
+    let missed_after = i64::try_from(ping_interval.as_millis() * 2).unwrap_or(i64::MAX);
     let mut st = WriterState {
         sent: RecentIds::with_capacity(1024),
         synced_upto: HashMap::new(),
@@ -244,6 +267,15 @@ async fn write_loop(
         let res: Result<(), ()> = tokio::select! {
             biased;
             () = close.cancelled() => break,
+            _ = ping.tick() => {
+                let last = shared.last_pong_ms.load(std::sync::atomic::Ordering::Relaxed);
+                if proto::time::now_ms() - last > missed_after {
+                    // Two pings unanswered: the peer is gone or wedged.
+                    shared.close_code.store(u16::from(CloseCode::Away), std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+                send_frame(&mut sink, Message::Ping(Default::default())).await
+            }
             Some(f) = sync_rx.recv() => match f {
                 SyncFrame::Begin => {
                     st.syncing = true;
@@ -287,7 +319,10 @@ async fn write_loop(
     }
     // Closing: flush what is queued (bounded), then say goodbye. 1012 tells clients the
     // server is restarting and to reconnect; 1013 that they were too slow.
-    let code = if rx.len() >= rx.max_capacity() || st.held.len() > MAX_HELD_BACK {
+    let chosen = shared.close_code.load(std::sync::atomic::Ordering::Relaxed);
+    let code = if chosen != 0 {
+        CloseCode::from(chosen)
+    } else if rx.len() >= rx.max_capacity() || st.held.len() > MAX_HELD_BACK {
         CloseCode::Again
     } else {
         CloseCode::Restart
@@ -334,6 +369,8 @@ struct Conn {
     watched: HashSet<i64>,
     /// The client said `away`.
     said_away: bool,
+    /// Consecutive rate-limited chat messages.
+    rate_strikes: u32,
     /// No client frame for `idle_away`.
     idle: bool,
     last_activity: tokio::time::Instant,
@@ -469,8 +506,28 @@ impl Conn {
         }
     }
 
-    async fn chat_message(&self, m: ChatMessage) {
+    async fn chat_message(&mut self, m: ChatMessage) {
         let reference = m.client_msg_id.as_ref().map(|c| c.0.clone());
+        if !self.ctx.allow_chat(self.user_id) {
+            self.rate_strikes += 1;
+            if self.rate_strikes >= RATE_STRIKES_BEFORE_CLOSE {
+                // Sustained abuse: policy violation.
+                self.shared.close_code.store(
+                    u16::from(CloseCode::Policy),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                self.handle.close.cancel();
+            }
+            return self.send(ServerFrame::error(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} messages in 10 s; retry later with the same client_msg_id",
+                    self.ctx.settings.chat_rate_per_10s
+                ),
+                reference,
+            ));
+        }
+        self.rate_strikes = 0;
         // Fail fast on what the gateway can judge alone; message-service checks again.
         if let Err(e) = proto::limits::validate_text(&m.text, self.ctx.settings.max_text_chars) {
             return self.send(ServerFrame::error(e.code, e.message, reference));

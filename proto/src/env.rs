@@ -33,6 +33,14 @@ pub const PRESENCE_GRACE_SECS: &str = "INDABA_PRESENCE_GRACE_SECS";
 pub const GRPC_LISTEN: &str = "INDABA_GRPC_LISTEN";
 /// When set, gRPC callers must send `authorization: Bearer <this key>`.
 pub const GRPC_API_KEY: &str = "INDABA_GRPC_API_KEY";
+/// Comma-separated browser origins allowed to open WebSockets (e.g.
+/// `https://app.example.com`). Unset: any origin. Requests without an `Origin` header
+/// (native apps, servers) are always allowed.
+pub const ALLOWED_ORIGINS: &str = "INDABA_ALLOWED_ORIGINS";
+/// Chat messages one user may send per 10 s on one gateway (default 30).
+pub const CHAT_RATE_PER_10S: &str = "INDABA_CHAT_RATE_PER_10S";
+/// Seconds between server pings (default 25); a socket that misses two is closed.
+pub const PING_INTERVAL_SECS: &str = "INDABA_PING_INTERVAL_SECS";
 /// Log format: `json` (default in distributed binaries) or `pretty`.
 pub const LOG_FORMAT: &str = "INDABA_LOG_FORMAT";
 /// Log filter, `tracing_subscriber::EnvFilter` syntax. Default `info`.

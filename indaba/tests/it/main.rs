@@ -7,6 +7,7 @@
 mod bad_input;
 mod conversations;
 mod delivery;
+mod hardening;
 mod http_api;
 mod presence;
 mod spec_client;

@@ -1,0 +1,81 @@
+//! Limits and abuse handling at the gateway (issue 7, first part): origin allowlist,
+//! per-user chat rate limit, server heartbeat.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_origins_must_be_on_the_allowlist() {
+    let nats = Nats::start();
+    let (_g, gw) = spawn_gateway_with(&nats.url(), "gw-origin", |s| {
+        s.allowed_origins = vec!["https://app.example.com".into()];
+    })
+    .await;
+    let open = |origin: Option<&'static str>| async move {
+        let mut req = format!("ws://{gw}/ws/chat/?token={}", token(1))
+            .into_client_request()
+            .unwrap();
+        if let Some(o) = origin {
+            req.headers_mut().insert("origin", o.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req).await
+    };
+    let err = open(Some("https://evil.example")).await.unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+    assert!(open(Some("https://app.example.com")).await.is_ok());
+    assert!(open(Some("HTTPS://APP.EXAMPLE.COM/")).await.is_ok());
+    // Native apps and servers send no Origin.
+    assert!(open(None).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_rate_limit_answers_then_closes_sustained_abuse() {
+    let nats = Nats::start();
+    let db = fresh_database().await;
+    let (_m, _) = spawn_message_service(&nats.url(), &db).await;
+    let (_g, gw) = spawn_gateway_with(&nats.url(), "gw-rate", |s| s.chat_rate_per_10s = 5).await;
+    let mut a = Client::connect(gw, 1).await;
+    for i in 0..5 {
+        let r = a.chat(2, &format!("m{i}"), None).await;
+        assert_eq!(r["type"], "message_sent", "{r}");
+    }
+    let r = a.chat(2, "one too many", Some("r-6")).await;
+    assert_eq!(
+        (r["code"].as_str(), r["ref"].as_str()),
+        (Some("rate_limited"), Some("r-6"))
+    );
+    // The user's other device shares the budget.
+    let mut a2 = Client::connect(gw, 1).await;
+    assert_eq!(
+        a2.chat(2, "from the tablet", None).await["code"],
+        "rate_limited"
+    );
+    // Keep hammering: after 20 refusals in a row the socket is closed with 1008.
+    for i in 0..30 {
+        a.send(json!({"type": "chat_message", "receiver_id": 2, "text": format!("spam {i}")}))
+            .await;
+    }
+    assert_eq!(a.expect_close().await, 1008);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_pings_and_closes_peers_that_stop_answering() {
+    let nats = Nats::start();
+    let (_g, gw) = spawn_gateway_with(&nats.url(), "gw-ping", |s| {
+        s.ping_interval = Duration::from_millis(200);
+    })
+    .await;
+    // A client that reads (and so answers pings) stays connected.
+    let mut alive = Client::connect(gw, 1).await;
+    // A client that stops reading answers no ping.
+    let mut silent = Client::connect(gw, 2).await;
+    alive
+        .expect_none_of("error", Duration::from_millis(1_500))
+        .await;
+    alive.ping().await;
+    assert_eq!(silent.expect_close().await, 1001);
+}
