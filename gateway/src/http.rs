@@ -132,7 +132,7 @@ pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infal
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<OnUpgrade>())
         .and(with_ctx(ctx.clone()))
-        .map(ws_handshake);
+        .then(ws_handshake);
     let create_conversation = warp::path("api")
         .and(warp::path("v1"))
         .and(warp::path("conversations"))
@@ -263,9 +263,42 @@ fn header_has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
     })
 }
 
+/// Refuses a new socket when the user already holds the maximum across all gateways.
+/// Fails open when presence-service cannot answer: a presence outage must not lock
+/// everyone out.
+async fn check_connection_cap(ctx: &Ctx, user_id: i64) -> Result<(), Response> {
+    let req = pb::GetPresenceRequest {
+        user_ids: vec![user_id],
+    };
+    let here = u32::try_from(ctx.hub.user_sockets(user_id)).unwrap_or(u32::MAX);
+    let counted = match crate::ws::call::<_, pb::GetPresenceResponse>(
+        ctx,
+        subjects::PRESENCE_GET,
+        &req,
+    )
+    .await
+    {
+        Ok(r) => r.users.first().map_or(0, |u| u.connections),
+        Err(_) => 0,
+    };
+    // Presence lags by a tick; never count fewer than this gateway itself holds.
+    if counted.max(here) >= ctx.settings.max_connections_per_user {
+        tracing::info!(user_id, "websocket handshake refused: connection cap");
+        return Err(error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            format!(
+                "at most {} simultaneous connections per user",
+                ctx.settings.max_connections_per_user
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Authenticates, validates the upgrade request, answers 101 and hands the socket to
 /// [`crate::ws::serve`]. Failures are JSON HTTP errors; nothing is upgraded.
-fn ws_handshake(
+async fn ws_handshake(
     query: String,
     headers: HeaderMap,
     on_upgrade: Option<OnUpgrade>,
@@ -325,6 +358,10 @@ fn ws_handshake(
         );
     };
     let accept = derive_accept_key(&key);
+    // The per-user cap counts sockets on every gateway (presence-service knows them all).
+    if let Err(resp) = check_connection_cap(&ctx, user_id).await {
+        return resp;
+    }
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => crate::ws::serve(ctx, upgraded, user_id).await,

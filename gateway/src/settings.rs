@@ -51,6 +51,8 @@ pub struct Settings {
     pub chat_rate_per_10s: u32,
     /// Server ping interval; a socket that answers none of two pings is closed.
     pub ping_interval: Duration,
+    /// Most sockets per user across all gateways.
+    pub max_connections_per_user: u32,
 }
 
 /// A configuration value that cannot be used; the message names the variable.
@@ -77,6 +79,7 @@ impl Settings {
             allowed_origins: Vec::new(),
             chat_rate_per_10s: 30,
             ping_interval: Duration::from_secs(25),
+            max_connections_per_user: 10,
         }
     }
 
@@ -174,6 +177,14 @@ impl Settings {
                 ))
             })?;
             s.ping_interval = Duration::from_secs(secs);
+        }
+        if let Some(v) = get(env::MAX_CONNECTIONS_PER_USER) {
+            s.max_connections_per_user = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                ConfigError(format!(
+                    "{} must be a positive integer",
+                    env::MAX_CONNECTIONS_PER_USER
+                ))
+            })?;
         }
         if let Some(v) = get(env::MAX_TEXT_CHARS) {
             s.max_text_chars = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {

@@ -41,6 +41,9 @@ pub const ALLOWED_ORIGINS: &str = "INDABA_ALLOWED_ORIGINS";
 pub const CHAT_RATE_PER_10S: &str = "INDABA_CHAT_RATE_PER_10S";
 /// Seconds between server pings (default 25); a socket that misses two is closed.
 pub const PING_INTERVAL_SECS: &str = "INDABA_PING_INTERVAL_SECS";
+/// Most sockets one user may hold across all gateways (default 10; counted by
+/// presence-service).
+pub const MAX_CONNECTIONS_PER_USER: &str = "INDABA_MAX_CONNECTIONS_PER_USER";
 /// Log format: `json` (default in distributed binaries) or `pretty`.
 pub const LOG_FORMAT: &str = "INDABA_LOG_FORMAT";
 /// Log filter, `tracing_subscriber::EnvFilter` syntax. Default `info`.

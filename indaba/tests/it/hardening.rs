@@ -79,3 +79,62 @@ async fn server_pings_and_closes_peers_that_stop_answering() {
     alive.ping().await;
     assert_eq!(silent.expect_close().await, 1001);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_counts_sockets_on_every_gateway() {
+    let nats = Nats::start();
+    let (_p, handle, _) = spawn_presence(&nats.url(), |_| {}).await;
+    let (_g1, gw1) =
+        spawn_gateway_with(&nats.url(), "gw-cap1", |s| s.max_connections_per_user = 2).await;
+    let (_g2, gw2) =
+        spawn_gateway_with(&nats.url(), "gw-cap2", |s| s.max_connections_per_user = 2).await;
+    let _one = Client::connect(gw1, 5).await;
+    let _two = Client::connect(gw2, 5).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while handle.get(5).2 < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "presence never counted both sockets"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A third socket, on either gateway, is refused before the upgrade.
+    for gw in [gw1, gw2] {
+        let err =
+            tokio_tungstenite::connect_async(format!("ws://{gw}/ws/chat/?token={}", token(5)))
+                .await
+                .unwrap_err();
+        match err {
+            tokio_tungstenite::tungstenite::Error::Http(resp) => {
+                assert_eq!(resp.status().as_u16(), 429);
+                let body: serde_json::Value =
+                    serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+                assert_eq!(body["error"]["code"], "rate_limited");
+            }
+            other => panic!("expected HTTP 429, got {other}"),
+        }
+    }
+    // Other users are unaffected.
+    let _other = Client::connect(gw1, 6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_handshake_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let nats = Nats::start();
+    let (_g, gw) = spawn_gateway_with(&nats.url(), "gw-slow", |s| {
+        s.header_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw).await.unwrap();
+    // Half a request head, then nothing (slowloris).
+    s.write_all(b"GET /ws/chat/ HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the server kept a half-open handshake for {WAIT:?}"
+    );
+}
