@@ -77,6 +77,11 @@ impl Verifier {
 
     /// Returns the user id the token was issued to.
     pub fn verify(&self, token: &str) -> Result<i64, AuthError> {
+        self.identify(token).map(|i| i.user_id)
+    }
+
+    /// Verifies a token and returns who it names and until when it is valid.
+    pub fn identify(&self, token: &str) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -97,8 +102,24 @@ impl Verifier {
         }
         .filter(|id| *id > 0)
         .ok_or_else(|| AuthError::Invalid("user id must be a positive integer".into()))?;
-        Ok(id)
+        // `exp` is required by the validation, so it is present and numeric here.
+        let exp = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        let leeway = i64::try_from(self.validation.leeway).unwrap_or(0);
+        Ok(Identity {
+            user_id: id,
+            valid_until_ms: exp.saturating_add(leeway).saturating_mul(1000),
+        })
     }
+}
+
+/// A verified token's subject and lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// The user.
+    pub user_id: i64,
+    /// When the token stops being accepted (its `exp` plus leeway), unix ms. A socket
+    /// opened with it is closed with 4001 then, unless the client sent `refresh_token`.
+    pub valid_until_ms: i64,
 }
 
 /// Mints an HS256 token for `user_id` valid for `ttl` (the single-node program's

@@ -307,14 +307,15 @@ async fn ws_handshake(
     let token = query_param(&query, "token")
         .filter(|t| !t.is_empty())
         .or_else(|| bearer(&headers));
-    let user_id = match token.as_deref().map(|t| ctx.verifier.verify(t)) {
+    let identity = match token.as_deref().map(|t| ctx.verifier.identify(t)) {
         None => return auth_error(&AuthError::Missing),
         Some(Err(e)) => {
             tracing::info!(reason = %e, "websocket handshake refused");
             return auth_error(&e);
         }
-        Some(Ok(u)) => u,
+        Some(Ok(i)) => i,
     };
+    let user_id = identity.user_id;
     // Cross-site WebSocket hijacking: a browser sends the page's Origin; refuse origins
     // not on the allowlist. Clients without an Origin (apps, servers) are not browsers.
     if let Some(origin) = headers.get(http::header::ORIGIN) {
@@ -364,7 +365,7 @@ async fn ws_handshake(
     }
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => crate::ws::serve(ctx, upgraded, user_id).await,
+            Ok(upgraded) => crate::ws::serve(ctx, upgraded, identity).await,
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });

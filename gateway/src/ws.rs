@@ -58,7 +58,8 @@ pub fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
 }
 
 /// Runs an upgraded, authenticated socket until either side closes it.
-pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
+pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: crate::auth::Identity) {
+    let user_id = identity.user_id;
     let io = TokioIo::new(upgraded);
     let ws = WebSocketStream::from_raw_socket(
         io,
@@ -118,13 +119,22 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, user_id: i64) {
         watched: HashSet::new(),
         said_away: false,
         rate_strikes: 0,
+        valid_until_ms: identity.valid_until_ms,
         idle: false,
         last_activity: tokio::time::Instant::now(),
     };
     loop {
         let flush_at = conn.receipts_due;
         let idle_at = conn.last_activity + ctx.settings.idle_away;
+        let expires_in = u64::try_from(conn.valid_until_ms - proto::time::now_ms()).unwrap_or(0);
+        let expires_at = tokio::time::Instant::now() + Duration::from_millis(expires_in);
         let next = tokio::select! {
+            () = sleep_until(expires_at) => {
+                // The token ran out and was not refreshed: 4001 tells the client to get a
+                // new one (the spec's `getToken()`) and reconnect.
+                conn.shared.close_code.store(4001, std::sync::atomic::Ordering::Relaxed);
+                break;
+            }
             m = stream.next() => m,
             () = close.cancelled() => break,
             () = sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
@@ -371,6 +381,8 @@ struct Conn {
     said_away: bool,
     /// Consecutive rate-limited chat messages.
     rate_strikes: u32,
+    /// When the socket's token stops being valid (unix ms).
+    valid_until_ms: i64,
     /// No client frame for `idle_away`.
     idle: bool,
     last_activity: tokio::time::Instant,
@@ -426,6 +438,20 @@ impl Conn {
                 self.update_away().await;
             }
             Ok(ClientFrame::PresenceSubscribe(p)) => self.presence_subscribe(p).await,
+            Ok(ClientFrame::RefreshToken(r)) => match self.ctx.verifier.identify(&r.token) {
+                Ok(id) if id.user_id == self.user_id => {
+                    self.valid_until_ms = id.valid_until_ms;
+                    self.send(ServerFrame::TokenRefreshed(frames::TokenRefreshed {
+                        valid_until: proto::time::rfc3339_ms(id.valid_until_ms),
+                    }));
+                }
+                Ok(_) => self.send_error(
+                    ErrorCode::Forbidden,
+                    "the new token is for another user".into(),
+                    None,
+                ),
+                Err(e) => self.send_error(ErrorCode::Unauthorized, e.to_string(), None),
+            },
         }
     }
 

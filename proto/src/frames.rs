@@ -177,6 +177,13 @@ pub struct PresenceSubscribe {
     pub user_ids: Vec<Id>,
 }
 
+/// `refresh_token`: a fresh JWT for the same user, before the current one expires.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefreshToken {
+    /// The new token.
+    pub token: String,
+}
+
 /// Every frame a client may send. Closed: an unknown `type` is an `unknown_type` error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -203,6 +210,8 @@ pub enum ClientFrame {
     SetStatus(SetStatus),
     /// Watch users' presence.
     PresenceSubscribe(PresenceSubscribe),
+    /// Extend the socket's authentication.
+    RefreshToken(RefreshToken),
 }
 
 /// Why a client frame was rejected: the error frame to send back.
@@ -231,7 +240,7 @@ impl FrameError {
 }
 
 /// The client frame types this server understands, in protocol order.
-pub const CLIENT_FRAME_TYPES: [&str; 11] = [
+pub const CLIENT_FRAME_TYPES: [&str; 12] = [
     "chat_message",
     "typing_indicator",
     "read_receipt",
@@ -243,6 +252,7 @@ pub const CLIENT_FRAME_TYPES: [&str; 11] = [
     "list_conversations",
     "set_status",
     "presence_subscribe",
+    "refresh_token",
 ];
 
 /// Parses one client text frame, telling apart: not JSON (`invalid_json`), no `type`
@@ -552,6 +562,15 @@ pub enum ServerFrame {
     Conversations(Conversations),
     /// A watched user's presence.
     Presence(Presence),
+    /// The socket's authentication was extended.
+    TokenRefreshed(TokenRefreshed),
+}
+
+/// `token_refreshed`: the socket now stays open until `valid_until`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRefreshed {
+    /// RFC 3339.
+    pub valid_until: String,
 }
 
 impl ServerFrame {

@@ -138,3 +138,30 @@ async fn a_slow_handshake_is_dropped() {
         "the server kept a half-open handshake for {WAIT:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_token_closes_the_socket_unless_refreshed() {
+    let nats = Nats::start();
+    let (_g, gw) =
+        spawn_gateway_with(&nats.url(), "gw-exp", |s| s.jwt_leeway = Duration::ZERO).await;
+    let short = |user| gateway::auth::mint_hs256(SECRET, user, Duration::from_secs(2)).unwrap();
+    let mut lapsing = Client::connect_with_token(gw, 1, &short(1)).await;
+    let mut renewed = Client::connect_with_token(gw, 2, &short(2)).await;
+    renewed
+        .send(json!({"type": "refresh_token", "token": token(1)}))
+        .await;
+    assert_eq!(renewed.recv_type("error").await["code"], "forbidden");
+    renewed
+        .send(json!({"type": "refresh_token", "token": "garbage"}))
+        .await;
+    assert_eq!(renewed.recv_type("error").await["code"], "unauthorized");
+    renewed
+        .send(json!({"type": "refresh_token", "token": token(2)}))
+        .await;
+    assert!(renewed.recv_type("token_refreshed").await["valid_until"].is_string());
+    assert_eq!(lapsing.expect_close().await, 4001);
+    // Past its own first token's expiry too (minted up to a second later), the refreshed
+    // socket still works.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    renewed.ping().await;
+}

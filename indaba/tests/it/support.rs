@@ -430,7 +430,12 @@ impl Client {
     /// Connects with `?token=` exactly like the spec's clients, and reads
     /// `connection_established`.
     pub async fn connect(addr: SocketAddr, user_id: i64) -> Client {
-        let url = format!("ws://{addr}/ws/chat/?token={}", token(user_id));
+        Client::connect_with_token(addr, user_id, &token(user_id)).await
+    }
+
+    /// Connects with a given token (which must name `user_id`).
+    pub async fn connect_with_token(addr: SocketAddr, user_id: i64, token: &str) -> Client {
+        let url = format!("ws://{addr}/ws/chat/?token={token}");
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("ws connect");
