@@ -162,7 +162,7 @@ pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infal
         .and(warp::path::end())
         .and(with_ctx(ctx))
         .map(|ctx: Arc<Ctx>| {
-            if ctx.bus.is_connected() && !ctx.shutdown.is_cancelled() {
+            if ctx.bus.is_connected() && !ctx.draining.is_cancelled() {
                 warp::reply::json(&serde_json::json!({"status": "ready"})).into_response()
             } else {
                 error_response(
@@ -336,7 +336,7 @@ async fn ws_handshake(
             );
         }
     }
-    if ctx.shutdown.is_cancelled() {
+    if ctx.draining.is_cancelled() {
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,

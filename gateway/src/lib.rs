@@ -49,6 +49,9 @@ pub struct Ctx {
     pub next_conn: AtomicU64,
     /// Cancelled when the gateway shuts down; every socket's close token is a child.
     pub shutdown: CancellationToken,
+    /// Cancelled when draining starts: readiness fails and new sockets are refused while
+    /// existing ones are closed in batches.
+    pub draining: CancellationToken,
     /// Orders socket events and heartbeat snapshots on the wire (see [`Ctx::register`]).
     pub routing_lock: tokio::sync::Mutex<()>,
     /// Chat-message token buckets per user on this gateway.
@@ -219,6 +222,7 @@ impl App {
             verifier,
             next_conn: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
+            draining: CancellationToken::new(),
             routing_lock: tokio::sync::Mutex::new(()),
             chat_limits: Default::default(),
         });
@@ -306,6 +310,25 @@ impl App {
         });
         tracing::info!(gateway_id = %ctx.settings.gateway_id, "gateway running");
         shutdown.await;
+        // Drain: fail readiness and refuse new sockets at once, then close the open ones in
+        // batches over the drain window with 1012 so clients come back spread out, to the
+        // other gateways. Deliveries keep flowing to the sockets not yet closed.
+        ctx.draining.cancel();
+        let sockets = ctx.hub.all();
+        let window = ctx.settings.drain_window;
+        let step = std::time::Duration::from_millis(100);
+        let steps = (window.as_millis() / step.as_millis()).max(1);
+        let per_step = sockets
+            .len()
+            .div_ceil(usize::try_from(steps).unwrap_or(1))
+            .max(1);
+        tracing::info!(sockets = sockets.len(), ?window, "gateway draining");
+        for batch in sockets.chunks(per_step) {
+            for s in batch {
+                s.close.cancel();
+            }
+            tokio::time::sleep(step.min(window)).await;
+        }
         tracing::info!("gateway stopping");
         token.cancel();
         heartbeats.abort();

@@ -53,6 +53,8 @@ pub struct Settings {
     pub ping_interval: Duration,
     /// Most sockets per user across all gateways.
     pub max_connections_per_user: u32,
+    /// On shutdown, sockets are closed in batches spread over this window.
+    pub drain_window: Duration,
 }
 
 /// A configuration value that cannot be used; the message names the variable.
@@ -80,6 +82,7 @@ impl Settings {
             chat_rate_per_10s: 30,
             ping_interval: Duration::from_secs(25),
             max_connections_per_user: 10,
+            drain_window: Duration::from_secs(10),
         }
     }
 
@@ -185,6 +188,12 @@ impl Settings {
                     env::MAX_CONNECTIONS_PER_USER
                 ))
             })?;
+        }
+        if let Some(v) = get(env::DRAIN_SECS) {
+            let secs: u64 = v.parse().map_err(|_| {
+                ConfigError(format!("{} must be a number of seconds", env::DRAIN_SECS))
+            })?;
+            s.drain_window = Duration::from_secs(secs);
         }
         if let Some(v) = get(env::MAX_TEXT_CHARS) {
             s.max_text_chars = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {

@@ -44,6 +44,9 @@ pub const PING_INTERVAL_SECS: &str = "INDABA_PING_INTERVAL_SECS";
 /// Most sockets one user may hold across all gateways (default 10; counted by
 /// presence-service).
 pub const MAX_CONNECTIONS_PER_USER: &str = "INDABA_MAX_CONNECTIONS_PER_USER";
+/// Seconds over which a stopping gateway closes its sockets, in batches (default 10); keep
+/// `terminationGracePeriodSeconds` above it.
+pub const DRAIN_SECS: &str = "INDABA_DRAIN_SECS";
 /// Log format: `json` (default in distributed binaries) or `pretty`.
 pub const LOG_FORMAT: &str = "INDABA_LOG_FORMAT";
 /// Log filter, `tracing_subscriber::EnvFilter` syntax. Default `info`.

@@ -165,3 +165,35 @@ async fn an_expiring_token_closes_the_socket_unless_refreshed() {
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     renewed.ping().await;
 }
+
+/// SIGTERM: readiness fails and new sockets are refused at once, open sockets are closed
+/// with 1012 in batches over the drain window, then the gateway exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_fails_readiness_and_closes_sockets_with_1012() {
+    let nats = Nats::start();
+    let (g, gw) = spawn_gateway_with(&nats.url(), "gw-drain", |s| {
+        s.drain_window = Duration::from_secs(1);
+    })
+    .await;
+    let (status, _) = http(gw, "GET", "/readyz", None, None).await;
+    assert_eq!(status, 200);
+    let mut clients = Vec::new();
+    for u in 1..=20 {
+        clients.push(Client::connect(gw, u).await);
+    }
+    let stopping = tokio::spawn(g.stop());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = http(gw, "GET", "/readyz", None, None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable"))
+    );
+    let err = tokio_tungstenite::connect_async(format!("ws://{gw}/ws/chat/?token={}", token(99)))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    for c in &mut clients {
+        assert_eq!(c.expect_close().await, 1012);
+    }
+    stopping.await.unwrap();
+}
