@@ -170,6 +170,19 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: crate::auth::Ide
             Some(Ok(_)) => {}
             Some(Err(e)) => {
                 tracing::debug!(%connection_id, error = %e, "socket read error");
+                // Tell a misbehaving peer why (RFC 6455 §7.4.1), when it can still hear us.
+                use tokio_tungstenite::tungstenite::Error as WsError;
+                let code = match e {
+                    WsError::Protocol(_) => Some(CloseCode::Protocol),
+                    WsError::Utf8(_) => Some(CloseCode::Invalid),
+                    WsError::Capacity(_) => Some(CloseCode::Size),
+                    _ => None,
+                };
+                if let Some(code) = code {
+                    conn.shared
+                        .close_code
+                        .store(u16::from(code), std::sync::atomic::Ordering::Relaxed);
+                }
                 break;
             }
         }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bad_input;
+mod conformance;
 mod conversations;
 mod delivery;
 mod hardening;
