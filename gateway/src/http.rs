@@ -20,6 +20,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::auth::AuthError;
+use crate::metrics::HandshakeFailure;
 use crate::Ctx;
 
 /// Largest REST body accepted.
@@ -158,6 +159,18 @@ pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infal
     let livez = warp::path("livez")
         .and(warp::path::end())
         .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
+    let metrics = warp::path("metrics")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(with_ctx(ctx.clone()))
+        .map(|ctx: Arc<Ctx>| {
+            warp::reply::with_header(
+                ctx.metrics.render(),
+                "content-type",
+                "text/plain; version=0.0.4",
+            )
+            .into_response()
+        });
     let readyz = warp::path("readyz")
         .and(warp::path::end())
         .and(with_ctx(ctx))
@@ -177,6 +190,8 @@ pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infal
         .or(participants)
         .unify()
         .or(livez)
+        .unify()
+        .or(metrics)
         .unify()
         .or(readyz)
         .unify()
@@ -284,6 +299,8 @@ async fn check_connection_cap(ctx: &Ctx, user_id: i64) -> Result<(), Response> {
     // Presence lags by a tick; never count fewer than this gateway itself holds.
     if counted.max(here) >= ctx.settings.max_connections_per_user {
         tracing::info!(user_id, "websocket handshake refused: connection cap");
+        ctx.metrics
+            .handshake_failed(HandshakeFailure::ConnectionCap);
         return Err(error_response(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
@@ -308,8 +325,12 @@ async fn ws_handshake(
         .filter(|t| !t.is_empty())
         .or_else(|| bearer(&headers));
     let identity = match token.as_deref().map(|t| ctx.verifier.identify(t)) {
-        None => return auth_error(&AuthError::Missing),
+        None => {
+            ctx.metrics.handshake_failed(HandshakeFailure::Unauthorized);
+            return auth_error(&AuthError::Missing);
+        }
         Some(Err(e)) => {
+            ctx.metrics.handshake_failed(HandshakeFailure::Unauthorized);
             tracing::info!(reason = %e, "websocket handshake refused");
             return auth_error(&e);
         }
@@ -329,6 +350,7 @@ async fn ws_handshake(
             });
         if !allowed {
             tracing::info!("websocket handshake refused: origin not allowed");
+            ctx.metrics.handshake_failed(HandshakeFailure::Origin);
             return error_response(
                 StatusCode::FORBIDDEN,
                 ErrorCode::Forbidden,
@@ -337,6 +359,7 @@ async fn ws_handshake(
         }
     }
     if ctx.draining.is_cancelled() {
+        ctx.metrics.handshake_failed(HandshakeFailure::Draining);
         return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Unavailable,
@@ -352,6 +375,7 @@ async fn ws_handshake(
             .get("sec-websocket-version")
             .is_some_and(|v| v.as_bytes() == b"13");
     let (Some(key), Some(on_upgrade), true) = (key, on_upgrade, is_upgrade) else {
+        ctx.metrics.handshake_failed(HandshakeFailure::BadUpgrade);
         return error_response(
             StatusCode::UPGRADE_REQUIRED,
             ErrorCode::InvalidField,

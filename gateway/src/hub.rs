@@ -75,6 +75,8 @@ pub struct ConnHandle {
     pub close: CancellationToken,
     /// Room membership of the socket.
     pub shared: Arc<ConnShared>,
+    /// Where slow-consumer closes are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl ConnHandle {
@@ -84,7 +86,10 @@ impl ConnHandle {
         match self.tx.try_send(frame) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(connection_id = %self.connection_id, "slow consumer: closing socket");
+                if !self.close.is_cancelled() {
+                    tracing::warn!(connection_id = %self.connection_id, "slow consumer: closing socket");
+                    self.metrics.slow_consumer();
+                }
                 self.close.cancel();
                 false
             }

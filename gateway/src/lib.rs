@@ -16,6 +16,7 @@ pub mod auth;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod settings;
 pub mod ws;
 
@@ -54,6 +55,8 @@ pub struct Ctx {
     pub draining: CancellationToken,
     /// Orders socket events and heartbeat snapshots on the wire (see [`Ctx::register`]).
     pub routing_lock: tokio::sync::Mutex<()>,
+    /// Prometheus counters.
+    pub metrics: Arc<metrics::Metrics>,
     /// Chat-message token buckets per user on this gateway.
     pub chat_limits: std::sync::Mutex<std::collections::HashMap<i64, limits::Bucket>>,
 }
@@ -225,6 +228,7 @@ impl App {
             draining: CancellationToken::new(),
             routing_lock: tokio::sync::Mutex::new(()),
             chat_limits: Default::default(),
+            metrics: Arc::default(),
         });
         Ok(App {
             ctx,
@@ -258,6 +262,7 @@ impl App {
                 match pb::Delivery::decode(m.payload) {
                     Ok(d) => {
                         let reached = c.hub.deliver(&d);
+                        c.metrics.delivered(reached.len());
                         if let Some(pb::delivery::Event::Message(msg)) = &d.event {
                             c.ack_deliveries(msg, &reached).await;
                         }

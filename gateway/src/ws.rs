@@ -88,8 +88,10 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: crate::auth::Ide
         tx: tx.clone(),
         close: close.clone(),
         shared: shared.clone(),
+        metrics: ctx.metrics.clone(),
     };
     ctx.register(user_id, handle.clone()).await;
+    ctx.metrics.socket_opened();
     tracing::debug!(%connection_id, user_id, "socket open");
 
     let (sink, mut stream) = ws.split();
@@ -189,6 +191,7 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: crate::auth::Ide
     }
     close.cancel();
     ctx.unregister(user_id, &connection_id).await;
+    ctx.metrics.socket_closed();
     // Reads the client reported just before leaving still count.
     conn.flush_receipts().await;
     let watched: Vec<i64> = conn.watched.iter().copied().collect();
@@ -546,8 +549,10 @@ impl Conn {
     }
 
     async fn chat_message(&mut self, m: ChatMessage) {
+        let started = Instant::now();
         let reference = m.client_msg_id.as_ref().map(|c| c.0.clone());
         if !self.ctx.allow_chat(self.user_id) {
+            self.ctx.metrics.rate_limited();
             self.rate_strikes += 1;
             if self.rate_strikes >= RATE_STRIKES_BEFORE_CLOSE {
                 // Sustained abuse: policy violation.
@@ -594,14 +599,17 @@ impl Conn {
             origin_connection_id: self.connection_id.to_string(),
         };
         match send_message(&self.ctx, req).await {
-            Ok((msg, duplicate)) => self.send(ServerFrame::MessageSent(MessageSent {
-                message_id: msg.id,
-                conversation_id: msg.conversation_id,
-                seq: msg.seq,
-                client_msg_id: reference,
-                created_at: proto::time::rfc3339_ms(msg.created_at_ms),
-                duplicate,
-            })),
+            Ok((msg, duplicate)) => {
+                self.ctx.metrics.message_sent(started.elapsed());
+                self.send(ServerFrame::MessageSent(MessageSent {
+                    message_id: msg.id,
+                    conversation_id: msg.conversation_id,
+                    seq: msg.seq,
+                    client_msg_id: reference,
+                    created_at: proto::time::rfc3339_ms(msg.created_at_ms),
+                    duplicate,
+                }))
+            }
             Err((code, message)) => self.send(ServerFrame::error(code, message, reference)),
         }
     }
@@ -791,6 +799,7 @@ impl Conn {
                 Some(c.0),
             );
         }
+        self.ctx.metrics.resumed();
         if self.sync_tx.send(SyncFrame::Begin).await.is_err() {
             return;
         }
@@ -962,6 +971,7 @@ pub async fn call<Req: prost::Message, Resp: prost::Message + Default>(
         )
         .await
         .map_err(|e| {
+            ctx.metrics.bus_error();
             tracing::warn!(error = %e, subject, "message-service request failed");
             (
                 ErrorCode::Unavailable,

@@ -197,3 +197,42 @@ async fn drain_fails_readiness_and_closes_sockets_with_1012() {
     }
     stopping.await.unwrap();
 }
+
+/// `GET /metrics` exposes the spec's monitoring list with bounded labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_connections_messages_and_failures() {
+    let nats = Nats::start();
+    let db = fresh_database().await;
+    let (_m, _) = spawn_message_service(&nats.url(), &db).await;
+    let (_g, gw) = spawn_gateway_with(&nats.url(), "gw-metrics", |s| s.chat_rate_per_10s = 2).await;
+    let mut a = Client::connect(gw, 1).await;
+    let mut b = Client::connect(gw, 2).await;
+    a.chat(2, "one", None).await;
+    a.chat(2, "two", None).await;
+    assert_eq!(a.chat(2, "three", None).await["code"], "rate_limited");
+    let _ = b.recv_type("new_message").await;
+    let _ = http(gw, "GET", "/ws/chat/?token=nope", None, None).await;
+    let (status, text) = http_text(gw, "/metrics").await;
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in:\n{text}"))
+    };
+    assert_eq!(value("indaba_connections_active"), 2.0);
+    assert_eq!(value("indaba_messages_sent_total"), 2.0);
+    assert_eq!(value("indaba_rate_limited_total"), 1.0);
+    assert_eq!(
+        value(r#"indaba_connection_failures_total{reason="unauthorized"}"#),
+        1.0
+    );
+    assert_eq!(value("indaba_send_latency_seconds_count"), 2.0);
+    assert_eq!(
+        value(r#"indaba_send_latency_seconds_bucket{le="+Inf"}"#),
+        2.0
+    );
+    assert!(value("indaba_messages_delivered_total") >= 1.0);
+    assert!(!text.contains("user"), "no per-user labels");
+}
