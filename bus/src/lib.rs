@@ -9,6 +9,7 @@
 //! loses messages (and we log it) rather than growing memory without limit, which is what
 //! NATS itself does to a slow consumer.
 
+pub mod heartbeat;
 mod local;
 mod nats;
 pub mod runtime;

@@ -181,13 +181,23 @@ impl Ctx {
             interval_ms: u32::try_from(self.settings.heartbeat_interval.as_millis())
                 .unwrap_or(u32::MAX),
             stopping,
+            part: 0,
+            parts: 1,
         };
-        if let Err(e) = self
-            .bus
-            .publish(subjects::GATEWAY_HEARTBEAT, Bytes::from(hb.encode_to_vec()))
-            .await
-        {
-            tracing::warn!(error = %e, "heartbeat not published");
+        // Split so a big gateway stays under NATS's payload limit; the parts go out back
+        // to back under the routing lock, so no socket event lands between them.
+        for part in bus::heartbeat::split(hb) {
+            if let Err(e) = self
+                .bus
+                .publish(
+                    subjects::GATEWAY_HEARTBEAT,
+                    Bytes::from(part.encode_to_vec()),
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "heartbeat not published");
+                break;
+            }
         }
     }
 }

@@ -185,6 +185,8 @@ impl App {
 }
 
 async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
+    // Only the routing subscription sees heartbeats; big ones arrive in parts.
+    let mut heartbeats = bus::heartbeat::Assembler::default();
     while let Some(msg) = sub.next().await {
         match route {
             // Routing updates are applied inline, in arrival order.
@@ -196,7 +198,11 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
             }
             Route::Routing if msg.subject == subjects::GATEWAY_HEARTBEAT => {
                 match pb::GatewayHeartbeat::decode(msg.payload) {
-                    Ok(hb) => inner.routes.apply_heartbeat(&hb),
+                    Ok(hb) => {
+                        if let Some(full) = heartbeats.push(hb) {
+                            inner.routes.apply_heartbeat(&full);
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "undecodable heartbeat"),
                 }
             }

@@ -147,6 +147,8 @@ mod tests {
             interval_ms: 1000,
             stopping: false,
             sockets: Vec::new(),
+            part: 0,
+            parts: 1,
         });
         assert!(r.by_gateway(&[2]).is_empty());
         assert_eq!(r.by_gateway(&[2, 3, 4])[0].1, vec![3, 4]);

@@ -259,6 +259,7 @@ impl App {
             }
         });
         let mut peers: std::collections::HashMap<u64, tokio::time::Instant> = Default::default();
+        let mut heartbeats = bus::heartbeat::Assembler::default();
         let mut announce = tokio::time::interval(INSTANCE_ANNOUNCE);
         let mut tick = tokio::time::interval(settings.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -267,7 +268,7 @@ impl App {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                Some(m) = routing.next() => apply(&tracker, &m),
+                Some(m) = routing.next() => apply(&tracker, &mut heartbeats, &m),
                 Some(m) = instances.next() => {
                     if let Ok(b) = <[u8; 8]>::try_from(&m.payload[..]) {
                         peers.insert(u64::from_be_bytes(b), tokio::time::Instant::now());
@@ -324,7 +325,7 @@ impl App {
     }
 }
 
-fn apply(tracker: &Mutex<Tracker>, m: &bus::Message) {
+fn apply(tracker: &Mutex<Tracker>, heartbeats: &mut bus::heartbeat::Assembler, m: &bus::Message) {
     let now = proto::time::now_ms();
     let mut t = tracker.lock().unwrap_or_else(|e| e.into_inner());
     let payload = &m.payload[..];
@@ -341,6 +342,9 @@ fn apply(tracker: &Mutex<Tracker>, m: &bus::Message) {
         subjects::SOCKET_STATUS => pb::SocketStatus::decode(payload)
             .map(|s| t.status(&s.gateway_id, s.user_id, &s.connection_id, s.away, now)),
         subjects::GATEWAY_HEARTBEAT => pb::GatewayHeartbeat::decode(payload).map(|hb| {
+            let Some(hb) = heartbeats.push(hb) else {
+                return;
+            };
             let sockets: Vec<(i64, String, bool)> = hb
                 .sockets
                 .into_iter()
