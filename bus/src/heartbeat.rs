@@ -34,7 +34,6 @@ impl Assembler {
             return None;
         }
         acc.part = hb.part;
-        acc.user_ids.extend(hb.user_ids);
         acc.sockets.extend(hb.sockets);
         if hb.part + 1 == hb.parts {
             let mut full = self.pending.remove(&hb.gateway_id)?;
@@ -48,23 +47,21 @@ impl Assembler {
 
 /// Splits a heartbeat into parts of at most [`SOCKETS_PER_PART`] sockets.
 pub fn split(hb: GatewayHeartbeat) -> Vec<GatewayHeartbeat> {
-    if hb.sockets.len() <= SOCKETS_PER_PART && hb.user_ids.len() <= SOCKETS_PER_PART {
+    if hb.sockets.len() <= SOCKETS_PER_PART {
         return vec![hb];
     }
-    let n = hb.sockets.len().max(hb.user_ids.len());
-    let parts = n.div_ceil(SOCKETS_PER_PART);
+    let parts = hb.sockets.len().div_ceil(SOCKETS_PER_PART);
     let parts_u32 = u32::try_from(parts).unwrap_or(u32::MAX);
     (0..parts)
         .map(|i| {
-            let range =
-                |len: usize| (i * SOCKETS_PER_PART).min(len)..((i + 1) * SOCKETS_PER_PART).min(len);
+            let len = hb.sockets.len();
+            let range = (i * SOCKETS_PER_PART).min(len)..((i + 1) * SOCKETS_PER_PART).min(len);
             GatewayHeartbeat {
                 gateway_id: hb.gateway_id.clone(),
-                user_ids: hb.user_ids[range(hb.user_ids.len())].to_vec(),
                 sent_at_ms: hb.sent_at_ms,
                 interval_ms: hb.interval_ms,
                 stopping: hb.stopping,
-                sockets: hb.sockets[range(hb.sockets.len())].to_vec(),
+                sockets: hb.sockets[range].to_vec(),
                 part: u32::try_from(i).unwrap_or(u32::MAX),
                 parts: parts_u32,
             }
@@ -80,7 +77,6 @@ mod tests {
     fn big(n: usize) -> GatewayHeartbeat {
         GatewayHeartbeat {
             gateway_id: "g".into(),
-            user_ids: (0..n as i64).collect(),
             sockets: (0..n as i64)
                 .map(|u| SocketInfo {
                     user_id: u,
@@ -101,9 +97,8 @@ mod tests {
         assert!(a.push(parts[0].clone()).is_none());
         assert!(a.push(parts[1].clone()).is_none());
         let full = a.push(parts[2].clone()).unwrap();
-        assert_eq!(full.user_ids.len(), 25_000);
         assert_eq!(full.sockets.len(), 25_000);
-        assert_eq!(full.user_ids[24_999], 24_999);
+        assert_eq!(full.sockets[24_999].user_id, 24_999);
         // A lost part drops the snapshot instead of applying half of it.
         assert!(a.push(parts[0].clone()).is_none());
         assert!(a.push(parts[2].clone()).is_none());

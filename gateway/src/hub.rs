@@ -187,14 +187,6 @@ impl Hub {
         }
     }
 
-    /// One entry per open socket (users with two sockets appear twice): the heartbeat.
-    pub fn socket_owners(&self) -> Vec<i64> {
-        let m = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
-        m.iter()
-            .flat_map(|(u, v)| std::iter::repeat_n(*u, v.len()))
-            .collect()
-    }
-
     /// Every socket with its id and away state (the heartbeat, for presence).
     pub fn sockets(&self) -> Vec<pb::SocketInfo> {
         let m = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
@@ -336,7 +328,8 @@ impl Hub {
                         seq: m.seq,
                         text: t.clone(),
                     });
-                    if queued && user != m.sender_id && !reached.contains(&user) {
+                    // Targets come grouped by user, so a repeat is always the last entry.
+                    if queued && user != m.sender_id && reached.last() != Some(&user) {
                         reached.push(user);
                     }
                 }

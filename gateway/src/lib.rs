@@ -143,23 +143,23 @@ impl Ctx {
             .take(std::time::Instant::now())
     }
 
-    /// Tells message-service which recipients now have a message on a socket, so the
-    /// sender can show "delivered".
-    async fn ack_deliveries(&self, msg: &pb::ChatMessage, recipients: &[i64]) {
-        for r in recipients {
-            let ack = pb::DeliveryAck {
-                message_id: msg.id,
-                conversation_id: msg.conversation_id,
-                sender_id: msg.sender_id,
-                recipient_id: *r,
-            };
-            if let Err(e) = self
-                .bus
-                .publish(subjects::DELIVERY_ACKS, Bytes::from(ack.encode_to_vec()))
-                .await
-            {
-                tracing::debug!(error = %e, "delivery ack not published");
-            }
+    /// Tells message-service a recipient now has the message on a socket, so the sender
+    /// can show "delivered". One ack per message is all "delivered" needs (message-service
+    /// keeps only the first anyway), so a group message costs one publish, not one per
+    /// member.
+    async fn ack_delivery(&self, msg: &pb::ChatMessage, recipient_id: i64) {
+        let ack = pb::DeliveryAck {
+            message_id: msg.id,
+            conversation_id: msg.conversation_id,
+            sender_id: msg.sender_id,
+            recipient_id,
+        };
+        if let Err(e) = self
+            .bus
+            .publish(subjects::DELIVERY_ACKS, Bytes::from(ack.encode_to_vec()))
+            .await
+        {
+            tracing::debug!(error = %e, "delivery ack not published");
         }
     }
 
@@ -167,11 +167,6 @@ impl Ctx {
         let _order = self.routing_lock.lock().await;
         let hb = pb::GatewayHeartbeat {
             gateway_id: self.settings.gateway_id.clone(),
-            user_ids: if stopping {
-                Vec::new()
-            } else {
-                self.hub.socket_owners()
-            },
             sockets: if stopping {
                 Vec::new()
             } else {
@@ -274,7 +269,9 @@ impl App {
                         let reached = c.hub.deliver(&d);
                         c.metrics.delivered(reached.len());
                         if let Some(pb::delivery::Event::Message(msg)) = &d.event {
-                            c.ack_deliveries(msg, &reached).await;
+                            if let Some(first) = reached.first() {
+                                c.ack_delivery(msg, *first).await;
+                            }
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "undecodable delivery"),

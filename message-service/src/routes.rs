@@ -56,17 +56,16 @@ impl Routes {
         }
     }
 
-    /// Replaces what is known about a gateway with its heartbeat (one `user_ids` entry
-    /// per socket).
+    /// Replaces what is known about a gateway with its heartbeat.
     pub fn apply_heartbeat(&self, hb: &GatewayHeartbeat) {
         let mut gws = self.gateways.write().unwrap_or_else(|e| e.into_inner());
         if hb.stopping {
             gws.remove(hb.gateway_id.as_str());
             return;
         }
-        let mut sockets = HashMap::with_capacity(hb.user_ids.len());
-        for u in &hb.user_ids {
-            *sockets.entry(*u).or_insert(0) += 1;
+        let mut sockets = HashMap::with_capacity(hb.sockets.len());
+        for s in &hb.sockets {
+            *sockets.entry(s.user_id).or_insert(0) += 1;
         }
         gws.insert(
             Arc::from(hb.gateway_id.as_str()),
@@ -142,11 +141,16 @@ mod tests {
         // A heartbeat replaces the gateway's state wholesale.
         r.apply_heartbeat(&GatewayHeartbeat {
             gateway_id: "g2".into(),
-            user_ids: vec![3, 3, 4],
+            sockets: [3, 3, 4]
+                .into_iter()
+                .map(|u| proto::pb::SocketInfo {
+                    user_id: u,
+                    ..Default::default()
+                })
+                .collect(),
             sent_at_ms: 0,
             interval_ms: 1000,
             stopping: false,
-            sockets: Vec::new(),
             part: 0,
             parts: 1,
         });

@@ -246,12 +246,10 @@ impl Store {
     /// Stores a message: idempotent on (sender, client_msg_id), assigns the conversation's
     /// next `seq`, writes the outbox row, all in one transaction.
     pub async fn send_message(&self, m: &NewMessage) -> Result<Sent, StoreError> {
-        if let Some(existing) = self.find_by_client_msg_id(m).await? {
-            return Ok(existing);
-        }
+        // No lookup first: on the common path (a new message) it would be a wasted query.
+        // A retry hits the unique (sender, client_msg_id) index instead; its transaction
+        // rolls back, seq increment included, and the original row is returned.
         match self.insert_message(m).await {
-            // Two retries of one client_msg_id raced; the loser rolled back and returns
-            // the winner's row.
             Err(StoreError::Database(sqlx::Error::Database(e)))
                 if e.is_unique_violation() && m.client_msg_id.is_some() =>
             {
@@ -269,10 +267,11 @@ impl Store {
         let lease = now + i64::try_from(OUTBOX_LEASE.as_millis()).unwrap_or(5_000);
         on_pool!(self, |pool, begin| {
             let mut tx = pool.begin_with(begin).await?;
-            let conversation_id = match m.conversation_id {
+            // Every branch yields the participants too, so no second query is needed.
+            let (conversation_id, participants) = match m.conversation_id {
                 Some(id) => {
                     let members: Vec<i64> = sqlx::query_scalar(
-                        "SELECT user_id FROM participants WHERE conversation_id = $1",
+                        "SELECT user_id FROM participants WHERE conversation_id = $1 ORDER BY user_id",
                     )
                     .bind(id)
                     .fetch_all(&mut *tx)
@@ -304,7 +303,7 @@ impl Store {
                             ));
                         }
                     }
-                    id
+                    (id, members)
                 }
                 None => {
                     let Some(r) = m.receiver_id else {
@@ -314,12 +313,18 @@ impl Store {
                         ));
                     };
                     let key = direct_key(m.sender_id, r);
+                    // A direct conversation's members never change: exactly the pair.
+                    let pair = if m.sender_id < r {
+                        vec![m.sender_id, r]
+                    } else {
+                        vec![r, m.sender_id]
+                    };
                     let found: Option<i64> =
                         sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = $1")
                             .bind(&key)
                             .fetch_optional(&mut *tx)
                             .await?;
-                    match found {
+                    let id = match found {
                         Some(id) => id,
                         None => {
                             // ON CONFLICT: a concurrent first message of the same pair
@@ -360,7 +365,8 @@ impl Store {
                                 }
                             }
                         }
-                    }
+                    };
+                    (id, pair)
                 }
             };
             // The row lock taken here serializes writers of one conversation, which is
@@ -395,12 +401,6 @@ impl Store {
             .bind(&m.origin_connection_id)
             .bind(lease)
             .execute(&mut *tx)
-            .await?;
-            let participants: Vec<i64> = sqlx::query_scalar(
-                "SELECT user_id FROM participants WHERE conversation_id = $1 ORDER BY user_id",
-            )
-            .bind(conversation_id)
-            .fetch_all(&mut *tx)
             .await?;
             tx.commit().await?;
             Ok(Sent {
