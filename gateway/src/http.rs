@@ -123,6 +123,19 @@ fn with_ctx(ctx: Arc<Ctx>) -> impl Filter<Extract = (Arc<Ctx>,), Error = Infalli
     warp::any().map(move || ctx.clone())
 }
 
+/// The tail every JSON `POST` route shares: end of path, method, headers (for the bearer
+/// token), a size-limited body, the context.
+fn post_json(
+    ctx: Arc<Ctx>,
+) -> impl Filter<Extract = (HeaderMap, Bytes, Arc<Ctx>), Error = Rejection> + Clone {
+    warp::path::end()
+        .and(warp::post())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::bytes())
+        .and(with_ctx(ctx))
+}
+
 /// Every HTTP route of the gateway.
 pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let ws = warp::path("ws")
@@ -134,27 +147,16 @@ pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infal
         .and(warp::ext::optional::<OnUpgrade>())
         .and(with_ctx(ctx.clone()))
         .then(ws_handshake);
-    let create_conversation = warp::path("api")
+    let conversations = warp::path("api")
         .and(warp::path("v1"))
-        .and(warp::path("conversations"))
-        .and(warp::path::end())
-        .and(warp::post())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
-        .and(warp::body::bytes())
-        .and(with_ctx(ctx.clone()))
+        .and(warp::path("conversations"));
+    let create_conversation = conversations
+        .and(post_json(ctx.clone()))
         .then(create_conversation);
-    let participants = warp::path("api")
-        .and(warp::path("v1"))
-        .and(warp::path("conversations"))
+    let participants = conversations
         .and(warp::path::param::<i64>())
         .and(warp::path("participants"))
-        .and(warp::path::end())
-        .and(warp::post())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
-        .and(warp::body::bytes())
-        .and(with_ctx(ctx.clone()))
+        .and(post_json(ctx.clone()))
         .then(update_participants);
     let livez = warp::path("livez")
         .and(warp::path::end())

@@ -414,11 +414,9 @@ impl Conn {
     }
 
     fn send_error(&self, code: ErrorCode, message: String, conversation_id: Option<i64>) {
-        let mut f = ServerFrame::error(code, message, None);
-        if let ServerFrame::Error(e) = &mut f {
-            e.conversation_id = conversation_id;
-        }
-        self.send(f);
+        self.send(ServerFrame::Error(
+            frames::ErrorFrame::new(code, message).about(conversation_id),
+        ));
     }
 
     async fn handle_text(&mut self, text: &str) {
@@ -720,15 +718,13 @@ impl Conn {
                     return self.send_error(ErrorCode::parse(&e.code), e.message, None);
                 }
                 if !resp.rejected_ids.is_empty() {
-                    let mut f = ServerFrame::error(
-                        ErrorCode::MessageNotFound,
-                        "some message ids do not exist or are not yours to read; the rest were marked read",
-                        None,
-                    );
-                    if let ServerFrame::Error(e) = &mut f {
-                        e.message_ids = Some(resp.rejected_ids);
-                    }
-                    self.send(f);
+                    self.send(ServerFrame::Error(
+                        frames::ErrorFrame::new(
+                            ErrorCode::MessageNotFound,
+                            "some message ids do not exist or are not yours to read; the rest were marked read",
+                        )
+                        .rejecting(resp.rejected_ids),
+                    ));
                 }
             }
             Err((code, message)) => self.send_error(code, message, None),
@@ -870,10 +866,8 @@ impl Conn {
     }
 
     async fn sync_error(&self, code: ErrorCode, message: String, conversation_id: i64) {
-        let mut f = ServerFrame::error(code, message, None);
-        if let ServerFrame::Error(e) = &mut f {
-            e.conversation_id = Some(conversation_id);
-        }
+        let f =
+            ServerFrame::Error(frames::ErrorFrame::new(code, message).about(Some(conversation_id)));
         let _ = self
             .sync_tx
             .send(SyncFrame::Text(Utf8Bytes::from(f.to_json())))

@@ -229,13 +229,7 @@ pub struct FrameError {
 impl FrameError {
     /// Turns the error into the frame sent to the client.
     pub fn into_frame(self) -> ServerFrame {
-        ServerFrame::Error(ErrorFrame {
-            code: self.code.as_str().to_owned(),
-            message: self.message,
-            reference: self.reference,
-            conversation_id: None,
-            message_ids: None,
-        })
+        ServerFrame::error(self.code, self.message, self.reference)
     }
 }
 
@@ -585,12 +579,34 @@ impl ServerFrame {
     /// Builds an error frame.
     pub fn error(code: ErrorCode, message: impl Into<String>, reference: Option<String>) -> Self {
         ServerFrame::Error(ErrorFrame {
+            reference,
+            ..ErrorFrame::new(code, message)
+        })
+    }
+}
+
+impl ErrorFrame {
+    /// An error without references.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorFrame {
+        ErrorFrame {
             code: code.as_str().to_owned(),
             message: message.into(),
-            reference,
+            reference: None,
             conversation_id: None,
             message_ids: None,
-        })
+        }
+    }
+
+    /// Names the conversation the error is about.
+    pub fn about(mut self, conversation_id: Option<i64>) -> ErrorFrame {
+        self.conversation_id = conversation_id;
+        self
+    }
+
+    /// Lists the rejected message ids.
+    pub fn rejecting(mut self, message_ids: Vec<i64>) -> ErrorFrame {
+        self.message_ids = Some(message_ids);
+        self
     }
 }
 

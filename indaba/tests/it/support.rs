@@ -574,30 +574,7 @@ impl Client {
 
 /// GET a plain-text resource (e.g. `/metrics`).
 pub async fn http_text(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
-        .await
-        .expect("http timeout")
-        .expect("read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_owned()
-    };
-    (status, body)
+    http_raw(addr, "GET", path, None, None).await
 }
 
 /// A minimal HTTP/1.1 client (one request per connection) returning status and JSON body.
@@ -608,6 +585,18 @@ pub async fn http(
     bearer: Option<&str>,
     body: Option<&str>,
 ) -> (u16, Value) {
+    let (status, text) = http_raw(addr, method, path, bearer, body).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// One request on its own connection; returns the status and the (de-chunked) body.
+async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(t) = bearer {
@@ -635,7 +624,7 @@ pub async fn http(
         .and_then(|s| s.parse().ok())
         .expect("status line");
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let rest = if head
+    let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
@@ -643,8 +632,7 @@ pub async fn http(
     } else {
         rest.to_owned()
     };
-    let json = serde_json::from_str(&rest).unwrap_or(Value::Null);
-    (status, json)
+    (status, body)
 }
 
 fn dechunk(mut s: &str) -> String {
