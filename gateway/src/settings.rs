@@ -130,78 +130,32 @@ impl Settings {
             }
             s.gateway_id = id;
         }
-        if let Some(v) = get(env::JWT_LEEWAY_SECS) {
-            let secs: u64 = v.parse().map_err(|_| {
-                ConfigError(format!(
-                    "{} must be a number of seconds",
-                    env::JWT_LEEWAY_SECS
-                ))
-            })?;
-            s.jwt_leeway = Duration::from_secs(secs);
-        }
-        if let Some(v) = get(env::GATEWAY_HEARTBEAT_MS) {
-            let ms: u64 = v.parse().ok().filter(|n| *n >= 100).ok_or_else(|| {
-                ConfigError(format!(
-                    "{} must be a number of milliseconds >= 100",
-                    env::GATEWAY_HEARTBEAT_MS
-                ))
-            })?;
-            s.heartbeat_interval = Duration::from_millis(ms);
-        }
-        if let Some(v) = get(env::IDLE_AWAY_SECS) {
-            let secs: u64 = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                ConfigError(format!(
-                    "{} must be a positive number of seconds",
-                    env::IDLE_AWAY_SECS
-                ))
-            })?;
-            s.idle_away = Duration::from_secs(secs);
-        }
+        let int = |key: &str, default: u64, min: u64| {
+            env::integer(&get, key, default, min).map_err(ConfigError)
+        };
+        s.jwt_leeway = Duration::from_secs(int(env::JWT_LEEWAY_SECS, s.jwt_leeway.as_secs(), 0)?);
+        s.heartbeat_interval = Duration::from_millis(int(env::GATEWAY_HEARTBEAT_MS, 10_000, 100)?);
+        s.idle_away = Duration::from_secs(int(env::IDLE_AWAY_SECS, s.idle_away.as_secs(), 1)?);
+        s.ping_interval =
+            Duration::from_secs(int(env::PING_INTERVAL_SECS, s.ping_interval.as_secs(), 1)?);
+        s.drain_window = Duration::from_secs(int(env::DRAIN_SECS, s.drain_window.as_secs(), 0)?);
+        s.chat_rate_per_10s = env::integer(&get, env::CHAT_RATE_PER_10S, s.chat_rate_per_10s, 1)
+            .map_err(ConfigError)?;
+        s.max_connections_per_user = env::integer(
+            &get,
+            env::MAX_CONNECTIONS_PER_USER,
+            s.max_connections_per_user,
+            1,
+        )
+        .map_err(ConfigError)?;
+        s.max_text_chars =
+            env::integer(&get, env::MAX_TEXT_CHARS, s.max_text_chars, 1).map_err(ConfigError)?;
         if let Some(v) = get(env::ALLOWED_ORIGINS) {
             s.allowed_origins = v
                 .split(',')
                 .map(|o| o.trim().trim_end_matches('/').to_owned())
                 .filter(|o| !o.is_empty())
                 .collect();
-        }
-        if let Some(v) = get(env::CHAT_RATE_PER_10S) {
-            s.chat_rate_per_10s = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                ConfigError(format!(
-                    "{} must be a positive integer",
-                    env::CHAT_RATE_PER_10S
-                ))
-            })?;
-        }
-        if let Some(v) = get(env::PING_INTERVAL_SECS) {
-            let secs: u64 = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                ConfigError(format!(
-                    "{} must be a positive number of seconds",
-                    env::PING_INTERVAL_SECS
-                ))
-            })?;
-            s.ping_interval = Duration::from_secs(secs);
-        }
-        if let Some(v) = get(env::MAX_CONNECTIONS_PER_USER) {
-            s.max_connections_per_user = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                ConfigError(format!(
-                    "{} must be a positive integer",
-                    env::MAX_CONNECTIONS_PER_USER
-                ))
-            })?;
-        }
-        if let Some(v) = get(env::DRAIN_SECS) {
-            let secs: u64 = v.parse().map_err(|_| {
-                ConfigError(format!("{} must be a number of seconds", env::DRAIN_SECS))
-            })?;
-            s.drain_window = Duration::from_secs(secs);
-        }
-        if let Some(v) = get(env::MAX_TEXT_CHARS) {
-            s.max_text_chars = v.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
-                ConfigError(format!(
-                    "{} must be a positive integer",
-                    env::MAX_TEXT_CHARS
-                ))
-            })?;
         }
         Ok(s)
     }

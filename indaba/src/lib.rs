@@ -42,13 +42,13 @@ impl Settings {
                 .with_context(|| format!("{} must be host:port, got {l:?}", env::LISTEN))?,
             None => SocketAddr::from(([0, 0, 0, 0], 8000)),
         };
-        let max_text_chars =
-            match get(env::MAX_TEXT_CHARS) {
-                Some(v) => v.parse().ok().filter(|n| *n > 0).with_context(|| {
-                    format!("{} must be a positive integer", env::MAX_TEXT_CHARS)
-                })?,
-                None => proto::limits::DEFAULT_MAX_TEXT_CHARS,
-            };
+        let max_text_chars = env::integer(
+            &get,
+            env::MAX_TEXT_CHARS,
+            proto::limits::DEFAULT_MAX_TEXT_CHARS,
+            1,
+        )
+        .map_err(anyhow::Error::msg)?;
         let retention = message_service::settings::retention_from(&get)?;
         Ok(Settings {
             data_dir: PathBuf::from(get(env::DATA_DIR).unwrap_or_else(|| "./data".into())),

@@ -92,20 +92,15 @@ pub fn retention_from(
 }
 
 /// Parses an optional positive number, naming the variable in the error.
-pub fn parse<T: std::str::FromStr + PartialOrd + Default>(
+pub fn parse<T>(
     get: &impl Fn(&str) -> Option<String>,
     key: &str,
     default: T,
-) -> Result<T, ConfigError> {
-    match get(key) {
-        None => Ok(default),
-        Some(v) => match v.trim().parse::<T>() {
-            Ok(n) if n > T::default() => Ok(n),
-            _ => Err(ConfigError(format!(
-                "{key} must be a positive integer, got {v:?}"
-            ))),
-        },
-    }
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + From<u8>,
+{
+    env::integer(get, key, default, T::from(1)).map_err(ConfigError)
 }
 
 #[cfg(test)]

@@ -92,15 +92,11 @@ impl Settings {
         let nats =
             std::env::var(proto::env::NATS_URL).unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
         let mut s = Settings::new(BusSettings::Nats(nats));
-        if let Ok(v) = std::env::var(proto::env::PRESENCE_GRACE_SECS) {
-            let secs: u64 = v.parse().map_err(|_| {
-                anyhow::anyhow!(
-                    "{} must be a number of seconds",
-                    proto::env::PRESENCE_GRACE_SECS
-                )
-            })?;
-            s.grace = Duration::from_secs(secs);
-        }
+        let get = |k: &str| std::env::var(k).ok();
+        let grace =
+            proto::env::integer(&get, proto::env::PRESENCE_GRACE_SECS, s.grace.as_secs(), 0)
+                .map_err(anyhow::Error::msg)?;
+        s.grace = Duration::from_secs(grace);
         if let Ok(url) = std::env::var(proto::env::DATABASE_URL) {
             s.store = StoreSettings::Postgres(url);
         }

@@ -56,3 +56,41 @@ pub const LOG: &str = "INDABA_LOG";
 pub const MESSAGE_RETENTION_DAYS: &str = "INDABA_MESSAGE_RETENTION_DAYS";
 /// Size of the PostgreSQL/SQLite connection pool. Default 16 (PostgreSQL), 4 (SQLite).
 pub const DB_POOL_SIZE: &str = "INDABA_DB_POOL_SIZE";
+
+/// Reads an optional integer setting through `get` (the environment, or a map in tests):
+/// `default` when absent, an error naming the variable when it is not an integer of at
+/// least `min`. Every service parses its numbers this one way.
+pub fn integer<T>(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: T,
+    min: T,
+) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    match get(key) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<T>() {
+            Ok(n) if n >= min => Ok(n),
+            _ => Err(format!("{key} must be an integer >= {min}, got {v:?}")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_settings() {
+        let get = |k: &str| (k == "A").then(|| "7".to_owned());
+        assert_eq!(integer(&get, "A", 1u32, 1), Ok(7));
+        assert_eq!(integer(&get, "B", 3u32, 1), Ok(3));
+        assert!(integer(&get, "A", 1u32, 8)
+            .unwrap_err()
+            .contains("A must be"));
+        let bad = |_: &str| Some("lots".to_owned());
+        assert!(integer(&bad, "A", 1u64, 0).is_err());
+    }
+}
