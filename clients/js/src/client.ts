@@ -71,6 +71,9 @@ export interface IndabaClientOptions {
   connectTimeoutMs?: number;
   /** Time allowed for request/answer frames (history, list_conversations, join). Default 20 s. */
   requestTimeoutMs?: number;
+  /** Refresh the token (getToken('refresh') + `refresh_token`) this long before it expires;
+   *  `false` leaves expiry to close code 4001. Default 60 s. */
+  tokenRefreshLeadMs?: number | false;
   /** Random source (tests). Default Math.random. */
   random?: () => number;
   /** Debug log sink. */
@@ -105,6 +108,8 @@ export interface IndabaClientEvents {
   token_refreshed: [frame: Extract<ServerFrame, { type: 'token_refreshed' }>];
   error: [frame: ErrorFrame];
   pong: [frame: Extract<ServerFrame, { type: 'pong' }>];
+  /** A WebSocket closed (code as received; 1006 when it never opened or dropped). */
+  socket_closed: [code: number, reason: string];
   /** The outbox changed (queued, acknowledged or failed). */
   outbox: [items: readonly OutboxItem[]];
   /** Every frame as received, before the client handles it. */
@@ -597,7 +602,7 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
       }
       this.dispatch(frame, 'websocket');
     };
-    ws.onclose = (ev) => this.onWsClose(ws, ev?.code ?? 1006);
+    ws.onclose = (ev) => this.onWsClose(ws, ev?.code ?? 1006, ev?.reason ?? '');
     ws.onerror = () => {
       /* onclose follows */
     };
@@ -622,8 +627,9 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
     this.resume();
   }
 
-  private onWsClose(ws: WebSocketLike, code: number): void {
+  private onWsClose(ws: WebSocketLike, code: number, reason = ''): void {
     if (this.ws !== ws) return;
+    this.emit('socket_closed', code, reason);
     this.ws = null;
     ws.onmessage = ws.onclose = ws.onerror = null;
     const wasEstablished = this.wsEstablished;
@@ -723,10 +729,11 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
   private scheduleTokenRefresh(): void {
     if (this.refreshTimer) clearTimeout(this.refreshTimer);
     this.refreshTimer = null;
-    if (!this.opts.getToken || !this.token) return;
+    const lead = this.opts.tokenRefreshLeadMs ?? 60_000;
+    if (!this.opts.getToken || !this.token || lead === false) return;
     const exp = tokenExpiry(this.token);
     if (!exp) return;
-    const ms = Math.max(5_000, exp * 1000 - Date.now() - 60_000);
+    const ms = Math.max(1_000, exp * 1000 - Date.now() - lead);
     if (ms > 2 ** 31 - 1) return;
     this.refreshTimer = setTimeout(async () => {
       this.refreshTimer = null;
@@ -796,6 +803,10 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
         this.emit('history', frame);
         return;
       }
+      case 'token_refreshed':
+        this.scheduleTokenRefresh();
+        this.emit('token_refreshed', frame);
+        return;
       case 'presence':
         this.presenceCache.set(frame.user_id, frame);
         this.emit('presence', frame);

@@ -81,6 +81,8 @@ export class ChatStore {
   private typingTimers = new Map<string, ReturnType<typeof setTimeout>>();
   private active: number | null = null;
   private loaded = new Set<number>();
+  /** Delivery/read notices for ids whose message_sent has not arrived yet. */
+  private early = new Map<number, MessageStatus>();
   private snapshot: ChatSnapshot;
   private listeners = new Set<() => void>();
   private scheduled = false;
@@ -109,8 +111,12 @@ export class ChatStore {
         const m = this.findByClientId(s.client_msg_id);
         if (!this.convs.has(s.conversation_id)) this.refreshListSoon();
         if (m) {
+          // A delivery or read notice can overtake the sender's own message_sent.
+          const early = this.early.get(s.message_id);
+          this.early.delete(s.message_id);
+          const status = m.status === 'pending' ? early ?? 'sent' : m.status;
           this.remove(m);
-          this.insert({ ...m, message_id: s.message_id, seq: s.seq, conversation_id: s.conversation_id, created_at: s.created_at, status: m.status === 'pending' ? 'sent' : m.status }, false);
+          this.insert({ ...m, message_id: s.message_id, seq: s.seq, conversation_id: s.conversation_id, created_at: s.created_at, status }, false);
         }
         this.bumpConv(s.conversation_id, s.seq);
         this.changed();
@@ -123,6 +129,7 @@ export class ChatStore {
       c.on('message_delivered', (d) => {
         const m = this.findById(d.conversation_id, d.message_id);
         if (m && (m.status === 'sent' || m.status === 'pending')) this.replace(m, { ...m, status: 'delivered' });
+        else if (!m) this.noteEarly(d.message_id, 'delivered');
         this.changed();
       }),
       c.on('read_receipt', (r) => this.onReadReceipt(r.conversation_id, r.reader_id, r.message_ids)),
@@ -311,6 +318,7 @@ export class ChatStore {
       this.changed();
       return;
     }
+    for (const id of ids) if (!list.some((m) => m.message_id === id)) this.noteEarly(id, 'read');
     // The reader has seen everything up to the newest message it read.
     let upTo = 0;
     for (const m of list) if (m.message_id !== undefined && ids.includes(m.message_id)) upTo = Math.max(upTo, m.seq ?? 0);
@@ -384,6 +392,12 @@ export class ChatStore {
     if (w.receiver_id !== undefined) m.receiver_id = w.receiver_id;
     if (mine) m.status = 'sent';
     return m;
+  }
+
+  private noteEarly(messageId: number, status: MessageStatus): void {
+    if (this.early.get(messageId) === 'read') return;
+    this.early.set(messageId, status);
+    if (this.early.size > 1000) this.early.delete(this.early.keys().next().value as number);
   }
 
   private setConv(c: ConversationState): void {
