@@ -12,6 +12,7 @@
 #
 # Usage: scripts/test-manifests.sh             (from any directory; exits non-zero on any failure)
 #   INDABA_K8S_VERSIONS=1.30.0,1.34.0          Kubernetes schema versions to validate against
+#   INDABA_KUSTOMIZE="kustomize build" | none  renderer to use (default: kustomize, kubectl, built-in)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,7 +60,7 @@ log "tools: python $("$VENV/bin/python" -c 'import platform; print(platform.pyth
   "dclint $(or_missing "$DCLINT" "$DCLINT_VERSION")," \
   "nginx $(or_missing "$NGINX" "$( [ -n "$NGINX" ] && "$NGINX" -v 2>&1 | sed 's/.*\///')")," \
   "systemd-analyze $(or_missing "$ANALYZE" "$( [ -n "$ANALYZE" ] && "$ANALYZE" --version | awk 'NR==1{print $2}')")," \
-  "kustomize: $(command -v kustomize || { command -v kubectl >/dev/null && echo 'kubectl kustomize'; } || echo 'built-in renderer')"
+  "kustomize: ${INDABA_KUSTOMIZE:-$(command -v kustomize || { command -v kubectl >/dev/null && echo 'kubectl kustomize'; } || echo 'built-in renderer')}"
 
 exec "$VENV/bin/python" deploy/tools/check_deploy.py \
   --repo "$PWD" \

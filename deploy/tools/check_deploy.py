@@ -265,8 +265,12 @@ def canonical(docs: list[dict]) -> list[str]:
 
 
 def kustomize_command() -> list[str] | None:
-    if os.environ.get("INDABA_KUSTOMIZE"):
-        return os.environ["INDABA_KUSTOMIZE"].split()
+    # INDABA_KUSTOMIZE: a command to use ("kustomize build"), or "none" for the built-in renderer.
+    choice = os.environ.get("INDABA_KUSTOMIZE", "").strip()
+    if choice == "none":
+        return None
+    if choice:
+        return choice.split()
     if shutil.which("kustomize"):
         return ["kustomize", "build"]
     if shutil.which("kubectl"):
