@@ -62,7 +62,7 @@ pub struct HttpError {
 }
 
 impl HttpError {
-    fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         HttpError {
             status,
             code,
@@ -123,17 +123,44 @@ fn with_ctx(ctx: Arc<Ctx>) -> impl Filter<Extract = (Arc<Ctx>,), Error = Infalli
     warp::any().map(move || ctx.clone())
 }
 
-/// The tail every JSON `POST` route shares: end of path, method, headers (for the bearer
-/// token), a size-limited body, the context.
-fn post_json(
-    ctx: Arc<Ctx>,
-) -> impl Filter<Extract = (HeaderMap, Bytes, Arc<Ctx>), Error = Rejection> + Clone {
-    warp::path::end()
-        .and(warp::post())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
-        .and(warp::body::bytes())
-        .and(with_ctx(ctx))
+/// The request body, read up to [`MAX_BODY_BYTES`] whatever the method and framing
+/// (`Content-Length` or chunked); a longer one is refused with 413 without reading on.
+fn limited_body() -> impl Filter<Extract = (Result<Bytes, HttpError>,), Error = Rejection> + Clone {
+    warp::body::stream().then(read_limited)
+}
+
+async fn read_limited<S, B>(stream: S) -> Result<Bytes, HttpError>
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures_util::StreamExt;
+    let limit = usize::try_from(MAX_BODY_BYTES).unwrap_or(usize::MAX);
+    let mut stream = std::pin::pin!(stream);
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidField,
+                format!("could not read the body: {e}"),
+            )
+        })?;
+        if buf.len() + chunk.remaining() > limit {
+            return Err(HttpError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorCode::PayloadTooLarge,
+                format!("body larger than {MAX_BODY_BYTES} bytes"),
+            ));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            buf.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
 }
 
 /// Every HTTP route of the gateway.
@@ -147,17 +174,55 @@ pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infal
         .and(warp::ext::optional::<OnUpgrade>())
         .and(with_ctx(ctx.clone()))
         .then(ws_handshake);
-    let conversations = warp::path("api")
+    let api = warp::path("api")
         .and(warp::path("v1"))
-        .and(warp::path("conversations"));
-    let create_conversation = conversations
-        .and(post_json(ctx.clone()))
-        .then(create_conversation);
-    let participants = conversations
-        .and(warp::path::param::<i64>())
-        .and(warp::path("participants"))
-        .and(post_json(ctx.clone()))
-        .then(update_participants);
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(limited_body())
+        .and(with_ctx(ctx.clone()))
+        .then(
+            |tail: warp::path::Tail,
+             method,
+             query,
+             headers,
+             body: Result<Bytes, HttpError>,
+             ctx| async move {
+                match body {
+                    Ok(body) => {
+                        crate::rest::dispatch(
+                            tail.as_str().to_owned(),
+                            method,
+                            query,
+                            headers,
+                            body,
+                            ctx,
+                        )
+                        .await
+                    }
+                    Err(e) => e.into_response(),
+                }
+            },
+        );
+    let static_files = warp::get()
+        .and(warp::path::full())
+        .and(with_ctx(ctx.clone()))
+        .and_then(|path: warp::path::FullPath, ctx: Arc<Ctx>| async move {
+            let name = match path.as_str() {
+                "/" => "index.html",
+                p => p.trim_start_matches('/'),
+            };
+            match ctx.settings.static_files.iter().find(|f| f.name == name) {
+                Some(f) => Ok(warp::reply::with_header(
+                    warp::reply::with_header(f.body, "content-type", f.content_type),
+                    "cache-control",
+                    "no-cache",
+                )
+                .into_response()),
+                None => Err(warp::reject::not_found()),
+            }
+        });
     let livez = warp::path("livez")
         .and(warp::path::end())
         .map(|| warp::reply::json(&serde_json::json!({"status": "ok"})).into_response());
@@ -187,9 +252,9 @@ pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infal
                 )
             }
         });
-    ws.or(create_conversation)
+    ws.or(api)
         .unify()
-        .or(participants)
+        .or(static_files)
         .unify()
         .or(livez)
         .unify()
@@ -257,14 +322,14 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn query_param(query: &str, name: &str) -> Option<String> {
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then(|| percent_decode(v))
     })
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(proto::headers::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
@@ -464,7 +529,11 @@ impl From<pb::Conversation> for ConversationJson {
     }
 }
 
-async fn create_conversation(headers: HeaderMap, body: Bytes, ctx: Arc<Ctx>) -> Response {
+pub(crate) async fn create_conversation(
+    headers: HeaderMap,
+    body: Bytes,
+    ctx: Arc<Ctx>,
+) -> Response {
     let user_id = match bearer(&headers).map(|t| ctx.verifier.verify(&t)) {
         None => return auth_error(&AuthError::Missing),
         Some(Err(e)) => return auth_error(&e),
@@ -563,7 +632,7 @@ struct ParticipantsBody {
 }
 
 /// Parses a JSON body into `T`, telling bad JSON (`invalid_json`) from bad fields.
-fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpError> {
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpError> {
     serde_json::from_slice(body).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             HttpError::new(
@@ -581,7 +650,7 @@ fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpErro
     })
 }
 
-fn authenticate(headers: &HeaderMap, ctx: &Ctx) -> Result<i64, HttpError> {
+pub(crate) fn authenticate(headers: &HeaderMap, ctx: &Ctx) -> Result<i64, HttpError> {
     let e = match bearer(headers).map(|t| ctx.verifier.verify(&t)) {
         Some(Ok(u)) => return Ok(u),
         None => AuthError::Missing,
@@ -594,7 +663,7 @@ fn authenticate(headers: &HeaderMap, ctx: &Ctx) -> Result<i64, HttpError> {
     ))
 }
 
-async fn update_participants(
+pub(crate) async fn update_participants(
     conversation_id: i64,
     headers: HeaderMap,
     body: Bytes,
@@ -640,7 +709,9 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-        ErrorCode::ConversationNotFound | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::ConversationNotFound | ErrorCode::MessageNotFound | ErrorCode::NotFound => {
+            StatusCode::NOT_FOUND
+        }
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,

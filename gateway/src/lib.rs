@@ -17,7 +17,9 @@ pub mod http;
 pub mod hub;
 pub mod limits;
 pub mod metrics;
+pub mod rest;
 pub mod settings;
+pub mod sse;
 pub mod ws;
 
 use std::future::Future;

@@ -55,6 +55,38 @@ pub struct Settings {
     pub max_connections_per_user: u32,
     /// On shutdown, sockets are closed in batches spread over this window.
     pub drain_window: Duration,
+    /// Serve `GET /api/v1/dev/token/?user_id=N` (HS256 only). Development only: anyone who
+    /// reaches the port can act as any user.
+    pub dev_tokens: bool,
+    /// Files served at `/<name>` (`index.html` also at `/`): the single-node program's demo.
+    pub static_files: Vec<StaticFile>,
+}
+
+/// A file compiled into the program and served over HTTP.
+#[derive(Debug, Clone, Copy)]
+pub struct StaticFile {
+    /// Path without the leading `/`.
+    pub name: &'static str,
+    /// `Content-Type`.
+    pub content_type: &'static str,
+    /// Contents.
+    pub body: &'static [u8],
+}
+
+/// Reads a boolean setting (`1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`).
+pub fn flag(get: &impl Fn(&str) -> Option<String>, key: &str) -> Result<bool, ConfigError> {
+    match get(key).as_deref().map(str::trim) {
+        None | Some("") => Ok(false),
+        Some(v) if ["1", "true", "yes", "on"].contains(&v.to_ascii_lowercase().as_str()) => {
+            Ok(true)
+        }
+        Some(v) if ["0", "false", "no", "off"].contains(&v.to_ascii_lowercase().as_str()) => {
+            Ok(false)
+        }
+        Some(v) => Err(ConfigError(format!(
+            "{key} must be true or false, got {v:?}"
+        ))),
+    }
 }
 
 /// A configuration value that cannot be used; the message names the variable.
@@ -83,6 +115,8 @@ impl Settings {
             ping_interval: Duration::from_secs(25),
             max_connections_per_user: 10,
             drain_window: Duration::from_secs(10),
+            dev_tokens: false,
+            static_files: Vec::new(),
         }
     }
 
@@ -157,6 +191,7 @@ impl Settings {
                 .filter(|o| !o.is_empty())
                 .collect();
         }
+        s.dev_tokens = flag(&get, env::DEV_TOKENS)?;
         Ok(s)
     }
 }

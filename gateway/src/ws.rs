@@ -595,6 +595,7 @@ impl Conn {
             text: m.text,
             client_msg_id: reference.clone().unwrap_or_default(),
             origin_connection_id: self.connection_id.to_string(),
+            as_system: false,
         };
         match send_message(&self.ctx, req).await {
             Ok((msg, duplicate)) => {
@@ -915,7 +916,8 @@ impl Conn {
     async fn list_conversations(&self) {
         let req = pb::ListConversationsRequest {
             user_id: self.user_id,
-            limit: 100,
+            page_size: 100,
+            page_token: String::new(),
         };
         match call::<_, pb::ListConversationsResponse>(&self.ctx, subjects::CONV_LIST, &req).await {
             Ok(r) if r.error.is_none() => {

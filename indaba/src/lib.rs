@@ -29,7 +29,32 @@ pub struct Settings {
     pub max_text_chars: usize,
     /// Message retention (`None`: keep forever).
     pub retention: Option<std::time::Duration>,
+    /// Serve the gRPC `MessageService` here (`INDABA_GRPC_LISTEN`; off when unset).
+    pub grpc_listen: Option<SocketAddr>,
+    /// Who may call it.
+    pub grpc_keys: proto::grpc_auth::ApiKeys,
+    /// Serve `/api/v1/dev/token/` (`INDABA_DEV_TOKENS`), for the demo page.
+    pub dev_tokens: bool,
 }
+
+/// The demo web app (`clients/demo`, built and committed), served at `/`.
+pub const DEMO_FILES: [gateway::settings::StaticFile; 3] = [
+    gateway::settings::StaticFile {
+        name: "index.html",
+        content_type: "text/html; charset=utf-8",
+        body: include_bytes!("../../clients/demo/dist/index.html"),
+    },
+    gateway::settings::StaticFile {
+        name: "app.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../clients/demo/dist/app.js"),
+    },
+    gateway::settings::StaticFile {
+        name: "app.css",
+        content_type: "text/css; charset=utf-8",
+        body: include_bytes!("../../clients/demo/dist/app.css"),
+    },
+];
 
 impl Settings {
     /// Reads `INDABA_DATA_DIR`, `INDABA_LISTEN`, `INDABA_JWT_SECRET`, `INDABA_MAX_TEXT_CHARS`.
@@ -50,12 +75,22 @@ impl Settings {
         )
         .map_err(anyhow::Error::msg)?;
         let retention = message_service::settings::retention_from(&get)?;
+        let grpc_listen =
+            match get(env::GRPC_LISTEN) {
+                Some(l) => Some(l.parse().with_context(|| {
+                    format!("{} must be host:port, got {l:?}", env::GRPC_LISTEN)
+                })?),
+                None => None,
+            };
         Ok(Settings {
             data_dir: PathBuf::from(get(env::DATA_DIR).unwrap_or_else(|| "./data".into())),
             listen,
             jwt_secret: get(env::JWT_SECRET),
             max_text_chars,
             retention,
+            grpc_listen,
+            grpc_keys: proto::grpc_auth::ApiKeys::from_source(&get).map_err(anyhow::Error::msg)?,
+            dev_tokens: gateway::settings::flag(&get, env::DEV_TOKENS)?,
         })
     }
 }
@@ -117,6 +152,8 @@ impl SingleNode {
             max_group_size: proto::limits::DEFAULT_MAX_GROUP_SIZE,
             max_in_flight: 1024,
             retention: settings.retention,
+            grpc_listen: settings.grpc_listen,
+            grpc_keys: settings.grpc_keys.clone(),
         })
         .await?;
         let mut presence_settings =
@@ -131,6 +168,8 @@ impl SingleNode {
         gw.listen = settings.listen;
         gw.gateway_id = "local".into();
         gw.max_text_chars = settings.max_text_chars;
+        gw.dev_tokens = settings.dev_tokens;
+        gw.static_files = DEMO_FILES.to_vec();
         let gateway = gateway::App::build(gw).await?;
         Ok(SingleNode {
             gateway,
@@ -143,6 +182,11 @@ impl SingleNode {
     /// The bound HTTP address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.gateway.local_addr()
+    }
+
+    /// Where the gRPC API listens, when configured.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.messages.grpc_addr()
     }
 
     /// The HS256 secret in use (to mint tokens).

@@ -12,6 +12,8 @@
 //! rows left behind by a dead instance are republished by any instance once their lease
 //! runs out. Gateways drop repeats by message id.
 
+pub mod grpc;
+pub mod ops;
 pub mod routes;
 pub mod settings;
 pub mod store;
@@ -24,8 +26,8 @@ use bus::Bus;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use prost::Message as _;
-use proto::pb::{self, ConversationKind};
-use proto::{subjects, ErrorCode};
+use proto::pb;
+use proto::subjects;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
@@ -37,6 +39,7 @@ pub use store::{Store, StoreError};
 pub struct App {
     inner: Arc<Inner>,
     subs: Vec<(Route, bus::Subscriber)>,
+    grpc: Option<tokio::net::TcpListener>,
 }
 
 impl std::fmt::Debug for App {
@@ -56,11 +59,14 @@ enum Route {
     ListMessages,
     ListConversations,
     UpdateParticipants,
+    GetMessage,
+    UnreadCounts,
+    MessagesSince,
     DeliveryAcks,
     Routing,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     bus: Bus,
     store: Store,
     routes: Routes,
@@ -122,6 +128,9 @@ impl App {
             (Route::ListMessages, subjects::MSG_LIST),
             (Route::ListConversations, subjects::CONV_LIST),
             (Route::UpdateParticipants, subjects::CONV_MEMBERS),
+            (Route::GetMessage, subjects::MSG_GET),
+            (Route::UnreadCounts, subjects::UNREAD),
+            (Route::MessagesSince, subjects::MSG_SINCE),
             (Route::DeliveryAcks, subjects::DELIVERY_ACKS),
         ] {
             let s = bus
@@ -134,6 +143,14 @@ impl App {
         // Ask every gateway for its full socket list so routing works right away instead
         // of after the next heartbeat.
         bus.publish(subjects::GATEWAY_RESYNC, Bytes::new()).await?;
+        let grpc = match settings.grpc_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen for gRPC on {addr}: {e}"))?,
+            ),
+            None => None,
+        };
         let (published, published_rx) = mpsc::channel(65_536);
         let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
         Ok(App {
@@ -149,7 +166,13 @@ impl App {
                 routes_warm_at: tokio::time::Instant::now() + ROUTES_WARMUP,
             }),
             subs,
+            grpc,
         })
+    }
+
+    /// Where the gRPC API listens (tests bind port 0).
+    pub fn grpc_addr(&self) -> Option<std::net::SocketAddr> {
+        self.grpc.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The store (tests inspect it).
@@ -168,9 +191,25 @@ impl App {
             tasks.spawn(complete_outbox(self.inner.store.clone(), rx));
         }
         tasks.spawn(sweep(self.inner.clone()));
+        let (stop_grpc, grpc_stopped) = tokio::sync::watch::channel(false);
+        let grpc = self.grpc.map(|listener| {
+            let mut stopped = grpc_stopped;
+            tokio::spawn(grpc::serve(
+                listener,
+                self.inner.clone(),
+                self.inner.settings.grpc_keys.clone(),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            ))
+        });
         tracing::info!("message-service running");
         shutdown.await;
         tracing::info!("message-service stopping");
+        let _ = stop_grpc.send(true);
+        if let Some(g) = grpc {
+            let _ = tokio::time::timeout(Duration::from_secs(5), g).await;
+        }
         // Dropping the subscriptions stops new requests; wait for the ones in flight.
         tasks.abort_all();
         let permits = u32::try_from(self.inner.settings.max_in_flight).unwrap_or(u32::MAX);
@@ -230,7 +269,10 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
             | Route::Typing
             | Route::ListMessages
             | Route::ListConversations
-            | Route::UpdateParticipants => {
+            | Route::UpdateParticipants
+            | Route::GetMessage
+            | Route::UnreadCounts
+            | Route::MessagesSince => {
                 // Bounded concurrency: when saturated we stop reading, and NATS buffers
                 // (then times the requester out, who retries with the same key).
                 let Ok(permit) = inner.in_flight.clone().acquire_owned().await else {
@@ -238,18 +280,33 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
                 };
                 let inner = inner.clone();
                 tokio::spawn(async move {
+                    let i = &*inner;
+                    let p = &msg.payload[..];
                     let reply = match route {
-                        Route::Send => handle_send(&inner, &msg.payload).await,
-                        Route::CreateConversation => handle_create(&inner, &msg.payload).await,
-                        Route::GetConversation => handle_get(&inner, &msg.payload).await,
-                        Route::MarkRead => handle_mark_read(&inner, &msg.payload).await,
-                        Route::Typing => handle_typing(&inner, &msg.payload).await,
-                        Route::ListMessages => handle_list_messages(&inner, &msg.payload).await,
+                        Route::Send => ops::over_nats(p, |r| ops::send(i, r)).await,
+                        Route::CreateConversation => {
+                            ops::over_nats(p, |r| ops::create_conversation(i, r)).await
+                        }
+                        Route::GetConversation => {
+                            ops::over_nats(p, |r| ops::get_conversation(i, r)).await
+                        }
+                        Route::MarkRead => ops::over_nats(p, |r| ops::mark_read(i, r)).await,
+                        Route::Typing => ops::over_nats(p, |r| ops::typing(i, r)).await,
+                        Route::ListMessages => {
+                            ops::over_nats(p, |r| ops::list_messages(i, r)).await
+                        }
                         Route::ListConversations => {
-                            handle_list_conversations(&inner, &msg.payload).await
+                            ops::over_nats(p, |r| ops::list_conversations(i, r)).await
                         }
                         Route::UpdateParticipants => {
-                            handle_update_participants(&inner, &msg.payload).await
+                            ops::over_nats(p, |r| ops::update_participants(i, r)).await
+                        }
+                        Route::GetMessage => ops::over_nats(p, |r| ops::get_message(i, r)).await,
+                        Route::UnreadCounts => {
+                            ops::over_nats(p, |r| ops::unread_counts(i, r)).await
+                        }
+                        Route::MessagesSince => {
+                            ops::over_nats(p, |r| ops::messages_since(i, r)).await
                         }
                         Route::DeliveryAcks | Route::Routing => return,
                     };
@@ -263,111 +320,14 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
     }
 }
 
-fn store_error(e: StoreError) -> pb::Error {
-    match e {
-        StoreError::Rejected { code, message } => proto::pb_error(code, message),
-        other => {
-            tracing::error!(error = %other, "store failure");
-            proto::pb_error(
-                ErrorCode::Unavailable,
-                "the message store is unavailable; retry",
-            )
-        }
-    }
-}
-
-fn invalid(e: proto::limits::Invalid) -> pb::Error {
-    proto::pb_error(e.code, e.message)
-}
-
-/// Validates a send request. Every entry point (gateway, REST, gRPC) lands here, so the
-/// rules hold whoever the caller is.
-fn validate_send(req: &pb::SendMessageRequest, max_text: usize) -> Result<(), pb::Error> {
-    use proto::limits::{validate_client_msg_id, validate_id, validate_text};
-    validate_id("sender_id", req.sender_id).map_err(invalid)?;
-    if let Some(c) = req.conversation_id {
-        validate_id("conversation_id", c).map_err(invalid)?;
-    }
-    match req.receiver_id {
-        Some(r) => {
-            validate_id("receiver_id", r).map_err(invalid)?;
-            if r == req.sender_id {
-                return Err(proto::pb_error(
-                    ErrorCode::InvalidReceiver,
-                    "receiver_id must not be the sender",
-                ));
-            }
-        }
-        None if req.conversation_id.is_none() => {
-            return Err(proto::pb_error(
-                ErrorCode::InvalidField,
-                "conversation_id or receiver_id is required",
-            ))
-        }
-        None => {}
-    }
-    validate_text(&req.text, max_text).map_err(invalid)?;
-    if !req.client_msg_id.is_empty() {
-        validate_client_msg_id(&req.client_msg_id).map_err(invalid)?;
-    }
-    Ok(())
-}
-
-async fn handle_send(inner: &Inner, payload: &[u8]) -> Bytes {
-    use pb::send_message_response::Result as R;
-    let resp = match pb::SendMessageRequest::decode(payload) {
-        Err(e) => pb::SendMessageResponse {
-            result: Some(R::Error(proto::pb_error(
-                ErrorCode::InvalidField,
-                format!("undecodable request: {e}"),
-            ))),
-            duplicate: false,
-        },
-        Ok(req) => match send(inner, req).await {
-            Ok((m, duplicate)) => pb::SendMessageResponse {
-                result: Some(R::Message(m)),
-                duplicate,
-            },
-            Err(e) => pb::SendMessageResponse {
-                result: Some(R::Error(e)),
-                duplicate: false,
-            },
-        },
-    };
-    Bytes::from(resp.encode_to_vec())
-}
-
-async fn send(
-    inner: &Inner,
-    req: pb::SendMessageRequest,
-) -> Result<(pb::ChatMessage, bool), pb::Error> {
-    validate_send(&req, inner.settings.max_text_chars)?;
-    let new = store::NewMessage {
-        sender_id: req.sender_id,
-        conversation_id: req.conversation_id,
-        receiver_id: req.receiver_id,
-        text: req.text,
-        client_msg_id: (!req.client_msg_id.is_empty()).then_some(req.client_msg_id),
-        origin_connection_id: req.origin_connection_id.clone(),
-    };
-    let sent = inner.store.send_message(&new).await.map_err(store_error)?;
-    if !sent.duplicate {
-        // Committed: publish now. The reply goes out after this, but a slow publish only
-        // delays `message_sent`, never loses the message (the outbox row covers a crash).
-        deliver(
-            inner,
-            &sent.message,
-            &sent.participants,
-            &req.origin_connection_id,
-        )
-        .await;
-    }
-    Ok((sent.message, sent.duplicate))
-}
-
 /// Publishes one `Delivery` per gateway that holds sockets of the participants, then
 /// queues the outbox row for deletion.
-async fn deliver(inner: &Inner, message: &pb::ChatMessage, participants: &[i64], origin: &str) {
+pub(crate) async fn deliver(
+    inner: &Inner,
+    message: &pb::ChatMessage,
+    participants: &[i64],
+    origin: &str,
+) {
     let ok = publish_event(
         inner,
         pb::delivery::Event::Message(message.clone()),
@@ -388,7 +348,7 @@ async fn deliver(inner: &Inner, message: &pb::ChatMessage, participants: &[i64],
 
 /// Publishes `event` once to every gateway holding sockets of `recipients`. Returns false
 /// if any publish failed.
-async fn publish_event(
+pub(crate) async fn publish_event(
     inner: &Inner,
     event: pb::delivery::Event,
     recipients: &[i64],
@@ -412,293 +372,6 @@ async fn publish_event(
         }
     }
     ok
-}
-
-/// Decodes a request or answers with an `invalid_field` error.
-fn decode<T: prost::Message + Default>(payload: &[u8]) -> Result<T, pb::Error> {
-    T::decode(payload)
-        .map_err(|e| proto::pb_error(ErrorCode::InvalidField, format!("undecodable request: {e}")))
-}
-
-/// Most message ids one read receipt may carry.
-pub const MAX_RECEIPT_IDS: usize = 500;
-
-async fn handle_mark_read(inner: &Inner, payload: &[u8]) -> Bytes {
-    let res = async {
-        let req: pb::MarkReadRequest = decode(payload)?;
-        proto::limits::validate_id("reader_id", req.reader_id).map_err(invalid)?;
-        if req.message_ids.is_empty() || req.message_ids.len() > MAX_RECEIPT_IDS {
-            return Err(proto::pb_error(
-                ErrorCode::InvalidField,
-                format!("message_ids must hold 1 to {MAX_RECEIPT_IDS} ids"),
-            ));
-        }
-        let marked = inner
-            .store
-            .mark_read(req.reader_id, &req.message_ids)
-            .await
-            .map_err(store_error)?;
-        // Relay: one receipt per (conversation, sender), to all of the sender's devices.
-        let mut groups: std::collections::BTreeMap<(i64, i64), Vec<i64>> =
-            std::collections::BTreeMap::new();
-        for m in &marked.newly_read {
-            groups
-                .entry((m.conversation_id, m.sender_id))
-                .or_default()
-                .push(m.message_id);
-        }
-        for ((conversation_id, sender_id), message_ids) in groups {
-            let ev = pb::delivery::Event::ReadReceipt(pb::ReadReceiptEvent {
-                conversation_id,
-                reader_id: req.reader_id,
-                message_ids,
-                read_at_ms: marked.read_at_ms,
-            });
-            publish_event(inner, ev, &[sender_id], "").await;
-        }
-        Ok(marked)
-    }
-    .await;
-    let resp = match res {
-        Ok(m) => pb::MarkReadResponse {
-            accepted_ids: m.accepted,
-            rejected_ids: m.rejected,
-            read_at_ms: m.read_at_ms,
-            error: None,
-        },
-        Err(e) => pb::MarkReadResponse {
-            error: Some(e),
-            ..Default::default()
-        },
-    };
-    Bytes::from(resp.encode_to_vec())
-}
-
-async fn handle_typing(inner: &Inner, payload: &[u8]) -> Bytes {
-    let res = async {
-        let req: pb::TypingRequest = decode(payload)?;
-        let members = inner
-            .store
-            .require_member(req.conversation_id, req.user_id)
-            .await
-            .map_err(store_error)?;
-        let ev = pb::delivery::Event::Typing(pb::TypingEvent {
-            conversation_id: req.conversation_id,
-            user_id: req.user_id,
-            is_typing: req.is_typing,
-        });
-        // Everyone but the typist (whose other devices do not need it).
-        let others: Vec<i64> = members.into_iter().filter(|u| *u != req.user_id).collect();
-        publish_event(inner, ev, &others, &req.origin_connection_id).await;
-        Ok(())
-    }
-    .await;
-    Bytes::from(pb::TypingResponse { error: res.err() }.encode_to_vec())
-}
-
-async fn handle_list_messages(inner: &Inner, payload: &[u8]) -> Bytes {
-    let res = async {
-        let req: pb::ListMessagesRequest = decode(payload)?;
-        if req.after_seq < 0 || req.before_seq < 0 {
-            return Err(proto::pb_error(
-                ErrorCode::InvalidField,
-                "seq bounds must not be negative",
-            ));
-        }
-        inner
-            .store
-            .list_messages(
-                req.user_id,
-                req.conversation_id,
-                req.after_seq,
-                req.before_seq,
-                req.limit,
-            )
-            .await
-            .map_err(store_error)
-    }
-    .await;
-    let resp = match res {
-        Ok(p) => pb::ListMessagesResponse {
-            messages: p.messages,
-            has_more: p.has_more,
-            last_seq: p.last_seq,
-            first_retained_seq: p.first_retained_seq,
-            error: None,
-        },
-        Err(e) => pb::ListMessagesResponse {
-            error: Some(e),
-            ..Default::default()
-        },
-    };
-    Bytes::from(resp.encode_to_vec())
-}
-
-async fn handle_list_conversations(inner: &Inner, payload: &[u8]) -> Bytes {
-    let res = async {
-        let req: pb::ListConversationsRequest = decode(payload)?;
-        let limit = if req.limit == 0 { 100 } else { req.limit };
-        inner
-            .store
-            .list_conversations(req.user_id, limit)
-            .await
-            .map_err(store_error)
-    }
-    .await;
-    let resp = match res {
-        Ok(list) => pb::ListConversationsResponse {
-            conversations: list
-                .into_iter()
-                .map(|s| pb::ConversationSummary {
-                    conversation: Some(s.conversation),
-                    last_read_seq: s.last_read_seq,
-                    unread_count: s.unread_count,
-                    last_message: s.last_message,
-                })
-                .collect(),
-            error: None,
-        },
-        Err(e) => pb::ListConversationsResponse {
-            conversations: Vec::new(),
-            error: Some(e),
-        },
-    };
-    Bytes::from(resp.encode_to_vec())
-}
-
-async fn handle_update_participants(inner: &Inner, payload: &[u8]) -> Bytes {
-    use pb::update_participants_response::Result as R;
-    let res = async {
-        let req: pb::UpdateParticipantsRequest = decode(payload)?;
-        for u in req.add_user_ids.iter().chain(&req.remove_user_ids) {
-            proto::limits::validate_id("user_ids", *u).map_err(invalid)?;
-        }
-        let (conv, added, removed) = inner
-            .store
-            .update_participants(
-                req.actor_id,
-                req.conversation_id,
-                &req.add_user_ids,
-                &req.remove_user_ids,
-                inner.settings.max_group_size,
-            )
-            .await
-            .map_err(store_error)?;
-        if !added.is_empty() || !removed.is_empty() {
-            // Everyone affected hears it at once: current members and the removed.
-            let mut audience = conv.participant_ids.clone();
-            audience.extend(&removed);
-            let ev = pb::delivery::Event::Membership(pb::MembershipEvent {
-                conversation_id: conv.id,
-                added_user_ids: added,
-                removed_user_ids: removed,
-            });
-            publish_event(inner, ev, &audience, "").await;
-        }
-        Ok(conv)
-    }
-    .await;
-    let resp = pb::UpdateParticipantsResponse {
-        result: Some(match res {
-            Ok(c) => R::Conversation(c),
-            Err(e) => R::Error(e),
-        }),
-    };
-    Bytes::from(resp.encode_to_vec())
-}
-
-async fn handle_create(inner: &Inner, payload: &[u8]) -> Bytes {
-    use pb::create_conversation_response::Result as R;
-    let res = async {
-        let req = pb::CreateConversationRequest::decode(payload).map_err(|e| {
-            proto::pb_error(ErrorCode::InvalidField, format!("undecodable request: {e}"))
-        })?;
-        proto::limits::validate_id("creator_id", req.creator_id).map_err(invalid)?;
-        for p in &req.participant_ids {
-            proto::limits::validate_id("participant_ids", *p).map_err(invalid)?;
-        }
-        if req.title.chars().count() > proto::limits::MAX_TITLE_CHARS {
-            return Err(proto::pb_error(
-                ErrorCode::InvalidField,
-                format!(
-                    "title is longer than {} characters",
-                    proto::limits::MAX_TITLE_CHARS
-                ),
-            ));
-        }
-        let mut distinct = req.participant_ids.clone();
-        distinct.push(req.creator_id);
-        distinct.sort_unstable();
-        distinct.dedup();
-        if distinct.len() < 2 {
-            return Err(proto::pb_error(
-                ErrorCode::InvalidField,
-                "a conversation needs at least one participant besides you",
-            ));
-        }
-        if distinct.len() > inner.settings.max_group_size {
-            return Err(proto::pb_error(
-                ErrorCode::TooManyParticipants,
-                format!(
-                    "a group has at most {} members",
-                    inner.settings.max_group_size
-                ),
-            ));
-        }
-        let kind = ConversationKind::try_from(req.kind).unwrap_or(ConversationKind::Unspecified);
-        inner
-            .store
-            .create_conversation(req.creator_id, &req.participant_ids, &req.title, kind)
-            .await
-            .map_err(store_error)
-    }
-    .await;
-    let resp = match res {
-        Ok((c, existing)) => pb::CreateConversationResponse {
-            result: Some(R::Conversation(c)),
-            existing,
-        },
-        Err(e) => pb::CreateConversationResponse {
-            result: Some(R::Error(e)),
-            existing: false,
-        },
-    };
-    Bytes::from(resp.encode_to_vec())
-}
-
-async fn handle_get(inner: &Inner, payload: &[u8]) -> Bytes {
-    use pb::get_conversation_response::Result as R;
-    let res = async {
-        let req = pb::GetConversationRequest::decode(payload).map_err(|e| {
-            proto::pb_error(ErrorCode::InvalidField, format!("undecodable request: {e}"))
-        })?;
-        let conv = inner
-            .store
-            .get_conversation(req.conversation_id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(|| {
-                proto::pb_error(
-                    ErrorCode::ConversationNotFound,
-                    format!("conversation {} does not exist", req.conversation_id),
-                )
-            })?;
-        if req.as_user_id != 0 && !conv.participant_ids.contains(&req.as_user_id) {
-            return Err(proto::pb_error(
-                ErrorCode::Forbidden,
-                "you are not a participant of this conversation",
-            ));
-        }
-        Ok(conv)
-    }
-    .await;
-    let resp = pb::GetConversationResponse {
-        result: Some(match res {
-            Ok(c) => R::Conversation(c),
-            Err(e) => R::Error(e),
-        }),
-    };
-    Bytes::from(resp.encode_to_vec())
 }
 
 /// Deletes outbox rows of published deliveries, batched (one statement per batch).
@@ -747,39 +420,5 @@ async fn sweep(inner: Arc<Inner>) {
             }
             Err(e) => tracing::warn!(error = %e, "outbox sweep failed"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn req(text: &str) -> pb::SendMessageRequest {
-        pb::SendMessageRequest {
-            sender_id: 1,
-            conversation_id: None,
-            receiver_id: Some(2),
-            text: text.into(),
-            client_msg_id: String::new(),
-            origin_connection_id: String::new(),
-        }
-    }
-
-    #[test]
-    fn send_validation_codes() {
-        let code = |r: &pb::SendMessageRequest| validate_send(r, 10).unwrap_err().code;
-        assert!(validate_send(&req("hi"), 10).is_ok());
-        assert_eq!(code(&req("")), "empty_text");
-        assert_eq!(code(&req("01234567890")), "text_too_long");
-        let mut r = req("hi");
-        r.receiver_id = Some(1);
-        assert_eq!(code(&r), "invalid_receiver");
-        r.receiver_id = None;
-        assert_eq!(code(&r), "invalid_field");
-        r.conversation_id = Some(-1);
-        assert_eq!(code(&r), "invalid_field");
-        let mut r = req("hi");
-        r.client_msg_id = "has space".into();
-        assert_eq!(code(&r), "invalid_field");
     }
 }

@@ -39,6 +39,10 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Messages older than this are deleted; `None` keeps them forever.
     pub retention: Option<std::time::Duration>,
+    /// Where the gRPC API listens; `None`: no gRPC server.
+    pub grpc_listen: Option<std::net::SocketAddr>,
+    /// Who may call the gRPC API.
+    pub grpc_keys: proto::grpc_auth::ApiKeys,
 }
 
 /// A configuration value that cannot be used; the message names the variable.
@@ -74,6 +78,8 @@ impl Settings {
             )?,
             max_in_flight: 1024,
             retention: retention_from(&get)?,
+            grpc_listen: Some(grpc_listen_from(&get, "0.0.0.0:50051")?),
+            grpc_keys: proto::grpc_auth::ApiKeys::from_source(&get).map_err(ConfigError)?,
         })
     }
 }
@@ -89,6 +95,20 @@ pub fn retention_from(
     Ok(Some(std::time::Duration::from_secs(
         days.saturating_mul(86_400),
     )))
+}
+
+/// Reads `INDABA_GRPC_LISTEN` (a socket address).
+pub fn grpc_listen_from(
+    get: &impl Fn(&str) -> Option<String>,
+    default: &str,
+) -> Result<std::net::SocketAddr, ConfigError> {
+    let v = get(env::GRPC_LISTEN).unwrap_or_else(|| default.to_owned());
+    v.parse().map_err(|_| {
+        ConfigError(format!(
+            "{} must be host:port with a numeric host, got {v:?}",
+            env::GRPC_LISTEN
+        ))
+    })
 }
 
 /// Parses an optional positive number, naming the variable in the error.

@@ -4,6 +4,8 @@
 
 /// `host:port` the HTTP/WebSocket listener binds (gateway, single-node). Default `0.0.0.0:8000`.
 pub const LISTEN: &str = "INDABA_LISTEN";
+/// `true`: serve development tokens at `/api/v1/dev/token/` (HS256 only; never in production).
+pub const DEV_TOKENS: &str = "INDABA_DEV_TOKENS";
 /// HS256 shared secret for client JWTs.
 pub const JWT_SECRET: &str = "INDABA_JWT_SECRET";
 /// Path to a PEM RSA public key; when set, client JWTs are verified as RS256.
@@ -31,7 +33,9 @@ pub const IDLE_AWAY_SECS: &str = "INDABA_IDLE_AWAY_SECS";
 pub const PRESENCE_GRACE_SECS: &str = "INDABA_PRESENCE_GRACE_SECS";
 /// `host:port` a service's gRPC API listens on (presence-service default `0.0.0.0:50052`).
 pub const GRPC_LISTEN: &str = "INDABA_GRPC_LISTEN";
-/// When set, gRPC callers must send `authorization: Bearer <this key>`.
+/// gRPC caller keys: `name:key[:ro|:rw],…` (see `grpc_auth`).
+pub const GRPC_API_KEYS: &str = "INDABA_GRPC_API_KEYS";
+/// One full-access gRPC key: callers send `authorization: Bearer <this key>`.
 pub const GRPC_API_KEY: &str = "INDABA_GRPC_API_KEY";
 /// Comma-separated browser origins allowed to open WebSockets (e.g.
 /// `https://app.example.com`). Unset: any origin. Requests without an `Origin` header

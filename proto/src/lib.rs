@@ -11,6 +11,8 @@
 
 pub mod env;
 pub mod frames;
+#[cfg(feature = "grpc")]
+pub mod grpc_auth;
 pub mod headers;
 pub mod limits;
 pub mod subjects;
@@ -25,10 +27,23 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/indaba.chat.v1.rs"));
 }
 
+/// The encoded `FileDescriptorSet` of `indaba.chat.v1`, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/chat_v1_descriptor.bin"));
+
 /// Builds the protobuf error record for a code and a human-readable message.
 pub fn pb_error(code: ErrorCode, message: impl Into<String>) -> pb::Error {
     pb::Error {
         code: code.as_str().to_owned(),
         message: message.into(),
+        field: String::new(),
+    }
+}
+
+/// A [`pb::Error`] that blames one request field.
+pub fn field_error(field: &str, code: ErrorCode, message: impl Into<String>) -> pb::Error {
+    pb::Error {
+        field: field.to_owned(),
+        ..pb_error(code, message)
     }
 }

@@ -26,6 +26,14 @@ pub const CONV_LIST: &str = "indaba.v1.conv.list";
 /// Request/reply: add/remove group members. `pb::UpdateParticipantsRequest` →
 /// `pb::UpdateParticipantsResponse`.
 pub const CONV_MEMBERS: &str = "indaba.v1.conv.members";
+/// Request/reply: one message. `pb::GetMessageRequest` → `pb::GetMessageResponse`.
+pub const MSG_GET: &str = "indaba.v1.msg.get";
+/// Request/reply: a user's unread counts. `pb::GetUnreadCountsRequest` →
+/// `pb::GetUnreadCountsResponse`.
+pub const UNREAD: &str = "indaba.v1.msg.unread";
+/// Request/reply: the event stream's resume. `pb::MessagesSinceRequest` →
+/// `pb::ListMessagesResponse`.
+pub const MSG_SINCE: &str = "indaba.v1.msg.since";
 /// Publish (queue group): a gateway handed a `new_message` to a recipient's socket
 /// (`pb::DeliveryAck`); message-service tells the sender (`message_delivered`).
 pub const DELIVERY_ACKS: &str = "indaba.v1.msg.delivered";

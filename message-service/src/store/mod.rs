@@ -132,6 +132,15 @@ pub struct Summary {
     pub last_message: Option<ChatMessage>,
 }
 
+/// Where a page of [`Store::list_conversations`] ends (the sort key of its last row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversationCursor {
+    /// The conversation's last activity.
+    pub last_message_at_ms: i64,
+    /// Its id (ties).
+    pub id: i64,
+}
+
 /// The store. Cheap to clone (pools are shared).
 #[derive(Clone, Debug)]
 pub enum Store {
@@ -163,6 +172,10 @@ macro_rules! on_pool {
 /// Most message text one page carries (JSON escaping can grow it ~6×; still under the
 /// 1 MiB WebSocket write limit and NATS's 1 MB payload).
 pub const PAGE_TEXT_BYTES: usize = 128 * 1024;
+
+/// `sender_id` of system messages (sent by a backend through gRPC `as_system`). Never a
+/// user: user ids are positive.
+pub const SYSTEM_SENDER_ID: i64 = 0;
 
 /// Unread counts stop at this (a "999+" badge); counting further is wasted work.
 pub const UNREAD_CAP: i64 = 1000;
@@ -289,7 +302,8 @@ impl Store {
                             ));
                         }
                     }
-                    if !members.contains(&m.sender_id) {
+                    // The system sender (backends' notices) speaks in any conversation.
+                    if m.sender_id != SYSTEM_SENDER_ID && !members.contains(&m.sender_id) {
                         return Err(rejected(
                             ErrorCode::Forbidden,
                             format!("you are not a participant of conversation {id}"),
@@ -851,22 +865,83 @@ impl Store {
         })
     }
 
+    /// Messages in any of `user_id`'s conversations after the event-stream cursor
+    /// `after_id` (a message id the client has), oldest id first, at most `limit`.
+    ///
+    /// Message ids are assigned before commit, so across conversations a smaller id can
+    /// commit (and be delivered live) after a larger one: "id > cursor" alone could skip a
+    /// message. Messages created up to `window_ms` before the cursor's message are
+    /// included too (transactions are far shorter than the window); the client drops
+    /// repeats by `message_id`. `scan_from` pages: pass the last id of the previous page.
+    pub async fn messages_since(
+        &self,
+        user_id: i64,
+        after_id: i64,
+        window_ms: i64,
+        scan_from: i64,
+        limit: u32,
+    ) -> Result<(Vec<ChatMessage>, bool), StoreError> {
+        let limit = i64::from(limit.clamp(1, 500));
+        let mut messages = on_pool!(self, |pool, _begin| {
+            let anchor: Option<i64> =
+                sqlx::query_scalar("SELECT created_at_ms FROM messages WHERE id = $1")
+                    .bind(after_id)
+                    .fetch_optional(pool)
+                    .await?;
+            // An unknown cursor (pruned, or from another deployment): only newer ids.
+            let cutoff = anchor.map_or(i64::MAX, |t| t.saturating_sub(window_ms));
+            let rows = sqlx::query(
+                "SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.receiver_id, m.text,
+                        m.client_msg_id, m.created_at_ms
+                 FROM messages m
+                 JOIN participants p ON p.conversation_id = m.conversation_id AND p.user_id = $1
+                 WHERE m.id > $2 AND m.id <> $3 AND (m.id > $3 OR m.created_at_ms >= $4)
+                 ORDER BY m.id ASC LIMIT $5",
+            )
+            .bind(user_id)
+            .bind(scan_from)
+            .bind(after_id)
+            .bind(cutoff)
+            .bind(limit + 1)
+            .fetch_all(pool)
+            .await?;
+            let mut v = Vec::with_capacity(rows.len());
+            for r in &rows {
+                v.push(message_from_row(r)?);
+            }
+            v
+        });
+        let has_more = messages.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+        messages.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok((messages, has_more))
+    }
+
     /// The user's conversations, most recently active first, with unread counts.
     pub async fn list_conversations(
         &self,
         user_id: i64,
         limit: u32,
-    ) -> Result<Vec<Summary>, StoreError> {
+        after: Option<ConversationCursor>,
+    ) -> Result<(Vec<Summary>, Option<ConversationCursor>), StoreError> {
         let limit = i64::from(limit.clamp(1, 500));
-        let rows: Vec<(i64, i64)> = on_pool!(self, |pool, _begin| {
+        // Keyset paging on the sort key: stable while new messages reorder the list
+        // (a conversation that jumps to the top is simply not repeated on later pages).
+        let after = after.unwrap_or(ConversationCursor {
+            last_message_at_ms: i64::MAX,
+            id: i64::MAX,
+        });
+        let rows: Vec<(i64, i64, i64)> = on_pool!(self, |pool, _begin| {
             let rows = sqlx::query(
-                "SELECT c.id, p.last_read_seq FROM participants p
+                "SELECT c.id, p.last_read_seq, c.last_message_at_ms FROM participants p
                  JOIN conversations c ON c.id = p.conversation_id
                  WHERE p.user_id = $1
+                   AND (c.last_message_at_ms < $3 OR (c.last_message_at_ms = $3 AND c.id < $4))
                  ORDER BY c.last_message_at_ms DESC, c.id DESC LIMIT $2",
             )
             .bind(user_id)
-            .bind(limit)
+            .bind(limit + 1)
+            .bind(after.last_message_at_ms)
+            .bind(after.id)
             .fetch_all(pool)
             .await?;
             let mut v = Vec::with_capacity(rows.len());
@@ -874,12 +949,23 @@ impl Store {
                 v.push((
                     r.try_get::<i64, _>("id")?,
                     r.try_get::<i64, _>("last_read_seq")?,
+                    r.try_get::<i64, _>("last_message_at_ms")?,
                 ));
             }
             v
         });
+        let mut rows = rows;
+        let next = if rows.len() > usize::try_from(limit).unwrap_or(usize::MAX) {
+            rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            rows.last().map(|(id, _, at)| ConversationCursor {
+                last_message_at_ms: *at,
+                id: *id,
+            })
+        } else {
+            None
+        };
         let mut out = Vec::with_capacity(rows.len());
-        for (id, last_read_seq) in rows {
+        for (id, last_read_seq, _) in rows {
             let Some(conversation) = self.get_conversation(id).await? else {
                 continue;
             };
@@ -911,7 +997,7 @@ impl Store {
                 last_message,
             });
         }
-        Ok(out)
+        Ok((out, next))
     }
 
     /// Adds and removes members of a group the actor belongs to. Returns the updated

@@ -1,0 +1,209 @@
+//! The gRPC `indaba.chat.v1.MessageService` for backends (e.g. a Django monolith creating
+//! conversations and posting booking notices), plus standard health checking and server
+//! reflection on the same port.
+//!
+//! Each RPC runs the same [`crate::ops`] function as the NATS path; an `error` in the
+//! response becomes a gRPC status with rich details (`google.rpc.ErrorInfo` carrying our
+//! stable code, and `google.rpc.BadRequest` naming the field when one is to blame).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::grpc_auth::{require_write, ApiKeys};
+use proto::pb;
+use proto::pb::message_service_server::{MessageService, MessageServiceServer};
+use proto::ErrorCode;
+use tonic::{Code, Request, Response, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::ops::{self, Answer};
+use crate::Inner;
+
+/// The error domain in `ErrorInfo` details.
+const ERROR_DOMAIN: &str = "indaba.chat.v1";
+
+/// The gRPC status for a failed operation.
+pub fn status(e: &pb::Error) -> Status {
+    let code = match ErrorCode::parse(&e.code) {
+        ErrorCode::ConversationNotFound | ErrorCode::MessageNotFound | ErrorCode::NotFound => {
+            Code::NotFound
+        }
+        ErrorCode::Forbidden => Code::PermissionDenied,
+        ErrorCode::Unauthorized => Code::Unauthenticated,
+        ErrorCode::RateLimited => Code::ResourceExhausted,
+        ErrorCode::Unavailable => Code::Unavailable,
+        ErrorCode::Internal => Code::Internal,
+        ErrorCode::TooManyParticipants => Code::FailedPrecondition,
+        _ => Code::InvalidArgument,
+    };
+    let mut details = ErrorDetails::new();
+    details.set_error_info(
+        e.code.clone(),
+        ERROR_DOMAIN,
+        std::collections::HashMap::new(),
+    );
+    if !e.field.is_empty() {
+        details.add_bad_request_violation(e.field.clone(), e.message.clone());
+    }
+    Status::with_error_details(code, e.message.clone(), details)
+}
+
+fn answer<T: Answer>(resp: T) -> Result<Response<T>, Status> {
+    match resp.error() {
+        Some(e) => Err(status(e)),
+        None => Ok(Response::new(resp)),
+    }
+}
+
+/// A required positive id, or `INVALID_ARGUMENT` naming the field.
+fn require_id(field: &str, v: i64) -> Result<(), Status> {
+    if v > 0 {
+        Ok(())
+    } else {
+        Err(status(&proto::field_error(
+            field,
+            ErrorCode::InvalidField,
+            format!("{field} must be a positive integer"),
+        )))
+    }
+}
+
+/// The service.
+pub(crate) struct MessageGrpc {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[tonic::async_trait]
+impl MessageService for MessageGrpc {
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<pb::SendMessageResponse>, Status> {
+        require_write(&request)?;
+        let mut req = request.into_inner();
+        // Only gateways name a socket to skip.
+        req.origin_connection_id.clear();
+        answer(ops::send(&self.inner, req).await)
+    }
+
+    async fn create_conversation(
+        &self,
+        request: Request<pb::CreateConversationRequest>,
+    ) -> Result<Response<pb::CreateConversationResponse>, Status> {
+        require_write(&request)?;
+        answer(ops::create_conversation(&self.inner, request.into_inner()).await)
+    }
+
+    async fn get_conversation(
+        &self,
+        request: Request<pb::GetConversationRequest>,
+    ) -> Result<Response<pb::GetConversationResponse>, Status> {
+        let req = request.into_inner();
+        require_id("conversation_id", req.conversation_id)?;
+        answer(ops::get_conversation(&self.inner, req).await)
+    }
+
+    async fn mark_read(
+        &self,
+        request: Request<pb::MarkReadRequest>,
+    ) -> Result<Response<pb::MarkReadResponse>, Status> {
+        require_write(&request)?;
+        answer(ops::mark_read(&self.inner, request.into_inner()).await)
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let req = request.into_inner();
+        require_id("user_id", req.user_id)?;
+        require_id("conversation_id", req.conversation_id)?;
+        answer(ops::list_messages(&self.inner, req).await)
+    }
+
+    async fn list_conversations(
+        &self,
+        request: Request<pb::ListConversationsRequest>,
+    ) -> Result<Response<pb::ListConversationsResponse>, Status> {
+        answer(ops::list_conversations(&self.inner, request.into_inner()).await)
+    }
+
+    async fn update_participants(
+        &self,
+        request: Request<pb::UpdateParticipantsRequest>,
+    ) -> Result<Response<pb::UpdateParticipantsResponse>, Status> {
+        require_write(&request)?;
+        let req = request.into_inner();
+        require_id("actor_id", req.actor_id)?;
+        require_id("conversation_id", req.conversation_id)?;
+        answer(ops::update_participants(&self.inner, req).await)
+    }
+
+    async fn get_message(
+        &self,
+        request: Request<pb::GetMessageRequest>,
+    ) -> Result<Response<pb::GetMessageResponse>, Status> {
+        answer(ops::get_message(&self.inner, request.into_inner()).await)
+    }
+
+    async fn get_unread_counts(
+        &self,
+        request: Request<pb::GetUnreadCountsRequest>,
+    ) -> Result<Response<pb::GetUnreadCountsResponse>, Status> {
+        answer(ops::unread_counts(&self.inner, request.into_inner()).await)
+    }
+}
+
+/// Serves MessageService, `grpc.health.v1.Health` and reflection until `stop` resolves.
+/// Health follows the database: `NOT_SERVING` while it does not answer.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    inner: Arc<Inner>,
+    keys: ApiKeys,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    if keys.is_open() {
+        tracing::warn!(
+            "gRPC API is open: set {} to require API keys",
+            proto::env::GRPC_API_KEYS
+        );
+    }
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let store = inner.store.clone();
+    let health_task = tokio::spawn(async move {
+        loop {
+            if store.ping().await.is_ok() {
+                reporter
+                    .set_serving::<MessageServiceServer<MessageGrpc>>()
+                    .await;
+            } else {
+                reporter
+                    .set_not_serving::<MessageServiceServer<MessageGrpc>>()
+                    .await;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    let reflection = match tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "grpc reflection unavailable");
+            return;
+        }
+    };
+    let svc = MessageServiceServer::with_interceptor(MessageGrpc { inner }, keys.interceptor());
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let res = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await;
+    health_task.abort();
+    if let Err(e) = res {
+        tracing::error!(error = %e, "grpc server failed");
+    }
+}
