@@ -12,7 +12,7 @@ await build({
   entryPoints: [join(here, 'src/main.tsx')],
   outfile: join(dist, 'app.js'),
   bundle: true,
-  minify: true,
+  minify: process.env.DEMO_MINIFY !== "0",
   format: 'iife',
   target: ['es2020'],
   jsx: 'automatic',

@@ -213,7 +213,11 @@ const TICKS: Record<string, string> = { pending: '🕓', sent: '✓', delivered:
 function Thread({ conv, me, messages, presence, send, typing }: { conv: ConversationState; me: number; messages: ChatMessage[]; presence: Record<number, PresenceInfo>; send(text: string): Promise<unknown>; typing(on: boolean): void }) {
   const [text, setText] = useState('');
   const bottom = useRef<HTMLDivElement>(null);
-  useEffect(() => bottom.current?.scrollIntoView({ block: 'end' }), [messages.length]);
+  useEffect(() => {
+    // Braces matter: newer Chromium returns a Promise from scrollIntoView, and an effect
+    // must return nothing or a cleanup function.
+    bottom.current?.scrollIntoView({ block: 'end' });
+  }, [messages.length]);
   const other = conv.kind === 'direct' ? conv.participant_ids.find((u) => u !== me) : undefined;
   const typers = conv.typing.map(nameOf);
   return (
