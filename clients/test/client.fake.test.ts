@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
-import { IndabaClient, type IndabaClientOptions, type WebSocketConstructor } from '@indaba/client';
+import { IndabaClient, webStorage, type IndabaClientOptions, type WebSocketConstructor } from '@indaba/client';
 import { sleep, until } from './server.js';
 import { collect, waitState } from './helpers.js';
 
@@ -280,6 +280,29 @@ describe('outbox', () => {
     await until(() => dupAckSent, 'the late duplicate ack');
     await sleep(100);
     expect(acks.map((a) => a.message_id)).toEqual([500]);
+  });
+
+  it('persisted with webStorage: a new client (page reload) sends what the last one could not', async () => {
+    const kv = new Map<string, string>();
+    const store = { getItem: (k: string) => kv.get(k) ?? null, setItem: (k: string, v: string) => void kv.set(k, v) };
+    fake.refuseUpgrades = Infinity;
+    const first = client({ storage: webStorage(store) });
+    first.connect();
+    void first.sendMessage({ conversationId: 8, text: 'written offline', clientMsgId: 'persist-1' });
+    expect(JSON.parse(kv.get('indaba.outbox')!)).toMatchObject([{ client_msg_id: 'persist-1', conversation_id: 8, text: 'written offline' }]);
+    first.disconnect();
+
+    fake.refuseUpgrades = 0;
+    fake.onFrame = (conn, f) => {
+      if (f.type === 'chat_message') fake.ack(conn, f, { conversation_id: 8 });
+    };
+    const second = client({ storage: webStorage(store) });
+    const acks = collect(second, 'message_sent');
+    second.connect();
+    await until(() => acks.length === 1, 'the stored message to be sent');
+    expect(acks[0]!.client_msg_id).toBe('persist-1');
+    expect(fake.last.frames.filter((f) => f.type === 'chat_message')).toEqual([{ type: 'chat_message', text: 'written offline', client_msg_id: 'persist-1', conversation_id: 8 }]);
+    expect(JSON.parse(kv.get('indaba.outbox')!)).toEqual([]);
   });
 
   it('refused for good (forbidden): rejects with the code and leaves the outbox', async () => {

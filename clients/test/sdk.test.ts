@@ -193,7 +193,13 @@ describe('server restarts', () => {
     await server.start(); // same port, same data
     for (; i < total; i++) sends.push(a.sendMessage({ conversationId: conv, text: texts[i]! }));
 
-    const results = await Promise.all(sends);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const results = await Promise.race([
+      Promise.all(sends),
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`sends not acknowledged 30 s after the restart: ${a.getOutbox().length} still in the outbox (state ${a.state})`)), 30_000);
+      }),
+    ]).finally(() => clearTimeout(timer));
     expect(a.getOutbox()).toEqual([]);
     // Every send acknowledged with its own stored message, numbered without gaps.
     expect(new Set(results.map((r) => r.message_id)).size).toBe(total);

@@ -177,6 +177,7 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
 
   private ws: WebSocketLike | null = null;
   private wsEstablished = false;
+  private establishedAt = 0;
   private wsIsProbe = false;
   private failures = 0;
   private attempt = 0;
@@ -612,8 +613,8 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
     if (this.connectTimer) clearTimeout(this.connectTimer);
     this.connectTimer = null;
     this.wsEstablished = true;
+    this.establishedAt = Date.now();
     this.failures = 0;
-    this.attempt = 0;
     if (this.wsIsProbe) {
       this.wsIsProbe = false;
       this.stopSse();
@@ -644,6 +645,9 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
     if (this._state === 'closed') return;
     this.log(`socket closed ${code}`, { wasEstablished, wasProbe });
     if (wasEstablished) this._transport = null;
+    // The backoff starts over only after a socket that stayed up: a server that accepts and
+    // drops every socket at once must not be hammered.
+    if (wasEstablished && Date.now() - this.establishedAt >= 10_000) this.attempt = 0;
     this.afterWsFailure(wasProbe, code, wasEstablished);
   }
 
