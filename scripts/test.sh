@@ -26,6 +26,16 @@ else
 fi
 echo "==> nats-server: $("$INDABA_NATS_SERVER" --version)" >&2
 
+# Python tools the tests drive: grpcio for the Python gRPC example (a Django backend's view
+# of the API) and schemathesis for property-based runs against the OpenAPI document.
+if ! "$TOOLS/venv/bin/python" -c "import grpc_tools, grpc_status, schemathesis" 2>/dev/null; then
+  echo "==> installing grpcio-tools, grpcio-status, schemathesis into $TOOLS/venv" >&2
+  "$TOOLS/venv/bin/pip" install --quiet --disable-pip-version-check \
+    "grpcio==1.85.3" "grpcio-tools==1.85.1" "grpcio-status==1.85.3" "schemathesis==4.32.5" >&2
+fi
+export INDABA_PYTHON="$TOOLS/venv/bin/python"
+export INDABA_SCHEMATHESIS="$TOOLS/venv/bin/st"
+
 # PostgreSQL server binaries (initdb, postgres) for the throwaway test cluster.
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
   echo "==> installing PostgreSQL server binaries (Debian)" >&2
@@ -39,11 +49,25 @@ if ! command -v node >/dev/null; then
 fi
 (cd indaba/tests/spec-client && npm install --no-audit --no-fund --silent >&2)
 
+# buf (npm @bufbuild/buf) lints the protobuf contract.
+if [ ! -x "$TOOLS/npm/node_modules/.bin/buf" ]; then
+  echo "==> installing buf (npm @bufbuild/buf) into $TOOLS/npm" >&2
+  mkdir -p "$TOOLS/npm"
+  [ -f "$TOOLS/npm/package.json" ] || echo '{"private":true}' > "$TOOLS/npm/package.json"
+  (cd "$TOOLS/npm" && npm install --no-audit --no-fund --silent "@bufbuild/buf@1.75.0" >&2)
+fi
+
 # initdb refuses to run as root; the tests then run the cluster as an unprivileged user.
 if [ "$(id -u)" = 0 ]; then
   export INDABA_PG_RUN_AS="${INDABA_PG_RUN_AS:-postgres}"
   id "$INDABA_PG_RUN_AS" >/dev/null 2>&1 || useradd --system --no-create-home "$INDABA_PG_RUN_AS"
 fi
+
+echo "==> buf lint (proto/)" >&2
+(cd proto && "$TOOLS/npm/node_modules/.bin/buf" lint)
+
+echo "==> deployment manifests (deploy/, k8s/)" >&2
+scripts/test-manifests.sh
 
 echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check

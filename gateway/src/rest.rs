@@ -52,11 +52,25 @@ fn transport((code, message): (ErrorCode, String)) -> HttpError {
     HttpError::new(status_for(code), code, message)
 }
 
-/// An optional integer query parameter.
+/// A query parameter given at most once (a repeated one is ambiguous: refused).
+fn single_param(query: &str, name: &str) -> Result<Option<String>, HttpError> {
+    let mut found = None;
+    for pair in query.split('&') {
+        let (k, _) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name {
+            if found.is_some() {
+                return Err(bad(format!("{name} may be given only once")));
+            }
+            found = query_param(pair, name);
+        }
+    }
+    Ok(found)
+}
+
+/// An optional integer query parameter (present but empty is an error).
 fn int_param(query: &str, name: &str) -> Result<Option<i64>, HttpError> {
-    match query_param(query, name) {
+    match single_param(query, name)? {
         None => Ok(None),
-        Some(v) if v.is_empty() => Ok(None),
         Some(v) => v
             .parse()
             .map(Some)
@@ -130,35 +144,49 @@ async fn route(
         ["messages"] if m == Method::POST => send(None, &headers, &body, &ctx).await,
         ["messages", "unread"] if m == Method::GET => unread(&headers, &ctx).await,
         ["messages", "read"] if m == Method::POST => mark_read(&headers, &body, &ctx).await,
-        ["messages", id] if m == Method::GET => get_message(path_id(id)?, &headers, &ctx).await,
+        // `read` is a POST-only sibling, answered with 405 below.
+        ["messages", id] if m == Method::GET && *id != "read" => {
+            get_message(path_id(id)?, &headers, &ctx).await
+        }
         ["presence"] if m == Method::GET => presence(query, &headers, &ctx).await,
-        _ if known_path(&segments) => Err(HttpError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            ErrorCode::MethodNotAllowed,
-            "method not allowed",
-        )),
-        _ => Err(HttpError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            "no such route",
-        )),
+        _ => match allowed_methods(&segments) {
+            // RFC 9110: a 405 names the methods that would work.
+            Some(allow) => {
+                let mut r = HttpError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    ErrorCode::MethodNotAllowed,
+                    format!("method not allowed; use {allow}"),
+                )
+                .into_response();
+                r.headers_mut()
+                    .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
+                Ok(r)
+            }
+            None => Err(HttpError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "no such route",
+            )),
+        },
     }
 }
 
-/// Whether some method serves this path (to tell 405 from 404).
-fn known_path(segments: &[&str]) -> bool {
-    matches!(
-        segments,
+/// The methods some route serves at this path (to tell 405 from 404).
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    Some(match segments {
+        ["conversations"] => "GET, POST",
+        ["conversations", _, "participants" | "typing"] | ["messages"] | ["messages", "read"] => {
+            "POST"
+        }
+        ["conversations", _, "messages"] => "GET, POST",
         ["openapi.json"]
-            | ["events"]
-            | ["dev", "token"]
-            | ["conversations"]
-            | ["conversations", _]
-            | ["conversations", _, "participants" | "messages" | "typing"]
-            | ["messages"]
-            | ["messages", _]
-            | ["presence"]
-    )
+        | ["events"]
+        | ["dev", "token"]
+        | ["conversations", _]
+        | ["messages", _]
+        | ["presence"] => "GET",
+        _ => return None,
+    })
 }
 
 fn dev_token(query: &str, ctx: &Ctx) -> Answer {
@@ -203,7 +231,7 @@ async fn list_conversations(query: &str, headers: &HeaderMap, ctx: &Ctx) -> Answ
     let req = pb::ListConversationsRequest {
         user_id,
         page_size,
-        page_token: query_param(query, "page_token").unwrap_or_default(),
+        page_token: single_param(query, "page_token")?.unwrap_or_default(),
     };
     let r: pb::ListConversationsResponse = call(ctx, subjects::CONV_LIST, &req)
         .await
@@ -342,7 +370,9 @@ async fn send(conversation_id: Option<i64>, headers: &HeaderMap, body: &[u8], ct
     let key = match headers.get("idempotency-key") {
         Some(v) => Some(
             v.to_str()
-                .map_err(|_| bad("Idempotency-Key must be printable ASCII"))?
+                .ok()
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| bad("Idempotency-Key must be 1 to 64 printable ASCII characters"))?
                 .to_owned(),
         ),
         None => b.client_msg_id.map(|c| c.0),
@@ -534,7 +564,7 @@ async fn mark_read(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
 
 async fn presence(query: &str, headers: &HeaderMap, ctx: &Ctx) -> Answer {
     authenticate(headers, ctx)?;
-    let raw = query_param(query, "user_ids").unwrap_or_default();
+    let raw = single_param(query, "user_ids")?.unwrap_or_default();
     let mut ids = Vec::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.parse::<i64>() {

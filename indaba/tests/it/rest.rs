@@ -564,3 +564,62 @@ async fn openapi_document_matches_the_router() {
         assert_eq!(status, 404, "{path}");
     }
 }
+
+/// schemathesis (installed into `.tools/venv` by `scripts/test.sh`).
+fn schemathesis() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("INDABA_SCHEMATHESIS") {
+        return p.into();
+    }
+    let st = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/st");
+    assert!(
+        st.exists(),
+        "schemathesis missing: run scripts/test.sh (it installs it) or set INDABA_SCHEMATHESIS"
+    );
+    st
+}
+
+/// Property-based run of the whole REST API against its OpenAPI document: every generated
+/// request, valid or not, must get a documented status, a documented content type and a
+/// body matching the schema, and never a 5xx. (Valid-by-schema requests may still be refused
+/// by business rules — a forged page token, a conversation you are not in — so the
+/// "positive data acceptance" check is off.) The event stream never ends, so it is left to
+/// `event_stream_receives_websocket_messages_and_resumes_without_loss`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_server_errors_or_schema_violations() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_node, addr, _) = spawn_single_node(dir.path()).await;
+    // Some data to find: a conversation of user 1.
+    let (status, _) = post(
+        addr,
+        "/api/v1/messages/",
+        1,
+        json!({"receiver_id": 2, "text": "seed"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let out = tokio::process::Command::new(schemathesis())
+        .arg("run")
+        .arg(format!("http://{addr}/api/v1/openapi.json"))
+        .args(["--url", &format!("http://{addr}")])
+        .args(["-H", &format!("Authorization: Bearer {}", token(1))])
+        .args([
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+        ])
+        .args(["--exclude-path", "/api/v1/events/"])
+        .args(["--max-examples", "40", "--seed", "20261125", "--no-color"])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .current_dir(dir.path())
+        .output()
+        .await
+        .expect("run schemathesis");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("Tested: 13"), "{report}");
+}

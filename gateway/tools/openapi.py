@@ -1,0 +1,115 @@
+# Generates gateway/openapi.json (the REST API document served at /api/v1/openapi.json).
+# Edit here, run `python3 gateway/tools/openapi.py`, commit both; the test suite checks the
+# document against the router and runs schemathesis against it.
+import json
+def ref(n): return {"$ref": f"#/components/schemas/{n}"}
+def err(desc): return {"description": desc, "content": {"application/json": {"schema": ref("Error")}}}
+def ok(desc, schema): return {"description": desc, "content": {"application/json": {"schema": schema}}}
+E = {
+ "400": err("Invalid request (`invalid_json`, `invalid_field`, `empty_text`, `text_too_long`, `invalid_receiver`, …)"),
+ "401": err("Missing, invalid or expired token (`unauthorized`)"),
+ "403": err("Not a participant (`forbidden`)"),
+ "404": err("Not found (`not_found`, `conversation_not_found`, `message_not_found`)"),
+ "405": err("Method not allowed"),
+ "413": err("Body larger than 64 KiB (`payload_too_large`)"),
+ "429": err("Rate limited (`rate_limited`); retry later with the same idempotency key"),
+ "503": err("A backing service is unavailable (`unavailable`); retry"),
+ "500": err("Internal error"),
+ "502": err("Bad reply from a backing service"),
+}
+def errs(*codes): return {c: E[c] for c in codes}
+common = ("400","401","403","404","405","413","429","503","500","502")
+idp = {"name":"id","in":"path","required":True,"schema":{"type":"integer","format":"int64","minimum":1}}
+Id = {"oneOf":[{"type":"integer","format":"int64","minimum":1},{"type":"string","pattern":"^[1-9][0-9]{0,17}$"}],"description":"An id, as a number or a string of digits"}
+msg = {"type":"object","required":["message_id","conversation_id","sender_id","text","seq","created_at"],"properties":{
+  "message_id":{"type":"integer","format":"int64"},"conversation_id":{"type":"integer","format":"int64"},
+  "sender_id":{"type":"integer","format":"int64","description":"0 for system messages"},"receiver_id":{"type":"integer","format":"int64"},
+  "text":{"type":"string"},"seq":{"type":"integer","format":"int64"},"created_at":{"type":"string","format":"date-time"},
+  "client_msg_id":{"type":"string"}}}
+conv = {"type":"object","required":["id","kind","title","participant_ids","last_seq","created_by","created_at"],"properties":{
+  "id":{"type":"integer","format":"int64"},"kind":{"type":"string","enum":["direct","group"]},"title":{"type":"string"},
+  "participant_ids":{"type":"array","items":{"type":"integer","format":"int64"}},"last_seq":{"type":"integer","format":"int64"},
+  "created_by":{"type":"integer","format":"int64"},"created_at":{"type":"string","format":"date-time"}}}
+summary = {"type":"object","required":["id","kind","title","participant_ids","last_seq","last_read_seq","unread_count"],"properties":{
+  "id":{"type":"integer","format":"int64"},"kind":{"type":"string","enum":["direct","group"]},"title":{"type":"string"},
+  "participant_ids":{"type":"array","items":{"type":"integer","format":"int64"}},"last_seq":{"type":"integer","format":"int64"},
+  "last_read_seq":{"type":"integer","format":"int64"},"unread_count":{"type":"integer","format":"int64","maximum":1000},
+  "last_message":{"oneOf":[ref("Message"),{"type":"null"}]}}}
+sent = {"type":"object","required":["message_id","conversation_id","seq","created_at"],"properties":{
+  "message_id":{"type":"integer","format":"int64"},"conversation_id":{"type":"integer","format":"int64"},"seq":{"type":"integer","format":"int64"},
+  "client_msg_id":{"type":"string"},"created_at":{"type":"string","format":"date-time"},"duplicate":{"type":"boolean"}}}
+error = {"type":"object","required":["error"],"properties":{"error":{"type":"object","required":["code","message"],"properties":{
+  "code":{"type":"string","description":"Stable machine-readable code"},"message":{"type":"string"}}}}}
+presence = {"type":"object","required":["user_id","status","last_seen"],"properties":{"user_id":{"type":"integer","format":"int64"},
+  "status":{"type":"string","enum":["online","away","offline"]},"last_seen":{"oneOf":[{"type":"string","format":"date-time"},{"type":"null"}]}}}
+send_body = {"type":"object","required":["text"],"additionalProperties":False,"properties":{
+  "text":{"type":"string","minLength":1,"maxLength":4000},"client_msg_id":{"nullable":True,"oneOf":[{"type":"string","minLength":1,"maxLength":64,"pattern":"^[!-~]+$"},{"type":"integer","minimum":0}]},
+  "receiver_id":{**Id,"nullable":True}}}
+idem = {"name":"Idempotency-Key","in":"header","required":False,"schema":{"type":"string","minLength":1,"maxLength":64,"pattern":"^[!-~]+$"},
+  "description":"Makes the send idempotent (same as `client_msg_id`; the header wins)."}
+json_body = lambda schema: {"required":True,"content":{"application/json":{"schema":schema}}}
+doc = {
+ "openapi":"3.0.3",
+ "info":{"title":"Indaba REST API","version":"1.0.0","description":"REST fallback and event stream of the Indaba chat backend. Every request needs `Authorization: Bearer <JWT>` (the event stream also accepts `?token=`). Errors are `{\"error\":{\"code\":…,\"message\":…}}` with stable codes."},
+ "servers":[{"url":"/"}],
+ "security":[{"bearerAuth":[]}],
+ "paths":{
+  "/api/v1/conversations/":{
+   "get":{"operationId":"listConversations","summary":"Your conversations, most recently active first","parameters":[
+      {"name":"page_size","in":"query","schema":{"type":"integer","minimum":1,"maximum":500}},
+      {"name":"page_token","in":"query","schema":{"type":"string"}}],
+      "responses":{"200":ok("A page",{"type":"object","required":["conversations"],"properties":{"conversations":{"type":"array","items":ref("ConversationSummary")},"next_page_token":{"type":"string"}}}),**errs(*common)}},
+   "post":{"operationId":"createConversation","summary":"Create a conversation (returns the existing direct one of a pair with 200)",
+      "requestBody":json_body({"type":"object","required":["participant_ids"],"additionalProperties":False,"properties":{
+        "participant_ids":{"type":"array","minItems":1,"items":Id},"title":{"type":"string","maxLength":200,"nullable":True},"kind":{"type":"string","enum":["direct","group",None],"nullable":True}}}),
+      "responses":{"200":ok("The existing direct conversation",ref("Conversation")),"201":ok("Created",ref("Conversation")),**errs(*common)}}},
+  "/api/v1/conversations/{id}/":{"get":{"operationId":"getConversation","parameters":[idp],
+      "responses":{"200":ok("The conversation",ref("Conversation")),**errs(*common)}}},
+  "/api/v1/conversations/{id}/participants/":{"post":{"operationId":"updateParticipants","summary":"Add or remove group members","parameters":[idp],
+      "requestBody":json_body({"type":"object","additionalProperties":False,"properties":{"add":{"type":"array","items":Id},"remove":{"type":"array","items":Id}}}),
+      "responses":{"200":ok("The updated group",ref("Conversation")),**errs(*common)}}},
+  "/api/v1/conversations/{id}/messages/":{
+   "get":{"operationId":"listMessages","summary":"A page of messages, oldest first: the newest page, or after/before a seq","parameters":[idp,
+      {"name":"after_seq","in":"query","schema":{"type":"integer","format":"int64","minimum":0}},
+      {"name":"before_seq","in":"query","schema":{"type":"integer","format":"int64","minimum":1}},
+      {"name":"limit","in":"query","schema":{"type":"integer","minimum":1,"maximum":200}}],
+      "responses":{"200":ok("A page",{"type":"object","required":["messages","has_more"],"properties":{"messages":{"type":"array","items":ref("Message")},"has_more":{"type":"boolean"}}}),**errs(*common)}},
+   "post":{"operationId":"sendMessage","summary":"Send a message; delivered live to WebSocket and event-stream recipients","parameters":[idp,idem],
+      "requestBody":json_body(ref("SendBody")),
+      "responses":{"200":ok("A retry: the original message",ref("Sent")),"201":ok("Stored",ref("Sent")),**errs(*common)}}},
+  "/api/v1/conversations/{id}/typing/":{"post":{"operationId":"sendTyping","parameters":[idp],
+      "requestBody":{"required":False,"content":{"application/json":{"schema":{"type":"object","additionalProperties":False,"properties":{"is_typing":{"type":"boolean"}}}}}},
+      "responses":{"204":{"description":"Relayed"},**errs(*common)}}},
+  "/api/v1/messages/":{"post":{"operationId":"sendDirectMessage","summary":"Send to the direct conversation with receiver_id (created on first use)","parameters":[idem],
+      "requestBody":json_body(ref("SendBody")),
+      "responses":{"200":ok("A retry: the original message",ref("Sent")),"201":ok("Stored",ref("Sent")),**errs(*common)}}},
+  "/api/v1/messages/{id}/":{"get":{"operationId":"getMessage","parameters":[idp],
+      "responses":{"200":ok("The message",ref("Message")),**errs(*common)}}},
+  "/api/v1/messages/unread/":{"get":{"operationId":"unreadCounts","summary":"Unread counts (what the spec's client polls)",
+      "responses":{"200":ok("Counts",{"type":"object","required":["total_unread","conversations"],"properties":{"total_unread":{"type":"integer","format":"int64"},
+        "conversations":{"type":"array","items":{"type":"object","required":["conversation_id","unread_count","last_read_seq","last_seq"],"properties":{
+          "conversation_id":{"type":"integer","format":"int64"},"unread_count":{"type":"integer","format":"int64"},"last_read_seq":{"type":"integer","format":"int64"},"last_seq":{"type":"integer","format":"int64"}}}}}}),**errs(*common)}}},
+  "/api/v1/messages/read/":{"post":{"operationId":"markRead","summary":"Mark messages read; senders get read receipts",
+      "requestBody":json_body({"type":"object","required":["message_ids"],"additionalProperties":False,"properties":{"message_ids":{"type":"array","minItems":1,"maxItems":500,"items":Id}}}),
+      "responses":{"200":ok("Marked",{"type":"object","required":["read","rejected","read_at"],"properties":{"read":{"type":"array","items":{"type":"integer","format":"int64"}},
+        "rejected":{"type":"array","items":{"type":"integer","format":"int64"},"description":"Ids that do not exist or are not yours to read"},"read_at":{"type":"string","format":"date-time"}}}),**errs(*common)}}},
+  "/api/v1/presence/":{"get":{"operationId":"getPresence","parameters":[{"name":"user_ids","in":"query","required":True,"description":"Comma-separated user ids (1-500)","schema":{"type":"string","pattern":"^[1-9][0-9]{0,17}(,[1-9][0-9]{0,17}){0,499}$"}}],
+      "responses":{"200":ok("Statuses",{"type":"object","required":["presence"],"properties":{"presence":{"type":"array","items":ref("Presence")}}}),**errs(*common)}}},
+  "/api/v1/events/":{"get":{"operationId":"events","summary":"Server-Sent Events: the WebSocket's server frames as `data:` JSON; `new_message` events carry `id:`. Resume with `Last-Event-ID`.",
+      "parameters":[{"name":"token","in":"query","schema":{"type":"string"},"description":"JWT (EventSource cannot set headers)"},
+        {"name":"last_event_id","in":"query","schema":{"type":"string","pattern":"^[0-9]+$"}},
+        {"name":"Last-Event-ID","in":"header","schema":{"type":"string","pattern":"^[0-9]+$"}}],
+      "x-schemathesis-skip":True,
+      "responses":{"200":{"description":"An endless event stream","content":{"text/event-stream":{"schema":{"type":"string"}}}},**errs("400","401","503","500")}}},
+  "/api/v1/dev/token/":{"get":{"operationId":"devToken","summary":"Development tokens (only with INDABA_DEV_TOKENS=true; 404 otherwise)","security":[],
+      "parameters":[{"name":"user_id","in":"query","required":True,"schema":{"type":"integer","format":"int64","minimum":1}}],
+      "responses":{"200":ok("A token",{"type":"object","required":["token","user_id"],"properties":{"token":{"type":"string"},"user_id":{"type":"integer","format":"int64"}}}),**errs("400","404","405","500")}}},
+  "/api/v1/openapi.json":{"get":{"operationId":"openapi","security":[],"responses":{"200":{"description":"This document","content":{"application/json":{"schema":{"type":"object"}}}}}}}
+ },
+ "components":{
+  "securitySchemes":{"bearerAuth":{"type":"http","scheme":"bearer","bearerFormat":"JWT"}},
+  "schemas":{"Error":error,"Message":msg,"Conversation":conv,"ConversationSummary":summary,"Sent":sent,"Presence":presence,"SendBody":send_body}}
+}
+import os
+json.dump(doc, open(os.path.join(os.path.dirname(__file__), '..', 'openapi.json'), 'w'), indent=1)
+print("paths", len(doc["paths"]))
