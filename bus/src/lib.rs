@@ -12,6 +12,7 @@
 pub mod heartbeat;
 mod local;
 mod nats;
+pub mod ops;
 pub mod runtime;
 
 use bytes::Bytes;

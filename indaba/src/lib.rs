@@ -154,6 +154,8 @@ impl SingleNode {
             retention: settings.retention,
             grpc_listen: settings.grpc_listen,
             grpc_keys: settings.grpc_keys.clone(),
+            // The single-node program reports through the gateway's port.
+            http_listen: None,
         })
         .await?;
         let mut presence_settings =

@@ -13,6 +13,7 @@
 //! runs out. Gateways drop repeats by message id.
 
 pub mod grpc;
+pub mod metrics;
 pub mod ops;
 pub mod routes;
 pub mod settings;
@@ -40,6 +41,7 @@ pub struct App {
     inner: Arc<Inner>,
     subs: Vec<(Route, bus::Subscriber)>,
     grpc: Option<tokio::net::TcpListener>,
+    ops: Option<tokio::net::TcpListener>,
 }
 
 impl std::fmt::Debug for App {
@@ -64,6 +66,26 @@ enum Route {
     MessagesSince,
     DeliveryAcks,
     Routing,
+}
+
+impl Route {
+    /// Index into [`metrics::OPS`] for request routes.
+    fn op_index(self) -> Option<usize> {
+        Some(match self {
+            Route::Send => 0,
+            Route::CreateConversation => 1,
+            Route::GetConversation => 2,
+            Route::MarkRead => 3,
+            Route::Typing => 4,
+            Route::ListMessages => 5,
+            Route::ListConversations => 6,
+            Route::UpdateParticipants => 7,
+            Route::GetMessage => 8,
+            Route::UnreadCounts => 9,
+            Route::MessagesSince => 10,
+            Route::DeliveryAcks | Route::Routing => return None,
+        })
+    }
 }
 
 pub(crate) struct Inner {
@@ -151,6 +173,14 @@ impl App {
             ),
             None => None,
         };
+        let ops = match settings.http_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {addr}: {e}"))?,
+            ),
+            None => None,
+        };
         let (published, published_rx) = mpsc::channel(65_536);
         let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
         Ok(App {
@@ -167,7 +197,13 @@ impl App {
             }),
             subs,
             grpc,
+            ops,
         })
+    }
+
+    /// Where the operations port listens (tests bind port 0).
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ops.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Where the gRPC API listens (tests bind port 0).
@@ -191,6 +227,9 @@ impl App {
             tasks.spawn(complete_outbox(self.inner.store.clone(), rx));
         }
         tasks.spawn(sweep(self.inner.clone()));
+        if let Some(l) = self.ops {
+            tasks.spawn(bus::ops::serve(l, Arc::new(Readiness(self.inner.clone()))));
+        }
         let (stop_grpc, grpc_stopped) = tokio::sync::watch::channel(false);
         let grpc = self.grpc.map(|listener| {
             let mut stopped = grpc_stopped;
@@ -220,6 +259,28 @@ impl App {
         .await;
         let _ = self.inner.bus.flush().await;
         Ok(())
+    }
+}
+
+/// What `/readyz` and `/metrics` report.
+struct Readiness(Arc<Inner>);
+
+impl bus::ops::Probe for Readiness {
+    fn ready(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            if !self.0.bus.is_connected() {
+                return Err("no NATS connection".into());
+            }
+            self.0
+                .store
+                .ping()
+                .await
+                .map_err(|e| format!("database: {e}"))
+        })
+    }
+
+    fn metrics(&self) -> String {
+        metrics::render()
     }
 }
 
@@ -279,6 +340,9 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
                     return;
                 };
                 let inner = inner.clone();
+                if let Some(n) = route.op_index() {
+                    metrics::request(n);
+                }
                 tokio::spawn(async move {
                     let i = &*inner;
                     let p = &msg.payload[..];
@@ -368,6 +432,7 @@ pub(crate) async fn publish_event(
             .await
         {
             tracing::warn!(error = %e, %gateway, "delivery publish failed");
+            metrics::bus_error();
             ok = false;
         }
     }
@@ -413,6 +478,7 @@ async fn sweep(inner: Arc<Inner>) {
             Ok(pending) => {
                 if !pending.is_empty() {
                     tracing::info!(n = pending.len(), "republishing orphaned deliveries");
+                    metrics::outbox_republished(pending.len());
                 }
                 for p in pending {
                     deliver(&inner, &p.message, &p.participants, &p.origin_connection_id).await;

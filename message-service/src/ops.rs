@@ -100,6 +100,7 @@ pub(crate) fn store_error(e: StoreError) -> pb::Error {
     match e {
         StoreError::Rejected { code, message } => pb_error(code, message),
         other => {
+            crate::metrics::store_error();
             tracing::error!(error = %other, "store failure");
             pb_error(
                 ErrorCode::Unavailable,
@@ -191,6 +192,7 @@ pub(crate) async fn send(inner: &Inner, req: pb::SendMessageRequest) -> pb::Send
         Err(e) => return pb::SendMessageResponse::failed(store_error(e)),
     };
     if !sent.duplicate {
+        crate::metrics::message_stored();
         // Committed: publish now. The reply goes out after this, but a slow publish only
         // delays `message_sent`, never loses the message (the outbox row covers a crash).
         deliver(

@@ -43,6 +43,8 @@ pub struct Settings {
     pub grpc_listen: Option<std::net::SocketAddr>,
     /// Who may call the gRPC API.
     pub grpc_keys: proto::grpc_auth::ApiKeys,
+    /// Operations port (`/livez`, `/readyz`, `/metrics`); `None`: not served.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 /// A configuration value that cannot be used; the message names the variable.
@@ -80,6 +82,7 @@ impl Settings {
             retention: retention_from(&get)?,
             grpc_listen: Some(grpc_listen_from(&get, "0.0.0.0:50051")?),
             grpc_keys: proto::grpc_auth::ApiKeys::from_source(&get).map_err(ConfigError)?,
+            http_listen: Some(addr_from(&get, env::HTTP_LISTEN, "0.0.0.0:9090")?),
         })
     }
 }
@@ -102,11 +105,19 @@ pub fn grpc_listen_from(
     get: &impl Fn(&str) -> Option<String>,
     default: &str,
 ) -> Result<std::net::SocketAddr, ConfigError> {
-    let v = get(env::GRPC_LISTEN).unwrap_or_else(|| default.to_owned());
+    addr_from(get, env::GRPC_LISTEN, default)
+}
+
+/// Reads a socket-address setting.
+pub fn addr_from(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: &str,
+) -> Result<std::net::SocketAddr, ConfigError> {
+    let v = get(key).unwrap_or_else(|| default.to_owned());
     v.parse().map_err(|_| {
         ConfigError(format!(
-            "{} must be host:port with a numeric host, got {v:?}",
-            env::GRPC_LISTEN
+            "{key} must be host:port with a numeric host, got {v:?}"
         ))
     })
 }

@@ -30,30 +30,42 @@ impl PresenceService for PresenceGrpc {
     }
 }
 
-/// Serves until `stop`. With an API key configured, every call must carry it as a bearer
-/// token; a missing or wrong one is `UNAUTHENTICATED`.
+/// Serves `PresenceService`, `grpc.health.v1.Health` and reflection until `stop`. Callers
+/// authenticate with an API key (see `proto::grpc_auth`).
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     svc: PresenceGrpc,
-    api_key: Option<String>,
+    keys: proto::grpc_auth::ApiKeys,
     stop: crate::tokio_util_like::Stop,
 ) {
-    let expected = api_key.map(|k| format!("Bearer {k}"));
-    let check = move |req: Request<()>| -> Result<Request<()>, Status> {
-        if let Some(want) = &expected {
-            let got = req
-                .metadata()
-                .get(proto::headers::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            if got != Some(want.as_str()) {
-                return Err(Status::unauthenticated("missing or invalid bearer token"));
-            }
+    if keys.is_open() {
+        tracing::warn!(
+            "gRPC API is open: set {} to require API keys",
+            proto::env::GRPC_API_KEYS
+        );
+    }
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<PresenceServiceServer<PresenceGrpc>>()
+        .await;
+    let reflection = match tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "grpc reflection unavailable");
+            return;
         }
-        Ok(req)
     };
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
     let res = tonic::transport::Server::builder()
-        .add_service(PresenceServiceServer::with_interceptor(svc, check))
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(PresenceServiceServer::with_interceptor(
+            svc,
+            keys.interceptor(),
+        ))
         .serve_with_incoming_shutdown(incoming, async move { stop.stopped().await })
         .await;
     if let Err(e) = res {

@@ -69,8 +69,10 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Where the gRPC `PresenceService` listens (`None`: not served).
     pub grpc_listen: Option<std::net::SocketAddr>,
-    /// When set, gRPC callers must send `authorization: Bearer <key>`.
-    pub grpc_api_key: Option<String>,
+    /// Who may call the gRPC API.
+    pub grpc_keys: proto::grpc_auth::ApiKeys,
+    /// Operations port (`/livez`, `/readyz`, `/metrics`); `None`: not served.
+    pub http_listen: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -83,7 +85,8 @@ impl Settings {
             tick: Duration::from_millis(250),
             store: StoreSettings::Memory,
             grpc_listen: None,
-            grpc_api_key: None,
+            grpc_keys: proto::grpc_auth::ApiKeys::default(),
+            http_listen: None,
         }
     }
 
@@ -108,9 +111,11 @@ impl Settings {
                 proto::env::GRPC_LISTEN
             )
         })?);
-        s.grpc_api_key = std::env::var(proto::env::GRPC_API_KEY)
-            .ok()
-            .filter(|k| !k.is_empty());
+        s.grpc_keys = proto::grpc_auth::ApiKeys::from_source(&get).map_err(anyhow::Error::msg)?;
+        let ops = std::env::var(proto::env::HTTP_LISTEN).unwrap_or_else(|_| "0.0.0.0:9091".into());
+        s.http_listen = Some(ops.parse().map_err(|_| {
+            anyhow::anyhow!("{} must be host:port, got {ops:?}", proto::env::HTTP_LISTEN)
+        })?);
         Ok(s)
     }
 }
@@ -130,6 +135,7 @@ pub struct App {
     instance_id: u64,
     store: LastSeenStore,
     grpc: Option<tokio::net::TcpListener>,
+    ops: Option<tokio::net::TcpListener>,
 }
 
 /// An instance not heard from for this long no longer counts (3 announcements missed).
@@ -175,6 +181,10 @@ impl App {
             Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
             None => None,
         };
+        let ops = match settings.http_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await?),
+            None => None,
+        };
         let routing = bus.subscribe(subjects::ROUTING_ALL).await?;
         let queries = bus
             .queue_subscribe(subjects::PRESENCE_GET, subjects::PRESENCE_SERVICE_QUEUE)
@@ -203,6 +213,7 @@ impl App {
             instance_id,
             store,
             grpc,
+            ops,
         })
     }
 
@@ -228,7 +239,17 @@ impl App {
             instance_id,
             store,
             grpc,
+            ops,
         } = self;
+        let ops_task = ops.map(|l| {
+            tokio::spawn(bus::ops::serve(
+                l,
+                Arc::new(Readiness {
+                    bus: bus.clone(),
+                    tracker: tracker.clone(),
+                }),
+            ))
+        });
         let stop_grpc = tokio_util_like::Stop::default();
         let grpc_task = grpc.map(|listener| {
             let svc = grpc::PresenceGrpc {
@@ -238,7 +259,7 @@ impl App {
             tokio::spawn(grpc::serve(
                 listener,
                 svc,
-                settings.grpc_api_key.clone(),
+                settings.grpc_keys.clone(),
                 stop_grpc.clone(),
             ))
         });
@@ -311,6 +332,9 @@ impl App {
             }
         }
         tracing::info!("presence-service stopping");
+        if let Some(t) = ops_task {
+            t.abort();
+        }
         stop_grpc.stop();
         if let Some(t) = grpc_task {
             let _ = t.await;
@@ -318,6 +342,49 @@ impl App {
         drop(seen_tx);
         let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
         Ok(())
+    }
+}
+
+/// What `/readyz` and `/metrics` report.
+struct Readiness {
+    bus: Bus,
+    tracker: Arc<Mutex<Tracker>>,
+}
+
+impl bus::ops::Probe for Readiness {
+    fn ready(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        let connected = self.bus.is_connected();
+        Box::pin(async move {
+            if connected {
+                Ok(())
+            } else {
+                Err("no NATS connection".into())
+            }
+        })
+    }
+
+    fn metrics(&self) -> String {
+        let (online, sockets) = self
+            .tracker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts();
+        let mut out = String::new();
+        bus::ops::write_metric(
+            &mut out,
+            "indaba_presence_users_online",
+            "gauge",
+            "Users with at least one socket.",
+            online,
+        );
+        bus::ops::write_metric(
+            &mut out,
+            "indaba_presence_sockets",
+            "gauge",
+            "Sockets across all gateways.",
+            sockets,
+        );
+        out
     }
 }
 

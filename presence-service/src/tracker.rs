@@ -99,6 +99,17 @@ impl Tracker {
         }
     }
 
+    /// Users with at least one socket, and sockets in all (for metrics).
+    pub fn counts(&self) -> (usize, usize) {
+        let online = self
+            .users
+            .values()
+            .filter(|u| !u.sockets.is_empty())
+            .count();
+        let sockets = self.users.values().map(|u| u.sockets.len()).sum();
+        (online, sockets)
+    }
+
     fn heard(&mut self, gateway: &str, now_ms: i64, interval_ms: Option<i64>) {
         let g = self.gateways.entry(gateway.to_owned()).or_insert(Gateway {
             last_heard_ms: now_ms,

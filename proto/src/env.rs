@@ -4,6 +4,9 @@
 
 /// `host:port` the HTTP/WebSocket listener binds (gateway, single-node). Default `0.0.0.0:8000`.
 pub const LISTEN: &str = "INDABA_LISTEN";
+/// `host:port` of a worker service's operations port (`/livez`, `/readyz`, `/metrics`);
+/// message-service default `0.0.0.0:9090`, presence-service `0.0.0.0:9091`.
+pub const HTTP_LISTEN: &str = "INDABA_HTTP_LISTEN";
 /// `true`: serve development tokens at `/api/v1/dev/token/` (HS256 only; never in production).
 pub const DEV_TOKENS: &str = "INDABA_DEV_TOKENS";
 /// HS256 shared secret for client JWTs.

@@ -393,3 +393,37 @@ async fn python_example_creates_a_conversation_and_posts_a_system_message() {
     assert_eq!(report["host_unread"], 1);
     assert_eq!(report["invalid_argument_field"], "text");
 }
+
+/// message-service's operations port: probes and Prometheus counters that move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_service_ops_port_probes_and_metrics() {
+    let nats = Nats::start();
+    let db = fresh_database().await;
+    let (_ms, _, ops) = spawn_message_service_ops(&nats.url(), &db, &keys()).await;
+    let (_gw, gw) = spawn_gateway(&nats.url(), "gw-ops").await;
+    assert_eq!(http_text(ops, "/livez").await.0, 200);
+    assert_eq!(http_text(ops, "/readyz").await.0, 200);
+    let sent_before = counter(
+        &http_text(ops, "/metrics").await.1,
+        "indaba_messages_stored_total",
+    );
+    let mut a = Client::connect(gw, 1).await;
+    a.chat(2, "counted", Some("m-1")).await;
+    let (status, text) = http_text(ops, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        counter(&text, "indaba_messages_stored_total"),
+        sent_before + 1.0
+    );
+    assert!(
+        counter(&text, "indaba_requests_total{op=\"send\"}") >= 1.0,
+        "{text}"
+    );
+    assert_eq!(http_text(ops, "/nope").await.0, 404);
+}
+
+fn counter(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+}

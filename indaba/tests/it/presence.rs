@@ -246,7 +246,7 @@ async fn grpc_get_presence_with_api_key() {
     let nats = Nats::start();
     let (_p, _, grpc) = spawn_presence(&nats.url(), |s| {
         s.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
-        s.grpc_api_key = Some("backend-key".into());
+        s.grpc_keys = proto::grpc_auth::ApiKeys::parse("backend:backend-key-0123456789").unwrap();
     })
     .await;
     let (_g, gw) = spawn_gateway(&nats.url(), "pg-grpc").await;
@@ -267,7 +267,7 @@ async fn grpc_get_presence_with_api_key() {
     let deadline = tokio::time::Instant::now() + WAIT;
     let users = loop {
         let resp = client
-            .get_presence(ask(vec![91, 92], Some("backend-key")))
+            .get_presence(ask(vec![91, 92], Some("backend-key-0123456789")))
             .await
             .unwrap();
         let users = resp.into_inner().users;
@@ -300,12 +300,12 @@ async fn grpc_get_presence_with_api_key() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unauthenticated);
     let e = client
-        .get_presence(ask((1..=501).collect(), Some("backend-key")))
+        .get_presence(ask((1..=501).collect(), Some("backend-key-0123456789")))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
     let e = client
-        .get_presence(ask(vec![0], Some("backend-key")))
+        .get_presence(ask(vec![0], Some("backend-key-0123456789")))
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument);

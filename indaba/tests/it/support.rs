@@ -283,6 +283,7 @@ pub async fn spawn_message_service_with(
         retention: None,
         grpc_listen: None,
         grpc_keys: Default::default(),
+        http_listen: None,
     };
     tweak(&mut settings);
     let app = message_service::App::build(settings)
@@ -297,12 +298,23 @@ pub async fn spawn_message_service_with(
     (running, store)
 }
 
-/// A message-service serving gRPC on a free port, guarded by `keys`.
+/// A message-service serving gRPC on a free port, guarded by `keys`. Returns the gRPC
+/// address; [`spawn_message_service_ops`] also the operations port.
 pub async fn spawn_message_service_grpc(
     nats_url: &str,
     database_url: &str,
     keys: &str,
 ) -> (Running, SocketAddr) {
+    let (r, grpc, _) = spawn_message_service_ops(nats_url, database_url, keys).await;
+    (r, grpc)
+}
+
+/// A message-service with gRPC and its operations port on free ports.
+pub async fn spawn_message_service_ops(
+    nats_url: &str,
+    database_url: &str,
+    keys: &str,
+) -> (Running, SocketAddr, SocketAddr) {
     let settings = message_service::Settings {
         store: message_service::StoreSettings::Postgres(database_url.into()),
         bus: message_service::BusSettings::Nats(nats_url.into()),
@@ -313,17 +325,19 @@ pub async fn spawn_message_service_grpc(
         retention: None,
         grpc_listen: Some("127.0.0.1:0".parse().expect("addr")),
         grpc_keys: proto::grpc_auth::ApiKeys::parse(keys).expect("keys"),
+        http_listen: Some("127.0.0.1:0".parse().expect("addr")),
     };
     let app = message_service::App::build(settings)
         .await
         .expect("build message-service");
     let addr = app.grpc_addr().expect("grpc addr");
+    let ops = app.http_addr().expect("ops addr");
     let running = run_with_stop(|rx| {
         app.run(async move {
             let _ = rx.await;
         })
     });
-    (running, addr)
+    (running, addr, ops)
 }
 
 pub async fn spawn_gateway(nats_url: &str, id: &str) -> (Running, SocketAddr) {

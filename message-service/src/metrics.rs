@@ -1,0 +1,99 @@
+//! Prometheus counters of message-service, served on the operations port.
+//!
+//! Process-wide atomics: one service per process in production, and recording stays a
+//! relaxed add wherever the event happens (store errors surface in many places).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use bus::ops::write_metric;
+
+/// Requests answered, by operation (the `op` label; bounded).
+pub const OPS: [&str; 11] = [
+    "send",
+    "create_conversation",
+    "get_conversation",
+    "mark_read",
+    "typing",
+    "list_messages",
+    "list_conversations",
+    "update_participants",
+    "get_message",
+    "unread_counts",
+    "messages_since",
+];
+
+static REQUESTS: [AtomicU64; 11] = [const { AtomicU64::new(0) }; 11];
+static MESSAGES_STORED: AtomicU64 = AtomicU64::new(0);
+static STORE_ERRORS: AtomicU64 = AtomicU64::new(0);
+static BUS_ERRORS: AtomicU64 = AtomicU64::new(0);
+static OUTBOX_REPUBLISHED: AtomicU64 = AtomicU64::new(0);
+
+/// A request of operation `OPS[i]` was answered.
+pub fn request(i: usize) {
+    if let Some(c) = REQUESTS.get(i) {
+        c.fetch_add(1, Relaxed);
+    }
+}
+
+/// A new message was committed.
+pub fn message_stored() {
+    MESSAGES_STORED.fetch_add(1, Relaxed);
+}
+
+/// The database failed (not a rejected request).
+pub fn store_error() {
+    STORE_ERRORS.fetch_add(1, Relaxed);
+}
+
+/// A publish to NATS failed.
+pub fn bus_error() {
+    BUS_ERRORS.fetch_add(1, Relaxed);
+}
+
+/// Orphaned deliveries republished by the outbox sweeper.
+pub fn outbox_republished(n: usize) {
+    OUTBOX_REPUBLISHED.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Relaxed);
+}
+
+/// The Prometheus text exposition.
+pub fn render() -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    out.push_str("# HELP indaba_requests_total Requests answered, by operation.\n# TYPE indaba_requests_total counter\n");
+    for (op, c) in OPS.iter().zip(&REQUESTS) {
+        let _ = writeln!(
+            out,
+            "indaba_requests_total{{op=\"{op}\"}} {}",
+            c.load(Relaxed)
+        );
+    }
+    write_metric(
+        &mut out,
+        "indaba_messages_stored_total",
+        "counter",
+        "Messages committed.",
+        MESSAGES_STORED.load(Relaxed),
+    );
+    write_metric(
+        &mut out,
+        "indaba_store_errors_total",
+        "counter",
+        "Database failures.",
+        STORE_ERRORS.load(Relaxed),
+    );
+    write_metric(
+        &mut out,
+        "indaba_bus_errors_total",
+        "counter",
+        "Failed NATS publishes.",
+        BUS_ERRORS.load(Relaxed),
+    );
+    write_metric(
+        &mut out,
+        "indaba_outbox_republished_total",
+        "counter",
+        "Deliveries republished from the outbox after their writer died.",
+        OUTBOX_REPUBLISHED.load(Relaxed),
+    );
+    out
+}
