@@ -203,6 +203,7 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
   private outbox: OutboxItem[] = [];
   private waiters = new Map<string, { resolve(r: SendResult): void; reject(e: IndabaError): void }[]>();
   private inflight = new Set<string>();
+  private acked = new Set<string>();
   private outboxPausedUntil = 0;
   private outboxTimer: ReturnType<typeof setTimeout> | null = null;
   private restFlushing = false;
@@ -764,7 +765,8 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
         this.observeSeq(frame.conversation_id, frame.seq);
         if (this.seen.has(frame.message_id)) return;
         this.remember(frame.message_id);
-        // Our own message coming back (sync, SSE, REST) while its ack is still missing.
+        // This client's own message coming back (a resume, the SSE stream) before its ack:
+        // it is the ack, not a new message.
         if (frame.client_msg_id && frame.sender_id === this._userId && this.outbox.some((o) => o.client_msg_id === frame.client_msg_id)) {
           this.acknowledge({
             message_id: frame.message_id,
@@ -772,8 +774,8 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
             seq: frame.seq,
             client_msg_id: frame.client_msg_id,
             created_at: frame.created_at,
-            duplicate: true,
           });
+          return;
         }
         this.emit('new_message', frame);
         return;
@@ -908,17 +910,24 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
     this.emit('outbox', items);
   }
 
-  private acknowledge(r: SendResult): void {
+  /** An acknowledgement. With `item` (a REST answer), only if that very item is still queued:
+   *  a replay may have acknowledged it already, and a later send with the same id must then
+   *  get its own answer. */
+  private acknowledge(r: SendResult, item?: OutboxItem): void {
+    if (item && !this.outbox.includes(item)) {
+      this.flushOutbox();
+      return;
+    }
     const i = this.outbox.findIndex((o) => o.client_msg_id === r.client_msg_id);
     this.inflight.delete(r.client_msg_id);
     const msg: MessageSent = { type: 'message_sent', ...r };
     if (i >= 0) {
       this.outbox.splice(i, 1);
       this.outboxChanged();
-      this.emit('message_sent', msg);
-    } else if (!r.duplicate) {
-      this.emit('message_sent', msg);
     }
+    if (i >= 0 || !this.acked.has(r.client_msg_id)) this.emit('message_sent', msg);
+    this.acked.add(r.client_msg_id);
+    if (this.acked.size > 2000) this.acked.delete(this.acked.values().next().value as string);
     const ws = this.waiters.get(r.client_msg_id);
     this.waiters.delete(r.client_msg_id);
     for (const w of ws ?? []) w.resolve(r);
@@ -977,7 +986,7 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
           const r = await this.api<SendResult>('POST', path, body);
           this.remember(r.message_id);
           this.observeSeq(r.conversation_id, r.seq);
-          this.acknowledge({ ...r, client_msg_id: item.client_msg_id });
+          this.acknowledge({ ...r, client_msg_id: item.client_msg_id }, item);
         } catch (e) {
           const err = e as IndabaError;
           const status = err.status ?? 0;
