@@ -1,7 +1,7 @@
 // The client's state machine against a scripted fake server: the cases a real server does not
 // produce on demand (refused handshakes, chosen close codes, lost acks, gaps, SSE fallback).
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer, get, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
 import { IndabaClient, webStorage, type IndabaClientOptions, type WebSocketConstructor } from '@indaba/client';
@@ -25,6 +25,7 @@ class FakeServer {
   // SSE + REST
   sse: ServerResponse[] = [];
   sseClosed = 0;
+  sseUrls: string[] = [];
   posts: { path: string; body: any }[] = [];
   nextMessageId = 100;
 
@@ -69,6 +70,7 @@ class FakeServer {
   private onHttp(req: IncomingMessage, res: ServerResponse) {
     const url = new URL(req.url!, 'http://x');
     if (req.method === 'GET' && url.pathname === '/api/v1/events/') {
+      this.sseUrls.push(req.url!);
       res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });
       res.write(`data: ${JSON.stringify({ type: 'connection_established', user_id: 1, connection_id: 'sse/1', server_time: new Date().toISOString() })}\n\n`);
       this.sse.push(res);
@@ -364,5 +366,62 @@ describe('fallback', () => {
     expect(c.transport).toBe('websocket');
     await until(() => fake.sseClosed === 1, 'the SSE stream to be closed');
     expect(got).toHaveLength(1);
+  });
+});
+
+/** A minimal EventSource over node:http, standing in for React Native's polyfills. */
+class TinyEventSource {
+  onopen: ((ev: unknown) => void) | null = null;
+  onmessage: ((ev: { data: string; lastEventId?: string }) => void) | null = null;
+  onerror: ((ev: unknown) => void) | null = null;
+  private req;
+  constructor(url: string) {
+    this.req = get(url, (res) => {
+      if (res.statusCode !== 200) return this.onerror?.({});
+      this.onopen?.({});
+      let buf = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        buf += chunk;
+        let i: number;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trimStart()).join('\n');
+          const id = block.split('\n').find((l) => l.startsWith('id:'))?.slice(3).trim();
+          if (data) this.onmessage?.({ data, lastEventId: id });
+        }
+      });
+      res.on('end', () => this.onerror?.({}));
+    });
+    this.req.on('error', () => this.onerror?.({}));
+  }
+  close() {
+    this.req.destroy();
+  }
+}
+
+describe('fallback without streaming fetch (React Native)', () => {
+  it('uses EventSource with the token in the query, and REST through the given fetch', async () => {
+    fake.refuseUpgrades = Infinity;
+    // fetch as React Native has it: fine for JSON, but no streaming body.
+    const rnFetch = (async (url: string, init?: RequestInit) => {
+      const res = await fetch(url, init);
+      if (url.includes('/api/v1/events/')) {
+        await res.body?.cancel();
+        return { ok: true, status: 200, body: undefined, headers: res.headers } as unknown as Response;
+      }
+      return res;
+    }) as typeof fetch;
+    const c = client({ token: 'rn-token', fetch: rnFetch, EventSource: TinyEventSource, fallback: { afterFailures: 2, retryWebSocketMs: 60_000 } });
+    const got = collect(c, 'new_message');
+    c.connect();
+    await waitState(c, 'fallback');
+    await until(() => c.isConnected && fake.sse.length === 2, 'the EventSource stream');
+    expect(fake.sseUrls[1]).toBe('/api/v1/events/?token=rn-token');
+    fake.sseEvent(newMessage(70, 3, 1), '70');
+    await until(() => got.length === 1, 'a message over EventSource');
+    const r = await c.sendMessage({ conversationId: 3, text: 'from the phone' });
+    expect(r.conversation_id).toBe(3);
   });
 });

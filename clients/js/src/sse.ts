@@ -53,6 +53,24 @@ export function openSse(o: SseOptions): SseHandle {
     o.onError(err);
   };
 
+  let es: EventSourceLike | null = null;
+  const viaEventSource = (): boolean => {
+    if (!o.EventSource || done) return false;
+    es = new o.EventSource(withQuery(o.url, { token: o.token, last_event_id: o.lastEventId }));
+    es.onopen = () => {
+      if (!done) o.onOpen();
+    };
+    es.onmessage = (ev) => {
+      if (!done) o.onEvent(ev.data, ev.lastEventId || undefined);
+    };
+    es.onerror = () => {
+      // We reconnect ourselves (with a fresh token and our own backoff), not EventSource.
+      es?.close();
+      fail(new IndabaError('network', 'EventSource error'));
+    };
+    return true;
+  };
+
   if (canStreamFetch(o.fetch)) {
     const ctrl = new AbortController();
     const headers: Record<string, string> = {
@@ -66,6 +84,12 @@ export function openSse(o: SseOptions): SseHandle {
         res = await o.fetch!(o.url, { headers, signal: ctrl.signal, cache: 'no-store' });
       } catch (e) {
         return fail(new IndabaError('network', String((e as Error)?.message ?? e)));
+      }
+      if (res.ok && typeof res.body?.getReader !== 'function') {
+        // fetch without streaming bodies (React Native): EventSource, if there is one.
+        ctrl.abort();
+        if (!viaEventSource()) fail(new IndabaError('unsupported', 'fetch cannot stream here and there is no EventSource'));
+        return;
       }
       if (!res.ok || !res.body) {
         let code = 'http_error';
@@ -122,31 +146,20 @@ export function openSse(o: SseOptions): SseHandle {
       close() {
         done = true;
         ctrl.abort();
+        es?.close();
       },
     };
   }
 
-  if (o.EventSource) {
-    const es = new o.EventSource(withQuery(o.url, { token: o.token, last_event_id: o.lastEventId }));
-    es.onopen = () => {
-      if (!done) o.onOpen();
-    };
-    es.onmessage = (ev) => {
-      if (!done) o.onEvent(ev.data, ev.lastEventId || undefined);
-    };
-    es.onerror = () => {
-      // We reconnect ourselves (with a fresh token and our own backoff), not EventSource.
-      es.close();
-      fail(new IndabaError('network', 'EventSource error'));
-    };
+  if (viaEventSource()) {
     return {
       close() {
         done = true;
-        es.close();
+        es?.close();
       },
     };
   }
 
-  queueMicrotask(() => fail(new IndabaError('unsupported', 'neither streaming fetch nor EventSource is available')));
+  void Promise.resolve().then(() => fail(new IndabaError('unsupported', 'neither streaming fetch nor EventSource is available')));
   return { close() { done = true; } };
 }

@@ -487,7 +487,7 @@ export class ChatStore {
   private changed(): void {
     if (this.scheduled) return;
     this.scheduled = true;
-    queueMicrotask(() => {
+    void Promise.resolve().then(() => {
       this.scheduled = false;
       this.snapshot = this.build();
       for (const fn of [...this.listeners]) fn();
