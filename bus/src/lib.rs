@@ -10,6 +10,7 @@
 //! NATS itself does to a slow consumer.
 
 pub mod heartbeat;
+pub mod jobs;
 mod local;
 mod nats;
 pub mod ops;

@@ -149,6 +149,16 @@ async fn route(
             get_message(path_id(id)?, &headers, &ctx).await
         }
         ["presence"] if m == Method::GET => presence(query, &headers, &ctx).await,
+        ["devices"] if m == Method::GET => list_devices(&headers, &ctx).await,
+        ["devices"] if m == Method::POST => register_device(&headers, &body, &ctx).await,
+        ["devices"] if m == Method::DELETE => unregister_device(&headers, &body, &ctx).await,
+        ["conversations", id, "mute"] if m == Method::POST => {
+            mute(path_id(id)?, true, &headers, &body, &ctx).await
+        }
+        ["conversations", id, "mute"] if m == Method::DELETE => {
+            mute(path_id(id)?, false, &headers, &body, &ctx).await
+        }
+        ["push", "preferences"] if m == Method::PUT => preferences(&headers, &body, &ctx).await,
         _ => match allowed_methods(&segments) {
             // RFC 9110: a 405 names the methods that would work.
             Some(allow) => {
@@ -179,6 +189,9 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
             "POST"
         }
         ["conversations", _, "messages"] => "GET, POST",
+        ["devices"] => "GET, POST, DELETE",
+        ["conversations", _, "mute"] => "POST, DELETE",
+        ["push", "preferences"] => "PUT",
         ["openapi.json"]
         | ["events"]
         | ["dev", "token"]
@@ -602,4 +615,241 @@ async fn presence(query: &str, headers: &HeaderMap, ctx: &Ctx) -> Answer {
         StatusCode::OK,
         &serde_json::json!({ "presence": presence }),
     ))
+}
+
+/// A device as the REST API shows it.
+#[derive(Debug, Serialize)]
+struct DeviceJson {
+    id: i64,
+    platform: &'static str,
+    token: String,
+    created_at: String,
+}
+
+fn platform_name(p: i32) -> &'static str {
+    match pb::DevicePlatform::try_from(p) {
+        Ok(pb::DevicePlatform::Fcm) => "fcm",
+        Ok(pb::DevicePlatform::Apns) => "apns",
+        Ok(pb::DevicePlatform::Webpush) => "webpush",
+        Ok(pb::DevicePlatform::Webhook) => "webhook",
+        _ => "unknown",
+    }
+}
+
+fn parse_platform(name: &str) -> Result<pb::DevicePlatform, HttpError> {
+    Ok(match name {
+        "fcm" => pb::DevicePlatform::Fcm,
+        "apns" => pb::DevicePlatform::Apns,
+        "webpush" => pb::DevicePlatform::Webpush,
+        "webhook" => pb::DevicePlatform::Webhook,
+        _ => return Err(bad("platform must be fcm, apns, webpush or webhook")),
+    })
+}
+
+/// Web Push subscription keys, as `PushSubscription.toJSON()` gives them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionKeys {
+    p256dh: String,
+    auth: String,
+}
+
+/// `POST`/`DELETE /api/v1/devices/` body: a token, or a browser's subscription as is
+/// (`endpoint` + `keys`, plus the `expirationTime` browsers include).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceBody {
+    platform: String,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    keys: Option<SubscriptionKeys>,
+    #[serde(default, rename = "expirationTime")]
+    _expiration_time: Option<serde_json::Value>,
+}
+
+impl DeviceBody {
+    fn token(&self) -> Result<String, HttpError> {
+        match (&self.token, &self.endpoint) {
+            (Some(t), None) | (None, Some(t)) => Ok(t.clone()),
+            _ => Err(bad(
+                "give token (or a Web Push subscription's endpoint), not both",
+            )),
+        }
+    }
+}
+
+/// Push-service failures and transport errors as HTTP errors.
+fn push_call_failed((code, _): (ErrorCode, String)) -> HttpError {
+    HttpError::new(status_for(code), code, "push service unavailable; retry")
+}
+
+async fn list_devices(headers: &HeaderMap, ctx: &Ctx) -> Answer {
+    let user_id = authenticate(headers, ctx)?;
+    let r: pb::ListDevicesResponse = call(
+        ctx,
+        subjects::PUSH_LIST_DEVICES,
+        &pb::ListDevicesRequest { user_id },
+    )
+    .await
+    .map_err(push_call_failed)?;
+    if let Some(e) = r.error {
+        return Err(failed(e));
+    }
+    let devices: Vec<DeviceJson> = r
+        .devices
+        .into_iter()
+        .map(|d| DeviceJson {
+            id: d.id,
+            platform: platform_name(d.platform),
+            token: d.token,
+            created_at: proto::time::rfc3339_ms(d.created_at_ms),
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "devices": devices }),
+    ))
+}
+
+async fn register_device(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
+    let user_id = authenticate(headers, ctx)?;
+    let b: DeviceBody = parse_body(body)?;
+    let platform = parse_platform(&b.platform)?;
+    let (p256dh, auth) = b.keys.as_ref().map_or((String::new(), String::new()), |k| {
+        (k.p256dh.clone(), k.auth.clone())
+    });
+    let req = pb::RegisterDeviceRequest {
+        user_id,
+        platform: platform as i32,
+        token: b.token()?,
+        p256dh,
+        auth,
+    };
+    let r: pb::RegisterDeviceResponse = call(ctx, subjects::PUSH_REGISTER, &req)
+        .await
+        .map_err(push_call_failed)?;
+    match r.result {
+        Some(pb::register_device_response::Result::Device(d)) => Ok(json(
+            StatusCode::CREATED,
+            &DeviceJson {
+                id: d.id,
+                platform: platform_name(d.platform),
+                token: d.token,
+                created_at: proto::time::rfc3339_ms(d.created_at_ms),
+            },
+        )),
+        Some(pb::register_device_response::Result::Error(e)) => Err(failed(e)),
+        None => Err(HttpError::new(
+            StatusCode::BAD_GATEWAY,
+            ErrorCode::Internal,
+            "empty reply from push service",
+        )),
+    }
+}
+
+async fn unregister_device(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
+    let user_id = authenticate(headers, ctx)?;
+    let b: DeviceBody = parse_body(body)?;
+    let req = pb::UnregisterDeviceRequest {
+        user_id,
+        platform: parse_platform(&b.platform)? as i32,
+        token: b.token()?,
+    };
+    let r: pb::UnregisterDeviceResponse = call(ctx, subjects::PUSH_UNREGISTER, &req)
+        .await
+        .map_err(push_call_failed)?;
+    if let Some(e) = r.error {
+        return Err(failed(e));
+    }
+    if !r.removed {
+        return Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no such device",
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST …/mute/` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MuteBody {
+    /// Unix ms; absent or null: until unmuted.
+    #[serde(default)]
+    until_ms: Option<i64>,
+}
+
+async fn mute(
+    conversation_id: i64,
+    muted: bool,
+    headers: &HeaderMap,
+    body: &[u8],
+    ctx: &Ctx,
+) -> Answer {
+    let user_id = authenticate(headers, ctx)?;
+    let b: MuteBody = if body.is_empty() {
+        MuteBody::default()
+    } else {
+        parse_body(body)?
+    };
+    if b.until_ms.is_some_and(|u| u <= 0) {
+        return Err(bad("until_ms must be a positive unix time in milliseconds"));
+    }
+    // Only members may mute: the same check as reading the conversation.
+    let conv: pb::GetConversationResponse = call(
+        ctx,
+        subjects::CONV_GET,
+        &pb::GetConversationRequest {
+            conversation_id,
+            as_user_id: user_id,
+        },
+    )
+    .await
+    .map_err(transport)?;
+    if let Some(pb::get_conversation_response::Result::Error(e)) = conv.result {
+        return Err(failed(e));
+    }
+    let req = pb::SetMuteRequest {
+        user_id,
+        conversation_id,
+        muted,
+        until_ms: b.until_ms.unwrap_or(0),
+    };
+    let r: pb::SetMuteResponse = call(ctx, subjects::PUSH_MUTE, &req)
+        .await
+        .map_err(push_call_failed)?;
+    match r.error {
+        Some(e) => Err(failed(e)),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+/// `PUT /api/v1/push/preferences/` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrefsBody {
+    hide_text: bool,
+}
+
+async fn preferences(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
+    let user_id = authenticate(headers, ctx)?;
+    let b: PrefsBody = parse_body(body)?;
+    let r: pb::SetPushPreferencesResponse = call(
+        ctx,
+        subjects::PUSH_PREFS,
+        &pb::SetPushPreferencesRequest {
+            user_id,
+            hide_text: b.hide_text,
+        },
+    )
+    .await
+    .map_err(push_call_failed)?;
+    match r.error {
+        Some(e) => Err(failed(e)),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
 }

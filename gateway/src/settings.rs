@@ -146,6 +146,17 @@ impl Settings {
         };
         let nats = get(env::NATS_URL).unwrap_or_else(|| "nats://127.0.0.1:4222".into());
         let mut s = Settings::new(jwt, BusSettings::Nats(nats));
+        s.apply_options(&get)?;
+        Ok(s)
+    }
+
+    /// Applies every optional setting found in `get` (all but the key and the bus), so the
+    /// single-node program honours exactly the same variables as a gateway.
+    pub fn apply_options(
+        &mut self,
+        get: &impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        let s = self;
         if let Some(l) = get(env::LISTEN) {
             s.listen = l.parse().map_err(|_| {
                 ConfigError(format!("{} must be host:port, got {l:?}", env::LISTEN))
@@ -165,7 +176,7 @@ impl Settings {
             s.gateway_id = id;
         }
         let int = |key: &str, default: u64, min: u64| {
-            env::integer(&get, key, default, min).map_err(ConfigError)
+            env::integer(get, key, default, min).map_err(ConfigError)
         };
         s.jwt_leeway = Duration::from_secs(int(env::JWT_LEEWAY_SECS, s.jwt_leeway.as_secs(), 0)?);
         s.heartbeat_interval = Duration::from_millis(int(env::GATEWAY_HEARTBEAT_MS, 10_000, 100)?);
@@ -173,17 +184,17 @@ impl Settings {
         s.ping_interval =
             Duration::from_secs(int(env::PING_INTERVAL_SECS, s.ping_interval.as_secs(), 1)?);
         s.drain_window = Duration::from_secs(int(env::DRAIN_SECS, s.drain_window.as_secs(), 0)?);
-        s.chat_rate_per_10s = env::integer(&get, env::CHAT_RATE_PER_10S, s.chat_rate_per_10s, 1)
+        s.chat_rate_per_10s = env::integer(get, env::CHAT_RATE_PER_10S, s.chat_rate_per_10s, 1)
             .map_err(ConfigError)?;
         s.max_connections_per_user = env::integer(
-            &get,
+            get,
             env::MAX_CONNECTIONS_PER_USER,
             s.max_connections_per_user,
             1,
         )
         .map_err(ConfigError)?;
         s.max_text_chars =
-            env::integer(&get, env::MAX_TEXT_CHARS, s.max_text_chars, 1).map_err(ConfigError)?;
+            env::integer(get, env::MAX_TEXT_CHARS, s.max_text_chars, 1).map_err(ConfigError)?;
         if let Some(v) = get(env::ALLOWED_ORIGINS) {
             s.allowed_origins = v
                 .split(',')
@@ -191,8 +202,8 @@ impl Settings {
                 .filter(|o| !o.is_empty())
                 .collect();
         }
-        s.dev_tokens = flag(&get, env::DEV_TOKENS)?;
-        Ok(s)
+        s.dev_tokens = flag(get, env::DEV_TOKENS)?;
+        Ok(())
     }
 }
 

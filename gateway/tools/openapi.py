@@ -47,6 +47,14 @@ send_body = {"type":"object","required":["text"],"additionalProperties":False,"p
   "receiver_id":{**Id,"nullable":True}}}
 idem = {"name":"Idempotency-Key","in":"header","required":False,"schema":{"type":"string","minLength":1,"maxLength":64,"pattern":"^[!-~]+$"},
   "description":"Makes the send idempotent (same as `client_msg_id`; the header wins)."}
+device = {"type":"object","required":["id","platform","token","created_at"],"properties":{"id":{"type":"integer","format":"int64"},
+  "platform":{"type":"string","enum":["fcm","apns","webpush","webhook"]},"token":{"type":"string"},"created_at":{"type":"string","format":"date-time"}}}
+device_body = {"type":"object","required":["platform"],"additionalProperties":False,"properties":{
+  "platform":{"type":"string","enum":["fcm","apns","webpush","webhook"]},
+  "token":{"type":"string","minLength":1,"maxLength":4096,"description":"FCM/APNs token or webhook URL"},
+  "endpoint":{"type":"string","minLength":1,"maxLength":4096,"description":"Web Push: the subscription's endpoint (PushSubscription.toJSON())"},
+  "keys":{"type":"object","required":["p256dh","auth"],"additionalProperties":False,"properties":{"p256dh":{"type":"string"},"auth":{"type":"string"}}},
+  "expirationTime":{"nullable":True}}}
 json_body = lambda schema: {"required":True,"content":{"application/json":{"schema":schema}}}
 doc = {
  "openapi":"3.0.3",
@@ -95,6 +103,19 @@ doc = {
         "rejected":{"type":"array","items":{"type":"integer","format":"int64"},"description":"Ids that do not exist or are not yours to read"},"read_at":{"type":"string","format":"date-time"}}}),**errs(*common)}}},
   "/api/v1/presence/":{"get":{"operationId":"getPresence","parameters":[{"name":"user_ids","in":"query","required":True,"description":"Comma-separated user ids (1-500)","schema":{"type":"string","pattern":"^[1-9][0-9]{0,17}(,[1-9][0-9]{0,17}){0,499}$"}}],
       "responses":{"200":ok("Statuses",{"type":"object","required":["presence"],"properties":{"presence":{"type":"array","items":ref("Presence")}}}),**errs(*common)}}},
+  "/api/v1/devices/":{
+   "get":{"operationId":"listDevices","summary":"Your push devices","responses":{"200":ok("Devices",{"type":"object","required":["devices"],"properties":{"devices":{"type":"array","items":ref("Device")}}}),**errs(*common)}},
+   "post":{"operationId":"registerDevice","summary":"Register a push device (FCM/APNs token, Web Push subscription, webhook URL)","requestBody":json_body(ref("DeviceBody")),
+      "responses":{"201":ok("Registered",ref("Device")),**errs(*common)}},
+   "delete":{"operationId":"unregisterDevice","requestBody":json_body(ref("DeviceBody")),"responses":{"204":{"description":"Forgotten"},**errs(*common)}}},
+  "/api/v1/conversations/{id}/mute/":{
+   "post":{"operationId":"muteConversation","summary":"No notifications for this conversation (until a time, or until unmuted)","parameters":[idp],
+      "requestBody":{"required":False,"content":{"application/json":{"schema":{"type":"object","additionalProperties":False,"properties":{"until_ms":{"type":"integer","format":"int64","minimum":1,"nullable":True}}}}}},
+      "responses":{"204":{"description":"Muted"},**errs(*common)}},
+   "delete":{"operationId":"unmuteConversation","parameters":[idp],"responses":{"204":{"description":"Unmuted"},**errs(*common)}}},
+  "/api/v1/push/preferences/":{"put":{"operationId":"setPushPreferences","summary":"hide_text: notifications say \"New message\" without the text",
+      "requestBody":json_body({"type":"object","required":["hide_text"],"additionalProperties":False,"properties":{"hide_text":{"type":"boolean"}}}),
+      "responses":{"204":{"description":"Saved"},**errs(*common)}}},
   "/api/v1/events/":{"get":{"operationId":"events","summary":"Server-Sent Events: the WebSocket's server frames as `data:` JSON; `new_message` events carry `id:`. Resume with `Last-Event-ID`.",
       "parameters":[{"name":"token","in":"query","schema":{"type":"string"},"description":"JWT (EventSource cannot set headers)"},
         {"name":"last_event_id","in":"query","schema":{"type":"string","pattern":"^[0-9]+$"}},
@@ -108,7 +129,7 @@ doc = {
  },
  "components":{
   "securitySchemes":{"bearerAuth":{"type":"http","scheme":"bearer","bearerFormat":"JWT"}},
-  "schemas":{"Error":error,"Message":msg,"Conversation":conv,"ConversationSummary":summary,"Sent":sent,"Presence":presence,"SendBody":send_body}}
+  "schemas":{"Error":error,"Message":msg,"Conversation":conv,"ConversationSummary":summary,"Sent":sent,"Presence":presence,"SendBody":send_body,"Device":device,"DeviceBody":device_body}}
 }
 import os
 json.dump(doc, open(os.path.join(os.path.dirname(__file__), '..', 'openapi.json'), 'w'), indent=1)

@@ -15,6 +15,8 @@ pub const SECRET_FILE: &str = "jwt-secret";
 pub const DB_FILE: &str = "indaba.db";
 /// presence-service's own SQLite file (it shares no tables with message-service).
 pub const PRESENCE_DB_FILE: &str = "presence.db";
+/// push-service's own SQLite file: devices, mutes and the durable notification batches.
+pub const PUSH_DB_FILE: &str = "push.db";
 
 /// Single-node configuration.
 #[derive(Debug, Clone)]
@@ -33,8 +35,19 @@ pub struct Settings {
     pub grpc_listen: Option<SocketAddr>,
     /// Who may call it.
     pub grpc_keys: proto::grpc_auth::ApiKeys,
-    /// Serve `/api/v1/dev/token/` (`INDABA_DEV_TOKENS`), for the demo page.
-    pub dev_tokens: bool,
+    /// Every other `INDABA_*` setting (gateway limits, push providers, …), applied exactly
+    /// as the distributed services apply them.
+    pub options: Options,
+}
+
+/// `INDABA_*` settings by name. Its `Debug` shows names only: values include secrets.
+#[derive(Clone, Default)]
+pub struct Options(pub std::collections::BTreeMap<String, String>);
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 /// The demo web app (`clients/demo`, built and committed), served at `/`.
@@ -90,7 +103,11 @@ impl Settings {
             retention,
             grpc_listen,
             grpc_keys: proto::grpc_auth::ApiKeys::from_source(&get).map_err(anyhow::Error::msg)?,
-            dev_tokens: gateway::settings::flag(&get, env::DEV_TOKENS)?,
+            options: Options(
+                std::env::vars()
+                    .filter(|(k, v)| k.starts_with("INDABA_") && !v.is_empty())
+                    .collect(),
+            ),
         })
     }
 }
@@ -136,6 +153,7 @@ pub struct SingleNode {
     gateway: gateway::App,
     messages: message_service::App,
     presence: presence_service::App,
+    push: push_service::App,
     secret: String,
 }
 
@@ -156,6 +174,7 @@ impl SingleNode {
             grpc_keys: settings.grpc_keys.clone(),
             // The single-node program reports through the gateway's port.
             http_listen: None,
+            push_jobs: true,
         })
         .await?;
         let mut presence_settings =
@@ -163,20 +182,29 @@ impl SingleNode {
         presence_settings.store =
             presence_service::StoreSettings::Sqlite(settings.data_dir.join(PRESENCE_DB_FILE));
         let presence = presence_service::App::build(presence_settings).await?;
+        let get = |k: &str| settings.options.0.get(k).cloned();
+        let mut push_settings = push_service::Settings::new(
+            push_service::BusSettings::Shared(bus.clone()),
+            push_service::StoreSettings::Sqlite(settings.data_dir.join(PUSH_DB_FILE)),
+        );
+        push_settings.apply_common(&get)?;
+        let push = push_service::App::build(push_settings).await?;
         let mut gw = gateway::Settings::new(
             KeySource::Hs256Secret(secret.clone()),
             gateway::BusSettings::Shared(bus),
         );
+        // The same variables a distributed gateway reads (origins, limits, timings, …).
+        gw.apply_options(&get)?;
         gw.listen = settings.listen;
         gw.gateway_id = "local".into();
         gw.max_text_chars = settings.max_text_chars;
-        gw.dev_tokens = settings.dev_tokens;
         gw.static_files = DEMO_FILES.to_vec();
         let gateway = gateway::App::build(gw).await?;
         Ok(SingleNode {
             gateway,
             messages,
             presence,
+            push,
             secret,
         })
     }
@@ -196,6 +224,11 @@ impl SingleNode {
         &self.secret
     }
 
+    /// push-service's store (tests inspect it).
+    pub fn push_store(&self) -> push_service::Store {
+        self.push.store()
+    }
+
     /// The message store (tests inspect it).
     pub fn store(&self) -> message_service::Store {
         self.messages.store()
@@ -212,11 +245,16 @@ impl SingleNode {
         let presence = tokio::spawn(self.presence.run(async move {
             let _ = rx3.wait_for(|v| *v).await;
         }));
+        let mut rx4 = rx.clone();
+        let push = tokio::spawn(self.push.run(async move {
+            let _ = rx4.wait_for(|v| *v).await;
+        }));
         self.gateway.run(shutdown).await?;
         let _ = tx.send(true);
         drop(rx);
         messages.await??;
         presence.await??;
+        push.await??;
         Ok(())
     }
 }

@@ -20,6 +20,9 @@ enum Command {
     /// Run one distributed-mode gateway (settings from the environment, as the `gateway`
     /// binary): one image can then serve every role.
     Gateway,
+    /// Run one distributed-mode push-service (settings from the environment, as the
+    /// `push-service` binary).
+    Push,
     /// Print a client JWT for a user, signed with this data directory's secret.
     Token {
         /// The user id to put in the `user_id` claim.
@@ -40,9 +43,14 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(addr = %app.local_addr()?, "gateway listening");
         return app.run(bus::runtime::shutdown_signal()).await;
     }
+    if let Some(Command::Push) = cli.command {
+        bus::runtime::init_tracing();
+        let app = push_service::App::build(push_service::Settings::from_env()?).await?;
+        return app.run(bus::runtime::shutdown_signal()).await;
+    }
     let settings = indaba::Settings::from_env()?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Gateway => Ok(()),
+        Command::Gateway | Command::Push => Ok(()),
         Command::Token { user, ttl_secs } => {
             anyhow::ensure!(user > 0, "--user must be a positive integer");
             let secret =

@@ -95,6 +95,9 @@ pub(crate) struct Inner {
     settings: Settings,
     /// Message ids whose delivery was published; their outbox rows get deleted in batches.
     published: mpsc::Sender<i64>,
+    /// Committed messages waiting to be enqueued for push-service.
+    push_tx: mpsc::Sender<PushWork>,
+    push_rx: tokio::sync::Mutex<Option<mpsc::Receiver<PushWork>>>,
     published_rx: tokio::sync::Mutex<Option<mpsc::Receiver<i64>>>,
     in_flight: Arc<Semaphore>,
     /// Message ids already acknowledged as delivered (bounded, oldest forgotten first).
@@ -182,6 +185,11 @@ impl App {
             None => None,
         };
         let (published, published_rx) = mpsc::channel(65_536);
+        let (push_tx, push_rx) = mpsc::channel(65_536);
+        if settings.push_jobs {
+            // Producer and consumer both create the stream, so either may start first.
+            bus.ensure_queue(&PUSH_QUEUE).await?;
+        }
         let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
         Ok(App {
             inner: Arc::new(Inner {
@@ -191,6 +199,8 @@ impl App {
                 settings,
                 published,
                 published_rx: tokio::sync::Mutex::new(Some(published_rx)),
+                push_tx,
+                push_rx: tokio::sync::Mutex::new(Some(push_rx)),
                 in_flight,
                 acked: Default::default(),
                 routes_warm_at: tokio::time::Instant::now() + ROUTES_WARMUP,
@@ -227,6 +237,9 @@ impl App {
             tasks.spawn(complete_outbox(self.inner.store.clone(), rx));
         }
         tasks.spawn(sweep(self.inner.clone()));
+        if let Some(rx) = self.inner.push_rx.lock().await.take() {
+            tasks.spawn(enqueue_push(self.inner.clone(), rx));
+        }
         if let Some(l) = self.ops {
             tasks.spawn(bus::ops::serve(l, Arc::new(Readiness(self.inner.clone()))));
         }
@@ -384,12 +397,32 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
     }
 }
 
-/// Publishes one `Delivery` per gateway that holds sockets of the participants, then
-/// queues the outbox row for deletion.
+/// The push queue (see `bus::jobs`).
+pub const PUSH_QUEUE: bus::jobs::Queue = bus::jobs::Queue {
+    stream: subjects::PUSH_STREAM,
+    subject: subjects::PUSH_JOBS,
+    durable: subjects::PUSH_CONSUMER,
+    max_age: Duration::from_secs(24 * 3600),
+    ack_wait: Duration::from_secs(30),
+};
+
+/// A committed message on its way to the push queue.
+pub(crate) struct PushWork {
+    message: pb::ChatMessage,
+    participants: Vec<i64>,
+    meta: store::ConversationMeta,
+    /// The live delivery was published (the outbox row may go once the job is stored).
+    delivered: bool,
+}
+
+/// Publishes one `Delivery` per gateway that holds sockets of the participants, then hands
+/// the message to the push enqueuer, which completes the outbox row once the push job is
+/// stored too. The sender's reply does not wait for the push queue.
 pub(crate) async fn deliver(
     inner: &Inner,
     message: &pb::ChatMessage,
     participants: &[i64],
+    meta: &store::ConversationMeta,
     origin: &str,
 ) {
     let ok = publish_event(
@@ -402,12 +435,84 @@ pub(crate) async fn deliver(
     // On failure the row stays; the sweeper republishes it when the lease runs out. Same
     // while the routing table may still be missing gateways (just after start).
     let warm = tokio::time::Instant::now() >= inner.routes_warm_at;
-    if ok && warm && inner.published.try_send(message.id).is_err() {
+    let work = PushWork {
+        message: message.clone(),
+        participants: participants.to_vec(),
+        meta: meta.clone(),
+        delivered: ok && warm,
+    };
+    if !inner.settings.push_jobs {
+        if work.delivered {
+            complete(inner, message.id);
+        }
+    } else if inner.push_tx.try_send(work).is_err() {
         tracing::debug!(
             message_id = message.id,
+            "push queue backlog full; the sweeper will redo this message"
+        );
+    }
+}
+
+fn complete(inner: &Inner, message_id: i64) {
+    if inner.published.try_send(message_id).is_err() {
+        tracing::debug!(
+            message_id,
             "outbox completion queue full; sweeper will redo it"
         );
     }
+}
+
+/// Stores push jobs durably (JetStream, or the in-process push-service), up to 64 at a
+/// time, and completes outbox rows whose delivery and job are both out.
+async fn enqueue_push(inner: Arc<Inner>, rx: mpsc::Receiver<PushWork>) {
+    let work = tokio_stream_from(rx);
+    work.for_each_concurrent(64, |w| {
+        let inner = inner.clone();
+        async move {
+            let recipients: Vec<i64> = w
+                .participants
+                .iter()
+                .copied()
+                .filter(|u| *u != w.message.sender_id)
+                .collect();
+            let stored = recipients.is_empty() || {
+                let job = pb::PushJob {
+                    message: Some(w.message.clone()),
+                    recipient_ids: recipients,
+                    conversation_title: w.meta.title.clone(),
+                    conversation_kind: i32::try_from(w.meta.kind).unwrap_or(0),
+                };
+                match inner
+                    .bus
+                    .enqueue(
+                        &PUSH_QUEUE,
+                        &w.message.id.to_string(),
+                        Bytes::from(job.encode_to_vec()),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        metrics::bus_error();
+                        tracing::warn!(error = %e, message_id = w.message.id, "push job not stored; the sweeper will retry");
+                        false
+                    }
+                }
+            };
+            if stored && w.delivered {
+                complete(&inner, w.message.id);
+            }
+        }
+    })
+    .await;
+}
+
+/// An mpsc receiver as a stream.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 /// Publishes `event` once to every gateway holding sockets of `recipients`. Returns false
@@ -481,7 +586,14 @@ async fn sweep(inner: Arc<Inner>) {
                     metrics::outbox_republished(pending.len());
                 }
                 for p in pending {
-                    deliver(&inner, &p.message, &p.participants, &p.origin_connection_id).await;
+                    deliver(
+                        &inner,
+                        &p.message,
+                        &p.participants,
+                        &p.meta,
+                        &p.origin_connection_id,
+                    )
+                    .await;
                 }
             }
             Err(e) => tracing::warn!(error = %e, "outbox sweep failed"),

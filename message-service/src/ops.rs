@@ -199,6 +199,7 @@ pub(crate) async fn send(inner: &Inner, req: pb::SendMessageRequest) -> pb::Send
             inner,
             &sent.message,
             &sent.participants,
+            &sent.meta,
             &req.origin_connection_id,
         )
         .await;

@@ -45,6 +45,9 @@ pub struct Settings {
     pub grpc_keys: proto::grpc_auth::ApiKeys,
     /// Operations port (`/livez`, `/readyz`, `/metrics`); `None`: not served.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// Enqueue a push job per committed message (`INDABA_PUSH_JOBS`, default true). Off
+    /// only for deployments without push-service.
+    pub push_jobs: bool,
 }
 
 /// A configuration value that cannot be used; the message names the variable.
@@ -83,6 +86,10 @@ impl Settings {
             grpc_listen: Some(grpc_listen_from(&get, "0.0.0.0:50051")?),
             grpc_keys: proto::grpc_auth::ApiKeys::from_source(&get).map_err(ConfigError)?,
             http_listen: Some(addr_from(&get, env::HTTP_LISTEN, "0.0.0.0:9090")?),
+            push_jobs: !matches!(
+                get(env::PUSH_JOBS).as_deref().map(str::trim),
+                Some("0" | "false" | "no" | "off")
+            ),
         })
     }
 }

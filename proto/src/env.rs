@@ -7,6 +7,8 @@ pub const LISTEN: &str = "INDABA_LISTEN";
 /// `host:port` of a worker service's operations port (`/livez`, `/readyz`, `/metrics`);
 /// message-service default `0.0.0.0:9090`, presence-service `0.0.0.0:9091`.
 pub const HTTP_LISTEN: &str = "INDABA_HTTP_LISTEN";
+/// `false`: message-service enqueues no push jobs (deployments without push-service).
+pub const PUSH_JOBS: &str = "INDABA_PUSH_JOBS";
 /// `true`: serve development tokens at `/api/v1/dev/token/` (HS256 only; never in production).
 pub const DEV_TOKENS: &str = "INDABA_DEV_TOKENS";
 /// HS256 shared secret for client JWTs.
@@ -84,6 +86,43 @@ where
         },
     }
 }
+
+/// push-service: messages to a user in one conversation within this many ms make one
+/// notification (default 10000).
+pub const PUSH_COLLAPSE_MS: &str = "INDABA_PUSH_COLLAPSE_MS";
+/// push-service: no push for a user active on any device within this many seconds (default 60).
+pub const PUSH_SUPPRESS_ACTIVE_SECS: &str = "INDABA_PUSH_SUPPRESS_ACTIVE_SECS";
+/// push-service: retry rounds before a notification is dead-lettered (default 8).
+pub const PUSH_MAX_ATTEMPTS: &str = "INDABA_PUSH_MAX_ATTEMPTS";
+/// push-service: first retry delay in ms, doubled per round with full jitter (default 1000).
+pub const PUSH_RETRY_BASE_MS: &str = "INDABA_PUSH_RETRY_BASE_MS";
+/// push-service: seconds a claimed notification batch belongs to one instance (default 30).
+pub const PUSH_LEASE_SECS: &str = "INDABA_PUSH_LEASE_SECS";
+/// push-service: `true` hides message text in notifications unless a user chose otherwise.
+pub const PUSH_HIDE_TEXT: &str = "INDABA_PUSH_HIDE_TEXT";
+/// FCM: path of the Google service-account key (JSON).
+pub const FCM_SERVICE_ACCOUNT_FILE: &str = "INDABA_FCM_SERVICE_ACCOUNT_FILE";
+/// FCM: API base URL (default `https://fcm.googleapis.com`).
+pub const FCM_BASE_URL: &str = "INDABA_FCM_BASE_URL";
+/// APNs: path of the `.p8` signing key.
+pub const APNS_KEY_FILE: &str = "INDABA_APNS_KEY_FILE";
+/// APNs: the key's id.
+pub const APNS_KEY_ID: &str = "INDABA_APNS_KEY_ID";
+/// APNs: the team id.
+pub const APNS_TEAM_ID: &str = "INDABA_APNS_TEAM_ID";
+/// APNs: the app's bundle id (`apns-topic`).
+pub const APNS_TOPIC: &str = "INDABA_APNS_TOPIC";
+/// APNs: API base URL (default `https://api.push.apple.com`; sandbox: `https://api.sandbox.push.apple.com`).
+pub const APNS_BASE_URL: &str = "INDABA_APNS_BASE_URL";
+/// Web Push: the VAPID private key (PKCS#8 PEM or base64url scalar).
+pub const VAPID_PRIVATE_KEY: &str = "INDABA_VAPID_PRIVATE_KEY";
+/// Web Push: the VAPID contact (`mailto:` or `https:` URL).
+pub const VAPID_SUBJECT: &str = "INDABA_VAPID_SUBJECT";
+/// Webhooks: the HMAC-SHA256 signing secret (≥ 16 characters).
+pub const WEBHOOK_SECRET: &str = "INDABA_WEBHOOK_SECRET";
+/// push-service: `true` allows `http://` webhook URLs and Web Push endpoints (development
+/// and tests only; real push services are https).
+pub const PUSH_ALLOW_HTTP: &str = "INDABA_PUSH_ALLOW_HTTP";
 
 #[cfg(test)]
 mod tests {

@@ -48,6 +48,25 @@ pub const PRESENCE_INSTANCES: &str = "indaba.v1.presence.instances";
 /// Queue group shared by every presence-service instance.
 pub const PRESENCE_SERVICE_QUEUE: &str = "presence-service";
 
+/// The push job queue: JetStream stream, subject and durable consumer.
+pub const PUSH_STREAM: &str = "INDABA_PUSH";
+/// Durable (JetStream): `pb::PushJob`, one per committed message (id = message id).
+pub const PUSH_JOBS: &str = "indaba.v1.push.jobs";
+/// The durable consumer (and in-process queue group) of push-service.
+pub const PUSH_CONSUMER: &str = "push-service";
+/// Request/reply: `pb::RegisterDeviceRequest` → `pb::RegisterDeviceResponse`.
+pub const PUSH_REGISTER: &str = "indaba.v1.push.devices.register";
+/// Request/reply: `pb::UnregisterDeviceRequest` → `pb::UnregisterDeviceResponse`.
+pub const PUSH_UNREGISTER: &str = "indaba.v1.push.devices.unregister";
+/// Request/reply: `pb::ListDevicesRequest` → `pb::ListDevicesResponse`.
+pub const PUSH_LIST_DEVICES: &str = "indaba.v1.push.devices.list";
+/// Request/reply: `pb::SetMuteRequest` → `pb::SetMuteResponse`.
+pub const PUSH_MUTE: &str = "indaba.v1.push.mute";
+/// Request/reply: `pb::SetPushPreferencesRequest` → `pb::SetPushPreferencesResponse`.
+pub const PUSH_PREFS: &str = "indaba.v1.push.prefs";
+/// Queue group shared by every push-service instance.
+pub const PUSH_SERVICE_QUEUE: &str = "push-service";
+
 /// Queue group shared by every message-service instance, so each request is handled once.
 pub const MESSAGE_SERVICE_QUEUE: &str = "message-service";
 

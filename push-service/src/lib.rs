@@ -1,6 +1,553 @@
 //! push-service: notifications for users with no online device.
 //!
-//! Skeleton only; the service (device registry, JetStream job stream, FCM/APNs/Web Push/
-//! webhook providers) is the subject of issue 5. message-service already publishes every
-//! committed message exactly once per delivery attempt, which is where push jobs will be
-//! derived from.
+//! Layout:
+//! - [`settings`] — configuration.
+//! - [`store`] — devices, mutes, preferences, and durable notification batches.
+//! - [`providers`] — FCM, APNs, Web Push and webhooks over their real protocols.
+//! - [`api`] — device registration, mute and preferences (NATS for the gateway's REST
+//!   routes, gRPC for backends), one typed function per request.
+//!
+//! Flow: message-service enqueues one `PushJob` per committed message (JetStream work queue;
+//! in process, a request answered after the job is stored). *Intake* asks presence about
+//! the recipients, drops those online or active within `suppress_if_active_within`, those
+//! who muted the conversation and those without devices, and adds the message to the
+//! recipient's open batch for the conversation (one transaction, remembering the
+//! (message, user) pair so a redelivered job counts once). Only then is the job
+//! acknowledged. The *sender* claims batches whose collapse window is over (a lease, so a
+//! dead instance's batches are taken over), checks presence again, and sends one
+//! notification per device, recording each device reached; retries back off with jitter
+//! and honour `Retry-After`; dead tokens are pruned; hopeless sends are dead-lettered.
+
+pub mod api;
+mod grpc;
+pub mod metrics;
+pub mod providers;
+pub mod settings;
+pub mod store;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bus::Bus;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use prost::Message as _;
+use proto::pb;
+use proto::subjects;
+use tokio::task::JoinSet;
+
+pub use settings::{BusSettings, Settings, StoreSettings};
+pub use store::Store;
+
+use providers::{Notification, Outcome, Providers};
+
+/// The push queue (shared with message-service, which produces it).
+pub const QUEUE: bus::jobs::Queue = bus::jobs::Queue {
+    stream: subjects::PUSH_STREAM,
+    subject: subjects::PUSH_JOBS,
+    durable: subjects::PUSH_CONSUMER,
+    max_age: Duration::from_secs(24 * 3600),
+    ack_wait: Duration::from_secs(30),
+};
+
+/// Most recipients asked about in one presence query.
+const PRESENCE_CHUNK: usize = 500;
+/// Batches claimed per sweep, and sent at once.
+const CLAIM: i64 = 64;
+/// Longest retry delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+pub(crate) struct Inner {
+    bus: Bus,
+    store: Store,
+    settings: Settings,
+    providers: Providers,
+}
+
+/// A built push-service.
+pub struct App {
+    inner: Arc<Inner>,
+    jobs: bus::jobs::Jobs,
+    api: Vec<(api::Route, bus::Subscriber)>,
+    grpc: Option<tokio::net::TcpListener>,
+    ops: Option<tokio::net::TcpListener>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("push_service::App")
+    }
+}
+
+impl App {
+    /// Connects, migrates, builds the providers (a bad key stops the start), subscribes.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        let mut providers = Providers::new()?;
+        if let Some((json, base)) = &settings.fcm {
+            providers.fcm = Some(providers::fcm::Fcm::new(json, base.clone())?);
+        }
+        if let Some(cfg) = &settings.apns {
+            providers.apns = Some(providers::apns::Apns::new(cfg.clone())?);
+        }
+        if let Some((key, subject)) = &settings.vapid {
+            providers.webpush = Some(providers::webpush::WebPush::new(key, subject)?);
+        }
+        if let Some(secret) = &settings.webhook {
+            providers.webhook = Some(providers::webhook::Webhook::new(
+                secret,
+                settings.allow_http,
+            )?);
+        }
+        tracing::info!(?providers, "push providers");
+        let store = match &settings.store {
+            StoreSettings::Postgres(url) => Store::connect_postgres(url, 8).await?,
+            StoreSettings::Sqlite(path) => Store::open_sqlite(path).await?,
+        };
+        let bus = match &settings.bus {
+            BusSettings::Nats(url) => Bus::connect_nats(url, "push-service").await?,
+            BusSettings::Shared(b) => b.clone(),
+        };
+        let jobs = bus.consume(&QUEUE).await?;
+        let mut api_subs = Vec::new();
+        for (route, subject) in api::ROUTES {
+            api_subs.push((
+                route,
+                bus.queue_subscribe(subject, subjects::PUSH_SERVICE_QUEUE)
+                    .await?,
+            ));
+        }
+        let bind = |a: Option<std::net::SocketAddr>| async move {
+            match a {
+                Some(addr) => tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map(Some)
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}")),
+                None => Ok(None),
+            }
+        };
+        // Subscriptions reach the server before anyone is told we are up.
+        bus.flush().await?;
+        let grpc = bind(settings.grpc_listen).await?;
+        let ops = bind(settings.http_listen).await?;
+        Ok(App {
+            inner: Arc::new(Inner {
+                bus,
+                store,
+                settings,
+                providers,
+            }),
+            jobs,
+            api: api_subs,
+            grpc,
+            ops,
+        })
+    }
+
+    /// The store (tests inspect it).
+    pub fn store(&self) -> Store {
+        self.inner.store.clone()
+    }
+
+    /// Where gRPC listens, when served.
+    pub fn grpc_addr(&self) -> Option<std::net::SocketAddr> {
+        self.grpc.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Where the operations port listens, when served.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.ops.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until `shutdown`. Batches being sent are left to their lease: another
+    /// instance (or this one, restarted) finishes them, skipping devices already reached.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let mut tasks = JoinSet::new();
+        tasks.spawn(intake_loop(self.inner.clone(), self.jobs));
+        tasks.spawn(send_loop(self.inner.clone()));
+        for (route, sub) in self.api {
+            tasks.spawn(api::serve(self.inner.clone(), route, sub));
+        }
+        if let Some(l) = self.ops {
+            tasks.spawn(bus::ops::serve(l, Arc::new(Readiness(self.inner.clone()))));
+        }
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(l) = self.grpc {
+            tasks.spawn(grpc::serve(l, self.inner.clone(), async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            }));
+        }
+        tracing::info!("push-service running");
+        shutdown.await;
+        tracing::info!("push-service stopping");
+        let _ = stop_tx.send(true);
+        tasks.abort_all();
+        Ok(())
+    }
+}
+
+struct Readiness(Arc<Inner>);
+
+impl bus::ops::Probe for Readiness {
+    fn ready(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            if !self.0.bus.is_connected() {
+                return Err("no NATS connection".into());
+            }
+            self.0.store.ping().await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn metrics(&self) -> String {
+        metrics::render()
+    }
+}
+
+/// What presence says about one user.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    connections: u32,
+    last_seen_ms: i64,
+}
+
+/// Presence of `users`. `None` when presence cannot answer (the caller fails open: a
+/// duplicate notification is better than a lost one).
+async fn presence(bus: &Bus, users: &[i64]) -> Option<HashMap<i64, Seen>> {
+    let mut out = HashMap::with_capacity(users.len());
+    for chunk in users.chunks(PRESENCE_CHUNK) {
+        let req = pb::GetPresenceRequest {
+            user_ids: chunk.to_vec(),
+        };
+        let reply = bus
+            .request(
+                subjects::PRESENCE_GET,
+                Bytes::from(req.encode_to_vec()),
+                Duration::from_secs(2),
+            )
+            .await
+            .ok()?;
+        let resp = pb::GetPresenceResponse::decode(reply.payload).ok()?;
+        for u in resp.users {
+            out.insert(
+                u.user_id,
+                Seen {
+                    connections: u.connections,
+                    last_seen_ms: u.last_seen_ms,
+                },
+            );
+        }
+    }
+    Some(out)
+}
+
+/// Whether a user should get no push: online now, or active very recently.
+fn present(seen: Option<&Seen>, within: Duration, now_ms: i64) -> bool {
+    seen.is_some_and(|s| {
+        s.connections > 0
+            || (s.last_seen_ms > 0
+                && now_ms - s.last_seen_ms < i64::try_from(within.as_millis()).unwrap_or(0))
+    })
+}
+
+async fn intake_loop(inner: Arc<Inner>, mut jobs: bus::jobs::Jobs) {
+    while let Some(job) = jobs.next().await {
+        metrics::job();
+        match intake(&inner, &job.payload).await {
+            Ok(()) => {
+                if let Err(e) = job.ack().await {
+                    tracing::warn!(error = %e, "push job ack failed; it will be redelivered (and ignored)");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "push job not stored; retrying later");
+                let _ = job.retry_later(Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+/// Turns one job into batch entries. `Err` only when the store failed (retry the job).
+async fn intake(inner: &Inner, payload: &[u8]) -> Result<(), store::StoreError> {
+    let job = match pb::PushJob::decode(payload) {
+        Ok(j) => j,
+        Err(e) => {
+            // A job nobody can read never will be: drop it rather than loop on it.
+            tracing::error!(error = %e, "undecodable push job dropped");
+            return Ok(());
+        }
+    };
+    let Some(m) = job.message else {
+        return Ok(());
+    };
+    let now = proto::time::now_ms();
+    let seen = presence(&inner.bus, &job.recipient_ids).await;
+    if seen.is_none() {
+        tracing::warn!("presence unavailable: treating recipients as offline");
+    }
+    let incoming = store::Incoming {
+        message_id: m.id,
+        conversation_id: m.conversation_id,
+        sender_id: m.sender_id,
+        text: &m.text,
+        title: &job.conversation_title,
+        kind: i64::from(job.conversation_kind),
+    };
+    for user in job.recipient_ids {
+        if user == m.sender_id {
+            continue;
+        }
+        if present(
+            seen.as_ref().and_then(|s| s.get(&user)),
+            inner.settings.suppress_if_active_within,
+            now,
+        ) {
+            metrics::outcome(metrics::Kind::SkippedActive);
+            continue;
+        }
+        match inner
+            .store
+            .intake(user, &incoming, inner.settings.collapse_window)
+            .await?
+        {
+            store::Intake::Added => metrics::outcome(metrics::Kind::Queued),
+            store::Intake::Muted => metrics::outcome(metrics::Kind::SkippedMuted),
+            store::Intake::Duplicate | store::Intake::NoDevices => {}
+        }
+    }
+    Ok(())
+}
+
+async fn send_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(inner.settings.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune = tokio::time::Instant::now();
+    loop {
+        tick.tick().await;
+        let batches = match inner.store.claim_due(inner.settings.lease, CLAIM).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim push batches");
+                continue;
+            }
+        };
+        futures_util::stream::iter(batches)
+            .for_each_concurrent(16, |b| {
+                let inner = inner.clone();
+                async move {
+                    if let Err(e) = send_batch(&inner, &b).await {
+                        // The lease runs out and the batch is retried.
+                        tracing::warn!(error = %e, batch = b.id, "push batch failed");
+                    }
+                }
+            })
+            .await;
+        if last_prune.elapsed() > Duration::from_secs(600) {
+            last_prune = tokio::time::Instant::now();
+            let _ = inner
+                .store
+                .prune_seen(proto::time::now_ms() - 24 * 3600 * 1000)
+                .await;
+        }
+    }
+}
+
+/// What the user sees.
+fn notification(b: &store::Batch, hide_text: bool) -> Notification {
+    let group_title = (b.kind == pb::ConversationKind::Group as i64 && !b.title.is_empty())
+        .then(|| b.title.clone());
+    let (title, body) = if hide_text {
+        let body = if b.count > 1 {
+            format!("{} new messages", b.count)
+        } else {
+            String::new()
+        };
+        ("New message".to_owned(), body)
+    } else {
+        let mut text: String = b.last_text.chars().take(200).collect();
+        if b.count > 1 {
+            text = format!("{} new messages · {text}", b.count);
+        }
+        (
+            group_title.unwrap_or_else(|| "New message".to_owned()),
+            text,
+        )
+    };
+    Notification {
+        user_id: b.user_id,
+        conversation_id: b.conversation_id,
+        message_id: b.last_message_id,
+        sender_id: b.last_sender_id,
+        count: b.count,
+        title,
+        body,
+        batch_id: b.id,
+    }
+}
+
+/// The retry delay after `attempt` failed rounds: full jitter over an exponential bound,
+/// never less than what the provider asked for.
+fn backoff(base: Duration, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    use rand::Rng;
+    let bound = base
+        .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+        .min(MAX_BACKOFF);
+    let jittered = rand::rng().random_range(Duration::ZERO..=bound);
+    jittered
+        .max(retry_after.unwrap_or_default())
+        .max(Duration::from_millis(100))
+}
+
+async fn send_batch(inner: &Inner, b: &store::Batch) -> Result<(), store::StoreError> {
+    // Back online since the batch opened: they will read it in the app.
+    if let Some(seen) = presence(&inner.bus, &[b.user_id]).await {
+        if seen.get(&b.user_id).is_some_and(|s| s.connections > 0) {
+            metrics::outcome(metrics::Kind::SkippedActive);
+            return inner.store.finish(b.id).await;
+        }
+    }
+    let done = inner.store.sent_devices(b.id).await?;
+    let devices: Vec<providers::Target> = inner
+        .store
+        .devices(b.user_id)
+        .await?
+        .into_iter()
+        .map(|(t, _)| t)
+        .filter(|t| !done.contains(&t.id))
+        .collect();
+    let hide = inner
+        .store
+        .hide_text(b.user_id)
+        .await?
+        .unwrap_or(inner.settings.hide_text_default);
+    let n = notification(b, hide);
+    let mut retry: Option<Option<Duration>> = None;
+    let mut waiting = Vec::new();
+    for d in &devices {
+        match inner.providers.send(d, &n).await {
+            Outcome::Sent => {
+                metrics::outcome(metrics::Kind::Sent);
+                inner.store.mark_done(b.id, d.id).await?;
+            }
+            Outcome::Gone(why) => {
+                tracing::info!(device = d.id, %why, "pruning dead device token");
+                metrics::outcome(metrics::Kind::Pruned);
+                inner.store.delete_device(d.id).await?;
+                inner.store.mark_done(b.id, d.id).await?;
+            }
+            Outcome::Failed(why) => {
+                tracing::warn!(device = d.id, %why, "notification refused; dead-lettered");
+                metrics::outcome(metrics::Kind::DeadLettered);
+                inner.store.dead_letter(b, d.id, &why).await?;
+            }
+            Outcome::Retry(after, why) => {
+                tracing::info!(device = d.id, %why, attempt = b.attempt, "notification will be retried");
+                metrics::outcome(metrics::Kind::Retried);
+                retry = Some(retry.flatten().max(after));
+                waiting.push((d.id, why));
+            }
+        }
+    }
+    match retry {
+        None => inner.store.finish(b.id).await,
+        Some(_) if b.attempt + 1 >= i64::from(inner.settings.max_attempts) => {
+            for (device, why) in waiting {
+                metrics::outcome(metrics::Kind::DeadLettered);
+                inner
+                    .store
+                    .dead_letter(
+                        b,
+                        device,
+                        &format!("gave up after {} attempts: {why}", b.attempt + 1),
+                    )
+                    .await?;
+            }
+            inner.store.finish(b.id).await
+        }
+        Some(after) => {
+            let attempt = u32::try_from(b.attempt).unwrap_or(u32::MAX);
+            let delay = backoff(inner.settings.retry_base, attempt, after);
+            let due = proto::time::now_ms() + i64::try_from(delay.as_millis()).unwrap_or(0);
+            inner.store.reschedule(b.id, due).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(count: i64, kind: pb::ConversationKind, title: &str) -> store::Batch {
+        store::Batch {
+            id: 1,
+            user_id: 2,
+            conversation_id: 3,
+            count,
+            last_message_id: 9,
+            last_sender_id: 1,
+            last_text: "see you at 8".into(),
+            title: title.into(),
+            kind: kind as i64,
+            attempt: 0,
+        }
+    }
+
+    #[test]
+    fn notification_text_and_hiding() {
+        let n = notification(&batch(1, pb::ConversationKind::Direct, ""), false);
+        assert_eq!(
+            (n.title.as_str(), n.body.as_str()),
+            ("New message", "see you at 8")
+        );
+        let n = notification(&batch(3, pb::ConversationKind::Group, "Trip"), false);
+        assert_eq!(
+            (n.title.as_str(), n.body.as_str()),
+            ("Trip", "3 new messages · see you at 8")
+        );
+        let n = notification(&batch(3, pb::ConversationKind::Group, "Trip"), true);
+        assert_eq!(
+            (n.title.as_str(), n.body.as_str()),
+            ("New message", "3 new messages")
+        );
+        assert!(!n.body.contains("see you"));
+        assert_eq!(n.data()["conversation_id"], "3");
+        assert_eq!(n.data()["message_id"], "9");
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_honours_retry_after() {
+        let base = Duration::from_secs(1);
+        for attempt in 0..20 {
+            let d = backoff(base, attempt, None);
+            assert!(
+                d <= MAX_BACKOFF.max(Duration::from_millis(100)),
+                "{attempt}: {d:?}"
+            );
+        }
+        assert!(backoff(base, 0, Some(Duration::from_secs(30))) >= Duration::from_secs(30));
+    }
+
+    #[test]
+    fn presence_rules() {
+        let now = 1_000_000;
+        let within = Duration::from_secs(60);
+        assert!(!present(None, within, now));
+        let online = Seen {
+            connections: 1,
+            last_seen_ms: now,
+        };
+        assert!(present(Some(&online), within, now));
+        let recent = Seen {
+            connections: 0,
+            last_seen_ms: now - 10_000,
+        };
+        assert!(present(Some(&recent), within, now));
+        let long_ago = Seen {
+            connections: 0,
+            last_seen_ms: now - 120_000,
+        };
+        assert!(!present(Some(&long_ago), within, now));
+        let never = Seen::default();
+        assert!(!present(Some(&never), within, now));
+    }
+}

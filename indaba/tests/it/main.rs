@@ -12,6 +12,8 @@ mod grpc;
 mod hardening;
 mod http_api;
 mod presence;
+mod push;
+mod push_fakes;
 mod rest;
 mod spec_client;
 mod store_suite;

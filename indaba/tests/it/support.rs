@@ -244,7 +244,7 @@ impl Drop for Running {
     }
 }
 
-fn run_with_stop<F>(f: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> F) -> Running
+pub fn run_with_stop<F>(f: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> F) -> Running
 where
     F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
 {
@@ -284,6 +284,7 @@ pub async fn spawn_message_service_with(
         grpc_listen: None,
         grpc_keys: Default::default(),
         http_listen: None,
+        push_jobs: true,
     };
     tweak(&mut settings);
     let app = message_service::App::build(settings)
@@ -326,6 +327,7 @@ pub async fn spawn_message_service_ops(
         grpc_listen: Some("127.0.0.1:0".parse().expect("addr")),
         grpc_keys: proto::grpc_auth::ApiKeys::parse(keys).expect("keys"),
         http_listen: Some("127.0.0.1:0".parse().expect("addr")),
+        push_jobs: true,
     };
     let app = message_service::App::build(settings)
         .await
@@ -437,15 +439,24 @@ impl Drop for GatewayProcess {
 pub async fn spawn_single_node(
     dir: &std::path::Path,
 ) -> (Running, SocketAddr, message_service::Store) {
+    spawn_single_node_with(dir, "127.0.0.1:0", &[]).await
+}
+
+/// A single node on a given address with `INDABA_*` options (as the environment gives them).
+pub async fn spawn_single_node_with(
+    dir: &std::path::Path,
+    listen: &str,
+    options: &[(String, String)],
+) -> (Running, SocketAddr, message_service::Store) {
     let node = indaba::SingleNode::build(indaba::Settings {
         data_dir: dir.to_path_buf(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
+        listen: listen.parse().expect("addr"),
         jwt_secret: Some(SECRET.into()),
         max_text_chars: 100,
         retention: None,
         grpc_listen: None,
         grpc_keys: Default::default(),
-        dev_tokens: false,
+        options: indaba::Options(options.iter().cloned().collect()),
     })
     .await
     .expect("build single node");

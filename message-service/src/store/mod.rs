@@ -67,6 +67,8 @@ pub struct Sent {
     pub message: ChatMessage,
     /// Everyone in the conversation, sender included.
     pub participants: Vec<i64>,
+    /// The conversation's title and kind (for notifications).
+    pub meta: ConversationMeta,
     /// True when `client_msg_id` matched an already stored message.
     pub duplicate: bool,
 }
@@ -78,8 +80,19 @@ pub struct PendingDelivery {
     pub message: ChatMessage,
     /// Its conversation's participants.
     pub participants: Vec<i64>,
+    /// The conversation's title and kind.
+    pub meta: ConversationMeta,
     /// The connection that sent it.
     pub origin_connection_id: String,
+}
+
+/// What a notification says about a conversation.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationMeta {
+    /// Title (empty for direct chats).
+    pub title: String,
+    /// `pb::ConversationKind` as stored.
+    pub kind: i64,
 }
 
 /// A message newly marked read, as the relay to its sender needs it.
@@ -385,14 +398,19 @@ impl Store {
             };
             // The row lock taken here serializes writers of one conversation, which is
             // what makes seq gap-free; other conversations proceed in parallel.
-            let seq: i64 = sqlx::query_scalar(
+            let bumped = sqlx::query(
                 "UPDATE conversations SET last_seq = last_seq + 1, last_message_at_ms = $2
-                 WHERE id = $1 RETURNING last_seq",
+                 WHERE id = $1 RETURNING last_seq, title, kind",
             )
             .bind(conversation_id)
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
+            let seq: i64 = bumped.try_get("last_seq")?;
+            let meta = ConversationMeta {
+                title: bumped.try_get("title")?,
+                kind: bumped.try_get("kind")?,
+            };
             let row = sqlx::query(
                 "INSERT INTO messages (conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -420,6 +438,7 @@ impl Store {
             Ok(Sent {
                 message,
                 participants,
+                meta,
                 duplicate: false,
             })
         })
@@ -459,6 +478,7 @@ impl Store {
         Ok(Some(Sent {
             message,
             participants,
+            meta: ConversationMeta::default(),
             duplicate: true,
         }))
     }
@@ -639,11 +659,17 @@ impl Store {
         });
         let mut pending = Vec::with_capacity(claimed.len());
         for (id, origin) in claimed {
-            if let Some(message) = self.get_message(id).await? {
-                let participants = self.participants(message.conversation_id).await?;
+            let Some(message) = self.get_message(id).await? else {
+                continue;
+            };
+            if let Some(conv) = self.get_conversation(message.conversation_id).await? {
                 pending.push(PendingDelivery {
                     message,
-                    participants,
+                    participants: conv.participant_ids,
+                    meta: ConversationMeta {
+                        title: conv.title,
+                        kind: i64::from(conv.kind),
+                    },
                     origin_connection_id: origin,
                 });
             }
