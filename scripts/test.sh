@@ -75,3 +75,10 @@ echo "==> cargo clippy" >&2
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo test" >&2
 cargo test --workspace --no-fail-fast "$@"
+
+# The TypeScript SDK, the demo and the browser test, against the binary cargo just built.
+# Skipped when arguments narrow the run to some Rust tests.
+if [ "$#" -eq 0 ]; then
+  echo "==> JavaScript SDK and browser tests (scripts/test-js.sh)" >&2
+  INDABA_BIN="$PWD/target/debug/indaba" scripts/test-js.sh
+fi
