@@ -75,6 +75,24 @@ impl Verifier {
         Ok(Verifier { key, validation })
     }
 
+    /// Also requires `iss` to equal `issuer` and `aud` to contain `audience`, when given
+    /// (`INDABA_JWT_ISSUER`, `INDABA_JWT_AUDIENCE`): a token minted for another service
+    /// by the same identity provider is then refused.
+    pub fn expecting(mut self, issuer: Option<&str>, audience: Option<&str>) -> Verifier {
+        let mut required = vec!["exp"];
+        if let Some(iss) = issuer {
+            self.validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        if let Some(aud) = audience {
+            self.validation.set_audience(&[aud]);
+            self.validation.validate_aud = true;
+            required.push("aud");
+        }
+        self.validation.set_required_spec_claims(&required);
+        self
+    }
+
     /// Returns the user id the token was issued to.
     pub fn verify(&self, token: &str) -> Result<i64, AuthError> {
         self.identify(token).map(|i| i.user_id)
@@ -142,6 +160,54 @@ pub fn mint_hs256(secret: &str, user_id: i64, ttl: Duration) -> anyhow::Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issuer_and_audience_are_enforced_when_configured() {
+        let now = proto::time::now_ms() / 1000;
+        let sign = |claims: serde_json::Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .unwrap()
+        };
+        let v = verifier().expecting(Some("https://auth.example"), Some("indaba"));
+        let good = sign(
+            serde_json::json!({"user_id": 5, "exp": now + 60, "iss": "https://auth.example", "aud": "indaba"}),
+        );
+        assert_eq!(v.verify(&good), Ok(5));
+        let list_aud = sign(
+            serde_json::json!({"user_id": 5, "exp": now + 60, "iss": "https://auth.example", "aud": ["billing", "indaba"]}),
+        );
+        assert_eq!(v.verify(&list_aud), Ok(5));
+        for (what, claims) in [
+            (
+                "wrong audience",
+                serde_json::json!({"user_id": 5, "exp": now + 60, "iss": "https://auth.example", "aud": "billing"}),
+            ),
+            (
+                "no audience",
+                serde_json::json!({"user_id": 5, "exp": now + 60, "iss": "https://auth.example"}),
+            ),
+            (
+                "wrong issuer",
+                serde_json::json!({"user_id": 5, "exp": now + 60, "iss": "https://evil.example", "aud": "indaba"}),
+            ),
+            (
+                "no issuer",
+                serde_json::json!({"user_id": 5, "exp": now + 60, "aud": "indaba"}),
+            ),
+        ] {
+            assert!(
+                matches!(v.verify(&sign(claims)), Err(AuthError::Invalid(_))),
+                "{what}"
+            );
+        }
+        // Not configured: iss/aud are not looked at.
+        let plain = sign(serde_json::json!({"user_id": 5, "exp": now + 60, "aud": "billing"}));
+        assert_eq!(verifier().verify(&plain), Ok(5));
+    }
 
     const SECRET: &str = "test-secret-0123456789";
 

@@ -55,6 +55,10 @@ pub struct Settings {
     pub max_connections_per_user: u32,
     /// On shutdown, sockets are closed in batches spread over this window.
     pub drain_window: Duration,
+    /// Required `iss` of client tokens (`INDABA_JWT_ISSUER`), if any.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` of client tokens (`INDABA_JWT_AUDIENCE`), if any.
+    pub jwt_audience: Option<String>,
     /// Serve `GET /api/v1/dev/token/?user_id=N` (HS256 only). Development only: anyone who
     /// reaches the port can act as any user.
     pub dev_tokens: bool,
@@ -117,6 +121,8 @@ impl Settings {
             drain_window: Duration::from_secs(10),
             dev_tokens: false,
             static_files: Vec::new(),
+            jwt_issuer: None,
+            jwt_audience: None,
         }
     }
 
@@ -203,6 +209,8 @@ impl Settings {
                 .collect();
         }
         s.dev_tokens = flag(get, env::DEV_TOKENS)?;
+        s.jwt_issuer = get(env::JWT_ISSUER).filter(|v| !v.trim().is_empty());
+        s.jwt_audience = get(env::JWT_AUDIENCE).filter(|v| !v.trim().is_empty());
         Ok(())
     }
 }

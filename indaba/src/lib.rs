@@ -175,6 +175,7 @@ impl SingleNode {
             // The single-node program reports through the gateway's port.
             http_listen: None,
             push_jobs: true,
+            group_commit: true,
         })
         .await?;
         let mut presence_settings =

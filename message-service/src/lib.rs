@@ -95,6 +95,9 @@ pub(crate) struct Inner {
     settings: Settings,
     /// Message ids whose delivery was published; their outbox rows get deleted in batches.
     published: mpsc::Sender<i64>,
+    /// Sends waiting for the group-commit batcher.
+    sends: mpsc::Sender<PendingSend>,
+    sends_rx: tokio::sync::Mutex<Option<mpsc::Receiver<PendingSend>>>,
     /// Committed messages waiting to be enqueued for push-service.
     push_tx: mpsc::Sender<PushWork>,
     push_rx: tokio::sync::Mutex<Option<mpsc::Receiver<PushWork>>>,
@@ -113,7 +116,41 @@ pub(crate) struct Inner {
 /// How long after start the routing table is treated as incomplete.
 const ROUTES_WARMUP: Duration = Duration::from_secs(2);
 
+/// A message waiting to be stored, and who waits for the result.
+pub(crate) type PendingSend = (
+    store::NewMessage,
+    tokio::sync::oneshot::Sender<Result<store::Sent, StoreError>>,
+);
+
+/// Most messages one group commit takes.
+const MAX_BATCH: usize = 256;
+/// Group commits in flight at once (one fills while another commits).
+const BATCHES_IN_FLIGHT: usize = 2;
+
 impl Inner {
+    /// Stores a message through the group-commit batcher.
+    pub(crate) async fn store_message(
+        &self,
+        m: store::NewMessage,
+    ) -> Result<store::Sent, StoreError> {
+        if !self.settings.group_commit {
+            return self.store.send_message(&m).await;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.sends.send((m, tx)).await.is_err() {
+            return Err(StoreError::Rejected {
+                code: proto::ErrorCode::Unavailable,
+                message: "message-service is stopping; retry".into(),
+            });
+        }
+        rx.await.unwrap_or_else(|_| {
+            Err(StoreError::Rejected {
+                code: proto::ErrorCode::Unavailable,
+                message: "message-service is stopping; retry".into(),
+            })
+        })
+    }
+
     fn first_ack(&self, message_id: i64) -> bool {
         let mut g = self.acked.lock().unwrap_or_else(|e| e.into_inner());
         if !g.0.insert(message_id) {
@@ -186,6 +223,7 @@ impl App {
         };
         let (published, published_rx) = mpsc::channel(65_536);
         let (push_tx, push_rx) = mpsc::channel(65_536);
+        let (sends, sends_rx) = mpsc::channel(4096);
         if settings.push_jobs {
             // Producer and consumer both create the stream, so either may start first.
             bus.ensure_queue(&PUSH_QUEUE).await?;
@@ -199,6 +237,8 @@ impl App {
                 settings,
                 published,
                 published_rx: tokio::sync::Mutex::new(Some(published_rx)),
+                sends,
+                sends_rx: tokio::sync::Mutex::new(Some(sends_rx)),
                 push_tx,
                 push_rx: tokio::sync::Mutex::new(Some(push_rx)),
                 in_flight,
@@ -239,6 +279,9 @@ impl App {
         tasks.spawn(sweep(self.inner.clone()));
         if let Some(rx) = self.inner.push_rx.lock().await.take() {
             tasks.spawn(enqueue_push(self.inner.clone(), rx));
+        }
+        if let Some(rx) = self.inner.sends_rx.lock().await.take() {
+            tasks.spawn(group_commit(self.inner.store.clone(), rx));
         }
         if let Some(l) = self.ops {
             tasks.spawn(bus::ops::serve(l, Arc::new(Readiness(self.inner.clone()))));
@@ -506,6 +549,32 @@ async fn enqueue_push(inner: Arc<Inner>, rx: mpsc::Receiver<PushWork>) {
         }
     })
     .await;
+}
+
+/// Group commit: whatever sends arrived while the previous batch was committing go into
+/// the next transaction together, so at load one fsync serves many messages and at rest a
+/// lone message is committed at once (no waiting to fill a batch).
+async fn group_commit(store: Store, mut rx: mpsc::Receiver<PendingSend>) {
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        let work = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        let store = store.clone();
+        tokio::spawn(async move {
+            let (messages, waiters): (Vec<_>, Vec<_>) = work.into_iter().unzip();
+            let results = store.send_many(&messages).await;
+            for (w, r) in waiters.into_iter().zip(results) {
+                let _ = w.send(r);
+            }
+            drop(permit);
+        });
+    }
 }
 
 /// An mpsc receiver as a stream.

@@ -187,7 +187,7 @@ pub(crate) async fn send(inner: &Inner, req: pb::SendMessageRequest) -> pb::Send
         client_msg_id: (!req.client_msg_id.is_empty()).then_some(req.client_msg_id),
         origin_connection_id: req.origin_connection_id.clone(),
     };
-    let sent = match inner.store.send_message(&new).await {
+    let sent = match inner.store_message(new).await {
         Ok(s) => s,
         Err(e) => return pb::SendMessageResponse::failed(store_error(e)),
     };

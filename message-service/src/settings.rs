@@ -48,6 +48,9 @@ pub struct Settings {
     /// Enqueue a push job per committed message (`INDABA_PUSH_JOBS`, default true). Off
     /// only for deployments without push-service.
     pub push_jobs: bool,
+    /// Commit the sends that arrive together in one transaction (`INDABA_GROUP_COMMIT`,
+    /// default true; false: one transaction per message, for comparison).
+    pub group_commit: bool,
 }
 
 /// A configuration value that cannot be used; the message names the variable.
@@ -86,12 +89,18 @@ impl Settings {
             grpc_listen: Some(grpc_listen_from(&get, "0.0.0.0:50051")?),
             grpc_keys: proto::grpc_auth::ApiKeys::from_source(&get).map_err(ConfigError)?,
             http_listen: Some(addr_from(&get, env::HTTP_LISTEN, "0.0.0.0:9090")?),
-            push_jobs: !matches!(
-                get(env::PUSH_JOBS).as_deref().map(str::trim),
-                Some("0" | "false" | "no" | "off")
-            ),
+            push_jobs: !off(&get, env::PUSH_JOBS),
+            group_commit: !off(&get, env::GROUP_COMMIT),
         })
     }
+}
+
+/// Whether a default-on flag is turned off.
+fn off(get: &impl Fn(&str) -> Option<String>, key: &str) -> bool {
+    matches!(
+        get(key).as_deref().map(str::trim),
+        Some("0" | "false" | "no" | "off")
+    )
 }
 
 /// Reads `INDABA_MESSAGE_RETENTION_DAYS` (absent: keep forever).

@@ -7,6 +7,9 @@ pub const LISTEN: &str = "INDABA_LISTEN";
 /// `host:port` of a worker service's operations port (`/livez`, `/readyz`, `/metrics`);
 /// message-service default `0.0.0.0:9090`, presence-service `0.0.0.0:9091`.
 pub const HTTP_LISTEN: &str = "INDABA_HTTP_LISTEN";
+/// `false`: message-service commits each message in its own transaction instead of grouping
+/// the sends that arrive together (for comparison; default true).
+pub const GROUP_COMMIT: &str = "INDABA_GROUP_COMMIT";
 /// `false`: message-service enqueues no push jobs (deployments without push-service).
 pub const PUSH_JOBS: &str = "INDABA_PUSH_JOBS";
 /// `true`: serve development tokens at `/api/v1/dev/token/` (HS256 only; never in production).
@@ -17,6 +20,10 @@ pub const JWT_SECRET: &str = "INDABA_JWT_SECRET";
 pub const JWT_PUBLIC_KEY_FILE: &str = "INDABA_JWT_PUBLIC_KEY_FILE";
 /// Allowed clock skew for `exp`/`nbf`, in seconds. Default 30.
 pub const JWT_LEEWAY_SECS: &str = "INDABA_JWT_LEEWAY_SECS";
+/// When set, client tokens must carry this `iss`.
+pub const JWT_ISSUER: &str = "INDABA_JWT_ISSUER";
+/// When set, client tokens must carry this `aud` (or a list containing it).
+pub const JWT_AUDIENCE: &str = "INDABA_JWT_AUDIENCE";
 /// NATS server URL(s), comma separated (distributed mode).
 pub const NATS_URL: &str = "NATS_URL";
 /// PostgreSQL connection string (message-service, distributed mode).

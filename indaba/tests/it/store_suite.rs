@@ -220,6 +220,65 @@ async fn suite(store: Store) {
         .await
         .expect("complete");
     assert_eq!(store.outbox_len().await.expect("outbox"), pending - 2);
+
+    // Group commit: one transaction for a batch; a refused message does not sink the others;
+    // seqs stay gap-free and in input order within a conversation.
+    let (g2, _) = store
+        .create_conversation(7, &[8], "batch", ConversationKind::Group)
+        .await
+        .expect("group");
+    let before = store
+        .get_conversation(g2.id)
+        .await
+        .expect("get")
+        .expect("conv")
+        .last_seq;
+    let batch = vec![
+        msg(7, Some(g2.id), None, "b1", Some("batch-1")),
+        msg(9, Some(g2.id), None, "not a member", None),
+        msg(8, Some(g2.id), None, "b2", Some("batch-2")),
+        msg(7, Some(999_999), None, "nowhere", None),
+        msg(7, Some(g2.id), None, "b3", None),
+    ];
+    let out = store.send_many(&batch).await;
+    assert_eq!(out.len(), 5);
+    let seqs: Vec<i64> = [0, 2, 4]
+        .iter()
+        .map(|i| out[*i].as_ref().expect("stored").message.seq)
+        .collect();
+    assert_eq!(seqs, vec![before + 1, before + 2, before + 3]);
+    let mut out = out;
+    assert_eq!(
+        code(out.remove(3).expect_err("no such conversation")),
+        ErrorCode::ConversationNotFound
+    );
+    assert_eq!(
+        code(out.remove(1).expect_err("outsider")),
+        ErrorCode::Forbidden
+    );
+    // A batch holding a retried key cannot commit as one (unique index): it falls back to
+    // one transaction per message, and the retry still answers with the original.
+    let again = store
+        .send_many(&[
+            msg(7, Some(g2.id), None, "b4", Some("batch-4")),
+            msg(7, Some(g2.id), None, "b1", Some("batch-1")),
+        ])
+        .await;
+    let b4 = again[0].as_ref().expect("b4");
+    let b1 = again[1].as_ref().expect("b1 again");
+    assert!(!b4.duplicate && b1.duplicate);
+    assert_eq!(b4.message.seq, before + 4);
+    assert_eq!(b1.message.id, out[0].as_ref().expect("b1").message.id);
+    assert_eq!(
+        store
+            .get_conversation(g2.id)
+            .await
+            .expect("get")
+            .expect("conv")
+            .last_seq,
+        before + 4,
+        "no seq was burnt"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

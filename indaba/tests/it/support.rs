@@ -285,6 +285,7 @@ pub async fn spawn_message_service_with(
         grpc_keys: Default::default(),
         http_listen: None,
         push_jobs: true,
+        group_commit: true,
     };
     tweak(&mut settings);
     let app = message_service::App::build(settings)
@@ -328,6 +329,7 @@ pub async fn spawn_message_service_ops(
         grpc_keys: proto::grpc_auth::ApiKeys::parse(keys).expect("keys"),
         http_listen: Some("127.0.0.1:0".parse().expect("addr")),
         push_jobs: true,
+        group_commit: true,
     };
     let app = message_service::App::build(settings)
         .await

@@ -288,159 +288,200 @@ impl Store {
         }
     }
 
+    /// Stores a batch: one transaction when it can, one per message when that fails (see
+    /// [`Store::insert_messages`]). Results are in input order.
+    pub async fn send_many(&self, ms: &[NewMessage]) -> Vec<Result<Sent, StoreError>> {
+        if ms.len() > 1 {
+            if let Ok(out) = self.insert_messages(ms).await {
+                return out;
+            }
+        }
+        let mut out = Vec::with_capacity(ms.len());
+        for m in ms {
+            out.push(self.send_message(m).await);
+        }
+        out
+    }
+
     async fn insert_message(&self, m: &NewMessage) -> Result<Sent, StoreError> {
+        let mut out = self.insert_messages(std::slice::from_ref(m)).await?;
+        out.pop()
+            .unwrap_or_else(|| Err(rejected(ErrorCode::Internal, "empty batch")))
+    }
+
+    /// Stores several messages in one transaction (group commit): one commit, and one
+    /// fsync, for all of them. A message the rules refuse (not a member, no such
+    /// conversation) gets its error and the others go on; a database error (a retried
+    /// idempotency key hitting the unique index, a deadlock) aborts the whole batch and
+    /// the caller falls back to one transaction per message.
+    async fn insert_messages(
+        &self,
+        ms: &[NewMessage],
+    ) -> Result<Vec<Result<Sent, StoreError>>, StoreError> {
         let now = proto::time::now_ms();
         let lease = now + i64::try_from(OUTBOX_LEASE.as_millis()).unwrap_or(5_000);
         on_pool!(self, |pool, begin| {
             let mut tx = pool.begin_with(begin).await?;
-            // Every branch yields the participants too, so no second query is needed.
-            let (conversation_id, participants) = match m.conversation_id {
-                Some(id) => {
-                    let members: Vec<i64> = sqlx::query_scalar(
-                        "SELECT user_id FROM participants WHERE conversation_id = $1 ORDER BY user_id",
-                    )
-                    .bind(id)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    if members.is_empty() {
-                        let exists: Option<i64> =
-                            sqlx::query_scalar("SELECT id FROM conversations WHERE id = $1")
-                                .bind(id)
-                                .fetch_optional(&mut *tx)
-                                .await?;
-                        if exists.is_none() {
-                            return Err(rejected(
-                                ErrorCode::ConversationNotFound,
-                                format!("conversation {id} does not exist"),
-                            ));
-                        }
-                    }
-                    // The system sender (backends' notices) speaks in any conversation.
-                    if m.sender_id != SYSTEM_SENDER_ID && !members.contains(&m.sender_id) {
-                        return Err(rejected(
-                            ErrorCode::Forbidden,
-                            format!("you are not a participant of conversation {id}"),
-                        ));
-                    }
-                    if let Some(r) = m.receiver_id {
-                        if !members.contains(&r) {
-                            return Err(rejected(
-                                ErrorCode::InvalidReceiver,
-                                format!("user {r} is not a participant of conversation {id}"),
-                            ));
-                        }
-                    }
-                    (id, members)
-                }
-                None => {
-                    let Some(r) = m.receiver_id else {
-                        return Err(rejected(
-                            ErrorCode::InvalidField,
-                            "conversation_id or receiver_id is required",
-                        ));
-                    };
-                    let key = direct_key(m.sender_id, r);
-                    // A direct conversation's members never change: exactly the pair.
-                    let pair = if m.sender_id < r {
-                        vec![m.sender_id, r]
-                    } else {
-                        vec![r, m.sender_id]
-                    };
-                    let found: Option<i64> =
-                        sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = $1")
-                            .bind(&key)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    let id = match found {
-                        Some(id) => id,
-                        None => {
-                            // ON CONFLICT: a concurrent first message of the same pair
-                            // waits for the other insert and then reuses its row.
-                            let created: Option<i64> = sqlx::query_scalar(
-                                "INSERT INTO conversations (kind, title, direct_key, created_by, created_at_ms)
-                                 VALUES ($1, '', $2, $3, $4)
-                                 ON CONFLICT (direct_key) DO NOTHING RETURNING id",
+            let mut out = Vec::with_capacity(ms.len());
+            for m in ms {
+                let one: Result<Sent, StoreError> = async {
+                    // Every branch yields the participants too, so no second query is needed.
+                    let (conversation_id, participants) = match m.conversation_id {
+                        Some(id) => {
+                            let members: Vec<i64> = sqlx::query_scalar(
+                                "SELECT user_id FROM participants WHERE conversation_id = $1 ORDER BY user_id",
                             )
-                            .bind(ConversationKind::Direct as i64)
-                            .bind(&key)
-                            .bind(m.sender_id)
-                            .bind(now)
-                            .fetch_optional(&mut *tx)
+                            .bind(id)
+                            .fetch_all(&mut *tx)
                             .await?;
-                            match created {
-                                Some(id) => {
-                                    for u in [m.sender_id, r] {
-                                        sqlx::query(
-                                            "INSERT INTO participants (conversation_id, user_id, joined_at_ms)
-                                             VALUES ($1, $2, $3)",
-                                        )
+                            if members.is_empty() {
+                                let exists: Option<i64> =
+                                    sqlx::query_scalar("SELECT id FROM conversations WHERE id = $1")
                                         .bind(id)
-                                        .bind(u)
-                                        .bind(now)
-                                        .execute(&mut *tx)
+                                        .fetch_optional(&mut *tx)
                                         .await?;
-                                    }
-                                    id
-                                }
-                                None => {
-                                    sqlx::query_scalar(
-                                        "SELECT id FROM conversations WHERE direct_key = $1",
-                                    )
-                                    .bind(&key)
-                                    .fetch_one(&mut *tx)
-                                    .await?
+                                if exists.is_none() {
+                                    return Err(rejected(
+                                        ErrorCode::ConversationNotFound,
+                                        format!("conversation {id} does not exist"),
+                                    ));
                                 }
                             }
+                            // The system sender (backends' notices) speaks in any conversation.
+                            if m.sender_id != SYSTEM_SENDER_ID && !members.contains(&m.sender_id) {
+                                return Err(rejected(
+                                    ErrorCode::Forbidden,
+                                    format!("you are not a participant of conversation {id}"),
+                                ));
+                            }
+                            if let Some(r) = m.receiver_id {
+                                if !members.contains(&r) {
+                                    return Err(rejected(
+                                        ErrorCode::InvalidReceiver,
+                                        format!("user {r} is not a participant of conversation {id}"),
+                                    ));
+                                }
+                            }
+                            (id, members)
+                        }
+                        None => {
+                            let Some(r) = m.receiver_id else {
+                                return Err(rejected(
+                                    ErrorCode::InvalidField,
+                                    "conversation_id or receiver_id is required",
+                                ));
+                            };
+                            let key = direct_key(m.sender_id, r);
+                            // A direct conversation's members never change: exactly the pair.
+                            let pair = if m.sender_id < r {
+                                vec![m.sender_id, r]
+                            } else {
+                                vec![r, m.sender_id]
+                            };
+                            let found: Option<i64> =
+                                sqlx::query_scalar("SELECT id FROM conversations WHERE direct_key = $1")
+                                    .bind(&key)
+                                    .fetch_optional(&mut *tx)
+                                    .await?;
+                            let id = match found {
+                                Some(id) => id,
+                                None => {
+                                    // ON CONFLICT: a concurrent first message of the same pair
+                                    // waits for the other insert and then reuses its row.
+                                    let created: Option<i64> = sqlx::query_scalar(
+                                        "INSERT INTO conversations (kind, title, direct_key, created_by, created_at_ms)
+                                         VALUES ($1, '', $2, $3, $4)
+                                         ON CONFLICT (direct_key) DO NOTHING RETURNING id",
+                                    )
+                                    .bind(ConversationKind::Direct as i64)
+                                    .bind(&key)
+                                    .bind(m.sender_id)
+                                    .bind(now)
+                                    .fetch_optional(&mut *tx)
+                                    .await?;
+                                    match created {
+                                        Some(id) => {
+                                            for u in [m.sender_id, r] {
+                                                sqlx::query(
+                                                    "INSERT INTO participants (conversation_id, user_id, joined_at_ms)
+                                                     VALUES ($1, $2, $3)",
+                                                )
+                                                .bind(id)
+                                                .bind(u)
+                                                .bind(now)
+                                                .execute(&mut *tx)
+                                                .await?;
+                                            }
+                                            id
+                                        }
+                                        None => {
+                                            sqlx::query_scalar(
+                                                "SELECT id FROM conversations WHERE direct_key = $1",
+                                            )
+                                            .bind(&key)
+                                            .fetch_one(&mut *tx)
+                                            .await?
+                                        }
+                                    }
+                                }
+                            };
+                            (id, pair)
                         }
                     };
-                    (id, pair)
+                    // The row lock taken here serializes writers of one conversation, which is
+                    // what makes seq gap-free; other conversations proceed in parallel.
+                    let bumped = sqlx::query(
+                        "UPDATE conversations SET last_seq = last_seq + 1, last_message_at_ms = $2
+                         WHERE id = $1 RETURNING last_seq, title, kind",
+                    )
+                    .bind(conversation_id)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let seq: i64 = bumped.try_get("last_seq")?;
+                    let meta = ConversationMeta {
+                        title: bumped.try_get("title")?,
+                        kind: bumped.try_get("kind")?,
+                    };
+                    let row = sqlx::query(
+                        "INSERT INTO messages (conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)
+                         RETURNING id, conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms",
+                    )
+                    .bind(conversation_id)
+                    .bind(seq)
+                    .bind(m.sender_id)
+                    .bind(m.receiver_id)
+                    .bind(&m.text)
+                    .bind(m.client_msg_id.as_deref())
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let message = message_from_row(&row)?;
+                    sqlx::query(
+                        "INSERT INTO outbox (message_id, origin_connection_id, lease_until_ms) VALUES ($1, $2, $3)",
+                    )
+                    .bind(message.id)
+                    .bind(&m.origin_connection_id)
+                    .bind(lease)
+                    .execute(&mut *tx)
+                    .await?;
+                    Ok(Sent {
+                        message,
+                        participants,
+                        meta,
+                        duplicate: false,
+                    })
                 }
-            };
-            // The row lock taken here serializes writers of one conversation, which is
-            // what makes seq gap-free; other conversations proceed in parallel.
-            let bumped = sqlx::query(
-                "UPDATE conversations SET last_seq = last_seq + 1, last_message_at_ms = $2
-                 WHERE id = $1 RETURNING last_seq, title, kind",
-            )
-            .bind(conversation_id)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            let seq: i64 = bumped.try_get("last_seq")?;
-            let meta = ConversationMeta {
-                title: bumped.try_get("title")?,
-                kind: bumped.try_get("kind")?,
-            };
-            let row = sqlx::query(
-                "INSERT INTO messages (conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
-                 RETURNING id, conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms",
-            )
-            .bind(conversation_id)
-            .bind(seq)
-            .bind(m.sender_id)
-            .bind(m.receiver_id)
-            .bind(&m.text)
-            .bind(m.client_msg_id.as_deref())
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            let message = message_from_row(&row)?;
-            sqlx::query(
-                "INSERT INTO outbox (message_id, origin_connection_id, lease_until_ms) VALUES ($1, $2, $3)",
-            )
-            .bind(message.id)
-            .bind(&m.origin_connection_id)
-            .bind(lease)
-            .execute(&mut *tx)
-            .await?;
+                .await;
+                match one {
+                    Ok(sent) => out.push(Ok(sent)),
+                    Err(e @ StoreError::Rejected { .. }) => out.push(Err(e)),
+                    Err(e) => return Err(e),
+                }
+            }
             tx.commit().await?;
-            Ok(Sent {
-                message,
-                participants,
-                meta,
-                duplicate: false,
-            })
+            Ok(out)
         })
     }
 
