@@ -1,0 +1,375 @@
+//! `indaba-bench`: Indaba's benchmark, one command (see README "Benchmark").
+//!
+//! Starts each target itself on loopback (the in-memory ceiling router, the single-node
+//! program, the distributed deployment), runs the scenarios against each in turn in the
+//! same run, and writes a JSON file and a markdown table under `bench/results/`, every
+//! figure next to the ceiling's.
+
+mod ceiling;
+mod load;
+mod targets;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::Parser;
+use serde_json::{json, Value};
+
+use targets::{Kind, Target};
+
+#[derive(Parser)]
+#[command(
+    name = "indaba-bench",
+    about = "Open-loop load tests of Indaba against an in-memory ceiling"
+)]
+struct Args {
+    /// Targets, comma-separated: ceiling, single, distributed, distributed-per-message.
+    #[arg(long, default_value = "ceiling,single,distributed")]
+    targets: String,
+    /// Scenarios, comma-separated: idle, direct, step, room, slow.
+    #[arg(long, default_value = "idle,direct,step,room,slow")]
+    scenarios: String,
+    /// Idle connections (this sandbox allows 20,000 open files per process, client and
+    /// server side each).
+    #[arg(long, default_value_t = 8_000)]
+    idle: usize,
+    /// Seconds per load run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Total rates (msg/s) of the `direct` scenario.
+    #[arg(long, default_value = "1000,2000,5000")]
+    rates: String,
+    /// Sender/receiver pairs.
+    #[arg(long, default_value_t = 200)]
+    pairs: usize,
+    /// Rates tried by `step`, in order, until p99 > 50 ms or any loss.
+    #[arg(long, default_value = "1000,2000,4000,6000,8000,12000,16000,20000")]
+    steps: String,
+    /// Room size.
+    #[arg(long, default_value_t = 1000)]
+    room: usize,
+    /// Where the release binaries are.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// Output directory.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+}
+
+fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(|x| x.trim().to_owned())
+        .filter(|x| !x.is_empty())
+        .collect()
+}
+
+fn rates(s: &str) -> anyhow::Result<Vec<u64>> {
+    list(s)
+        .iter()
+        .map(|r| r.parse().map_err(|_| anyhow::anyhow!("bad rate {r:?}")))
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let scenarios = list(&args.scenarios);
+    let kinds: Vec<Kind> = list(&args.targets)
+        .iter()
+        .map(|t| match t.as_str() {
+            "ceiling" => Ok(Kind::Ceiling),
+            "single" => Ok(Kind::Single),
+            "distributed" => Ok(Kind::Distributed),
+            "distributed-per-message" => Ok(Kind::DistributedPerMessage),
+            other => Err(anyhow::anyhow!("unknown target {other:?}")),
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let mut results: BTreeMap<&'static str, Value> = BTreeMap::new();
+    // Fresh user ids per run, so no run sees another's conversations.
+    let mut base: i64 = 1_000_000;
+    let mut next_base = |n: usize| {
+        base += i64::try_from(n).unwrap_or(0) + 1000;
+        base
+    };
+    for kind in kinds {
+        eprintln!("== {}", kind.name());
+        let t = Target::start(kind, &args.bin_dir).await?;
+        let mut r = serde_json::Map::new();
+        if scenarios.iter().any(|s| s == "idle") {
+            let x = load::idle(&t, args.idle, next_base(args.idle)).await?;
+            eprintln!("   idle: {x:?}");
+            r.insert("idle".into(), json!(x));
+        }
+        if scenarios.iter().any(|s| s == "direct") {
+            let mut runs = Vec::new();
+            for rate in rates(&args.rates)? {
+                let x = load::direct(
+                    &t,
+                    args.pairs,
+                    rate,
+                    args.seconds,
+                    0,
+                    next_base(args.pairs * 2),
+                )
+                .await?;
+                eprintln!(
+                    "   direct {rate}/s: e2e {:?} ack {:?} lost {} dup {}",
+                    x.end_to_end_ms, x.ack_ms, x.lost, x.duplicated
+                );
+                runs.push(json!(x));
+            }
+            r.insert("direct".into(), Value::Array(runs));
+        }
+        if scenarios.iter().any(|s| s == "step") {
+            let mut best = 0;
+            let mut runs = Vec::new();
+            for rate in rates(&args.steps)? {
+                let x = load::direct(
+                    &t,
+                    args.pairs,
+                    rate,
+                    args.seconds,
+                    0,
+                    next_base(args.pairs * 2),
+                )
+                .await?;
+                // Clean: p99 within 50 ms, every send acknowledged, nothing lost or doubled.
+                let clean = x.end_to_end_ms.p99 <= 50.0
+                    && x.lost == 0
+                    && x.duplicated == 0
+                    && x.acked == x.sent;
+                eprintln!(
+                    "   step {rate}/s: p99 {:.2} ms lost {} → {}",
+                    x.end_to_end_ms.p99,
+                    x.lost,
+                    if clean { "clean" } else { "stop" }
+                );
+                runs.push(json!(x));
+                if !clean {
+                    break;
+                }
+                best = rate;
+            }
+            r.insert(
+                "step".into(),
+                json!({"highest_clean_rate": best, "runs": runs}),
+            );
+        }
+        if scenarios.iter().any(|s| s == "room") {
+            let x = load::room(&t, args.room, 20, args.seconds, next_base(args.room)).await?;
+            eprintln!("   room: last {:?} lost {}", x.last_recipient_ms, x.lost);
+            r.insert("room".into(), json!(x));
+        }
+        if scenarios.iter().any(|s| s == "slow") {
+            let slow = (args.pairs / 100).max(1);
+            let x = load::direct(
+                &t,
+                args.pairs,
+                2000,
+                args.seconds,
+                slow,
+                next_base(args.pairs * 2),
+            )
+            .await?;
+            eprintln!(
+                "   slow: e2e {:?} lost {} rss {}→{} KiB",
+                x.end_to_end_ms, x.lost, x.rss_before_kib, x.rss_after_kib
+            );
+            r.insert("slow".into(), json!(x));
+        }
+        results.insert(kind.name(), Value::Object(r));
+        drop(t);
+    }
+    write_report(&args, &results)
+}
+
+/// One row: a metric of a scenario for every target.
+fn rows(results: &BTreeMap<&'static str, Value>) -> Vec<(String, BTreeMap<&'static str, f64>)> {
+    let mut out: Vec<(String, BTreeMap<&'static str, f64>)> = Vec::new();
+    let mut add = |name: String, target: &'static str, v: Option<f64>| {
+        if let Some(v) = v {
+            match out.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, m)) => {
+                    m.insert(target, v);
+                }
+                None => out.push((name, BTreeMap::from([(target, v)]))),
+            }
+        }
+    };
+    for (target, r) in results {
+        let t = *target;
+        if let Some(i) = r.get("idle") {
+            add(
+                format!("idle: {} connections, connects/s", i["connections"]),
+                t,
+                i["connects_per_s"].as_f64(),
+            );
+            if t != "ceiling" {
+                add(
+                    "idle: gateway KiB per connection".into(),
+                    t,
+                    i["kib_per_connection"].as_f64(),
+                );
+            }
+        }
+        for d in r
+            .get("direct")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let rate = &d["rate"];
+            for q in ["p50", "p99", "p999", "max"] {
+                add(
+                    format!("direct {rate}/s: end-to-end {q} ms"),
+                    t,
+                    d["end_to_end_ms"][q].as_f64(),
+                );
+            }
+            add(
+                format!("direct {rate}/s: ack p50 ms"),
+                t,
+                d["ack_ms"]["p50"].as_f64(),
+            );
+            add(
+                format!("direct {rate}/s: ack p99 ms"),
+                t,
+                d["ack_ms"]["p99"].as_f64(),
+            );
+            add(
+                format!("direct {rate}/s: generator send lateness p50 ms (floor)"),
+                t,
+                d["send_lateness_ms"]["p50"].as_f64(),
+            );
+            add(
+                format!("direct {rate}/s: refused (error) + unanswered in the run"),
+                t,
+                d["refused"]
+                    .as_f64()
+                    .zip(d["unanswered"].as_f64())
+                    .map(|(a, b)| a + b),
+            );
+            add(
+                format!("direct {rate}/s: lost (acknowledged, not delivered)"),
+                t,
+                d["lost"].as_f64(),
+            );
+            add(
+                format!("direct {rate}/s: duplicated"),
+                t,
+                d["duplicated"].as_f64(),
+            );
+        }
+        if let Some(s) = r.get("step") {
+            add(
+                "step: highest clean rate msg/s (p99 ≤ 50 ms, no loss)".into(),
+                t,
+                s["highest_clean_rate"].as_f64(),
+            );
+        }
+        if let Some(m) = r.get("room") {
+            add(
+                format!("room {}: last recipient p50 ms", m["members"]),
+                t,
+                m["last_recipient_ms"]["p50"].as_f64(),
+            );
+            add(
+                format!("room {}: last recipient p99 ms", m["members"]),
+                t,
+                m["last_recipient_ms"]["p99"].as_f64(),
+            );
+            add(
+                format!("room {}: lost", m["members"]),
+                t,
+                m["lost"].as_f64(),
+            );
+        }
+        if let Some(s) = r.get("slow") {
+            add(
+                "slow (1% stop reading, 2000/s): others' end-to-end p99 ms".into(),
+                t,
+                s["end_to_end_ms"]["p99"].as_f64(),
+            );
+            add(
+                "slow: others lost (acknowledged, not delivered)".into(),
+                t,
+                s["lost"].as_f64(),
+            );
+            if t != "ceiling" {
+                add(
+                    "slow: gateway RSS growth KiB".into(),
+                    t,
+                    s["rss_after_kib"]
+                        .as_f64()
+                        .zip(s["rss_before_kib"].as_f64())
+                        .map(|(a, b)| a - b),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn write_report(args: &Args, results: &BTreeMap<&'static str, Value>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out)?;
+    let cmd: Vec<String> = std::env::args().collect();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let doc = json!({
+        "command": cmd.join(" "),
+        "cpus": cpus,
+        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        "results": results,
+    });
+    std::fs::write(
+        args.out.join("latest.json"),
+        serde_json::to_string_pretty(&doc)?,
+    )?;
+    let targets: Vec<&str> = results.keys().copied().collect();
+    let mut md = format!(
+        "# Indaba benchmark\n\nCommand: `{}`  \nMachine: {cpus} CPUs, load generator on the same machine, loopback only.\n\n| metric | {} |",
+        cmd.join(" "),
+        targets.join(" | ")
+    );
+    let others: Vec<&str> = targets
+        .iter()
+        .copied()
+        .filter(|t| *t != "ceiling")
+        .collect();
+    for o in &others {
+        md.push_str(&format!(" {o} ÷ ceiling |"));
+    }
+    md.push_str("\n|---|");
+    for _ in 0..targets.len() + others.len() {
+        md.push_str("---:|");
+    }
+    md.push('\n');
+    for (name, vals) in rows(results) {
+        md.push_str(&format!("| {name} |"));
+        for t in &targets {
+            match vals.get(t) {
+                Some(v) => md.push_str(&format!(" {} |", fmt(*v))),
+                None => md.push_str(" — |"),
+            }
+        }
+        for o in &others {
+            match (vals.get(o), vals.get("ceiling")) {
+                (Some(v), Some(c)) if *c != 0.0 => md.push_str(&format!(" {:.2} |", v / c)),
+                _ => md.push_str(" — |"),
+            }
+        }
+        md.push('\n');
+    }
+    std::fs::write(args.out.join("latest.md"), &md)?;
+    println!("{md}");
+    Ok(())
+}
+
+fn fmt(v: f64) -> String {
+    if (v.fract() == 0.0 && v.abs() < 1e12) || v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
