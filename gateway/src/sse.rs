@@ -212,8 +212,15 @@ async fn next_event(
     }
 }
 
+/// How long the replay waits after registering the stream. message-service learns about
+/// the new stream from the routing events; a message committed before it has applied them
+/// is published without this gateway, so it must be in the replay: reading after the
+/// routing table caught up closes that window.
+const ROUTING_SETTLE: Duration = Duration::from_millis(150);
+
 /// Queues the messages the client may have missed since `cursor`.
 async fn replay(st: &mut StreamState, cursor: i64) {
+    tokio::time::sleep(ROUTING_SETTLE).await;
     let ctx = st.guard.ctx.clone();
     ctx.metrics.resumed();
     let mut scan_from = 0;
