@@ -7,7 +7,10 @@ pub fn init_tracing() {
     let filter =
         EnvFilter::try_from_env(proto::env::LOG).unwrap_or_else(|_| EnvFilter::new("info"));
     let pretty = std::env::var(proto::env::LOG_FORMAT).is_ok_and(|v| v == "pretty");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // stderr, as documented: stdout stays free for program output (`indaba token`).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = if pretty {
         builder.try_init()
     } else {

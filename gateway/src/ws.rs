@@ -121,6 +121,8 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: crate::auth::Ide
         watched: HashSet::new(),
         said_away: false,
         rate_strikes: 0,
+        typing_bucket: crate::limits::Bucket::full(TYPING_RATE.0, TYPING_RATE.1),
+        receipt_bucket: crate::limits::Bucket::full(RECEIPT_RATE.0, RECEIPT_RATE.1),
         valid_until_ms: identity.valid_until_ms,
         idle: false,
         last_activity: tokio::time::Instant::now(),
@@ -397,6 +399,10 @@ struct Conn {
     said_away: bool,
     /// Consecutive rate-limited chat messages.
     rate_strikes: u32,
+    /// Typing indicators this socket may still send.
+    typing_bucket: crate::limits::Bucket,
+    /// Read-receipt frames this socket may still send.
+    receipt_bucket: crate::limits::Bucket,
     /// When the socket's token stops being valid (unix ms).
     valid_until_ms: i64,
     /// No client frame for `idle_away`.
@@ -404,7 +410,28 @@ struct Conn {
     last_activity: tokio::time::Instant,
 }
 
+/// Typing indicators a socket may send: 2 per second, bursts of 6 (state changes; repeats
+/// within a second are coalesced before this counts).
+const TYPING_RATE: (f64, f64) = (6.0, 2.0);
+/// Read-receipt frames a socket may send: 10 per second, bursts of 30 (each frame carries up
+/// to 500 ids, so this bounds ids too).
+const RECEIPT_RATE: (f64, f64) = (30.0, 10.0);
+
 impl Conn {
+    /// Counts a refusal for rate; sustained abuse (many refusals in a row) closes the socket
+    /// with 1008 (policy violation).
+    fn strike(&mut self) {
+        self.ctx.metrics.rate_limited();
+        self.rate_strikes += 1;
+        if self.rate_strikes >= RATE_STRIKES_BEFORE_CLOSE {
+            self.shared.close_code.store(
+                u16::from(CloseCode::Policy),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            self.handle.close.cancel();
+        }
+    }
+
     /// Queues a reply for this socket.
     fn send(&self, frame: ServerFrame) {
         // A full queue means the client is not reading: close it like any slow consumer
@@ -428,7 +455,19 @@ impl Conn {
                 self.typing_indicator(t.conversation_id.0, t.is_typing)
                     .await
             }
-            Ok(ClientFrame::ReadReceipt(r)) => self.read_receipt(r).await,
+            Ok(ClientFrame::ReadReceipt(r)) => {
+                if self.receipt_bucket.take(Instant::now()) {
+                    self.rate_strikes = 0;
+                    self.read_receipt(r).await
+                } else {
+                    self.strike();
+                    self.send_error(
+                        ErrorCode::RateLimited,
+                        "read receipts: at most 10 frames per second; batch the ids".into(),
+                        None,
+                    )
+                }
+            }
             Ok(ClientFrame::JoinConversation(r)) => self.join(r.conversation_id.0).await,
             Ok(ClientFrame::LeaveConversation(r)) => {
                 let id = r.conversation_id.0;
@@ -550,16 +589,7 @@ impl Conn {
         let started = Instant::now();
         let reference = m.client_msg_id.as_ref().map(|c| c.0.clone());
         if !self.ctx.allow_chat(self.user_id) {
-            self.ctx.metrics.rate_limited();
-            self.rate_strikes += 1;
-            if self.rate_strikes >= RATE_STRIKES_BEFORE_CLOSE {
-                // Sustained abuse: policy violation.
-                self.shared.close_code.store(
-                    u16::from(CloseCode::Policy),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                self.handle.close.cancel();
-            }
+            self.strike();
             return self.send(ServerFrame::error(
                 ErrorCode::RateLimited,
                 format!(
@@ -623,6 +653,17 @@ impl Conn {
                 return;
             }
         }
+        // Only indicators that would go out count: the spec's client sends one per
+        // keystroke, and those repeats were coalesced above.
+        if !self.typing_bucket.take(now) {
+            self.strike();
+            return self.send_error(
+                ErrorCode::RateLimited,
+                "typing indicators: at most 2 state changes per second".into(),
+                Some(conversation_id),
+            );
+        }
+        self.rate_strikes = 0;
         let req = pb::TypingRequest {
             user_id: self.user_id,
             conversation_id,

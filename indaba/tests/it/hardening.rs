@@ -236,3 +236,118 @@ async fn metrics_count_connections_messages_and_failures() {
     assert!(value("indaba_messages_delivered_total") >= 1.0);
     assert!(!text.contains("user"), "no per-user labels");
 }
+
+/// Typing indicators that would go out (state changes) and read-receipt frames are rate
+/// limited per socket; repeats the spec's client sends per keystroke are not counted; sustained
+/// abuse closes the socket with 1008.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_receipt_floods_are_limited_then_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, addr, _) = spawn_single_node(dir.path()).await;
+    let mut a = Client::connect(addr, 1).await;
+    let conv = a.chat(2, "hi", None).await["conversation_id"]
+        .as_i64()
+        .unwrap();
+    // A typist: the same state 30 times in a row is fine (coalesced, not counted).
+    for _ in 0..30 {
+        a.send(json!({"type": "typing_indicator", "conversation_id": conv, "is_typing": true}))
+            .await;
+    }
+    a.ping().await;
+    a.expect_none_of("error", Duration::from_millis(300)).await;
+    // Flipping state on every frame is abuse: refused beyond the burst.
+    for i in 0..12 {
+        a.send(
+            json!({"type": "typing_indicator", "conversation_id": conv, "is_typing": i % 2 == 0}),
+        )
+        .await;
+    }
+    let e = a.recv_type("error").await;
+    assert_eq!(e["code"], "rate_limited");
+    assert_eq!(e["conversation_id"], conv);
+    // Receipts: bursts of 30 frames pass, more are refused.
+    let mut b = Client::connect(addr, 2).await;
+    for _ in 0..40 {
+        b.send(json!({"type": "read_receipt", "message_ids": [1]}))
+            .await;
+    }
+    let e = b.recv_type("error").await;
+    assert_eq!(e["code"], "rate_limited");
+    // Sustained: 20 refusals in a row close the socket with 1008.
+    for _ in 0..60 {
+        b.send(json!({"type": "read_receipt", "message_ids": [1]}))
+            .await;
+    }
+    assert_eq!(b.expect_close().await, 1008);
+}
+
+/// Tokens never reach the logs, whatever happens to them (valid, invalid, expired,
+/// refreshed), even at the most verbose level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_never_appear_in_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = dir.path().join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_indaba"))
+        .arg("serve")
+        .env("INDABA_DATA_DIR", dir.path())
+        .env("INDABA_LISTEN", format!("127.0.0.1:{port}"))
+        .env("INDABA_JWT_SECRET", SECRET)
+        .env("INDABA_LOG", "trace")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "indaba");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let good = token(1);
+    let other = token(2);
+    let expired = {
+        let exp = proto::time::now_ms() / 1000 - 3600;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({"user_id": 1, "exp": exp}),
+            &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap()
+    };
+    let forged = format!("{}x", &good[..good.len() - 1]);
+    let mut c = Client::connect_with_token(addr, 1, &good).await;
+    c.chat(2, "hello", Some("t1")).await;
+    c.send(json!({"type": "refresh_token", "token": other}))
+        .await;
+    c.send(json!({"type": "refresh_token", "token": forged}))
+        .await;
+    c.ping().await;
+    for t in [&expired, &forged] {
+        let (status, _) = http(addr, "GET", &format!("/ws/chat/?token={t}"), None, None).await;
+        assert_eq!(status, 401);
+        let (status, _) = http(addr, "GET", "/api/v1/conversations/", Some(t), None).await;
+        assert_eq!(status, 401);
+    }
+    let (status, _) = http(addr, "GET", "/api/v1/conversations/", Some(&good), None).await;
+    assert_eq!(status, 200);
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.lines().count() > 10,
+        "trace logging produced too little to mean anything:\n{text}"
+    );
+    for (name, t) in [
+        ("good", &good),
+        ("other", &other),
+        ("expired", &expired),
+        ("forged", &forged),
+    ] {
+        // The signature part is what an attacker needs; any of it in the logs is a leak.
+        let signature = t.rsplit('.').next().unwrap();
+        assert!(
+            !text.contains(signature),
+            "the {name} token's signature is in the logs"
+        );
+    }
+    assert!(!text.contains(SECRET), "the secret is in the logs");
+}
