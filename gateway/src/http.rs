@@ -345,10 +345,10 @@ fn header_has_token(headers: &HeaderMap, name: &str, token: &str) -> bool {
     })
 }
 
-/// Refuses a new socket when the user already holds the maximum across all gateways.
+/// Whether the user already holds the maximum number of sockets across all gateways.
 /// Fails open when presence-service cannot answer: a presence outage must not lock
 /// everyone out.
-async fn check_connection_cap(ctx: &Ctx, user_id: i64) -> Result<(), Response> {
+pub(crate) async fn over_connection_cap(ctx: &Ctx, user_id: i64) -> bool {
     let req = pb::GetPresenceRequest {
         user_ids: vec![user_id],
     };
@@ -364,10 +364,18 @@ async fn check_connection_cap(ctx: &Ctx, user_id: i64) -> Result<(), Response> {
         Err(_) => 0,
     };
     // Presence lags by a tick; never count fewer than this gateway itself holds.
-    if counted.max(here) >= ctx.settings.max_connections_per_user {
-        tracing::info!(user_id, "websocket handshake refused: connection cap");
+    let over = counted.max(here) >= ctx.settings.max_connections_per_user;
+    if over {
+        tracing::info!(user_id, "websocket refused: connection cap");
         ctx.metrics
             .handshake_failed(HandshakeFailure::ConnectionCap);
+    }
+    over
+}
+
+/// Refuses a new socket (429) when the user is at the connection cap.
+async fn check_connection_cap(ctx: &Ctx, user_id: i64) -> Result<(), Response> {
+    if over_connection_cap(ctx, user_id).await {
         return Err(error_response(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
@@ -391,7 +399,16 @@ async fn ws_handshake(
     let token = query_param(&query, "token")
         .filter(|t| !t.is_empty())
         .or_else(|| bearer(&headers));
+    let is_upgrade = header_has_token(&headers, "connection", "upgrade")
+        && header_has_token(&headers, "upgrade", "websocket")
+        && headers
+            .get("sec-websocket-version")
+            .is_some_and(|v| v.as_bytes() == b"13");
+    // No token at all on a real upgrade: first-message authentication (the socket opens,
+    // and its first frame must be `authenticate`). Anything else without a valid token is
+    // refused before the upgrade.
     let identity = match token.as_deref().map(|t| ctx.verifier.identify(t)) {
+        None if is_upgrade => None,
         None => {
             ctx.metrics.handshake_failed(HandshakeFailure::Unauthorized);
             return auth_error(&AuthError::Missing);
@@ -401,9 +418,8 @@ async fn ws_handshake(
             tracing::info!(reason = %e, "websocket handshake refused");
             return auth_error(&e);
         }
-        Some(Ok(i)) => i,
+        Some(Ok(i)) => Some(i),
     };
-    let user_id = identity.user_id;
     // Cross-site WebSocket hijacking: a browser sends the page's Origin; refuse origins
     // not on the allowlist. Clients without an Origin (apps, servers) are not browsers.
     if let Some(origin) = headers.get(http::header::ORIGIN) {
@@ -436,11 +452,6 @@ async fn ws_handshake(
     let key = headers
         .get("sec-websocket-key")
         .map(|k| k.as_bytes().to_vec());
-    let is_upgrade = header_has_token(&headers, "connection", "upgrade")
-        && header_has_token(&headers, "upgrade", "websocket")
-        && headers
-            .get("sec-websocket-version")
-            .is_some_and(|v| v.as_bytes() == b"13");
     let (Some(key), Some(on_upgrade), true) = (key, on_upgrade, is_upgrade) else {
         ctx.metrics.handshake_failed(HandshakeFailure::BadUpgrade);
         return error_response(
@@ -451,8 +462,11 @@ async fn ws_handshake(
     };
     let accept = derive_accept_key(&key);
     // The per-user cap counts sockets on every gateway (presence-service knows them all).
-    if let Err(resp) = check_connection_cap(&ctx, user_id).await {
-        return resp;
+    // With first-message auth it is checked once the user is known.
+    if let Some(i) = &identity {
+        if let Err(resp) = check_connection_cap(&ctx, i.user_id).await {
+            return resp;
+        }
     }
     tokio::spawn(async move {
         match on_upgrade.await {

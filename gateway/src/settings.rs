@@ -55,6 +55,8 @@ pub struct Settings {
     pub max_connections_per_user: u32,
     /// On shutdown, sockets are closed in batches spread over this window.
     pub drain_window: Duration,
+    /// How long a socket opened without a token has to send `authenticate`.
+    pub auth_timeout: Duration,
     /// Required `iss` of client tokens (`INDABA_JWT_ISSUER`), if any.
     pub jwt_issuer: Option<String>,
     /// Required `aud` of client tokens (`INDABA_JWT_AUDIENCE`), if any.
@@ -123,6 +125,7 @@ impl Settings {
             static_files: Vec::new(),
             jwt_issuer: None,
             jwt_audience: None,
+            auth_timeout: Duration::from_secs(5),
         }
     }
 
@@ -209,6 +212,7 @@ impl Settings {
                 .collect();
         }
         s.dev_tokens = flag(get, env::DEV_TOKENS)?;
+        s.auth_timeout = Duration::from_secs(int(env::AUTH_TIMEOUT_SECS, 5, 1)?);
         s.jwt_issuer = get(env::JWT_ISSUER).filter(|v| !v.trim().is_empty());
         s.jwt_audience = get(env::JWT_AUDIENCE).filter(|v| !v.trim().is_empty());
         Ok(())

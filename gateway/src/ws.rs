@@ -58,15 +58,37 @@ pub fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
 }
 
 /// Runs an upgraded, authenticated socket until either side closes it.
-pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: crate::auth::Identity) {
-    let user_id = identity.user_id;
+pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: Option<crate::auth::Identity>) {
     let io = TokioIo::new(upgraded);
-    let ws = WebSocketStream::from_raw_socket(
+    let mut ws = WebSocketStream::from_raw_socket(
         io,
         Role::Server,
         Some(ws_config(ctx.settings.max_frame_bytes)),
     )
     .await;
+    // Opened without a token: the first frame must be `authenticate`, within the timeout.
+    let identity = match identity {
+        Some(i) => i,
+        None => match first_message_auth(&ctx, &mut ws).await {
+            Ok(i) => i,
+            Err(reason) => {
+                ctx.metrics
+                    .handshake_failed(crate::metrics::HandshakeFailure::Unauthorized);
+                tracing::info!(%reason, "first-message authentication failed");
+                let frame = CloseFrame {
+                    code: CloseCode::from(4001),
+                    reason: Utf8Bytes::from(reason),
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    let _ = ws.send(Message::Close(Some(frame))).await;
+                    let _ = ws.close(None).await;
+                })
+                .await;
+                return;
+            }
+        },
+    };
+    let user_id = identity.user_id;
     let n = ctx
         .next_conn
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -201,6 +223,41 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: crate::auth::Ide
     conn.stop_typing().await;
     let _ = writer.await;
     tracing::debug!(%connection_id, user_id, "socket closed");
+}
+
+/// Waits for `{"type":"authenticate","token":…}` as the socket's first frame, then checks
+/// the token and the per-user connection cap. The error is the close reason (code 4001).
+async fn first_message_auth(
+    ctx: &Ctx,
+    ws: &mut WebSocketStream<TokioIo<Upgraded>>,
+) -> Result<crate::auth::Identity, String> {
+    let first = tokio::time::timeout(ctx.settings.auth_timeout, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => return Some(t),
+                // Control frames may come first; anything else is not an authentication.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .map_err(|_| {
+        "authentication timeout: send {\"type\":\"authenticate\",\"token\":…} first".to_owned()
+    })?
+    .ok_or_else(|| "expected an authenticate frame".to_owned())?;
+    let token = match parse_client_frame(&first) {
+        Ok(ClientFrame::Authenticate(a)) => a.token,
+        _ => return Err("the first frame must be authenticate (or pass ?token=)".into()),
+    };
+    let identity = ctx.verifier.identify(&token).map_err(|e| e.to_string())?;
+    if crate::http::over_connection_cap(ctx, identity.user_id).await {
+        return Err(format!(
+            "at most {} simultaneous connections per user",
+            ctx.settings.max_connections_per_user
+        ));
+    }
+    Ok(identity)
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocketStream<TokioIo<Upgraded>>, Message>;
@@ -372,6 +429,12 @@ async fn write_loop(
         let _ = sink.close().await;
     })
     .await;
+    // A peer that stopped answering pings may still be reading slowly: keep the socket
+    // open a little, so its late writes (queued pongs) do not meet a reset before it reads
+    // the close frame and learns why (1001).
+    if code == CloseCode::Away {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
 }
 
 struct Conn {
@@ -491,6 +554,11 @@ impl Conn {
                 self.update_away().await;
             }
             Ok(ClientFrame::PresenceSubscribe(p)) => self.presence_subscribe(p).await,
+            Ok(ClientFrame::Authenticate(_)) => self.send_error(
+                ErrorCode::InvalidField,
+                "already authenticated; use refresh_token to extend".into(),
+                None,
+            ),
             Ok(ClientFrame::RefreshToken(r)) => match self.ctx.verifier.identify(&r.token) {
                 Ok(id) if id.user_id == self.user_id => {
                     self.valid_until_ms = id.valid_until_ms;

@@ -20,6 +20,8 @@ pub const JWT_SECRET: &str = "INDABA_JWT_SECRET";
 pub const JWT_PUBLIC_KEY_FILE: &str = "INDABA_JWT_PUBLIC_KEY_FILE";
 /// Allowed clock skew for `exp`/`nbf`, in seconds. Default 30.
 pub const JWT_LEEWAY_SECS: &str = "INDABA_JWT_LEEWAY_SECS";
+/// Seconds a socket opened without a token has to send `authenticate` (default 5).
+pub const AUTH_TIMEOUT_SECS: &str = "INDABA_AUTH_TIMEOUT_SECS";
 /// When set, client tokens must carry this `iss`.
 pub const JWT_ISSUER: &str = "INDABA_JWT_ISSUER";
 /// When set, client tokens must carry this `aud` (or a list containing it).

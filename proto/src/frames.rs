@@ -212,6 +212,8 @@ pub enum ClientFrame {
     PresenceSubscribe(PresenceSubscribe),
     /// Extend the socket's authentication.
     RefreshToken(RefreshToken),
+    /// First-message authentication: the first frame of a socket opened without a token.
+    Authenticate(RefreshToken),
 }
 
 /// Why a client frame was rejected: the error frame to send back.
@@ -234,7 +236,7 @@ impl FrameError {
 }
 
 /// The client frame types this server understands, in protocol order.
-pub const CLIENT_FRAME_TYPES: [&str; 12] = [
+pub const CLIENT_FRAME_TYPES: [&str; 13] = [
     "chat_message",
     "typing_indicator",
     "read_receipt",
@@ -247,6 +249,7 @@ pub const CLIENT_FRAME_TYPES: [&str; 12] = [
     "set_status",
     "presence_subscribe",
     "refresh_token",
+    "authenticate",
 ];
 
 /// Parses one client text frame, telling apart: not JSON (`invalid_json`), no `type`

@@ -351,3 +351,85 @@ async fn tokens_never_appear_in_logs() {
     }
     assert!(!text.contains(SECRET), "the secret is in the logs");
 }
+
+/// A socket may open without a token and authenticate with its first frame; a socket that
+/// does not (in time, or with a bad token, or with another frame) is closed with 4001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_message_authentication_and_its_timeout() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = vec![("INDABA_AUTH_TIMEOUT_SECS".to_owned(), "1".to_owned())];
+    let (_node, addr, _) = spawn_single_node_with(dir.path(), "127.0.0.1:0", &opts).await;
+    let open = || async move {
+        let (ws, resp) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/chat/"))
+            .await
+            .expect("upgrade without a token");
+        assert_eq!(resp.status(), 101);
+        ws
+    };
+    let close_code = |mut ws: tokio_tungstenite::WebSocketStream<_>| async move {
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(m) = ws.next().await {
+                match m {
+                    Ok(Message::Close(Some(f))) => {
+                        return Some((u16::from(f.code), f.reason.to_string()))
+                    }
+                    Ok(_) => {}
+                    Err(_) => return None,
+                }
+            }
+            None
+        })
+        .await
+        .expect("closed in time");
+        got.expect("a close frame")
+    };
+    // Authenticated by the first frame: a normal socket.
+    let mut ws = open().await;
+    ws.send(Message::text(
+        json!({"type": "authenticate", "token": token(1)}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let hello = loop {
+        if let Some(Ok(Message::Text(t))) = ws.next().await {
+            break serde_json::from_str::<serde_json::Value>(&t).unwrap();
+        }
+    };
+    assert_eq!(hello["type"], "connection_established");
+    assert_eq!(hello["user_id"], 1);
+    ws.send(Message::text(
+        json!({"type": "chat_message", "receiver_id": 2, "text": "hi", "client_msg_id": "fm1"})
+            .to_string(),
+    ))
+    .await
+    .unwrap();
+    let sent = loop {
+        if let Some(Ok(Message::Text(t))) = ws.next().await {
+            let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == "message_sent" {
+                break v;
+            }
+        }
+    };
+    assert_eq!(sent["client_msg_id"], "fm1");
+    // Silent: closed with 4001 after the timeout.
+    let (code, reason) = close_code(open().await).await;
+    assert_eq!(code, 4001);
+    assert!(reason.contains("timeout"), "{reason}");
+    // Another frame first, or a bad token: 4001.
+    let mut ws = open().await;
+    ws.send(Message::text(r#"{"type":"ping"}"#)).await.unwrap();
+    assert_eq!(close_code(ws).await.0, 4001);
+    let mut ws = open().await;
+    ws.send(Message::text(
+        json!({"type": "authenticate", "token": "not.a.jwt"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(close_code(ws).await.0, 4001);
+    // A plain HTTP request without a token is still refused before any upgrade.
+    let (status, _) = http(addr, "GET", "/ws/chat/", None, None).await;
+    assert_eq!(status, 401);
+}
