@@ -23,6 +23,33 @@ use crate::auth::AuthError;
 use crate::metrics::HandshakeFailure;
 use crate::Ctx;
 
+/// The TCP peer of a request (a load balancer, when there is one).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::IpAddr);
+
+/// Counts a connection attempt against the client address's budget; `Some` is the 429.
+pub(crate) fn check_ip_rate(
+    ctx: &Ctx,
+    peer: Option<PeerAddr>,
+    headers: &HeaderMap,
+) -> Option<Response> {
+    let xff = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let ip = crate::limits::client_ip(peer.map(|p| p.0), xff, &ctx.settings.trusted_proxies)?;
+    if ctx.per_ip.allow(
+        ip,
+        ctx.settings.connect_rate_per_ip_10s,
+        std::time::Instant::now(),
+    ) {
+        return None;
+    }
+    ctx.metrics.handshake_failed(HandshakeFailure::IpRate);
+    Some(error_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::RateLimited,
+        "too many connection attempts from this address; back off and retry",
+    ))
+}
+
 /// Largest REST body accepted.
 const MAX_BODY_BYTES: u64 = 64 * 1024;
 
@@ -101,7 +128,15 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationT
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let svc = hyper_util::service::TowerToHyperService::new(warp::service(routes.clone()));
+        // warp cannot see the peer address on a connection we accept ourselves: hand it to
+        // the routes as a request extension.
+        let warp_svc = warp::service(routes.clone());
+        let svc =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer.ip()));
+                let mut s = warp_svc.clone();
+                async move { tower_service::Service::call(&mut s, req).await }
+            });
         let header_timeout = ctx.settings.header_timeout;
         tokio::spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -172,6 +207,7 @@ pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infal
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<OnUpgrade>())
+        .and(warp::ext::optional::<PeerAddr>())
         .and(with_ctx(ctx.clone()))
         .then(ws_handshake);
     let api = warp::path("api")
@@ -181,6 +217,7 @@ pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infal
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
         .and(limited_body())
+        .and(warp::ext::optional::<PeerAddr>())
         .and(with_ctx(ctx.clone()))
         .then(
             |tail: warp::path::Tail,
@@ -188,7 +225,14 @@ pub fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infal
              query,
              headers,
              body: Result<Bytes, HttpError>,
-             ctx| async move {
+             peer: Option<PeerAddr>,
+             ctx: Arc<Ctx>| async move {
+                // Event streams are connections too: same per-address budget as sockets.
+                if tail.as_str().trim_end_matches('/') == "events" {
+                    if let Some(resp) = check_ip_rate(&ctx, peer, &headers) {
+                        return resp;
+                    }
+                }
                 match body {
                     Ok(body) => {
                         crate::rest::dispatch(
@@ -394,8 +438,13 @@ async fn ws_handshake(
     query: String,
     headers: HeaderMap,
     on_upgrade: Option<OnUpgrade>,
+    peer: Option<PeerAddr>,
     ctx: Arc<Ctx>,
 ) -> Response {
+    // Before any work (token verification included): a flood from one address stops here.
+    if let Some(resp) = check_ip_rate(&ctx, peer, &headers) {
+        return resp;
+    }
     let token = query_param(&query, "token")
         .filter(|t| !t.is_empty())
         .or_else(|| bearer(&headers));

@@ -59,6 +59,8 @@ pub struct Ctx {
     pub routing_lock: tokio::sync::Mutex<()>,
     /// Prometheus counters.
     pub metrics: Arc<metrics::Metrics>,
+    /// Connection attempts per client address.
+    pub per_ip: limits::PerIp,
     /// Chat-message token buckets per user on this gateway.
     pub chat_limits: std::sync::Mutex<std::collections::HashMap<i64, limits::Bucket>>,
 }
@@ -238,6 +240,7 @@ impl App {
             draining: CancellationToken::new(),
             routing_lock: tokio::sync::Mutex::new(()),
             chat_limits: Default::default(),
+            per_ip: Default::default(),
             metrics: Arc::default(),
         });
         Ok(App {

@@ -21,15 +21,18 @@ pub enum HandshakeFailure {
     Draining,
     /// Not a valid WebSocket upgrade.
     BadUpgrade,
+    /// Too many connection attempts from one client address.
+    IpRate,
 }
 
 impl HandshakeFailure {
-    const ALL: [HandshakeFailure; 5] = [
+    const ALL: [HandshakeFailure; 6] = [
         HandshakeFailure::Unauthorized,
         HandshakeFailure::Origin,
         HandshakeFailure::ConnectionCap,
         HandshakeFailure::Draining,
         HandshakeFailure::BadUpgrade,
+        HandshakeFailure::IpRate,
     ];
 
     fn label(self) -> &'static str {
@@ -39,6 +42,7 @@ impl HandshakeFailure {
             HandshakeFailure::ConnectionCap => "connection_cap",
             HandshakeFailure::Draining => "draining",
             HandshakeFailure::BadUpgrade => "bad_upgrade",
+            HandshakeFailure::IpRate => "ip_rate",
         }
     }
 }
@@ -53,7 +57,7 @@ const LATENCY_BUCKETS: [f64; 12] = [
 pub struct Metrics {
     connections_active: AtomicI64,
     connections_total: AtomicU64,
-    handshake_failures: [AtomicU64; 5],
+    handshake_failures: [AtomicU64; 6],
     messages_sent: AtomicU64,
     messages_delivered: AtomicU64,
     rate_limited: AtomicU64,

@@ -55,6 +55,11 @@ pub struct Settings {
     pub max_connections_per_user: u32,
     /// On shutdown, sockets are closed in batches spread over this window.
     pub drain_window: Duration,
+    /// WebSocket/SSE connection attempts allowed per client address per 10 s (0: no limit).
+    pub connect_rate_per_ip_10s: u32,
+    /// Load balancers whose `X-Forwarded-For` is believed: the client address is the
+    /// rightmost address in that header not itself a trusted proxy.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// How long a socket opened without a token has to send `authenticate`.
     pub auth_timeout: Duration,
     /// Required `iss` of client tokens (`INDABA_JWT_ISSUER`), if any.
@@ -126,6 +131,8 @@ impl Settings {
             jwt_issuer: None,
             jwt_audience: None,
             auth_timeout: Duration::from_secs(5),
+            connect_rate_per_ip_10s: 300,
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -213,6 +220,28 @@ impl Settings {
         }
         s.dev_tokens = flag(get, env::DEV_TOKENS)?;
         s.auth_timeout = Duration::from_secs(int(env::AUTH_TIMEOUT_SECS, 5, 1)?);
+        s.connect_rate_per_ip_10s = env::integer(
+            get,
+            env::CONNECT_RATE_PER_IP_10S,
+            s.connect_rate_per_ip_10s,
+            0,
+        )
+        .map_err(ConfigError)?;
+        if let Some(v) = get(env::TRUSTED_PROXIES) {
+            s.trusted_proxies = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    p.parse().map_err(|_| {
+                        ConfigError(format!(
+                            "{} must list IP addresses, got {p:?}",
+                            env::TRUSTED_PROXIES
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
         s.jwt_issuer = get(env::JWT_ISSUER).filter(|v| !v.trim().is_empty());
         s.jwt_audience = get(env::JWT_AUDIENCE).filter(|v| !v.trim().is_empty());
         Ok(())

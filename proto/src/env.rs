@@ -20,6 +20,10 @@ pub const JWT_SECRET: &str = "INDABA_JWT_SECRET";
 pub const JWT_PUBLIC_KEY_FILE: &str = "INDABA_JWT_PUBLIC_KEY_FILE";
 /// Allowed clock skew for `exp`/`nbf`, in seconds. Default 30.
 pub const JWT_LEEWAY_SECS: &str = "INDABA_JWT_LEEWAY_SECS";
+/// WebSocket/SSE connection attempts per client address per 10 s (default 300; 0: no limit).
+pub const CONNECT_RATE_PER_IP_10S: &str = "INDABA_CONNECT_RATE_PER_IP_10S";
+/// Comma-separated IP addresses of load balancers whose `X-Forwarded-For` is trusted.
+pub const TRUSTED_PROXIES: &str = "INDABA_TRUSTED_PROXIES";
 /// Seconds a socket opened without a token has to send `authenticate` (default 5).
 pub const AUTH_TIMEOUT_SECS: &str = "INDABA_AUTH_TIMEOUT_SECS";
 /// When set, client tokens must carry this `iss`.

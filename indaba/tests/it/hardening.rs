@@ -433,3 +433,65 @@ async fn first_message_authentication_and_its_timeout() {
     let (status, _) = http(addr, "GET", "/ws/chat/", None, None).await;
     assert_eq!(status, 401);
 }
+
+/// Connection attempts are limited per client address; behind a trusted load balancer the
+/// address is taken from `X-Forwarded-For` (its rightmost untrusted entry), not the peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_attempts_are_limited_per_client_address() {
+    let nats = Nats::start();
+    let (_g, gw) = spawn_gateway_with(&nats.url(), "gw-ip", |s| {
+        s.connect_rate_per_ip_10s = 5;
+    })
+    .await;
+    let attempt = |xff: Option<&'static str>| async move {
+        let mut req = format!("ws://{gw}/ws/chat/?token={}", token(1))
+            .into_client_request()
+            .unwrap();
+        if let Some(x) = xff {
+            req.headers_mut()
+                .insert("x-forwarded-for", x.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req)
+            .await
+            .map(|(ws, _)| ws)
+    };
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        open.push(attempt(None).await.expect("within the budget"));
+    }
+    let err = attempt(None).await.unwrap_err();
+    assert!(err.to_string().contains("429"), "{err}");
+    // The peer is not a trusted proxy: a forged X-Forwarded-For changes nothing.
+    assert!(attempt(Some("198.51.100.1")).await.is_err());
+    let (_, metrics) = http_text(gw, "/metrics").await;
+    assert!(
+        metrics.contains("indaba_connection_failures_total{reason=\"ip_rate\"} 2"),
+        "{metrics}"
+    );
+
+    // Behind a trusted load balancer every client address has its own budget.
+    let (_g2, gw2) = spawn_gateway_with(&nats.url(), "gw-ip-lb", |s| {
+        s.connect_rate_per_ip_10s = 1;
+        s.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    })
+    .await;
+    let attempt2 = |xff: &'static str| async move {
+        let mut req = format!("ws://{gw2}/ws/chat/?token={}", token(1))
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("x-forwarded-for", xff.parse().unwrap());
+        tokio_tungstenite::connect_async(req)
+            .await
+            .map(|(ws, _)| ws)
+    };
+    let a = attempt2("198.51.100.1").await.expect("client A");
+    let b = attempt2("6.6.6.6, 198.51.100.2")
+        .await
+        .expect("client B (left entry is the client's claim)");
+    assert!(
+        attempt2("198.51.100.1").await.is_err(),
+        "client A over its budget"
+    );
+    drop((a, b, open));
+}

@@ -360,8 +360,9 @@ pub async fn spawn_gateway_with(
     s.listen = "127.0.0.1:0".parse().expect("addr");
     s.gateway_id = id.into();
     s.max_text_chars = 100;
-    // Tests send bursts far above a human rate; the rate-limit test sets its own.
+    // Tests send bursts far above a human rate; the rate-limit tests set their own.
     s.chat_rate_per_10s = 100_000;
+    s.connect_rate_per_ip_10s = 0;
     tweak(&mut s);
     let app = gateway::App::build(s).await.expect("build gateway");
     let addr = app.local_addr().expect("addr");
