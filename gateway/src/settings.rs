@@ -84,22 +84,6 @@ pub struct StaticFile {
     pub body: &'static [u8],
 }
 
-/// Reads a boolean setting (`1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off`).
-pub fn flag(get: &impl Fn(&str) -> Option<String>, key: &str) -> Result<bool, ConfigError> {
-    match get(key).as_deref().map(str::trim) {
-        None | Some("") => Ok(false),
-        Some(v) if ["1", "true", "yes", "on"].contains(&v.to_ascii_lowercase().as_str()) => {
-            Ok(true)
-        }
-        Some(v) if ["0", "false", "no", "off"].contains(&v.to_ascii_lowercase().as_str()) => {
-            Ok(false)
-        }
-        Some(v) => Err(ConfigError(format!(
-            "{key} must be true or false, got {v:?}"
-        ))),
-    }
-}
-
 /// A configuration value that cannot be used; the message names the variable.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -218,7 +202,7 @@ impl Settings {
                 .filter(|o| !o.is_empty())
                 .collect();
         }
-        s.dev_tokens = flag(get, env::DEV_TOKENS)?;
+        s.dev_tokens = env::flag(get, env::DEV_TOKENS, false).map_err(ConfigError)?;
         s.auth_timeout = Duration::from_secs(int(env::AUTH_TIMEOUT_SECS, 5, 1)?);
         s.connect_rate_per_ip_10s = env::integer(
             get,

@@ -89,18 +89,10 @@ impl Settings {
             grpc_listen: Some(grpc_listen_from(&get, "0.0.0.0:50051")?),
             grpc_keys: proto::grpc_auth::ApiKeys::from_source(&get).map_err(ConfigError)?,
             http_listen: Some(addr_from(&get, env::HTTP_LISTEN, "0.0.0.0:9090")?),
-            push_jobs: !off(&get, env::PUSH_JOBS),
-            group_commit: !off(&get, env::GROUP_COMMIT),
+            push_jobs: env::flag(&get, env::PUSH_JOBS, true).map_err(ConfigError)?,
+            group_commit: env::flag(&get, env::GROUP_COMMIT, true).map_err(ConfigError)?,
         })
     }
-}
-
-/// Whether a default-on flag is turned off.
-fn off(get: &impl Fn(&str) -> Option<String>, key: &str) -> bool {
-    matches!(
-        get(key).as_deref().map(str::trim),
-        Some("0" | "false" | "no" | "off")
-    )
 }
 
 /// Reads `INDABA_MESSAGE_RETENTION_DAYS` (absent: keep forever).

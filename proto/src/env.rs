@@ -100,6 +100,22 @@ where
     }
 }
 
+/// Reads an optional boolean setting through `get`: `default` when absent or empty,
+/// `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off` (any case), otherwise an error naming the
+/// variable. Every service parses its switches this one way.
+pub fn flag(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: bool,
+) -> Result<bool, String> {
+    match get(key).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") => Ok(default),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some("0" | "false" | "no" | "off") => Ok(false),
+        Some(v) => Err(format!("{key} must be true or false, got {v:?}")),
+    }
+}
+
 /// push-service: messages to a user in one conversation within this many ms make one
 /// notification (default 10000).
 pub const PUSH_COLLAPSE_MS: &str = "INDABA_PUSH_COLLAPSE_MS";
@@ -151,5 +167,13 @@ mod tests {
             .contains("A must be"));
         let bad = |_: &str| Some("lots".to_owned());
         assert!(integer(&bad, "A", 1u64, 0).is_err());
+        assert_eq!(
+            flag(&bad, "B", true).unwrap_err(),
+            "B must be true or false, got \"lots\""
+        );
+        let on = |_: &str| Some(" YES ".to_owned());
+        assert_eq!(flag(&on, "B", false), Ok(true));
+        let none = |_: &str| None;
+        assert_eq!(flag(&none, "B", true), Ok(true));
     }
 }

@@ -131,7 +131,7 @@ impl Settings {
         self.max_attempts = u32::try_from(int(env::PUSH_MAX_ATTEMPTS, 8, 1)?).unwrap_or(8);
         self.retry_base = Duration::from_millis(int(env::PUSH_RETRY_BASE_MS, 1_000, 10)?);
         self.lease = Duration::from_secs(int(env::PUSH_LEASE_SECS, 30, 1)?);
-        self.hide_text_default = flag(get, env::PUSH_HIDE_TEXT)?;
+        self.hide_text_default = env::flag(get, env::PUSH_HIDE_TEXT, false).map_err(ConfigError)?;
         let read = |key: &str| -> Result<Option<String>, ConfigError> {
             match get(key) {
                 None => Ok(None),
@@ -168,19 +168,8 @@ impl Settings {
             self.vapid = Some((key, subject));
         }
         self.webhook = get(env::WEBHOOK_SECRET);
-        self.allow_http = flag(get, env::PUSH_ALLOW_HTTP)?;
+        self.allow_http = env::flag(get, env::PUSH_ALLOW_HTTP, false).map_err(ConfigError)?;
         Ok(())
-    }
-}
-
-/// Reads a boolean setting.
-fn flag(get: &impl Fn(&str) -> Option<String>, key: &str) -> Result<bool, ConfigError> {
-    match get(key).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
-        None | Some("") | Some("0" | "false" | "no" | "off") => Ok(false),
-        Some("1" | "true" | "yes" | "on") => Ok(true),
-        Some(v) => Err(ConfigError(format!(
-            "{key} must be true or false, got {v:?}"
-        ))),
     }
 }
 
