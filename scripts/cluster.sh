@@ -18,6 +18,8 @@
 #
 # Environment:
 #   INDABA_BIN_DIR        where the Indaba binaries are (default target/release; e.g. target/debug)
+#   INDABA_BIN            instead: one `indaba` binary serving every role (`indaba gateway`,
+#                         `indaba message-service`, ...), as the fault tests run it
 #   INDABA_CLUSTER_DIR    work dir for data, logs, pids and the state file (default target/cluster)
 #   INDABA_CLUSTER_PORT_BASE  port base (default 20000): NATS clients base+4222..4224, routes
 #                         base+6222.., monitoring base+8222.., PostgreSQL base+5432, gateways
@@ -80,14 +82,24 @@ ports_of() {
   esac
 }
 
-binary_of() {
+# role_of NAME: the program's role (its binary's name, and the `indaba` subcommand).
+role_of() {
   case "$1" in
-    gateway-*) echo "$BIN_DIR/gateway" ;;
-    message-service-*) echo "$BIN_DIR/message-service" ;;
-    presence-service) echo "$BIN_DIR/presence-service" ;;
-    push-service) echo "$BIN_DIR/push-service" ;;
+    gateway-*) echo gateway ;;
+    message-service-*) echo message-service ;;
+    presence-service) echo presence-service ;;
+    push-service) echo push-service ;;
     *) die "no binary for $1" ;;
   esac
+}
+
+binary_of() {
+  if [ -n "${INDABA_BIN:-}" ]; then echo "$INDABA_BIN"; else echo "$BIN_DIR/$(role_of "$1")"; fi
+}
+
+# command_of NAME: the binary and, for the all-roles `indaba` binary, the role argument.
+command_of() {
+  if [ -n "${INDABA_BIN:-}" ]; then echo "$INDABA_BIN $(role_of "$1")"; else binary_of "$1"; fi
 }
 
 valid_name() {
@@ -243,7 +255,8 @@ start_service() {
             "INDABA_GRPC_LISTEN=127.0.0.1:$(grpc_port "$name")"
             "INDABA_HTTP_LISTEN=127.0.0.1:$(http_port "$name")") ;;
   esac
-  spawn "$name" env "${env[@]}" "$bin"
+  # shellcheck disable=SC2046 # command_of is "binary [role]", split on purpose
+  spawn "$name" env "${env[@]}" $(command_of "$name")
 }
 
 # Ready: gateways answer /readyz. Workers answer /readyz on their HTTP port; until a service
@@ -342,8 +355,8 @@ cmd_up() {
   for n in "${ALL[@]}"; do alive "$n" && running+=("$n"); done
   [ ${#running[@]} -eq 0 ] || die "already running: ${running[*]} (scripts/cluster.sh down first)"
   if [ "$infra" = 0 ]; then
-    for n in gateway message-service presence-service; do
-      [ -x "$BIN_DIR/$n" ] || die "$BIN_DIR/$n not found: build first (cargo build --release) or set INDABA_BIN_DIR"
+    for n in gateway-1 message-service-1 presence-service; do
+      [ -x "$(binary_of "$n")" ] || die "$(binary_of "$n") not found: build first (cargo build --release) or set INDABA_BIN_DIR / INDABA_BIN"
     done
   fi
   # Every port must be free (another cluster, or other software, may hold one).

@@ -74,7 +74,14 @@ cargo fmt --all -- --check
 echo "==> cargo clippy" >&2
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo test" >&2
-cargo test --workspace --no-fail-fast "$@"
+if [ "$#" -eq 0 ]; then
+  # The fault tests get their own step below, with their counts printed.
+  cargo test --workspace --no-fail-fast -- --skip fault_
+  echo "==> fault tests: local cluster of real processes (indaba/tests/faults)" >&2
+  cargo test -p indaba --test faults -- --nocapture --test-threads=1
+else
+  cargo test --workspace --no-fail-fast "$@"
+fi
 
 # The TypeScript SDK, the demo and the browser test, against the binary cargo just built.
 # Skipped when arguments narrow the run to some Rust tests.

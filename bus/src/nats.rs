@@ -39,10 +39,29 @@ pub(crate) async fn connect(
                 }
             }
         })
-        .connect(url)
+        .connect(servers(url)?)
         .await
         .map_err(|e| BusError::Connect(e.to_string()))?;
     Ok((client, rx))
+}
+
+/// Parses `NATS_URL`: one URL or a comma-separated list (every node of a cluster, so the
+/// first connection does not depend on one node being up).
+pub(crate) fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+    let list: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err(BusError::Connect("NATS_URL is empty".into()));
+    }
+    list.into_iter()
+        .map(|s| {
+            s.parse::<async_nats::ServerAddr>()
+                .map_err(|e| BusError::Connect(format!("NATS server URL {s:?}: {e}")))
+        })
+        .collect()
 }
 
 fn header_map(headers: &[(&str, &str)]) -> Option<async_nats::HeaderMap> {
@@ -132,5 +151,23 @@ pub(crate) fn convert(m: async_nats::Message) -> Message {
         reply: m.reply.map(|r| r.to_string()),
         headers,
         payload: m.payload,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::servers;
+
+    #[test]
+    fn server_lists_parse_and_bad_entries_are_named() {
+        assert_eq!(servers("nats://127.0.0.1:4222").unwrap().len(), 1);
+        let three = servers("nats://a:1, nats://b:2,nats://c:3,").unwrap();
+        assert_eq!(three.len(), 3);
+        assert_eq!(three[1].host(), "b");
+        let err = servers("nats://a:1,nats://b:notaport")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("nats://b:notaport"), "{err}");
+        assert!(servers(" , ").is_err());
     }
 }

@@ -98,15 +98,10 @@ impl ConnHandle {
     }
 }
 
-/// How many recent message ids are remembered to drop repeated deliveries (the outbox may
-/// publish a message twice after a crash).
-const RECENT_IDS: usize = 100_000;
-
 /// Registry of local sockets. All methods are short critical sections.
 #[derive(Debug, Default)]
 pub struct Hub {
     by_user: Mutex<HashMap<i64, Vec<ConnHandle>>>,
-    recent: Mutex<RecentIds>,
     /// Watched user → the sockets watching them, and the status they were last told.
     watchers: Mutex<HashMap<i64, Watched>>,
 }
@@ -123,12 +118,6 @@ pub struct RecentIds {
     set: HashSet<i64>,
     order: VecDeque<i64>,
     cap: usize,
-}
-
-impl Default for RecentIds {
-    fn default() -> Self {
-        RecentIds::with_capacity(RECENT_IDS)
-    }
 }
 
 impl RecentIds {
@@ -311,14 +300,9 @@ impl Hub {
         let origin = d.origin_connection_id.as_str();
         match event {
             Event::Message(m) => {
-                if !self
-                    .recent
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(m.id)
-                {
-                    return Vec::new();
-                }
+                // Repeats (outbox republishes, catch-ups) are dropped per socket by its
+                // writer, not here: the same message may rightly come again for a
+                // recipient whose socket opened on this gateway after the first copy.
                 let t = text(&ServerFrame::NewMessage(NewMessage::from_pb(m)));
                 let mut reached: Vec<i64> = Vec::new();
                 for (user, c) in self.targets(&d.recipient_ids, origin) {

@@ -176,6 +176,7 @@ impl SingleNode {
             http_listen: None,
             push_jobs: true,
             group_commit: true,
+            crash_after_commits: None,
         })
         .await?;
         let mut presence_settings =

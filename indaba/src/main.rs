@@ -20,8 +20,15 @@ enum Command {
     /// Run one distributed-mode gateway (settings from the environment, as the `gateway`
     /// binary): one image can then serve every role.
     Gateway,
+    /// Run one distributed-mode message-service (settings from the environment, as the
+    /// `message-service` binary).
+    MessageService,
+    /// Run one distributed-mode presence-service (settings from the environment, as the
+    /// `presence-service` binary).
+    PresenceService,
     /// Run one distributed-mode push-service (settings from the environment, as the
     /// `push-service` binary).
+    #[command(alias = "push-service")]
     Push,
     /// Print a client JWT for a user, signed with this data directory's secret.
     Token {
@@ -48,9 +55,22 @@ async fn main() -> anyhow::Result<()> {
         let app = push_service::App::build(push_service::Settings::from_env()?).await?;
         return app.run(bus::runtime::shutdown_signal()).await;
     }
+    if let Some(Command::MessageService) = cli.command {
+        bus::runtime::init_tracing();
+        let app = message_service::App::build(message_service::Settings::from_env()?).await?;
+        return app.run(bus::runtime::shutdown_signal()).await;
+    }
+    if let Some(Command::PresenceService) = cli.command {
+        bus::runtime::init_tracing();
+        let app = presence_service::App::build(presence_service::Settings::from_env()?).await?;
+        return app.run(bus::runtime::shutdown_signal()).await;
+    }
     let settings = indaba::Settings::from_env()?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Gateway | Command::Push => Ok(()),
+        // Handled above: they read their settings from the environment, not these.
+        Command::Gateway | Command::Push | Command::MessageService | Command::PresenceService => {
+            Ok(())
+        }
         Command::Token { user, ttl_secs } => {
             anyhow::ensure!(user > 0, "--user must be a positive integer");
             let secret =

@@ -15,6 +15,7 @@
 pub mod grpc;
 pub mod metrics;
 pub mod ops;
+pub mod recent;
 pub mod routes;
 pub mod settings;
 pub mod store;
@@ -111,6 +112,10 @@ pub(crate) struct Inner {
     /// Until the routing table has heard from the gateways (their answer to our resync),
     /// a delivery that found nobody may be wrong: keep its outbox row for the sweeper.
     routes_warm_at: tokio::time::Instant,
+    /// What was published lately, for sockets that open while it was in flight.
+    recent: recent::Recent,
+    /// New messages committed by this process (drives the fault-injection crash).
+    commits: std::sync::atomic::AtomicU64,
 }
 
 /// How long after start the routing table is treated as incomplete.
@@ -149,6 +154,26 @@ impl Inner {
                 message: "message-service is stopping; retry".into(),
             })
         })
+    }
+
+    /// Fault injection (`INDABA_TEST_CRASH_AFTER_COMMITS`): dies like `kill -9` would, in
+    /// the window between commit and publish, so the fault tests can prove the outbox
+    /// covers it. A no-op unless configured.
+    pub(crate) fn crash_point_after_commit(&self) {
+        let Some(limit) = self.settings.crash_after_commits else {
+            return;
+        };
+        let n = self
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if n >= limit {
+            tracing::error!(
+                commits = n,
+                "fault injection: aborting between commit and publish"
+            );
+            std::process::abort();
+        }
     }
 
     fn first_ack(&self, message_id: i64) -> bool {
@@ -239,6 +264,8 @@ impl App {
                 published_rx: tokio::sync::Mutex::new(Some(published_rx)),
                 sends,
                 sends_rx: tokio::sync::Mutex::new(Some(sends_rx)),
+                commits: std::sync::atomic::AtomicU64::new(0),
+                recent: recent::Recent::default(),
                 push_tx,
                 push_rx: tokio::sync::Mutex::new(Some(push_rx)),
                 in_flight,
@@ -348,7 +375,12 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
             // Routing updates are applied inline, in arrival order.
             Route::Routing if msg.subject == subjects::CONN_EVENTS => {
                 match pb::ConnectionEvent::decode(msg.payload) {
-                    Ok(ev) => inner.routes.apply_event(&ev),
+                    Ok(ev) => {
+                        inner.routes.apply_event(&ev);
+                        if ev.kind() == pb::connection_event::Kind::Up {
+                            catch_up(&inner, ev.user_id, &ev.gateway_id, ev.at_ms).await;
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "undecodable connection event"),
                 }
             }
@@ -356,7 +388,12 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
                 match pb::GatewayHeartbeat::decode(msg.payload) {
                     Ok(hb) => {
                         if let Some(full) = heartbeats.push(hb) {
-                            inner.routes.apply_heartbeat(&full);
+                            // Users the table lacked: their socket-opened event was lost;
+                            // the socket opened at most one interval ago.
+                            let since = full.sent_at_ms - i64::from(full.interval_ms);
+                            for user in inner.routes.apply_heartbeat(&full) {
+                                catch_up(&inner, user, &full.gateway_id, since).await;
+                            }
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "undecodable heartbeat"),
@@ -468,6 +505,9 @@ pub(crate) async fn deliver(
     meta: &store::ConversationMeta,
     origin: &str,
 ) {
+    // Remember it *before* reading the routing table: a socket-opened event applied after
+    // that read then finds it here (catch_up), one applied before it is in the table.
+    inner.recent.record(message, participants);
     let ok = publish_event(
         inner,
         pb::delivery::Event::Message(message.clone()),
@@ -613,6 +653,34 @@ pub(crate) async fn publish_event(
     ok
 }
 
+/// Publishes again, to the gateway where a socket of a user opened at `opened_ms`, the
+/// user's messages published since (see [`recent`]: the routing event may have lost the
+/// race with them).
+async fn catch_up(inner: &Inner, user: i64, gateway: &str, opened_ms: i64) {
+    let recent = inner.recent.published_after(user, opened_ms);
+    if recent.is_empty() {
+        return;
+    }
+    metrics::caught_up(recent.len());
+    let subject = subjects::gateway_delivery(gateway);
+    for m in recent {
+        let d = pb::Delivery {
+            event: Some(pb::delivery::Event::Message((*m).clone())),
+            recipient_ids: vec![user],
+            origin_connection_id: String::new(),
+        };
+        if let Err(e) = inner
+            .bus
+            .publish(&subject, Bytes::from(d.encode_to_vec()))
+            .await
+        {
+            tracing::warn!(error = %e, gateway, "catch-up publish failed");
+            metrics::bus_error();
+            return;
+        }
+    }
+}
+
 /// Deletes outbox rows of published deliveries, batched (one statement per batch).
 async fn complete_outbox(store: Store, mut rx: mpsc::Receiver<i64>) {
     let mut batch = Vec::with_capacity(512);
@@ -632,6 +700,7 @@ async fn sweep(inner: Arc<Inner>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        inner.recent.prune();
         let dropped = inner.routes.expire();
         if dropped > 0 {
             tracing::warn!(dropped, "gateways stopped sending heartbeats");

@@ -27,6 +27,7 @@ static MESSAGES_STORED: AtomicU64 = AtomicU64::new(0);
 static STORE_ERRORS: AtomicU64 = AtomicU64::new(0);
 static BUS_ERRORS: AtomicU64 = AtomicU64::new(0);
 static OUTBOX_REPUBLISHED: AtomicU64 = AtomicU64::new(0);
+static CAUGHT_UP: AtomicU64 = AtomicU64::new(0);
 
 /// A request of operation `OPS[i]` was answered.
 pub fn request(i: usize) {
@@ -53,6 +54,11 @@ pub fn bus_error() {
 /// Orphaned deliveries republished by the outbox sweeper.
 pub fn outbox_republished(n: usize) {
     OUTBOX_REPUBLISHED.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Relaxed);
+}
+
+/// Recent messages published again to a gateway where a recipient's socket just opened.
+pub fn caught_up(n: usize) {
+    CAUGHT_UP.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Relaxed);
 }
 
 /// The Prometheus text exposition.
@@ -94,6 +100,13 @@ pub fn render() -> String {
         "counter",
         "Deliveries republished from the outbox after their writer died.",
         OUTBOX_REPUBLISHED.load(Relaxed),
+    );
+    write_metric(
+        &mut out,
+        "indaba_catch_up_messages_total",
+        "counter",
+        "Recent messages published again to a gateway where a recipient's socket just opened.",
+        CAUGHT_UP.load(Relaxed),
     );
     out
 }

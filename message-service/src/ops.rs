@@ -192,6 +192,7 @@ pub(crate) async fn send(inner: &Inner, req: pb::SendMessageRequest) -> pb::Send
         Err(e) => return pb::SendMessageResponse::failed(store_error(e)),
     };
     if !sent.duplicate {
+        inner.crash_point_after_commit();
         crate::metrics::message_stored();
         // Committed: publish now. The reply goes out after this, but a slow publish only
         // delays `message_sent`, never loses the message (the outbox row covers a crash).

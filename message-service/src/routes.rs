@@ -56,17 +56,24 @@ impl Routes {
         }
     }
 
-    /// Replaces what is known about a gateway with its heartbeat.
-    pub fn apply_heartbeat(&self, hb: &GatewayHeartbeat) {
+    /// Replaces what is known about a gateway with its heartbeat. Returns the users the
+    /// table did not have on that gateway (their socket-opened event was lost or is late).
+    pub fn apply_heartbeat(&self, hb: &GatewayHeartbeat) -> Vec<i64> {
         let mut gws = self.gateways.write().unwrap_or_else(|e| e.into_inner());
         if hb.stopping {
             gws.remove(hb.gateway_id.as_str());
-            return;
+            return Vec::new();
         }
         let mut sockets = HashMap::with_capacity(hb.sockets.len());
         for s in &hb.sockets {
             *sockets.entry(s.user_id).or_insert(0) += 1;
         }
+        let known = gws.get(hb.gateway_id.as_str());
+        let added: Vec<i64> = sockets
+            .keys()
+            .copied()
+            .filter(|u| !known.is_some_and(|g| g.sockets.contains_key(u)))
+            .collect();
         gws.insert(
             Arc::from(hb.gateway_id.as_str()),
             GatewayState {
@@ -75,6 +82,7 @@ impl Routes {
                 interval: Duration::from_millis(u64::from(hb.interval_ms.max(100))),
             },
         );
+        added
     }
 
     /// Drops gateways that stopped sending heartbeats. Returns how many were dropped.
@@ -138,8 +146,9 @@ mod tests {
         assert_eq!(r.by_gateway(&[1])[0].1, vec![1]);
         r.apply_event(&ev(Kind::Down, "g1", 1));
         assert!(r.by_gateway(&[1]).is_empty());
-        // A heartbeat replaces the gateway's state wholesale.
-        r.apply_heartbeat(&GatewayHeartbeat {
+        // A heartbeat replaces the gateway's state wholesale, and names who is new there.
+        r.apply_event(&ev(Kind::Up, "g2", 3));
+        let mut added = r.apply_heartbeat(&GatewayHeartbeat {
             gateway_id: "g2".into(),
             sockets: [3, 3, 4]
                 .into_iter()
@@ -154,6 +163,12 @@ mod tests {
             part: 0,
             parts: 1,
         });
+        added.sort_unstable();
+        assert_eq!(
+            added,
+            vec![4],
+            "3 was known from its event; 4 only from the heartbeat"
+        );
         assert!(r.by_gateway(&[2]).is_empty());
         assert_eq!(r.by_gateway(&[2, 3, 4])[0].1, vec![3, 4]);
         r.apply_heartbeat(&GatewayHeartbeat {

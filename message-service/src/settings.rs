@@ -51,6 +51,9 @@ pub struct Settings {
     /// Commit the sends that arrive together in one transaction (`INDABA_GROUP_COMMIT`,
     /// default true; false: one transaction per message, for comparison).
     pub group_commit: bool,
+    /// Fault injection (`INDABA_TEST_CRASH_AFTER_COMMITS`): abort after this many commits of
+    /// new messages, before answering or publishing them. `None` in every real deployment.
+    pub crash_after_commits: Option<u64>,
 }
 
 /// A configuration value that cannot be used; the message names the variable.
@@ -91,6 +94,10 @@ impl Settings {
             http_listen: Some(addr_from(&get, env::HTTP_LISTEN, "0.0.0.0:9090")?),
             push_jobs: env::flag(&get, env::PUSH_JOBS, true).map_err(ConfigError)?,
             group_commit: env::flag(&get, env::GROUP_COMMIT, true).map_err(ConfigError)?,
+            crash_after_commits: match get(env::TEST_CRASH_AFTER_COMMITS) {
+                None => None,
+                Some(_) => Some(parse(&get, env::TEST_CRASH_AFTER_COMMITS, 1u64)?),
+            },
         })
     }
 }

@@ -10,6 +10,10 @@ pub const HTTP_LISTEN: &str = "INDABA_HTTP_LISTEN";
 /// `false`: message-service commits each message in its own transaction instead of grouping
 /// the sends that arrive together (for comparison; default true).
 pub const GROUP_COMMIT: &str = "INDABA_GROUP_COMMIT";
+/// Fault injection for the fault tests (`indaba/tests/faults`): message-service aborts the
+/// process right after its Nth commit of new messages, before answering or publishing them:
+/// the crash window the outbox exists for. Never set it in production.
+pub const TEST_CRASH_AFTER_COMMITS: &str = "INDABA_TEST_CRASH_AFTER_COMMITS";
 /// `false`: message-service enqueues no push jobs (deployments without push-service).
 pub const PUSH_JOBS: &str = "INDABA_PUSH_JOBS";
 /// `true`: serve development tokens at `/api/v1/dev/token/` (HS256 only; never in production).

@@ -286,6 +286,7 @@ pub async fn spawn_message_service_with(
         http_listen: None,
         push_jobs: true,
         group_commit: true,
+        crash_after_commits: None,
     };
     tweak(&mut settings);
     let app = message_service::App::build(settings)
@@ -330,6 +331,7 @@ pub async fn spawn_message_service_ops(
         http_listen: Some("127.0.0.1:0".parse().expect("addr")),
         push_jobs: true,
         group_commit: true,
+        crash_after_commits: None,
     };
     let app = message_service::App::build(settings)
         .await

@@ -1,0 +1,127 @@
+//! The messages published in the last few seconds, per recipient, so a socket that opens
+//! while they were in flight still gets them live.
+//!
+//! The window this closes: a client reconnects (its gateway died, or the network blinked)
+//! and resumes with `sync`; the resume reads the store, and a message committed just after
+//! that read is published to the gateways the routing table knows *at that moment*. The
+//! table learns about the new socket from a routing event that may still be in flight
+//! (every instance applies them on its own, and 1,000 clients reconnecting at once queue
+//! up), so the message goes to the dead gateway, or nowhere, and the resume never saw it:
+//! lost for the live path until the next resume. The fault test of a gateway killed under
+//! 1,000 clients found exactly this.
+//!
+//! So every instance remembers what it published for [`WINDOW`], and when a routing event
+//! says a user's socket opened on a gateway, it publishes again to that gateway the user's
+//! messages published since the socket opened (by the event's timestamp: this assumes the
+//! hosts' clocks agree to within a few milliseconds, as NTP keeps them). Gateways drop what a socket already has (by message id, and by the seq a
+//! resume covered), so the repeat costs a little bandwidth and nothing else. A routing event
+//! arriving later than the window would reopen the gap; 10 s is far beyond what routing takes.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use proto::pb;
+
+/// How long published messages are remembered.
+pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// One recipient's recent messages, oldest first, with when they were published (monotonic,
+/// for the window; wall-clock ms, to compare with when a socket opened).
+type Queue = VecDeque<(Instant, i64, Arc<pb::ChatMessage>)>;
+
+/// Recently published messages by recipient. Clones share the table.
+#[derive(Clone, Default)]
+pub struct Recent {
+    by_user: Arc<Mutex<HashMap<i64, Queue>>>,
+}
+
+impl Recent {
+    /// Remembers a message published to these recipients.
+    pub fn record(&self, message: &pb::ChatMessage, recipients: &[i64]) {
+        let now = Instant::now();
+        let wall = proto::time::now_ms();
+        let m = Arc::new(message.clone());
+        let mut g = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
+        for &user in recipients {
+            let q = g.entry(user).or_default();
+            // Republished deliveries (the outbox sweeper) must not pile up copies.
+            if q.iter().any(|(_, _, old)| old.id == m.id) {
+                continue;
+            }
+            q.push_back((now, wall, m.clone()));
+            while q
+                .front()
+                .is_some_and(|(t, _, _)| now.duration_since(*t) > WINDOW)
+            {
+                q.pop_front();
+            }
+        }
+    }
+
+    /// The user's messages published within the window and after `opened_ms` (when the
+    /// socket opened, by the gateway's clock), oldest first. Earlier ones are not the
+    /// socket's to miss: they were committed before it opened, so a resume it sends reads
+    /// them, in order (a catch-up copy sent ahead of the resume would arrive out of order).
+    pub fn published_after(&self, user: i64, opened_ms: i64) -> Vec<Arc<pb::ChatMessage>> {
+        let now = Instant::now();
+        let g = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
+        g.get(&user)
+            .map(|q| {
+                q.iter()
+                    .filter(|(t, wall, _)| now.duration_since(*t) <= WINDOW && *wall > opened_ms)
+                    .map(|(_, _, m)| m.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Forgets everything older than the window (called every second).
+    pub fn prune(&self) {
+        let now = Instant::now();
+        let mut g = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
+        g.retain(|_, q| {
+            while q
+                .front()
+                .is_some_and(|(t, _, _)| now.duration_since(*t) > WINDOW)
+            {
+                q.pop_front();
+            }
+            !q.is_empty()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: i64) -> pb::ChatMessage {
+        pb::ChatMessage {
+            id,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn remembers_per_recipient_without_repeats() {
+        let r = Recent::default();
+        let before = proto::time::now_ms() - 1;
+        r.record(&msg(1), &[10, 11]);
+        r.record(&msg(2), &[11]);
+        r.record(&msg(1), &[10, 11]); // an outbox republish
+        let ids = |u| {
+            r.published_after(u, before)
+                .iter()
+                .map(|m| m.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(10), vec![1]);
+        assert_eq!(ids(11), vec![1, 2]);
+        assert!(ids(12).is_empty());
+        r.prune();
+        assert_eq!(ids(11), vec![1, 2], "inside the window nothing is pruned");
+        // A socket that opened after both was never owed them.
+        assert!(r.published_after(11, proto::time::now_ms() + 1).is_empty());
+    }
+}
