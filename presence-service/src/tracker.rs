@@ -59,6 +59,9 @@ struct User {
     published: Option<Status>,
     /// When the last socket went away.
     empty_since_ms: Option<i64>,
+    /// A socket event (not a gateway's snapshot) changed this user: a change that happens
+    /// during the warm-up is news, to be announced once it ends, not state to learn.
+    changed_by_event: bool,
 }
 
 #[derive(Debug)]
@@ -133,6 +136,7 @@ impl Tracker {
             },
         );
         u.empty_since_ms = None;
+        u.changed_by_event = true;
     }
 
     /// A socket closed.
@@ -142,6 +146,7 @@ impl Tracker {
             if u.sockets.remove(connection_id).is_some() && u.sockets.is_empty() {
                 u.empty_since_ms = Some(now_ms);
             }
+            u.changed_by_event = true;
         }
     }
 
@@ -155,12 +160,11 @@ impl Tracker {
         now_ms: i64,
     ) {
         self.heard(gateway, now_ms, None);
-        if let Some(s) = self
-            .users
-            .get_mut(&user_id)
-            .and_then(|u| u.sockets.get_mut(connection_id))
-        {
-            s.away = away;
+        if let Some(u) = self.users.get_mut(&user_id) {
+            if let Some(s) = u.sockets.get_mut(connection_id) {
+                s.away = away;
+                u.changed_by_event = true;
+            }
         }
     }
 
@@ -248,7 +252,9 @@ impl Tracker {
                     } else {
                         now_ms
                     };
-                    // While warming up, learn silently: the gateways are still reporting.
+                    // While warming up, learn silently what the gateways' snapshots say
+                    // (a restart must not announce connected users as news); a change a
+                    // socket event made is held back and announced when the warm-up ends.
                     if !warming {
                         changes.push(Change {
                             user_id: id,
@@ -257,7 +263,9 @@ impl Tracker {
                         });
                     }
                     if let Some(u) = self.users.get_mut(&id) {
-                        u.published = Some(status);
+                        if !warming || !u.changed_by_event {
+                            u.published = Some(status);
+                        }
                     }
                 }
             }
@@ -382,6 +390,23 @@ mod tests {
         assert_eq!(t.get(1, 500).0, Status::Online);
         t.down("g1", 1, "g1/1", 2_000);
         assert_eq!(statuses(&t.tick(7_000)), vec![(1, "offline")]);
+    }
+
+    #[test]
+    fn a_socket_opened_during_warmup_is_announced_when_it_ends() {
+        // The single-node program starts its presence-service with its gateway: a user
+        // connecting in the first seconds must not stay "offline" for the watchers.
+        let mut t = Tracker::new(T, 0);
+        t.heartbeat("g1", &[(1, "g1/1".into(), false)], 10_000, false, 100);
+        t.up("g1", 2, "g1/2", 200);
+        assert!(t.tick(500).is_empty(), "silent while warming up");
+        assert_eq!(t.get(2, 500).0, Status::Online, "but answers queries");
+        assert_eq!(
+            statuses(&t.tick(1_000)),
+            vec![(2, "online")],
+            "the event's change is announced; the snapshot's user 1 is not"
+        );
+        assert!(t.tick(1_500).is_empty());
     }
 
     #[test]
