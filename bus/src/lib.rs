@@ -15,6 +15,7 @@ mod local;
 mod nats;
 pub mod ops;
 pub mod runtime;
+pub mod trace;
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -23,6 +24,20 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub use local::LocalBus;
+
+/// The caller's headers plus the current span's `traceparent` (unless the caller set one).
+fn with_trace<'a>(headers: &[(&'a str, &'a str)], tp: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+    let mut out = headers.to_vec();
+    if let Some(tp) = tp {
+        if !headers
+            .iter()
+            .any(|(k, _)| *k == proto::headers::TRACEPARENT)
+        {
+            out.push((proto::headers::TRACEPARENT, tp));
+        }
+    }
+    out
+}
 
 /// How many messages a subscriber may have queued before new ones are dropped. Matches
 /// async-nats' default so both transports behave alike.
@@ -108,6 +123,8 @@ impl Bus {
         headers: &[(&str, &str)],
         payload: Bytes,
     ) -> Result<(), BusError> {
+        let tp = trace::current_traceparent();
+        let headers = &with_trace(headers, tp.as_deref());
         match self {
             Bus::Nats(c, _) => nats::publish(c, subject, None, headers, payload).await,
             Bus::Local(l) => {
@@ -144,6 +161,8 @@ impl Bus {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<Message, BusError> {
+        let tp = trace::current_traceparent();
+        let headers = &with_trace(headers, tp.as_deref());
         match self {
             Bus::Nats(c, _) => nats::request(c, subject, headers, payload, timeout).await,
             Bus::Local(l) => l.request(subject, headers, payload, timeout).await,

@@ -128,6 +128,11 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: CancellationT
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        if let Some(n) = ctx.settings.socket_send_buffer {
+            // A fixed kernel send buffer: a client that stops reading then meets the
+            // outbound queue's bound, not megabytes of autotuned kernel memory.
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(n);
+        }
         // warp cannot see the peer address on a connection we accept ourselves: hand it to
         // the routes as a request extension.
         let warp_svc = warp::service(routes.clone());

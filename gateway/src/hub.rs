@@ -62,6 +62,42 @@ pub struct ConnShared {
     pub last_pong_ms: std::sync::atomic::AtomicI64,
     /// Close code to use when the socket is closed by the server (0: decide by cause).
     pub close_code: std::sync::atomic::AtomicU16,
+    /// Bytes queued for the client and not yet taken by the writer.
+    pub queued_bytes: std::sync::atomic::AtomicUsize,
+    /// Most bytes that may be queued (0: no byte limit, only the frame count).
+    pub max_queued_bytes: usize,
+    /// Cancelled when the client is found too slow: the writer then abandons a write stuck
+    /// on the client's full socket instead of waiting out its timeout.
+    pub too_slow: CancellationToken,
+}
+
+impl ConnShared {
+    /// State for a socket whose queue holds at most `max_queued_bytes`.
+    pub fn with_byte_limit(max_queued_bytes: usize) -> ConnShared {
+        ConnShared {
+            max_queued_bytes,
+            ..ConnShared::default()
+        }
+    }
+
+    /// The writer took a frame of `len` bytes off the queue (saturating: a frame queued
+    /// without [`ConnHandle::offer`] must not wrap the count around).
+    pub fn dequeued(&self, len: usize) {
+        let _ = self.queued_bytes.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |n| Some(n.saturating_sub(len)),
+        );
+    }
+}
+
+impl Outbound {
+    /// Bytes of the frame.
+    pub fn byte_len(&self) -> usize {
+        match self {
+            Outbound::Text(t) | Outbound::Message { text: t, .. } => t.len(),
+        }
+    }
 }
 
 /// One socket, as the hub sees it.
@@ -83,18 +119,43 @@ impl ConnHandle {
     /// Queues a frame; a full queue marks the client a slow consumer and closes it, so it
     /// never holds up anyone else. Returns whether the frame was queued.
     pub fn offer(&self, frame: Outbound) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let len = frame.byte_len();
+        let limit = self.shared.max_queued_bytes;
+        let before = self.shared.queued_bytes.fetch_add(len, Relaxed);
+        if limit > 0 && before.saturating_add(len) > limit {
+            self.shared.dequeued(len);
+            self.too_slow("bytes");
+            return false;
+        }
         match self.tx.try_send(frame) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.close.is_cancelled() {
-                    tracing::warn!(connection_id = %self.connection_id, "slow consumer: closing socket");
-                    self.metrics.slow_consumer();
-                }
-                self.close.cancel();
+                self.shared.dequeued(len);
+                self.too_slow("frames");
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.shared.dequeued(len);
+                false
+            }
         }
+    }
+
+    /// The client does not keep up: close it with 1013 (try again later), once.
+    fn too_slow(&self, limit: &'static str) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self
+            .shared
+            .close_code
+            .compare_exchange(0, 1013, Relaxed, Relaxed)
+            .is_ok()
+        {
+            tracing::warn!(connection_id = %self.connection_id, limit, "slow consumer: closing socket");
+            self.metrics.slow_consumer();
+        }
+        self.shared.too_slow.cancel();
+        self.close.cancel();
     }
 }
 

@@ -34,6 +34,7 @@ use prost::Message as _;
 use proto::{pb, subjects};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 pub use settings::{BusSettings, Settings};
 
@@ -272,18 +273,25 @@ impl App {
         let c = ctx.clone();
         let deliver = tokio::spawn(async move {
             while let Some(m) = deliveries.next().await {
-                match pb::Delivery::decode(m.payload) {
-                    Ok(d) => {
-                        let reached = c.hub.deliver(&d);
-                        c.metrics.delivered(reached.len());
-                        if let Some(pb::delivery::Event::Message(msg)) = &d.event {
-                            if let Some(first) = reached.first() {
-                                c.ack_delivery(msg, *first).await;
+                // The last hop of the message's trace.
+                let span = tracing::info_span!("delivery", trace_id = tracing::field::Empty);
+                bus::trace::follow(&span, &m);
+                async {
+                    match pb::Delivery::decode(m.payload) {
+                        Ok(d) => {
+                            let reached = c.hub.deliver(&d);
+                            c.metrics.delivered(reached.len());
+                            if let Some(pb::delivery::Event::Message(msg)) = &d.event {
+                                if let Some(first) = reached.first() {
+                                    c.ack_delivery(msg, *first).await;
+                                }
                             }
                         }
+                        Err(e) => tracing::warn!(error = %e, "undecodable delivery"),
                     }
-                    Err(e) => tracing::warn!(error = %e, "undecodable delivery"),
                 }
+                .instrument(span)
+                .await;
             }
         });
         let mut presence = self.presence;

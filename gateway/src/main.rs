@@ -2,9 +2,11 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    bus::runtime::init_tracing();
-    let settings = gateway::Settings::from_env()?;
-    let app = gateway::App::build(settings).await?;
-    tracing::info!(addr = %app.local_addr()?, "listening");
-    app.run(bus::runtime::shutdown_signal()).await
+    bus::runtime::traced("gateway", async {
+        let settings = gateway::Settings::from_env()?;
+        let app = gateway::App::build(settings).await?;
+        tracing::info!(addr = %app.local_addr()?, "listening");
+        app.run(bus::runtime::shutdown_signal()).await
+    })
+    .await
 }

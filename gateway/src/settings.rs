@@ -37,6 +37,11 @@ pub struct Settings {
     pub max_frame_bytes: usize,
     /// Frames queued per socket before the client counts as a slow consumer and is closed.
     pub outbound_queue: usize,
+    /// Bytes one socket may have queued before it counts as a slow consumer.
+    pub outbound_queue_bytes: usize,
+    /// Kernel send buffer per accepted socket (`SO_SNDBUF`); `None`: the kernel autotunes
+    /// (up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default).
+    pub socket_send_buffer: Option<usize>,
     /// How often the full socket list is announced to the routing tables.
     pub heartbeat_interval: Duration,
     /// How long to wait for message-service before telling the client `unavailable`.
@@ -101,6 +106,8 @@ impl Settings {
             max_text_chars: proto::limits::DEFAULT_MAX_TEXT_CHARS,
             max_frame_bytes: 64 * 1024,
             outbound_queue: 1024,
+            outbound_queue_bytes: 1 << 20,
+            socket_send_buffer: None,
             heartbeat_interval: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
             header_timeout: Duration::from_secs(10),
@@ -184,6 +191,15 @@ impl Settings {
         s.ping_interval =
             Duration::from_secs(int(env::PING_INTERVAL_SECS, s.ping_interval.as_secs(), 1)?);
         s.drain_window = Duration::from_secs(int(env::DRAIN_SECS, s.drain_window.as_secs(), 0)?);
+        s.outbound_queue =
+            env::integer(get, env::OUTBOUND_QUEUE, s.outbound_queue, 16).map_err(ConfigError)?;
+        s.outbound_queue_bytes = env::integer(
+            get,
+            env::OUTBOUND_QUEUE_BYTES,
+            s.outbound_queue_bytes,
+            65_536,
+        )
+        .map_err(ConfigError)?;
         s.chat_rate_per_10s = env::integer(get, env::CHAT_RATE_PER_10S, s.chat_rate_per_10s, 1)
             .map_err(ConfigError)?;
         s.max_connections_per_user = env::integer(
@@ -195,6 +211,10 @@ impl Settings {
         .map_err(ConfigError)?;
         s.max_text_chars =
             env::integer(get, env::MAX_TEXT_CHARS, s.max_text_chars, 1).map_err(ConfigError)?;
+        if get(env::SOCKET_SEND_BUFFER).is_some() {
+            s.socket_send_buffer =
+                Some(env::integer(get, env::SOCKET_SEND_BUFFER, 0, 4096).map_err(ConfigError)?);
+        }
         if let Some(v) = get(env::ALLOWED_ORIGINS) {
             s.allowed_origins = v
                 .split(',')
@@ -268,5 +288,31 @@ mod tests {
             ("INDABA_GATEWAY_ID", "a.b"),
         ]);
         assert!(e.is_err());
+    }
+
+    #[test]
+    fn outbound_limits_are_read_and_checked() {
+        let key = ("INDABA_JWT_SECRET", "0123456789abcdef");
+        let d = from(&[key]).unwrap();
+        assert_eq!((d.outbound_queue, d.outbound_queue_bytes), (1024, 1 << 20));
+        assert_eq!(d.socket_send_buffer, None);
+        let s = from(&[
+            key,
+            ("INDABA_OUTBOUND_QUEUE", "64"),
+            ("INDABA_OUTBOUND_QUEUE_BYTES", "131072"),
+            ("INDABA_SOCKET_SEND_BUFFER", "32768"),
+        ])
+        .unwrap();
+        assert_eq!(s.outbound_queue, 64);
+        assert_eq!(s.outbound_queue_bytes, 131_072);
+        assert_eq!(s.socket_send_buffer, Some(32_768));
+        for bad in [
+            ("INDABA_OUTBOUND_QUEUE_BYTES", "1000"),
+            ("INDABA_SOCKET_SEND_BUFFER", "lots"),
+            ("INDABA_OUTBOUND_QUEUE", "0"),
+        ] {
+            let e = from(&[key, bad]).unwrap_err();
+            assert!(e.0.contains(bad.0), "{e}");
+        }
     }
 }

@@ -89,11 +89,14 @@ pub async fn open(query: &str, headers: &HeaderMap, ctx: Arc<Ctx>) -> Result<Res
     let connection_id: Arc<str> = Arc::from(format!("{}/sse{n}", ctx.settings.gateway_id));
     let (tx, rx) = mpsc::channel(ctx.settings.outbound_queue);
     let close = ctx.shutdown.child_token();
+    let shared = Arc::new(ConnShared::with_byte_limit(
+        ctx.settings.outbound_queue_bytes,
+    ));
     let handle = ConnHandle {
         connection_id: connection_id.clone(),
         tx,
         close: close.clone(),
-        shared: Arc::new(ConnShared::default()),
+        shared: shared.clone(),
         metrics: ctx.metrics.clone(),
     };
     // Registered before the replay is read, so nothing falls between the two.
@@ -116,6 +119,7 @@ pub async fn open(query: &str, headers: &HeaderMap, ctx: Arc<Ctx>) -> Result<Res
     let state = StreamState {
         guard,
         rx,
+        shared,
         close,
         replay: cursor,
         pending: std::collections::VecDeque::from([Item::Text(hello)]),
@@ -162,6 +166,8 @@ enum Item {
 struct StreamState {
     guard: Registration,
     rx: mpsc::Receiver<Outbound>,
+    /// Counts the queued bytes back out (the hub counts them in).
+    shared: Arc<ConnShared>,
     close: tokio_util::sync::CancellationToken,
     /// The cursor to replay from, until the replay has run.
     replay: Option<i64>,
@@ -195,6 +201,9 @@ async fn next_event(
             () = st.close.cancelled() => None,
             () = tokio::time::sleep_until(st.deadline) => None,
         };
+        if let Some(o) = &next {
+            st.shared.dequeued(o.byte_len());
+        }
         match next? {
             Outbound::Text(t) => return Some((Ok(to_event(Item::Text(t.to_string()))), st)),
             Outbound::Message {

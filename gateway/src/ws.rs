@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::hub::{ConnHandle, ConnShared, Outbound, RecentIds, SyncFrame};
 use crate::Ctx;
@@ -96,7 +97,9 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: Option<crate::au
     let (tx, rx) = mpsc::channel(ctx.settings.outbound_queue);
     let (sync_tx, sync_rx) = mpsc::channel(64);
     let close = ctx.shutdown.child_token();
-    let shared = Arc::new(ConnShared::default());
+    let shared = Arc::new(ConnShared::with_byte_limit(
+        ctx.settings.outbound_queue_bytes,
+    ));
 
     // The first frame, queued before the socket is visible to deliveries.
     let hello = ServerFrame::ConnectionEstablished(ConnectionEstablished {
@@ -104,7 +107,6 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: Option<crate::au
         connection_id: connection_id.to_string(),
         server_time: proto::time::rfc3339_ms(proto::time::now_ms()),
     });
-    let _ = tx.try_send(Outbound::Text(Utf8Bytes::from(hello.to_json())));
     let handle = ConnHandle {
         connection_id: connection_id.clone(),
         tx: tx.clone(),
@@ -112,6 +114,7 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: Option<crate::au
         shared: shared.clone(),
         metrics: ctx.metrics.clone(),
     };
+    handle.offer(Outbound::Text(Utf8Bytes::from(hello.to_json())));
     ctx.register(user_id, handle.clone()).await;
     ctx.metrics.socket_opened();
     tracing::debug!(%connection_id, user_id, "socket open");
@@ -274,6 +277,8 @@ struct WriterState {
     /// A resume is streaming: live messages wait in `held`.
     syncing: bool,
     held: Vec<MessageFrame>,
+    /// The socket's "client too slow" signal (abandons a blocked write).
+    too_slow: CancellationToken,
 }
 
 /// A `new_message` frame with what de-duplication needs.
@@ -288,10 +293,27 @@ struct MessageFrame {
 /// gone (a peer that stops reading must not pin a task and its buffers forever).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a client closed for being too slow has to read up to its close frame.
+const SLOW_CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 async fn send_frame(sink: &mut Sink, m: Message) -> Result<(), ()> {
     match tokio::time::timeout(WRITE_TIMEOUT, sink.send(m)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
+    }
+}
+
+/// [`send_frame`], abandoned as soon as the client is found too slow (a write blocked on
+/// its full socket would otherwise hold the close for up to [`WRITE_TIMEOUT`]). What was
+/// handed to the sink stays in its buffer, ahead of the close frame.
+async fn send_unless_too_slow(
+    sink: &mut Sink,
+    m: Message,
+    too_slow: &CancellationToken,
+) -> Result<(), ()> {
+    tokio::select! {
+        r = send_frame(sink, m) => r,
+        () = too_slow.cancelled() => Ok(()),
     }
 }
 
@@ -313,7 +335,7 @@ impl WriterState {
             return Ok(());
         }
         if self.sent.insert(m.message_id) {
-            send_frame(sink, Message::Text(m.text)).await?;
+            send_unless_too_slow(sink, Message::Text(m.text), &self.too_slow).await?;
         }
         Ok(())
     }
@@ -347,6 +369,7 @@ async fn write_loop(
         synced_upto: HashMap::new(),
         syncing: false,
         held: Vec::new(),
+        too_slow: shared.too_slow.clone(),
     };
     loop {
         let res: Result<(), ()> = tokio::select! {
@@ -359,7 +382,7 @@ async fn write_loop(
                     shared.close_code.store(u16::from(CloseCode::Away), std::sync::atomic::Ordering::Relaxed);
                     break;
                 }
-                send_frame(&mut sink, Message::Ping(Default::default())).await
+                send_unless_too_slow(&mut sink, Message::Ping(Default::default()), &shared.too_slow).await
             }
             Some(f) = sync_rx.recv() => match f {
                 SyncFrame::Begin => {
@@ -382,8 +405,16 @@ async fn write_loop(
                 }
             },
             m = rx.recv() => match m {
-                Some(Outbound::Text(t)) => send_frame(&mut sink, Message::Text(t)).await,
+                Some(o) if shared.too_slow.is_cancelled() => {
+                    shared.dequeued(o.byte_len());
+                    Ok(())
+                }
+                Some(Outbound::Text(t)) => {
+                    shared.dequeued(t.len());
+                    send_unless_too_slow(&mut sink, Message::Text(t), &shared.too_slow).await
+                }
                 Some(Outbound::Message { message_id, conversation_id, seq, text }) => {
+                    shared.dequeued(text.len());
                     let m = MessageFrame { message_id, conversation_id, seq, text };
                     if st.syncing {
                         st.held.push(m);
@@ -412,6 +443,20 @@ async fn write_loop(
     } else {
         CloseCode::Restart
     };
+    if code == CloseCode::Again {
+        // Too slow: what is queued would only keep it behind. Drop it and say why; give
+        // the client a while to read up to the close frame.
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static("too slow: outbound queue full; reconnect and sync"),
+        };
+        let _ = tokio::time::timeout(SLOW_CLOSE_WAIT, async {
+            let _ = sink.send(Message::Close(Some(frame))).await;
+            let _ = sink.close().await;
+        })
+        .await;
+        return;
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while let Ok(f) = rx.try_recv() {
             let t = match f {
@@ -1096,19 +1141,27 @@ pub async fn send_message(
     ctx: &Ctx,
     req: pb::SendMessageRequest,
 ) -> Result<(pb::ChatMessage, bool), (ErrorCode, String)> {
-    let resp: pb::SendMessageResponse =
-        call(ctx, subjects::MSG_SEND, &req)
-            .await
-            .map_err(|(code, message)| {
-                if code == ErrorCode::Unavailable {
-                    (
-                        code,
-                        "message service unavailable; retry with the same client_msg_id".to_owned(),
-                    )
-                } else {
-                    (code, message)
-                }
-            })?;
+    // The root of the message's trace: the request below carries it to message-service,
+    // which carries it on to the delivery (see `bus::trace`).
+    let span = tracing::info_span!(
+        "chat_message",
+        user_id = req.sender_id,
+        trace_id = tracing::field::Empty
+    );
+    bus::trace::record_trace_id(&span);
+    let resp: pb::SendMessageResponse = call(ctx, subjects::MSG_SEND, &req)
+        .instrument(span)
+        .await
+        .map_err(|(code, message)| {
+            if code == ErrorCode::Unavailable {
+                (
+                    code,
+                    "message service unavailable; retry with the same client_msg_id".to_owned(),
+                )
+            } else {
+                (code, message)
+            }
+        })?;
     match resp.result {
         Some(pb::send_message_response::Result::Message(m)) => Ok((m, resp.duplicate)),
         Some(pb::send_message_response::Result::Error(e)) => {

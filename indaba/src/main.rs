@@ -45,25 +45,33 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Gateway) = cli.command {
-        bus::runtime::init_tracing();
-        let app = gateway::App::build(gateway::Settings::from_env()?).await?;
-        tracing::info!(addr = %app.local_addr()?, "gateway listening");
-        return app.run(bus::runtime::shutdown_signal()).await;
+        return bus::runtime::traced("gateway", async {
+            let app = gateway::App::build(gateway::Settings::from_env()?).await?;
+            tracing::info!(addr = %app.local_addr()?, "gateway listening");
+            app.run(bus::runtime::shutdown_signal()).await
+        })
+        .await;
     }
     if let Some(Command::Push) = cli.command {
-        bus::runtime::init_tracing();
-        let app = push_service::App::build(push_service::Settings::from_env()?).await?;
-        return app.run(bus::runtime::shutdown_signal()).await;
+        return bus::runtime::traced("push-service", async {
+            let app = push_service::App::build(push_service::Settings::from_env()?).await?;
+            app.run(bus::runtime::shutdown_signal()).await
+        })
+        .await;
     }
     if let Some(Command::MessageService) = cli.command {
-        bus::runtime::init_tracing();
-        let app = message_service::App::build(message_service::Settings::from_env()?).await?;
-        return app.run(bus::runtime::shutdown_signal()).await;
+        return bus::runtime::traced("message-service", async {
+            let app = message_service::App::build(message_service::Settings::from_env()?).await?;
+            app.run(bus::runtime::shutdown_signal()).await
+        })
+        .await;
     }
     if let Some(Command::PresenceService) = cli.command {
-        bus::runtime::init_tracing();
-        let app = presence_service::App::build(presence_service::Settings::from_env()?).await?;
-        return app.run(bus::runtime::shutdown_signal()).await;
+        return bus::runtime::traced("presence-service", async {
+            let app = presence_service::App::build(presence_service::Settings::from_env()?).await?;
+            app.run(bus::runtime::shutdown_signal()).await
+        })
+        .await;
     }
     let settings = indaba::Settings::from_env()?;
     match cli.command.unwrap_or(Command::Serve) {
@@ -81,14 +89,16 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            bus::runtime::init_tracing();
-            let node = indaba::SingleNode::build(settings.clone()).await?;
-            let addr = node.local_addr()?;
-            tracing::info!(%addr, data_dir = %settings.data_dir.display(), "indaba single-node listening");
-            eprintln!(
-                "indaba listening on ws://{addr}/ws/chat/?token=…  (mint a token: indaba token --user 1)"
-            );
-            node.run(bus::runtime::shutdown_signal()).await
+            bus::runtime::traced("indaba", async {
+                let node = indaba::SingleNode::build(settings.clone()).await?;
+                let addr = node.local_addr()?;
+                tracing::info!(%addr, data_dir = %settings.data_dir.display(), "indaba single-node listening");
+                eprintln!(
+                    "indaba listening on ws://{addr}/ws/chat/?token=…  (mint a token: indaba token --user 1)"
+                );
+                node.run(bus::runtime::shutdown_signal()).await
+            })
+            .await
         }
     }
 }

@@ -32,6 +32,7 @@ use proto::pb;
 use proto::subjects;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 pub use routes::Routes;
 pub use settings::{BusSettings, Settings, StoreSettings};
@@ -436,42 +437,54 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
                 if let Some(n) = route.op_index() {
                     metrics::request(n);
                 }
-                tokio::spawn(async move {
-                    let i = &*inner;
-                    let p = &msg.payload[..];
-                    let reply = match route {
-                        Route::Send => ops::over_nats(p, |r| ops::send(i, r)).await,
-                        Route::CreateConversation => {
-                            ops::over_nats(p, |r| ops::create_conversation(i, r)).await
+                // Continues the caller's trace (its `traceparent` header).
+                let span = tracing::info_span!(
+                    "request",
+                    op = ?route,
+                    trace_id = tracing::field::Empty
+                );
+                bus::trace::follow(&span, &msg);
+                tokio::spawn(
+                    async move {
+                        let i = &*inner;
+                        let p = &msg.payload[..];
+                        let reply = match route {
+                            Route::Send => ops::over_nats(p, |r| ops::send(i, r)).await,
+                            Route::CreateConversation => {
+                                ops::over_nats(p, |r| ops::create_conversation(i, r)).await
+                            }
+                            Route::GetConversation => {
+                                ops::over_nats(p, |r| ops::get_conversation(i, r)).await
+                            }
+                            Route::MarkRead => ops::over_nats(p, |r| ops::mark_read(i, r)).await,
+                            Route::Typing => ops::over_nats(p, |r| ops::typing(i, r)).await,
+                            Route::ListMessages => {
+                                ops::over_nats(p, |r| ops::list_messages(i, r)).await
+                            }
+                            Route::ListConversations => {
+                                ops::over_nats(p, |r| ops::list_conversations(i, r)).await
+                            }
+                            Route::UpdateParticipants => {
+                                ops::over_nats(p, |r| ops::update_participants(i, r)).await
+                            }
+                            Route::GetMessage => {
+                                ops::over_nats(p, |r| ops::get_message(i, r)).await
+                            }
+                            Route::UnreadCounts => {
+                                ops::over_nats(p, |r| ops::unread_counts(i, r)).await
+                            }
+                            Route::MessagesSince => {
+                                ops::over_nats(p, |r| ops::messages_since(i, r)).await
+                            }
+                            Route::DeliveryAcks | Route::Routing => return,
+                        };
+                        if let Err(e) = inner.bus.respond(&msg, reply).await {
+                            tracing::warn!(error = %e, "could not send reply");
                         }
-                        Route::GetConversation => {
-                            ops::over_nats(p, |r| ops::get_conversation(i, r)).await
-                        }
-                        Route::MarkRead => ops::over_nats(p, |r| ops::mark_read(i, r)).await,
-                        Route::Typing => ops::over_nats(p, |r| ops::typing(i, r)).await,
-                        Route::ListMessages => {
-                            ops::over_nats(p, |r| ops::list_messages(i, r)).await
-                        }
-                        Route::ListConversations => {
-                            ops::over_nats(p, |r| ops::list_conversations(i, r)).await
-                        }
-                        Route::UpdateParticipants => {
-                            ops::over_nats(p, |r| ops::update_participants(i, r)).await
-                        }
-                        Route::GetMessage => ops::over_nats(p, |r| ops::get_message(i, r)).await,
-                        Route::UnreadCounts => {
-                            ops::over_nats(p, |r| ops::unread_counts(i, r)).await
-                        }
-                        Route::MessagesSince => {
-                            ops::over_nats(p, |r| ops::messages_since(i, r)).await
-                        }
-                        Route::DeliveryAcks | Route::Routing => return,
-                    };
-                    if let Err(e) = inner.bus.respond(&msg, reply).await {
-                        tracing::warn!(error = %e, "could not send reply");
+                        drop(permit);
                     }
-                    drop(permit);
-                });
+                    .instrument(span),
+                );
             }
         }
     }

@@ -2,8 +2,10 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    bus::runtime::init_tracing();
-    let settings = message_service::Settings::from_env()?;
-    let app = message_service::App::build(settings).await?;
-    app.run(bus::runtime::shutdown_signal()).await
+    bus::runtime::traced("message-service", async {
+        let settings = message_service::Settings::from_env()?;
+        let app = message_service::App::build(settings).await?;
+        app.run(bus::runtime::shutdown_signal()).await
+    })
+    .await
 }

@@ -3,6 +3,7 @@
 //! service both call these, so every entry point holds to the same rules.
 
 use std::collections::BTreeMap;
+use tracing::Instrument;
 
 use proto::pb::{self, ConversationKind};
 use proto::{field_error, pb_error, ErrorCode};
@@ -187,10 +188,19 @@ pub(crate) async fn send(inner: &Inner, req: pb::SendMessageRequest) -> pb::Send
         client_msg_id: (!req.client_msg_id.is_empty()).then_some(req.client_msg_id),
         origin_connection_id: req.origin_connection_id.clone(),
     };
-    let sent = match inner.store_message(new).await {
+    let sent = match inner
+        .store_message(new)
+        .instrument(tracing::info_span!("store"))
+        .await
+    {
         Ok(s) => s,
         Err(e) => return pb::SendMessageResponse::failed(store_error(e)),
     };
+    tracing::debug!(
+        message_id = sent.message.id,
+        duplicate = sent.duplicate,
+        "message stored"
+    );
     if !sent.duplicate {
         inner.crash_point_after_commit();
         crate::metrics::message_stored();
@@ -203,6 +213,7 @@ pub(crate) async fn send(inner: &Inner, req: pb::SendMessageRequest) -> pb::Send
             &sent.meta,
             &req.origin_connection_id,
         )
+        .instrument(tracing::info_span!("deliver"))
         .await;
     }
     pb::SendMessageResponse {

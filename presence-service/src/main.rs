@@ -2,7 +2,9 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    bus::runtime::init_tracing();
-    let app = presence_service::App::build(presence_service::Settings::from_env()?).await?;
-    app.run(bus::runtime::shutdown_signal()).await
+    bus::runtime::traced("presence-service", async {
+        let app = presence_service::App::build(presence_service::Settings::from_env()?).await?;
+        app.run(bus::runtime::shutdown_signal()).await
+    })
+    .await
 }

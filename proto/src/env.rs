@@ -18,6 +18,13 @@ pub const TEST_CRASH_AFTER_COMMITS: &str = "INDABA_TEST_CRASH_AFTER_COMMITS";
 pub const PUSH_JOBS: &str = "INDABA_PUSH_JOBS";
 /// `true`: serve development tokens at `/api/v1/dev/token/` (HS256 only; never in production).
 pub const DEV_TOKENS: &str = "INDABA_DEV_TOKENS";
+/// OpenTelemetry (standard name): where traces go over OTLP/gRPC, e.g.
+/// `http://otel-collector:4317`. Unset: trace ids still travel and appear in logs, nothing
+/// is exported.
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// OpenTelemetry (standard name): the `service.name` of exported spans (default: the
+/// program's role, e.g. `gateway`).
+pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 /// HS256 shared secret for client JWTs.
 pub const JWT_SECRET: &str = "INDABA_JWT_SECRET";
 /// Path to a PEM RSA public key; when set, client JWTs are verified as RS256.
@@ -70,6 +77,15 @@ pub const PING_INTERVAL_SECS: &str = "INDABA_PING_INTERVAL_SECS";
 /// Most sockets one user may hold across all gateways (default 10; counted by
 /// presence-service).
 pub const MAX_CONNECTIONS_PER_USER: &str = "INDABA_MAX_CONNECTIONS_PER_USER";
+/// Frames one socket may have queued for its client before it counts as a slow consumer and
+/// is closed with 1013 (default 1024).
+pub const OUTBOUND_QUEUE: &str = "INDABA_OUTBOUND_QUEUE";
+/// Bytes one socket may have queued for its client (default 1048576, 1 MiB): the frame
+/// count alone would let a client that stops reading pin 1024 × 64 KiB.
+pub const OUTBOUND_QUEUE_BYTES: &str = "INDABA_OUTBOUND_QUEUE_BYTES";
+/// Kernel send buffer (`SO_SNDBUF`) of each client socket, in bytes (min 4096; unset: the
+/// kernel autotunes, up to 4 MiB per socket on default Linux settings).
+pub const SOCKET_SEND_BUFFER: &str = "INDABA_SOCKET_SEND_BUFFER";
 /// Seconds over which a stopping gateway closes its sockets, in batches (default 10); keep
 /// `terminationGracePeriodSeconds` above it.
 pub const DRAIN_SECS: &str = "INDABA_DRAIN_SECS";

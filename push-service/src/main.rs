@@ -2,8 +2,10 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    bus::runtime::init_tracing();
-    let settings = push_service::Settings::from_env()?;
-    let app = push_service::App::build(settings).await?;
-    app.run(bus::runtime::shutdown_signal()).await
+    bus::runtime::traced("push-service", async {
+        let settings = push_service::Settings::from_env()?;
+        let app = push_service::App::build(settings).await?;
+        app.run(bus::runtime::shutdown_signal()).await
+    })
+    .await
 }

@@ -495,3 +495,111 @@ async fn connection_attempts_are_limited_per_client_address() {
     );
     drop((a, b, open));
 }
+
+/// A client that stops reading is closed with 1013 once its queue passes the byte limit —
+/// promptly, while others in the same room keep getting every message — and learns why
+/// from the close frame once it reads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_with_1013() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let nats = Nats::start();
+    let db = fresh_database().await;
+    let (_m, _) = spawn_message_service_with(&nats.url(), &db, |s| s.max_text_chars = 4000).await;
+    let (_g, gw) = spawn_gateway_with(&nats.url(), "gw-slow-reader", |s| {
+        s.max_text_chars = 4000;
+        s.outbound_queue_bytes = 64 * 1024;
+        s.socket_send_buffer = Some(16 * 1024);
+    })
+    .await;
+    let senders: Vec<i64> = (60..70).collect();
+    let mut members = vec![50, 51];
+    members.extend(&senders);
+    let body = json!({"participant_ids": &members[1..], "title": "flood"}).to_string();
+    let (status, v) = http(
+        gw,
+        "POST",
+        "/api/v1/conversations/",
+        Some(&token(50)),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    let group = v["id"].as_i64().unwrap();
+
+    // The slow reader: a small receive buffer, so the kernel cannot hide megabytes for it.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let stream = sock.connect(gw).await.unwrap();
+    let (mut slow, _) =
+        tokio_tungstenite::client_async(format!("ws://{gw}/ws/chat/?token={}", token(50)), stream)
+            .await
+            .unwrap();
+    let hello = slow.next().await.unwrap().unwrap();
+    assert!(hello.to_text().unwrap().contains("connection_established"));
+    let mut fine = Client::connect(gw, 51).await;
+    // A member who reads normally, on the same gateway, the whole time.
+    let fine_task = tokio::spawn(async move {
+        for _ in 0..250 {
+            fine.recv_type("new_message").await;
+        }
+        fine.ping().await;
+    });
+
+    // 10 senders × 25 messages of ~4 KB: about 1 MB for a client that reads nothing.
+    let text = "x".repeat(3900);
+    let mut tasks = Vec::new();
+    for &u in &senders {
+        let text = text.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(gw, u).await;
+            for i in 0..25 {
+                let f = json!({"type": "chat_message", "conversation_id": group,
+                               "text": format!("{i} {text}"), "client_msg_id": format!("{u}-{i}")});
+                c.send(f).await;
+                c.recv_type("message_sent").await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Everyone else got all 250.
+    fine_task.await.unwrap();
+
+    // The server gave up on the slow reader (counted), without waiting for it.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, m) = http_text(gw, "/metrics").await;
+        if m.lines()
+            .any(|l| l == "indaba_slow_consumer_closes_total 1")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no slow-consumer close:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Reading again, it gets what was already on the wire, then the reason.
+    let mut received = 0;
+    let close = loop {
+        match tokio::time::timeout(WAIT, slow.next())
+            .await
+            .expect("close frame in time")
+        {
+            Some(Ok(Message::Text(_))) => received += 1,
+            Some(Ok(Message::Close(f))) => break f.expect("close frame with a code"),
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 1013, "{close:?}");
+    assert!(close.reason.contains("too slow"), "{close:?}");
+    assert!(
+        received < 250,
+        "the slow reader cannot have had everything: {received}"
+    );
+}

@@ -18,3 +18,4 @@ mod rest;
 mod spec_client;
 mod store_suite;
 mod support;
+mod traces;
