@@ -245,6 +245,8 @@ start_service() {
   local env=(
     "NATS_URL=$(nats_url)"
     "INDABA_LOG=${INDABA_LOG:-info}"
+    # Three NATS nodes: the push queue's stream keeps a copy on each (survives a node).
+    "INDABA_JETSTREAM_REPLICAS=${INDABA_JETSTREAM_REPLICAS:-3}"
   )
   case "$name" in
     gateway-*)

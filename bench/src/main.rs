@@ -6,6 +6,7 @@
 //! figure next to the ceiling's.
 
 mod ceiling;
+mod chart;
 mod load;
 mod targets;
 
@@ -54,6 +55,9 @@ struct Args {
     /// Output directory.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// Only redraw `latency.png` from an existing `latest.json` (no load is generated).
+    #[arg(long)]
+    chart_from: Option<PathBuf>,
 }
 
 fn list(s: &str) -> Vec<String> {
@@ -73,6 +77,13 @@ fn rates(s: &str) -> anyhow::Result<Vec<u64>> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(report) = &args.chart_from {
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(report)?)?;
+        let dir = report.parent().unwrap_or(std::path::Path::new("."));
+        let png = chart::draw(&doc, dir).map_err(|e| anyhow::anyhow!(e))?;
+        println!("wrote {}", png.display());
+        return Ok(());
+    }
     let scenarios = list(&args.scenarios);
     let kinds: Vec<Kind> = list(&args.targets)
         .iter()
@@ -360,6 +371,15 @@ fn write_report(args: &Args, results: &BTreeMap<&'static str, Value>) -> anyhow:
             }
         }
         md.push('\n');
+    }
+    match chart::draw(&doc, &args.out) {
+        Ok(png) => md.push_str(&format!(
+            "\n![latency against rate]({})\n",
+            png.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("latency.png")
+        )),
+        Err(note) => eprintln!("chart: {note}"),
     }
     std::fs::write(args.out.join("latest.md"), &md)?;
     println!("{md}");

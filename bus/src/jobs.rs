@@ -31,6 +31,18 @@ pub struct Queue {
     pub max_age: Duration,
     /// How long a delivered job may stay unacknowledged before it is redelivered.
     pub ack_wait: Duration,
+    /// Stream replicas in a NATS cluster (used when the stream is created).
+    pub replicas: usize,
+}
+
+impl Queue {
+    /// The same queue with `n` replicas (from the service's settings).
+    pub fn with_replicas(self, n: usize) -> Queue {
+        Queue {
+            replicas: n,
+            ..self
+        }
+    }
 }
 
 fn other(e: impl std::fmt::Display) -> BusError {
@@ -53,6 +65,7 @@ impl Bus {
             max_age: q.max_age,
             // Enqueue ids are remembered this long: a republished job is stored once.
             duplicate_window: Duration::from_secs(120),
+            num_replicas: q.replicas.max(1),
             ..Default::default()
         })
         .await

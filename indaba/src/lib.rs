@@ -177,6 +177,7 @@ impl SingleNode {
             push_jobs: true,
             group_commit: true,
             crash_after_commits: None,
+            jetstream_replicas: 1,
         })
         .await?;
         let mut presence_settings =

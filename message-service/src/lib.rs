@@ -252,7 +252,8 @@ impl App {
         let (sends, sends_rx) = mpsc::channel(4096);
         if settings.push_jobs {
             // Producer and consumer both create the stream, so either may start first.
-            bus.ensure_queue(&PUSH_QUEUE).await?;
+            bus.ensure_queue(&PUSH_QUEUE.with_replicas(settings.jetstream_replicas))
+                .await?;
         }
         let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
         Ok(App {
@@ -497,6 +498,7 @@ pub const PUSH_QUEUE: bus::jobs::Queue = bus::jobs::Queue {
     durable: subjects::PUSH_CONSUMER,
     max_age: Duration::from_secs(24 * 3600),
     ack_wait: Duration::from_secs(30),
+    replicas: 1,
 };
 
 /// A committed message on its way to the push queue.

@@ -54,6 +54,9 @@ pub struct Settings {
     /// Fault injection (`INDABA_TEST_CRASH_AFTER_COMMITS`): abort after this many commits of
     /// new messages, before answering or publishing them. `None` in every real deployment.
     pub crash_after_commits: Option<u64>,
+    /// Replicas of the push queue's stream when message-service creates it
+    /// (`INDABA_JETSTREAM_REPLICAS`, default 1).
+    pub jetstream_replicas: usize,
 }
 
 /// A configuration value that cannot be used; the message names the variable.
@@ -94,6 +97,7 @@ impl Settings {
             http_listen: Some(addr_from(&get, env::HTTP_LISTEN, "0.0.0.0:9090")?),
             push_jobs: env::flag(&get, env::PUSH_JOBS, true).map_err(ConfigError)?,
             group_commit: env::flag(&get, env::GROUP_COMMIT, true).map_err(ConfigError)?,
+            jetstream_replicas: env::jetstream_replicas(&get).map_err(ConfigError)?,
             crash_after_commits: match get(env::TEST_CRASH_AFTER_COMMITS) {
                 None => None,
                 Some(_) => Some(parse(&get, env::TEST_CRASH_AFTER_COMMITS, 1u64)?),

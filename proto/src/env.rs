@@ -14,6 +14,11 @@ pub const GROUP_COMMIT: &str = "INDABA_GROUP_COMMIT";
 /// process right after its Nth commit of new messages, before answering or publishing them:
 /// the crash window the outbox exists for. Never set it in production.
 pub const TEST_CRASH_AFTER_COMMITS: &str = "INDABA_TEST_CRASH_AFTER_COMMITS";
+/// Replicas of the JetStream stream Indaba creates (the push queue), 1–5 (default 1). Set
+/// 3 on a 3-node NATS cluster so the queue survives losing a node; it applies when the
+/// stream is created (an existing stream keeps its replicas; change it with `nats stream
+/// edit`).
+pub const JETSTREAM_REPLICAS: &str = "INDABA_JETSTREAM_REPLICAS";
 /// `false`: message-service enqueues no push jobs (deployments without push-service).
 pub const PUSH_JOBS: &str = "INDABA_PUSH_JOBS";
 /// `true`: serve development tokens at `/api/v1/dev/token/` (HS256 only; never in production).
@@ -120,6 +125,15 @@ where
     }
 }
 
+/// Reads [`JETSTREAM_REPLICAS`]: 1 to 5 (JetStream's own limit), default 1.
+pub fn jetstream_replicas(get: &impl Fn(&str) -> Option<String>) -> Result<usize, String> {
+    let n = integer(get, JETSTREAM_REPLICAS, 1usize, 1)?;
+    if n > 5 {
+        return Err(format!("{JETSTREAM_REPLICAS} must be 1 to 5, got {n}"));
+    }
+    Ok(n)
+}
+
 /// Reads an optional boolean setting through `get`: `default` when absent or empty,
 /// `1`/`true`/`yes`/`on` or `0`/`false`/`no`/`off` (any case), otherwise an error naming the
 /// variable. Every service parses its switches this one way.
@@ -176,6 +190,17 @@ pub const PUSH_ALLOW_HTTP: &str = "INDABA_PUSH_ALLOW_HTTP";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jetstream_replicas_are_1_to_5() {
+        let get = |v: &'static str| move |k: &str| (k == JETSTREAM_REPLICAS).then(|| v.to_owned());
+        assert_eq!(jetstream_replicas(&|_: &str| None), Ok(1));
+        assert_eq!(jetstream_replicas(&get("3")), Ok(3));
+        assert!(jetstream_replicas(&get("0")).is_err());
+        assert!(jetstream_replicas(&get("7"))
+            .unwrap_err()
+            .contains(JETSTREAM_REPLICAS));
+    }
 
     #[test]
     fn integer_settings() {

@@ -50,6 +50,7 @@ pub const QUEUE: bus::jobs::Queue = bus::jobs::Queue {
     durable: subjects::PUSH_CONSUMER,
     max_age: Duration::from_secs(24 * 3600),
     ack_wait: Duration::from_secs(30),
+    replicas: 1,
 };
 
 /// Most recipients asked about in one presence query.
@@ -109,7 +110,9 @@ impl App {
             BusSettings::Nats(url) => Bus::connect_nats(url, "push-service").await?,
             BusSettings::Shared(b) => b.clone(),
         };
-        let jobs = bus.consume(&QUEUE).await?;
+        let jobs = bus
+            .consume(&QUEUE.with_replicas(settings.jetstream_replicas))
+            .await?;
         let mut api_subs = Vec::new();
         for (route, subject) in api::ROUTES {
             api_subs.push((

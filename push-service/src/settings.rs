@@ -63,6 +63,9 @@ pub struct Settings {
     pub webhook: Option<String>,
     /// Allow `http://` webhook URLs and Web Push endpoints (development and tests).
     pub allow_http: bool,
+    /// Replicas of the push queue's stream when push-service creates it
+    /// (`INDABA_JETSTREAM_REPLICAS`, default 1).
+    pub jetstream_replicas: usize,
 }
 
 /// A configuration value that cannot be used; the message names the variable.
@@ -91,6 +94,7 @@ impl Settings {
             vapid: None,
             webhook: None,
             allow_http: false,
+            jetstream_replicas: 1,
         }
     }
 
@@ -113,6 +117,7 @@ impl Settings {
         s.grpc_listen = Some(addr(env::GRPC_LISTEN, "0.0.0.0:50053")?);
         s.http_listen = Some(addr(env::HTTP_LISTEN, "0.0.0.0:9092")?);
         s.grpc_keys = proto::grpc_auth::ApiKeys::from_source(&get).map_err(ConfigError)?;
+        s.jetstream_replicas = env::jetstream_replicas(&get).map_err(ConfigError)?;
         s.apply_common(&get)?;
         Ok(s)
     }

@@ -143,18 +143,31 @@ impl Cluster {
             "push-service" => 4,
             other => panic!("no metrics port for {other}"),
         };
-        let port = self.base + 9050 + offset;
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-            return 0;
-        };
-        use std::io::{Read, Write};
-        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n");
-        let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body.lines()
+        self.http_get(self.base + 9050 + offset, "/metrics")
+            .lines()
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
             .unwrap_or(0)
+    }
+
+    /// A NATS node's JetStream report (`/jsz` on its monitoring port, streams and config).
+    pub fn jetstream_report(&self, node: usize) -> String {
+        self.http_get(
+            self.base + 8221 + node as u16,
+            "/jsz?streams=true&config=true",
+        )
+    }
+
+    /// The response (head and body) of a plain HTTP GET on loopback; empty on failure.
+    fn http_get(&self, port: u16, path: &str) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let _ = write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body
     }
 
     /// The last lines of a process's log (for failure messages).

@@ -123,6 +123,14 @@ async fn fault_nats_node_killed() {
     let cluster = blocking(|| Cluster::up(&[]));
     let traffic = steady_traffic(&cluster).await;
     traffic.wait_acked(400, Duration::from_secs(60)).await;
+    // The push queue's stream keeps a copy on every node (INDABA_JETSTREAM_REPLICAS=3, as
+    // scripts/cluster.sh sets it), so losing one loses no queued job.
+    let jsz = blocking(|| cluster.jetstream_report(2));
+    let compact: String = jsz.split_whitespace().collect();
+    assert!(
+        compact.contains("\"name\":\"INDABA_PUSH\"") && compact.contains("\"num_replicas\":3"),
+        "push stream not replicated 3 times:\n{jsz}"
+    );
     // nats-1 is first in every service's server list, so it carries the most connections.
     traffic.mark("kill nats-1");
     blocking(|| cluster.kill("nats-1"));

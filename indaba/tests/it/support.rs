@@ -287,6 +287,7 @@ pub async fn spawn_message_service_with(
         push_jobs: true,
         group_commit: true,
         crash_after_commits: None,
+        jetstream_replicas: 1,
     };
     tweak(&mut settings);
     let app = message_service::App::build(settings)
@@ -332,6 +333,7 @@ pub async fn spawn_message_service_ops(
         push_jobs: true,
         group_commit: true,
         crash_after_commits: None,
+        jetstream_replicas: 1,
     };
     let app = message_service::App::build(settings)
         .await
