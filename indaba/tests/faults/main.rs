@@ -1,5 +1,5 @@
 //! Fault tests: the local cluster of `scripts/cluster.sh` (all real processes) under
-//! continuous client traffic while one part fails. Each prints a row of counts (sent,
+//! continuous client traffic while one part fails (or, for a deploy, drains). Each prints a row of counts (sent,
 //! acknowledged, delivered, duplicates, lost) and fails on any lost acknowledged message,
 //! any message stored twice, or any message never acknowledged after the fault healed.
 //!
@@ -101,6 +101,41 @@ async fn fault_gateway_killed_with_1000_clients() {
     assert!(
         r.reconnects >= 1000,
         "every client was on gateway-1 and must have reconnected: {}",
+        r.reconnects
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_gateway_drained_under_traffic() {
+    let _one = SERIAL.lock().await;
+    // A deploy: SIGTERM, the gateway fails readiness and closes its sockets with 1012 in
+    // batches over the drain window, clients reconnect to the other one and resync.
+    let cluster = blocking(|| Cluster::up(&[("INDABA_DRAIN_SECS", "3")]));
+    let traffic = Traffic::start(&Plan {
+        pairs: 200,
+        first_user: 1,
+        gateways: cluster.gateways(),
+        all_on_first: true,
+        rate_per_sender: 1.0,
+    })
+    .await;
+    traffic.wait_acked(300, Duration::from_secs(60)).await;
+    traffic.mark("SIGTERM gateway-1");
+    blocking(|| cluster.stop("gateway-1"));
+    traffic.mark("gateway-1 exited");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (r, worst) = traffic.finish(Duration::from_secs(90)).await;
+    print_report(
+        "SIGTERM (drain) gateway-1 holding 400 clients",
+        &r,
+        worst,
+        "",
+    );
+    assert_nothing_lost(&r, &cluster, &["gateway-1", "gateway-2"]);
+    assert_eq!(cluster.dead(), vec!["gateway-1"]);
+    assert!(
+        r.reconnects >= 400,
+        "every client was on gateway-1 and must have moved: {}",
         r.reconnects
     );
 }
