@@ -17,7 +17,7 @@
 //! resume covered), so the repeat costs a little bandwidth and nothing else. A routing event
 //! arriving later than the window would reopen the gap; 10 s is far beyond what routing takes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,22 +33,32 @@ type Queue = VecDeque<(Instant, i64, Arc<pb::ChatMessage>)>;
 /// Recently published messages by recipient. Clones share the table.
 #[derive(Clone, Default)]
 pub struct Recent {
-    by_user: Arc<Mutex<HashMap<i64, Queue>>>,
+    table: Arc<Mutex<Table>>,
+}
+
+#[derive(Default)]
+struct Table {
+    by_user: HashMap<i64, Queue>,
+    /// Message ids recorded within the window, oldest first, so a republish (the outbox
+    /// sweeper) is recognised in O(1) instead of by scanning every recipient's queue (a
+    /// 1,000-member room would make that a million comparisons per message).
+    seen: HashSet<i64>,
+    seen_order: VecDeque<(Instant, i64)>,
 }
 
 impl Recent {
-    /// Remembers a message published to these recipients.
+    /// Remembers a message published to these recipients (once; repeats are ignored).
     pub fn record(&self, message: &pb::ChatMessage, recipients: &[i64]) {
         let now = Instant::now();
         let wall = proto::time::now_ms();
+        let mut g = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if !g.seen.insert(message.id) {
+            return;
+        }
+        g.seen_order.push_back((now, message.id));
         let m = Arc::new(message.clone());
-        let mut g = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
         for &user in recipients {
-            let q = g.entry(user).or_default();
-            // Republished deliveries (the outbox sweeper) must not pile up copies.
-            if q.iter().any(|(_, _, old)| old.id == m.id) {
-                continue;
-            }
+            let q = g.by_user.entry(user).or_default();
             q.push_back((now, wall, m.clone()));
             while q
                 .front()
@@ -65,8 +75,9 @@ impl Recent {
     /// them, in order (a catch-up copy sent ahead of the resume would arrive out of order).
     pub fn published_after(&self, user: i64, opened_ms: i64) -> Vec<Arc<pb::ChatMessage>> {
         let now = Instant::now();
-        let g = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
-        g.get(&user)
+        let g = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        g.by_user
+            .get(&user)
             .map(|q| {
                 q.iter()
                     .filter(|(t, wall, _)| now.duration_since(*t) <= WINDOW && *wall > opened_ms)
@@ -79,8 +90,16 @@ impl Recent {
     /// Forgets everything older than the window (called every second).
     pub fn prune(&self) {
         let now = Instant::now();
-        let mut g = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
-        g.retain(|_, q| {
+        let mut g = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let g = &mut *g;
+        while let Some(&(t, id)) = g.seen_order.front() {
+            if now.duration_since(t) <= WINDOW {
+                break;
+            }
+            g.seen_order.pop_front();
+            g.seen.remove(&id);
+        }
+        g.by_user.retain(|_, q| {
             while q
                 .front()
                 .is_some_and(|(t, _, _)| now.duration_since(*t) > WINDOW)
