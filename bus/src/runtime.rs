@@ -7,10 +7,12 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Exports what is still buffered (bounded by the exporter's timeout).
+    /// Exports what is still buffered, for at most 5 s: an unreachable collector must not
+    /// hold the exit past Kubernetes' grace period.
     pub async fn shutdown(self) {
         let provider = self.provider;
-        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        let flush = tokio::task::spawn_blocking(move || provider.shutdown());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), flush).await;
     }
 }
 
@@ -67,10 +69,11 @@ pub fn init_tracing(service: &str) -> Telemetry {
             .with_span_list(false)
             .boxed()
     };
+    // The log filter applies to the log lines only: `INDABA_LOG=warn` must not switch off
+    // the spans (and with them the `traceparent` headers and exported traces).
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
+        .with(fmt.with_filter(filter))
+        .with(otel.with_filter(tracing_subscriber::filter::LevelFilter::INFO))
         .try_init();
     if let Some(e) = export_error {
         tracing::error!(error = %e, "OTLP exporter not started; traces are not exported");

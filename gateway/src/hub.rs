@@ -120,10 +120,16 @@ impl ConnHandle {
     /// never holds up anyone else. Returns whether the frame was queued.
     pub fn offer(&self, frame: Outbound) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
+        if self.tx.is_closed() {
+            // The writer is gone (the socket is closing): not a slow consumer.
+            return false;
+        }
         let len = frame.byte_len();
         let limit = self.shared.max_queued_bytes;
         let before = self.shared.queued_bytes.fetch_add(len, Relaxed);
-        if limit > 0 && before.saturating_add(len) > limit {
+        // A frame is always accepted into an empty queue: one large answer (a history page,
+        // a conversation list) must not close a client that keeps up.
+        if limit > 0 && before > 0 && before.saturating_add(len) > limit {
             self.shared.dequeued(len);
             self.too_slow("bytes");
             return false;

@@ -392,9 +392,9 @@ async fn write_loop(
                 SyncFrame::Message { message_id, conversation_id, seq, text } => {
                     st.message(&mut sink, MessageFrame { message_id, conversation_id, seq, text }, true).await
                 }
-                SyncFrame::Text(t) => send_frame(&mut sink, Message::Text(t)).await,
+                SyncFrame::Text(t) => send_unless_too_slow(&mut sink, Message::Text(t), &shared.too_slow).await,
                 SyncFrame::End(t) => {
-                    let mut r = send_frame(&mut sink, Message::Text(t)).await;
+                    let mut r = send_unless_too_slow(&mut sink, Message::Text(t), &shared.too_slow).await;
                     st.syncing = false;
                     for m in std::mem::take(&mut st.held) {
                         if r.is_ok() {

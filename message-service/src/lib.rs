@@ -380,7 +380,7 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
                     Ok(ev) => {
                         inner.routes.apply_event(&ev);
                         if ev.kind() == pb::connection_event::Kind::Up {
-                            catch_up(&inner, ev.user_id, &ev.gateway_id, ev.at_ms).await;
+                            catch_up(&inner, ev.user_id, &ev.gateway_id, ev.at_ms);
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "undecodable connection event"),
@@ -394,7 +394,7 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
                             // the socket opened at most one interval ago.
                             let since = full.sent_at_ms - i64::from(full.interval_ms);
                             for user in inner.routes.apply_heartbeat(&full) {
-                                catch_up(&inner, user, &full.gateway_id, since).await;
+                                catch_up(&inner, user, &full.gateway_id, since);
                             }
                         }
                     }
@@ -522,7 +522,7 @@ pub(crate) async fn deliver(
 ) {
     // Remember it *before* reading the routing table: a socket-opened event applied after
     // that read then finds it here (catch_up), one applied before it is in the table.
-    inner.recent.record(message, participants);
+    inner.recent.record(message, participants, origin);
     let ok = publish_event(
         inner,
         pb::delivery::Event::Message(message.clone()),
@@ -670,30 +670,36 @@ pub(crate) async fn publish_event(
 
 /// Publishes again, to the gateway where a socket of a user opened at `opened_ms`, the
 /// user's messages published since (see [`recent`]: the routing event may have lost the
-/// race with them).
-async fn catch_up(inner: &Inner, user: i64, gateway: &str, opened_ms: i64) {
+/// race with them). The table is read here, in the routing loop's order; the publishing runs
+/// on its own task so a burst of reconnects does not hold up later routing events.
+fn catch_up(inner: &Arc<Inner>, user: i64, gateway: &str, opened_ms: i64) {
     let recent = inner.recent.published_after(user, opened_ms);
     if recent.is_empty() {
         return;
     }
     metrics::caught_up(recent.len());
     let subject = subjects::gateway_delivery(gateway);
-    for m in recent {
-        let d = pb::Delivery {
-            event: Some(pb::delivery::Event::Message((*m).clone())),
-            recipient_ids: vec![user],
-            origin_connection_id: String::new(),
-        };
-        if let Err(e) = inner
-            .bus
-            .publish(&subject, Bytes::from(d.encode_to_vec()))
-            .await
-        {
-            tracing::warn!(error = %e, gateway, "catch-up publish failed");
-            metrics::bus_error();
-            return;
+    let inner = inner.clone();
+    let gateway = gateway.to_owned();
+    tokio::spawn(async move {
+        for p in recent {
+            let d = pb::Delivery {
+                event: Some(pb::delivery::Event::Message((*p.message).clone())),
+                recipient_ids: vec![user],
+                // Never back to the socket that sent it.
+                origin_connection_id: p.origin.to_string(),
+            };
+            if let Err(e) = inner
+                .bus
+                .publish(&subject, Bytes::from(d.encode_to_vec()))
+                .await
+            {
+                tracing::warn!(error = %e, %gateway, "catch-up publish failed");
+                metrics::bus_error();
+                return;
+            }
         }
-    }
+    });
 }
 
 /// Deletes outbox rows of published deliveries, batched (one statement per batch).

@@ -26,9 +26,23 @@ use proto::pb;
 /// How long published messages are remembered.
 pub const WINDOW: Duration = Duration::from_secs(10);
 
+/// Most messages remembered per recipient: a socket that missed more than this in the window
+/// is far behind, and its resume (`sync`) reads them from the store anyway.
+pub const PER_USER: usize = 256;
+
+/// A published message as the catch-up needs it: the message and the socket it came from
+/// (never echoed back there).
+#[derive(Debug, Clone)]
+pub struct Published {
+    /// The message.
+    pub message: Arc<pb::ChatMessage>,
+    /// The sender's socket (`origin_connection_id`), empty when none.
+    pub origin: Arc<str>,
+}
+
 /// One recipient's recent messages, oldest first, with when they were published (monotonic,
 /// for the window; wall-clock ms, to compare with when a socket opened).
-type Queue = VecDeque<(Instant, i64, Arc<pb::ChatMessage>)>;
+type Queue = VecDeque<(Instant, i64, Published)>;
 
 /// Recently published messages by recipient. Clones share the table.
 #[derive(Clone, Default)]
@@ -48,7 +62,7 @@ struct Table {
 
 impl Recent {
     /// Remembers a message published to these recipients (once; repeats are ignored).
-    pub fn record(&self, message: &pb::ChatMessage, recipients: &[i64]) {
+    pub fn record(&self, message: &pb::ChatMessage, recipients: &[i64], origin: &str) {
         let now = Instant::now();
         let wall = proto::time::now_ms();
         let mut g = self.table.lock().unwrap_or_else(|e| e.into_inner());
@@ -56,13 +70,16 @@ impl Recent {
             return;
         }
         g.seen_order.push_back((now, message.id));
-        let m = Arc::new(message.clone());
+        let p = Published {
+            message: Arc::new(message.clone()),
+            origin: Arc::from(origin),
+        };
         for &user in recipients {
             let q = g.by_user.entry(user).or_default();
-            q.push_back((now, wall, m.clone()));
-            while q
-                .front()
-                .is_some_and(|(t, _, _)| now.duration_since(*t) > WINDOW)
+            q.push_back((now, wall, p.clone()));
+            while q.len() > PER_USER
+                || q.front()
+                    .is_some_and(|(t, _, _)| now.duration_since(*t) > WINDOW)
             {
                 q.pop_front();
             }
@@ -73,7 +90,7 @@ impl Recent {
     /// socket opened, by the gateway's clock), oldest first. Earlier ones are not the
     /// socket's to miss: they were committed before it opened, so a resume it sends reads
     /// them, in order (a catch-up copy sent ahead of the resume would arrive out of order).
-    pub fn published_after(&self, user: i64, opened_ms: i64) -> Vec<Arc<pb::ChatMessage>> {
+    pub fn published_after(&self, user: i64, opened_ms: i64) -> Vec<Published> {
         let now = Instant::now();
         let g = self.table.lock().unwrap_or_else(|e| e.into_inner());
         g.by_user
@@ -81,7 +98,7 @@ impl Recent {
             .map(|q| {
                 q.iter()
                     .filter(|(t, wall, _)| now.duration_since(*t) <= WINDOW && *wall > opened_ms)
-                    .map(|(_, _, m)| m.clone())
+                    .map(|(_, _, p)| p.clone())
                     .collect()
             })
             .unwrap_or_default()
@@ -126,13 +143,13 @@ mod tests {
     fn remembers_per_recipient_without_repeats() {
         let r = Recent::default();
         let before = proto::time::now_ms() - 1;
-        r.record(&msg(1), &[10, 11]);
-        r.record(&msg(2), &[11]);
-        r.record(&msg(1), &[10, 11]); // an outbox republish
+        r.record(&msg(1), &[10, 11], "g/1");
+        r.record(&msg(2), &[11], "");
+        r.record(&msg(1), &[10, 11], "g/1"); // an outbox republish
         let ids = |u| {
             r.published_after(u, before)
                 .iter()
-                .map(|m| m.id)
+                .map(|p| p.message.id)
                 .collect::<Vec<_>>()
         };
         assert_eq!(ids(10), vec![1]);
@@ -140,6 +157,14 @@ mod tests {
         assert!(ids(12).is_empty());
         r.prune();
         assert_eq!(ids(11), vec![1, 2], "inside the window nothing is pruned");
+        assert_eq!(&*r.published_after(11, before)[0].origin, "g/1");
+        // At most PER_USER per recipient: the oldest go first.
+        for id in 100..100 + PER_USER as i64 + 10 {
+            r.record(&msg(id), &[12], "");
+        }
+        let kept = r.published_after(12, before);
+        assert_eq!(kept.len(), PER_USER);
+        assert_eq!(kept[0].message.id, 110);
         // A socket that opened after both was never owed them.
         assert!(r.published_after(11, proto::time::now_ms() + 1).is_empty());
     }

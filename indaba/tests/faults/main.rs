@@ -279,26 +279,28 @@ async fn next_json(ws: &mut Ws, within: Duration) -> Option<Value> {
     }
 }
 
-/// Subscribes to `users` and returns their statuses from the snapshot answer.
+/// Subscribes to `users` and returns their statuses from the snapshot answer (one per user;
+/// a change frame arriving meanwhile for a user already answered does not count twice).
 async fn snapshot(ws: &mut Ws, users: &[i64]) -> Vec<(i64, String)> {
     ws.send(Message::text(
         json!({"type": "presence_subscribe", "user_ids": users}).to_string(),
     ))
     .await
     .expect("send");
-    let mut got = Vec::new();
+    let mut got = std::collections::BTreeMap::new();
     while got.len() < users.len() {
         let v = next_json(ws, Duration::from_secs(10))
             .await
             .expect("presence snapshot");
         if v["type"] == "presence" {
-            got.push((
-                v["user_id"].as_i64().unwrap(),
-                v["status"].as_str().unwrap().to_owned(),
-            ));
+            let user = v["user_id"].as_i64().unwrap();
+            if users.contains(&user) {
+                got.entry(user)
+                    .or_insert_with(|| v["status"].as_str().unwrap().to_owned());
+            }
         }
     }
-    got
+    got.into_iter().collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -60,6 +60,9 @@ pub struct Ledger {
     received: HashMap<i64, HashMap<i64, u32>>,
     /// message id → client_msg_ids seen on receipt (more than one: a mix-up).
     received_keys: HashMap<i64, BTreeSet<String>>,
+    /// client_msg_id → message ids its receiver got it under (more than one, or one the
+    /// sender was not acknowledged with: the key was stored twice).
+    received_ids: HashMap<String, BTreeSet<i64>>,
     /// message id → when it first reached its receiver.
     delivered_at: HashMap<i64, Instant>,
     /// message id → when it was first acknowledged.
@@ -128,6 +131,19 @@ impl Ledger {
     fn report(&self) -> Report {
         let mut duplicates = self.acked.values().filter(|ids| ids.len() > 1).count();
         duplicates += self.received_keys.values().filter(|k| k.len() > 1).count();
+        // A key stored twice whose first copy's ack was lost shows up only on the receiving
+        // side: the sender was acknowledged with one id, the receiver got another too.
+        duplicates += self
+            .received_ids
+            .iter()
+            .filter(|(key, got)| {
+                let mut all: BTreeSet<i64> = (*got).clone();
+                if let Some(acked) = self.acked.get(*key) {
+                    all.extend(acked);
+                }
+                all.len() > 1
+            })
+            .count();
         let mut lost = 0;
         let mut delivered = 0;
         let mut lost_detail = Vec::new();
@@ -486,6 +502,7 @@ async fn receiver(
                     l.delivered_at.entry(id).or_insert_with(Instant::now);
                     if let Some(k) = v["client_msg_id"].as_str() {
                         l.received_keys.entry(id).or_default().insert(k.to_owned());
+                        l.received_ids.entry(k.to_owned()).or_default().insert(id);
                     }
                 }
             }
