@@ -376,3 +376,11 @@ impl App {
         Ok(())
     }
 }
+
+/// The distributed-mode program: settings from the environment, run until SIGTERM/SIGINT.
+/// Shared by the `gateway` binary and `indaba gateway`, so one image serves every role alike.
+pub async fn run_from_env() -> anyhow::Result<()> {
+    let app = App::build(Settings::from_env()?).await?;
+    tracing::info!(addr = %app.local_addr()?, "gateway listening");
+    app.run(bus::runtime::shutdown_signal()).await
+}

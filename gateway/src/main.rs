@@ -2,11 +2,5 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    bus::runtime::traced("gateway", async {
-        let settings = gateway::Settings::from_env()?;
-        let app = gateway::App::build(settings).await?;
-        tracing::info!(addr = %app.local_addr()?, "listening");
-        app.run(bus::runtime::shutdown_signal()).await
-    })
-    .await
+    bus::runtime::traced("gateway", gateway::run_from_env()).await
 }

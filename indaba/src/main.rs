@@ -1,6 +1,7 @@
 //! `indaba`: the single-node server, and a token minting helper.
 
 use clap::{Parser, Subcommand};
+use futures_util::FutureExt as _;
 
 #[derive(Parser)]
 #[command(
@@ -44,34 +45,20 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::Gateway) = cli.command {
-        return bus::runtime::traced("gateway", async {
-            let app = gateway::App::build(gateway::Settings::from_env()?).await?;
-            tracing::info!(addr = %app.local_addr()?, "gateway listening");
-            app.run(bus::runtime::shutdown_signal()).await
-        })
-        .await;
-    }
-    if let Some(Command::Push) = cli.command {
-        return bus::runtime::traced("push-service", async {
-            let app = push_service::App::build(push_service::Settings::from_env()?).await?;
-            app.run(bus::runtime::shutdown_signal()).await
-        })
-        .await;
-    }
-    if let Some(Command::MessageService) = cli.command {
-        return bus::runtime::traced("message-service", async {
-            let app = message_service::App::build(message_service::Settings::from_env()?).await?;
-            app.run(bus::runtime::shutdown_signal()).await
-        })
-        .await;
-    }
-    if let Some(Command::PresenceService) = cli.command {
-        return bus::runtime::traced("presence-service", async {
-            let app = presence_service::App::build(presence_service::Settings::from_env()?).await?;
-            app.run(bus::runtime::shutdown_signal()).await
-        })
-        .await;
+    // The distributed roles read their settings from the environment, as their binaries do.
+    let role = match cli.command {
+        Some(Command::Gateway) => Some(("gateway", gateway::run_from_env().boxed())),
+        Some(Command::MessageService) => {
+            Some(("message-service", message_service::run_from_env().boxed()))
+        }
+        Some(Command::PresenceService) => {
+            Some(("presence-service", presence_service::run_from_env().boxed()))
+        }
+        Some(Command::Push) => Some(("push-service", push_service::run_from_env().boxed())),
+        _ => None,
+    };
+    if let Some((name, program)) = role {
+        return bus::runtime::traced(name, program).await;
     }
     let settings = indaba::Settings::from_env()?;
     match cli.command.unwrap_or(Command::Serve) {

@@ -759,3 +759,10 @@ async fn sweep(inner: Arc<Inner>) {
         }
     }
 }
+
+/// The distributed-mode program: settings from the environment, run until SIGTERM/SIGINT.
+/// Shared by the `message-service` binary and `indaba message-service`, so one image serves every role alike.
+pub async fn run_from_env() -> anyhow::Result<()> {
+    let app = App::build(Settings::from_env()?).await?;
+    app.run(bus::runtime::shutdown_signal()).await
+}

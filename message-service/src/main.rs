@@ -2,10 +2,5 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    bus::runtime::traced("message-service", async {
-        let settings = message_service::Settings::from_env()?;
-        let app = message_service::App::build(settings).await?;
-        app.run(bus::runtime::shutdown_signal()).await
-    })
-    .await
+    bus::runtime::traced("message-service", message_service::run_from_env()).await
 }

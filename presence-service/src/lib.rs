@@ -529,3 +529,10 @@ mod tokio_util_like {
         }
     }
 }
+
+/// The distributed-mode program: settings from the environment, run until SIGTERM/SIGINT.
+/// Shared by the `presence-service` binary and `indaba presence-service`, so one image serves every role alike.
+pub async fn run_from_env() -> anyhow::Result<()> {
+    let app = App::build(Settings::from_env()?).await?;
+    app.run(bus::runtime::shutdown_signal()).await
+}

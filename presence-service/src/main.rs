@@ -2,9 +2,5 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    bus::runtime::traced("presence-service", async {
-        let app = presence_service::App::build(presence_service::Settings::from_env()?).await?;
-        app.run(bus::runtime::shutdown_signal()).await
-    })
-    .await
+    bus::runtime::traced("presence-service", presence_service::run_from_env()).await
 }

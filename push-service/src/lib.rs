@@ -476,6 +476,13 @@ async fn send_batch(inner: &Inner, b: &store::Batch) -> Result<(), store::StoreE
     }
 }
 
+/// The distributed-mode program: settings from the environment, run until SIGTERM/SIGINT.
+/// Shared by the `push-service` binary and `indaba push-service`, so one image serves every role alike.
+pub async fn run_from_env() -> anyhow::Result<()> {
+    let app = App::build(Settings::from_env()?).await?;
+    app.run(bus::runtime::shutdown_signal()).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,10 +2,5 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    bus::runtime::traced("push-service", async {
-        let settings = push_service::Settings::from_env()?;
-        let app = push_service::App::build(settings).await?;
-        app.run(bus::runtime::shutdown_signal()).await
-    })
-    .await
+    bus::runtime::traced("push-service", push_service::run_from_env()).await
 }
