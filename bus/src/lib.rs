@@ -26,17 +26,24 @@ use std::time::Duration;
 pub use local::LocalBus;
 
 /// The caller's headers plus the current span's `traceparent` (unless the caller set one).
-fn with_trace<'a>(headers: &[(&'a str, &'a str)], tp: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
-    let mut out = headers.to_vec();
-    if let Some(tp) = tp {
-        if !headers
-            .iter()
-            .any(|(k, _)| *k == proto::headers::TRACEPARENT)
+/// Borrowed as they are when there is nothing to add: most publishes (heartbeats, routing
+/// events) happen outside any trace and must not pay an allocation for it.
+fn with_trace<'a>(
+    headers: &'a [(&'a str, &'a str)],
+    tp: Option<&'a str>,
+) -> std::borrow::Cow<'a, [(&'a str, &'a str)]> {
+    match tp {
+        Some(tp)
+            if !headers
+                .iter()
+                .any(|(k, _)| *k == proto::headers::TRACEPARENT) =>
         {
+            let mut out = headers.to_vec();
             out.push((proto::headers::TRACEPARENT, tp));
+            std::borrow::Cow::Owned(out)
         }
+        _ => std::borrow::Cow::Borrowed(headers),
     }
-    out
 }
 
 /// How many messages a subscriber may have queued before new ones are dropped. Matches
