@@ -402,32 +402,29 @@ pub async fn spawn_presence(
     (running, handle, grpc)
 }
 
-/// A gateway in its own OS process (`indaba gateway`), so a test can `kill -9` it.
-pub struct GatewayProcess {
+/// `indaba <role>` in its own OS process (so a test can `kill -9` it), its stderr (the JSON
+/// log) kept in a file.
+pub struct RoleProcess {
     child: Child,
-    pub addr: SocketAddr,
+    log: tempfile::NamedTempFile,
 }
 
-impl GatewayProcess {
-    pub fn start(nats_url: &str, id: &str, heartbeat_ms: u64) -> GatewayProcess {
-        let port = free_port();
+impl RoleProcess {
+    pub fn start(role: &str, env: &[(&str, String)]) -> RoleProcess {
+        let log = tempfile::NamedTempFile::new().expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_indaba"))
-            .arg("gateway")
-            .env("NATS_URL", nats_url)
-            .env("INDABA_JWT_SECRET", SECRET)
-            .env("INDABA_LISTEN", format!("127.0.0.1:{port}"))
-            .env("INDABA_GATEWAY_ID", id)
-            .env("INDABA_GATEWAY_HEARTBEAT_MS", heartbeat_ms.to_string())
-            .env("INDABA_LOG", "warn")
+            .arg(role)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(log.reopen().expect("log file"))
             .spawn()
-            .expect("spawn indaba gateway");
-        wait_for_port(port, "gateway process");
-        GatewayProcess {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        }
+            .expect("spawn indaba");
+        RoleProcess { child, log }
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
     }
 
     /// SIGKILL: no goodbye heartbeat, no close frames.
@@ -437,9 +434,42 @@ impl GatewayProcess {
     }
 }
 
-impl Drop for GatewayProcess {
+impl Drop for RoleProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A gateway in its own OS process (`indaba gateway`).
+pub struct GatewayProcess {
+    process: RoleProcess,
+    pub addr: SocketAddr,
+}
+
+impl GatewayProcess {
+    pub fn start(nats_url: &str, id: &str, heartbeat_ms: u64) -> GatewayProcess {
+        let port = free_port();
+        let process = RoleProcess::start(
+            "gateway",
+            &[
+                ("NATS_URL", nats_url.to_owned()),
+                ("INDABA_JWT_SECRET", SECRET.to_owned()),
+                ("INDABA_LISTEN", format!("127.0.0.1:{port}")),
+                ("INDABA_GATEWAY_ID", id.to_owned()),
+                ("INDABA_GATEWAY_HEARTBEAT_MS", heartbeat_ms.to_string()),
+                ("INDABA_LOG", "warn".to_owned()),
+            ],
+        );
+        wait_for_port(port, "gateway process");
+        GatewayProcess {
+            process,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    /// SIGKILL: no goodbye heartbeat, no close frames.
+    pub fn kill9(&mut self) {
+        self.process.kill9();
     }
 }
 

@@ -3,7 +3,6 @@
 //! real OTLP/gRPC protocol), and its id is in message-service's JSON log lines.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -64,37 +63,6 @@ impl TraceService for Collector {
     }
 }
 
-/// An `indaba <role>` process with its stderr kept in a file.
-struct Proc {
-    child: Child,
-    log: tempfile::NamedTempFile,
-}
-
-impl Proc {
-    fn start(role: &str, env: &[(&str, String)]) -> Proc {
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_indaba"))
-            .arg(role)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .expect("spawn indaba");
-        Proc { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_is_one_trace_across_the_hops() {
     let collector = Collector::default();
@@ -124,7 +92,7 @@ async fn one_message_is_one_trace_across_the_hops() {
         ("INDABA_HTTP_LISTEN", "127.0.0.1:0".to_owned()),
         ("INDABA_PUSH_JOBS", "false".to_owned()),
     ]);
-    let ms = Proc::start("message-service", &ms_env);
+    let ms = RoleProcess::start("message-service", &ms_env);
     let port = free_port();
     let mut gw_env = common("gateway");
     gw_env.extend([
@@ -132,7 +100,7 @@ async fn one_message_is_one_trace_across_the_hops() {
         ("INDABA_LISTEN", format!("127.0.0.1:{port}")),
         ("INDABA_GATEWAY_ID", "gw-trace".to_owned()),
     ]);
-    let _gw = Proc::start("gateway", &gw_env);
+    let _gw = RoleProcess::start("gateway", &gw_env);
     wait_for_port(port, "gateway process");
     let gw = std::net::SocketAddr::from(([127, 0, 0, 1], port));
 
