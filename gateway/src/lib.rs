@@ -29,12 +29,14 @@ use std::sync::Arc;
 
 use bus::Bus;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use prost::Message as _;
 use proto::{pb, subjects};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
+
+/// Most delivery acks sent in one NATS message.
+const MAX_ACK_BATCH: usize = 256;
 
 pub use settings::{BusSettings, Settings};
 
@@ -148,23 +150,22 @@ impl Ctx {
             .take(std::time::Instant::now())
     }
 
-    /// Tells message-service a recipient now has the message on a socket, so the sender
-    /// can show "delivered". One ack per message is all "delivered" needs (message-service
-    /// keeps only the first anyway), so a group message costs one publish, not one per
-    /// member.
-    async fn ack_delivery(&self, msg: &pb::ChatMessage, recipient_id: i64) {
-        let ack = pb::DeliveryAck {
-            message_id: msg.id,
-            conversation_id: msg.conversation_id,
-            sender_id: msg.sender_id,
-            recipient_id,
+    /// Tells message-service that recipients now have these messages on a socket, so
+    /// their senders can show "delivered". One ack per message is all "delivered" needs
+    /// (message-service keeps only the first anyway), so a group message costs one ack,
+    /// not one per member; and the acks of a burst of deliveries travel as one NATS
+    /// message (`DeliveryAck.more`).
+    async fn ack_deliveries(&self, acks: &mut Vec<pb::DeliveryAck>) {
+        let Some(mut first) = (!acks.is_empty()).then(|| acks.remove(0)) else {
+            return;
         };
+        first.more = std::mem::take(acks);
         if let Err(e) = self
             .bus
-            .publish(subjects::DELIVERY_ACKS, Bytes::from(ack.encode_to_vec()))
+            .publish(subjects::DELIVERY_ACKS, Bytes::from(first.encode_to_vec()))
             .await
         {
-            tracing::debug!(error = %e, "delivery ack not published");
+            tracing::debug!(error = %e, "delivery acks not published");
         }
     }
 
@@ -272,27 +273,53 @@ impl App {
         let mut deliveries = self.deliveries;
         let c = ctx.clone();
         let deliver = tokio::spawn(async move {
-            while let Some(m) = deliveries.next().await {
-                // The last hop of the message's trace.
-                let span = tracing::info_span!("delivery", trace_id = tracing::field::Empty);
-                bus::trace::follow(&span, &m);
-                async {
+            // Acks collect while deliveries are queued back to back and go out when the
+            // queue is momentarily empty: at rest one per delivery, under load one batch.
+            let mut acks: Vec<pb::DeliveryAck> = Vec::new();
+            loop {
+                let m = match deliveries.next().now_or_never() {
+                    Some(Some(m)) => m,
+                    Some(None) => break,
+                    None => {
+                        c.ack_deliveries(&mut acks).await;
+                        match deliveries.next().await {
+                            Some(m) => m,
+                            None => break,
+                        }
+                    }
+                };
+                {
+                    // The last hop of the message's trace.
+                    let span = tracing::info_span!("delivery", trace_id = tracing::field::Empty);
+                    bus::trace::follow(&span, &m);
+                    let _in = span.enter();
                     match pb::Delivery::decode(m.payload) {
-                        Ok(d) => {
-                            let reached = c.hub.deliver(&d);
-                            c.metrics.delivered(reached.len());
-                            if let Some(pb::delivery::Event::Message(msg)) = &d.event {
-                                if let Some(first) = reached.first() {
-                                    c.ack_delivery(msg, *first).await;
+                        Ok(mut d) => {
+                            let more = std::mem::take(&mut d.more);
+                            for d in std::iter::once(d).chain(more) {
+                                let reached = c.hub.deliver(&d);
+                                c.metrics.delivered(reached.len());
+                                if let (Some(pb::delivery::Event::Message(msg)), Some(first)) =
+                                    (&d.event, reached.first())
+                                {
+                                    acks.push(pb::DeliveryAck {
+                                        message_id: msg.id,
+                                        conversation_id: msg.conversation_id,
+                                        sender_id: msg.sender_id,
+                                        recipient_id: *first,
+                                        more: Vec::new(),
+                                    });
                                 }
                             }
                         }
                         Err(e) => tracing::warn!(error = %e, "undecodable delivery"),
                     }
                 }
-                .instrument(span)
-                .await;
+                if acks.len() >= MAX_ACK_BATCH {
+                    c.ack_deliveries(&mut acks).await;
+                }
             }
+            c.ack_deliveries(&mut acks).await;
         });
         let mut presence = self.presence;
         let c = ctx.clone();

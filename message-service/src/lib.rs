@@ -128,6 +128,9 @@ pub(crate) type PendingSend = (
     tokio::sync::oneshot::Sender<Result<store::Sent, StoreError>>,
 );
 
+/// Pause between outbox cleanups (see [`complete_outbox`]).
+const OUTBOX_CLEANUP_EVERY: Duration = Duration::from_millis(50);
+
 /// Most messages one group commit takes.
 const MAX_BATCH: usize = 256;
 /// Group commits in flight at once (one fills while another commits).
@@ -404,17 +407,9 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
             // Away/online status changes matter to presence, not to routing.
             Route::Routing => {}
             Route::DeliveryAcks => match pb::DeliveryAck::decode(msg.payload) {
-                // "Delivered" means at least one recipient device has it: the first ack
-                // per message is enough (a group would otherwise send one per member).
-                Ok(ack) if !inner.first_ack(ack.message_id) => {}
-                Ok(ack) => {
-                    let ev = pb::delivery::Event::Delivered(pb::DeliveredEvent {
-                        message_id: ack.message_id,
-                        conversation_id: ack.conversation_id,
-                        recipient_id: ack.recipient_id,
-                        at_ms: proto::time::now_ms(),
-                    });
-                    publish_event(&inner, ev, &[ack.sender_id], "").await;
+                Ok(mut ack) => {
+                    let more = std::mem::take(&mut ack.more);
+                    tell_delivered(&inner, std::iter::once(ack).chain(more)).await;
                 }
                 Err(e) => tracing::warn!(error = %e, "undecodable delivery ack"),
             },
@@ -491,6 +486,48 @@ async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscriber) {
     }
 }
 
+/// Sends `message_delivered` to the senders of newly acknowledged messages: one NATS
+/// message per gateway holding senders (the rest ride in `Delivery.more`).
+async fn tell_delivered(inner: &Inner, acks: impl Iterator<Item = pb::DeliveryAck>) {
+    let mut per_gateway: std::collections::HashMap<Arc<str>, Vec<pb::Delivery>> =
+        std::collections::HashMap::new();
+    let now = proto::time::now_ms();
+    for ack in acks {
+        // "Delivered" means at least one recipient device has it: the first ack per
+        // message is enough (a group would otherwise send one per member).
+        if !inner.first_ack(ack.message_id) {
+            continue;
+        }
+        let event = pb::delivery::Event::Delivered(pb::DeliveredEvent {
+            message_id: ack.message_id,
+            conversation_id: ack.conversation_id,
+            recipient_id: ack.recipient_id,
+            at_ms: now,
+        });
+        for (gateway, users) in inner.routes.by_gateway(&[ack.sender_id]) {
+            per_gateway.entry(gateway).or_default().push(pb::Delivery {
+                event: Some(event.clone()),
+                recipient_ids: users,
+                origin_connection_id: String::new(),
+                more: Vec::new(),
+            });
+        }
+    }
+    for (gateway, mut batch) in per_gateway {
+        let mut first = batch.remove(0);
+        first.more = batch;
+        let subject = subjects::gateway_delivery(&gateway);
+        if let Err(e) = inner
+            .bus
+            .publish(&subject, Bytes::from(first.encode_to_vec()))
+            .await
+        {
+            tracing::warn!(error = %e, %gateway, "delivered notice publish failed");
+            metrics::bus_error();
+        }
+    }
+}
+
 /// The push queue (see `bus::jobs`).
 pub const PUSH_QUEUE: bus::jobs::Queue = bus::jobs::Queue {
     stream: subjects::PUSH_STREAM,
@@ -523,32 +560,54 @@ pub(crate) async fn deliver(
     // Remember it *before* reading the routing table: a socket-opened event applied after
     // that read then finds it here (catch_up), one applied before it is in the table.
     inner.recent.record(message, participants, origin);
-    let ok = publish_event(
+    let groups = inner.routes.by_gateway(participants);
+    let everyone_online = all_routed(&groups, participants, message.sender_id);
+    let ok = publish_groups(
         inner,
-        pb::delivery::Event::Message(message.clone()),
-        participants,
+        &pb::delivery::Event::Message(message.clone()),
+        groups,
         origin,
     )
     .await;
     // On failure the row stays; the sweeper republishes it when the lease runs out. Same
     // while the routing table may still be missing gateways (just after start).
     let warm = tokio::time::Instant::now() >= inner.routes_warm_at;
+    let delivered = ok && warm;
+    // No push job when every recipient has a socket: push-service would drop each of them
+    // anyway (it skips users who are online, or were within its window, 60 s by default),
+    // and a job is a JetStream write and acknowledgement per message.
+    if !inner.settings.push_jobs || everyone_online {
+        if everyone_online && inner.settings.push_jobs {
+            metrics::push_job_skipped();
+        }
+        if delivered {
+            complete(inner, message.id);
+        }
+        return;
+    }
     let work = PushWork {
         message: message.clone(),
         participants: participants.to_vec(),
         meta: meta.clone(),
-        delivered: ok && warm,
+        delivered,
     };
-    if !inner.settings.push_jobs {
-        if work.delivered {
-            complete(inner, message.id);
-        }
-    } else if inner.push_tx.try_send(work).is_err() {
+    if inner.push_tx.try_send(work).is_err() {
         tracing::debug!(
             message_id = message.id,
             "push queue backlog full; the sweeper will redo this message"
         );
     }
+}
+
+/// Whether every participant but `sender` appears in `groups` (has a socket somewhere).
+fn all_routed(groups: &[(Arc<str>, Vec<i64>)], participants: &[i64], sender: i64) -> bool {
+    let routed: std::collections::HashSet<i64> = groups
+        .iter()
+        .flat_map(|(_, users)| users.iter().copied())
+        .collect();
+    participants
+        .iter()
+        .all(|u| *u == sender || routed.contains(u))
 }
 
 fn complete(inner: &Inner, message_id: i64) {
@@ -623,6 +682,7 @@ async fn group_commit(store: Store, mut rx: mpsc::Receiver<PendingSend>) {
         let store = store.clone();
         tokio::spawn(async move {
             let (messages, waiters): (Vec<_>, Vec<_>) = work.into_iter().unzip();
+            metrics::group_commit(messages.len());
             let results = store.send_many(&messages).await;
             for (w, r) in waiters.into_iter().zip(results) {
                 let _ = w.send(r);
@@ -647,12 +707,25 @@ pub(crate) async fn publish_event(
     recipients: &[i64],
     origin: &str,
 ) -> bool {
+    let groups = inner.routes.by_gateway(recipients);
+    publish_groups(inner, &event, groups, origin).await
+}
+
+/// Publishes `event` to each gateway of `groups` (from [`routes::Routes::by_gateway`]),
+/// naming the recipients it holds. Returns false if any publish failed.
+async fn publish_groups(
+    inner: &Inner,
+    event: &pb::delivery::Event,
+    groups: Vec<(Arc<str>, Vec<i64>)>,
+    origin: &str,
+) -> bool {
     let mut ok = true;
-    for (gateway, users) in inner.routes.by_gateway(recipients) {
+    for (gateway, users) in groups {
         let d = pb::Delivery {
             event: Some(event.clone()),
             recipient_ids: users,
             origin_connection_id: origin.to_owned(),
+            more: Vec::new(),
         };
         let subject = subjects::gateway_delivery(&gateway);
         if let Err(e) = inner
@@ -688,6 +761,7 @@ fn catch_up(inner: &Arc<Inner>, user: i64, gateway: &str, opened_ms: i64) {
                 recipient_ids: vec![user],
                 // Never back to the socket that sent it.
                 origin_connection_id: p.origin.to_string(),
+                more: Vec::new(),
             };
             if let Err(e) = inner
                 .bus
@@ -703,9 +777,19 @@ fn catch_up(inner: &Arc<Inner>, user: i64, gateway: &str, opened_ms: i64) {
 }
 
 /// Deletes outbox rows of published deliveries, batched (one statement per batch).
+///
+/// It waits [`OUTBOX_CLEANUP_EVERY`] between statements so one statement (and one commit:
+/// a WAL flush) clears many rows; without the pause it ran a commit per handful of
+/// messages under load. A row outliving its
+/// publish by that much costs nothing: rows are leased for 5 s before anyone republishes.
 async fn complete_outbox(store: Store, mut rx: mpsc::Receiver<i64>) {
-    let mut batch = Vec::with_capacity(512);
-    while rx.recv_many(&mut batch, 512).await > 0 {
+    let mut batch = Vec::with_capacity(4096);
+    while rx.recv_many(&mut batch, 4096).await > 0 {
+        tokio::time::sleep(OUTBOX_CLEANUP_EVERY).await;
+        while batch.len() < 4096 {
+            let Ok(id) = rx.try_recv() else { break };
+            batch.push(id);
+        }
         if let Err(e) = store.complete_outbox(&batch).await {
             // Rows stay and get republished after their lease; gateways de-duplicate.
             tracing::warn!(error = %e, n = batch.len(), "outbox cleanup failed");

@@ -28,6 +28,9 @@ static STORE_ERRORS: AtomicU64 = AtomicU64::new(0);
 static BUS_ERRORS: AtomicU64 = AtomicU64::new(0);
 static OUTBOX_REPUBLISHED: AtomicU64 = AtomicU64::new(0);
 static CAUGHT_UP: AtomicU64 = AtomicU64::new(0);
+static GROUP_COMMITS: AtomicU64 = AtomicU64::new(0);
+static GROUP_COMMIT_SENDS: AtomicU64 = AtomicU64::new(0);
+static PUSH_JOBS_SKIPPED: AtomicU64 = AtomicU64::new(0);
 
 /// A request of operation `OPS[i]` was answered.
 pub fn request(i: usize) {
@@ -59,6 +62,17 @@ pub fn outbox_republished(n: usize) {
 /// Recent messages published again to a gateway where a recipient's socket just opened.
 pub fn caught_up(n: usize) {
     CAUGHT_UP.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Relaxed);
+}
+
+/// A group commit of `n` sends ran (their ratio is the mean batch size).
+pub fn group_commit(n: usize) {
+    GROUP_COMMITS.fetch_add(1, Relaxed);
+    GROUP_COMMIT_SENDS.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Relaxed);
+}
+
+/// A message needed no push job: every recipient had a socket when it was routed.
+pub fn push_job_skipped() {
+    PUSH_JOBS_SKIPPED.fetch_add(1, Relaxed);
 }
 
 /// The Prometheus text exposition.
@@ -107,6 +121,27 @@ pub fn render() -> String {
         "counter",
         "Recent messages published again to a gateway where a recipient's socket just opened.",
         CAUGHT_UP.load(Relaxed),
+    );
+    write_metric(
+        &mut out,
+        "indaba_group_commits_total",
+        "counter",
+        "Group-commit transactions run.",
+        GROUP_COMMITS.load(Relaxed),
+    );
+    write_metric(
+        &mut out,
+        "indaba_group_commit_sends_total",
+        "counter",
+        "Sends stored through group commit (divided by indaba_group_commits_total: mean batch size).",
+        GROUP_COMMIT_SENDS.load(Relaxed),
+    );
+    write_metric(
+        &mut out,
+        "indaba_push_jobs_skipped_total",
+        "counter",
+        "Messages that needed no push job: every recipient had a socket when the message was routed.",
+        PUSH_JOBS_SKIPPED.load(Relaxed),
     );
     out
 }

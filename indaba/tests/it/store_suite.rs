@@ -279,6 +279,97 @@ async fn suite(store: Store) {
         before + 4,
         "no seq was burnt"
     );
+
+    // Direct messages in one batch: a pair's first message (its conversation does not
+    // exist yet, so PostgreSQL's batch statement hands it to the shared path), the same
+    // pair again right after it, an existing pair, a receiver outside a named
+    // conversation, the system sender, and a message with no target at all.
+    let batch = vec![
+        msg(40, None, Some(41), "first ever", Some("d-1")),
+        msg(41, None, Some(40), "reply in the same batch", Some("d-2")),
+        msg(7, None, Some(8), "existing pair", None),
+        msg(7, Some(g2.id), Some(99), "receiver not a member", None),
+        msg(0, Some(g2.id), None, "system notice", None),
+        msg(7, None, None, "nowhere", None),
+    ];
+    let mut out = store.send_many(&batch).await;
+    assert_eq!(out.len(), 6);
+    assert_eq!(
+        code(out.remove(5).expect_err("no target")),
+        ErrorCode::InvalidField
+    );
+    assert_eq!(
+        code(out.remove(3).expect_err("outsider receiver")),
+        ErrorCode::InvalidReceiver
+    );
+    let first = out[0].as_ref().expect("first ever");
+    let reply = out[1].as_ref().expect("reply");
+    assert_eq!(first.message.conversation_id, reply.message.conversation_id);
+    assert_eq!(
+        (first.message.seq, reply.message.seq),
+        (1, 2),
+        "a new pair's messages are numbered in batch order"
+    );
+    assert_eq!(first.participants, vec![40, 41]);
+    let pair = out[2].as_ref().expect("existing pair");
+    assert_eq!(pair.participants, vec![7, 8]);
+    let notice = out[3].as_ref().expect("system notice");
+    assert_eq!(notice.message.seq, before + 5);
+    assert_eq!(notice.participants, vec![7, 8]);
+    // What the answers say is what is stored.
+    for s in &out {
+        let s = s.as_ref().expect("stored");
+        let stored = store
+            .get_message(s.message.id)
+            .await
+            .expect("get")
+            .expect("stored");
+        assert_eq!(stored, s.message);
+    }
+
+    // Batches committing at once over the same conversations (in opposite orders) neither
+    // deadlock nor skip or repeat a seq.
+    let (g3, _) = store
+        .create_conversation(7, &[8], "race", ConversationKind::Group)
+        .await
+        .expect("group");
+    let forward: Vec<NewMessage> = (0..20)
+        .map(|i| {
+            msg(
+                7,
+                Some(if i % 2 == 0 { g2.id } else { g3.id }),
+                None,
+                "f",
+                None,
+            )
+        })
+        .collect();
+    let backward: Vec<NewMessage> = (0..20)
+        .map(|i| {
+            msg(
+                8,
+                Some(if i % 2 == 0 { g3.id } else { g2.id }),
+                None,
+                "b",
+                None,
+            )
+        })
+        .collect();
+    let (a, b) = tokio::join!(store.send_many(&forward), store.send_many(&backward));
+    let mut by_conv: std::collections::HashMap<i64, Vec<i64>> = Default::default();
+    for r in a.into_iter().chain(b) {
+        let m = r.expect("stored").message;
+        by_conv.entry(m.conversation_id).or_default().push(m.seq);
+    }
+    for (conv, mut seqs) in by_conv {
+        seqs.sort_unstable();
+        let start = seqs[0];
+        assert_eq!(
+            seqs,
+            (start..start + 20).collect::<Vec<_>>(),
+            "conversation {conv}: gap-free, no repeats"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
