@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
@@ -28,7 +27,10 @@ pub struct Ceiling {
 impl Ceiling {
     /// Starts the router on a free loopback port.
     pub async fn start() -> anyhow::Result<Ceiling> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        // The same deep accept queue as the gateway's (tokio's default is 128 here).
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let listener = sock.listen(4096)?;
         let addr = listener.local_addr()?;
         let peers: Peers = Arc::default();
         let groups: Arc<Mutex<HashMap<i64, Vec<i64>>>> = Arc::default();
@@ -42,7 +44,7 @@ impl Ceiling {
                     let mut user = 0i64;
                     // The callback's error type is tungstenite's (large) HTTP response.
                     #[allow(clippy::result_large_err)]
-                    let ws = tokio_tungstenite::accept_hdr_async(
+                    let ws = tokio_tungstenite::accept_hdr_async_with_config(
                         stream,
                         |req: &Request, resp: Response| {
                             user = req
@@ -53,6 +55,7 @@ impl Ceiling {
                                 .unwrap_or(0);
                             Ok(resp)
                         },
+                        Some(crate::load::small_buffers()),
                     )
                     .await;
                     let Ok(ws) = ws else { return };

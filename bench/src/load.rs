@@ -59,13 +59,35 @@ impl Latency {
 
 /// Opens one authenticated socket from source address 127.0.0.`src` and waits for
 /// `connection_established`.
+/// tungstenite's default 128 KiB read buffer per socket, allocated (and zero-filled) up
+/// front, made thousands of connections cost the generator — and the ceiling router —
+/// more than the server under test; 4 KiB is plenty for these frames.
+pub fn small_buffers() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096)
+}
+
+#[allow(dead_code)] // kept for scenarios that connect one socket
 pub async fn connect(t: &Target, user: i64, src: u8) -> anyhow::Result<(Sink, Stream)> {
+    connect_to(t.addr, t.token(user), src).await
+}
+
+async fn connect_to(
+    addr: std::net::SocketAddr,
+    token: String,
+    src: u8,
+) -> anyhow::Result<(Sink, Stream)> {
     let sock = TcpSocket::new_v4()?;
-    sock.bind(std::net::SocketAddr::from(([127, 0, 0, src], 0)))?;
-    let stream = sock.connect(t.addr).await?;
+    if src > 1 {
+        sock.bind(std::net::SocketAddr::from(([127, 0, 0, src], 0)))?;
+    }
+    let stream = sock.connect(addr).await?;
     stream.set_nodelay(true)?;
-    let url = format!("ws://{}/ws/chat/?token={}", t.addr, t.token(user));
-    let (ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    // Closed with a reset, leaving no TIME_WAIT behind: tens of thousands of those from
+    // earlier scenarios slowed every later connect (the kernel walks them to pick a port).
+    stream.set_zero_linger()?;
+    let url = format!("ws://{addr}/ws/chat/?token={token}");
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(small_buffers())).await?;
     let (sink, mut stream) = ws.split();
     loop {
         match tokio::time::timeout(Duration::from_secs(10), stream.next()).await {
@@ -77,18 +99,27 @@ pub async fn connect(t: &Target, user: i64, src: u8) -> anyhow::Result<(Sink, St
     Ok((sink, stream))
 }
 
-/// Connects `users` with bounded concurrency, spreading source addresses (10k per address
-/// keeps each well inside the ephemeral port range).
+/// Connects `users` with bounded concurrency.
 pub async fn connect_all(
     t: &Target,
     users: &[i64],
 ) -> anyhow::Result<(Vec<(Sink, Stream)>, Duration)> {
+    // One destination port has ~28k ephemeral ports to itself, and connect() picks one
+    // cheaply; an explicit bind() (the only way to use another source address) searches
+    // every bound port on the machine for conflicts, which limited connects to a few
+    // hundred a second once earlier scenarios' sockets sat in TIME_WAIT. So only the
+    // connections past the first 25k (more than one process's descriptors allow here)
+    // get 127.0.0.2 and up.
+    let per_address = 25_000;
     let started = Instant::now();
     let conns: Vec<anyhow::Result<(Sink, Stream)>> =
         futures_util::stream::iter(users.iter().enumerate())
-            .map(|(i, u)| async move {
-                let src = u8::try_from(1 + i / 10_000).unwrap_or(250);
-                connect(t, *u, src).await
+            .map(|(i, u)| {
+                let src = u8::try_from(i / per_address).map_or(250, |n| n.saturating_add(1));
+                // A task each, so the handshakes use every core (one task polling all
+                // 256 made the generator's single thread the limit).
+                let h = tokio::spawn(connect_to(t.addr, t.token(*u), src));
+                async move { h.await.map_err(anyhow::Error::from).and_then(|r| r) }
             })
             .buffered(256)
             .collect()

@@ -32,7 +32,7 @@ struct Args {
     scenarios: String,
     /// Idle connections (this sandbox allows 20,000 open files per process, client and
     /// server side each).
-    #[arg(long, default_value_t = 8_000)]
+    #[arg(long, default_value_t = 18_000)]
     idle: usize,
     /// Seconds per load run.
     #[arg(long, default_value_t = 5)]

@@ -10,22 +10,31 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 /// A frame queued for one socket's writer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Outbound {
     /// A text frame, already serialized.
     Text(Utf8Bytes),
-    /// A live `new_message` (serialized once, shared by every recipient). The writer holds
-    /// these back while a resume is streaming and drops any it already sent.
-    Message {
-        /// For de-duplication against the resume stream.
-        message_id: i64,
-        /// Its conversation.
-        conversation_id: i64,
-        /// Its seq.
-        seq: i64,
-        /// The frame.
-        text: Utf8Bytes,
-    },
+    /// A live `new_message`, serialized once and shared by every recipient (one pointer
+    /// here keeps the queue's slots small: tokio allocates them 32 at a time per socket).
+    Message(Arc<LiveMessage>),
+    /// The socket's resume channel, opened by its first `sync` (most sockets never resume,
+    /// and an idle channel costs ~2.5 KB); it reaches the writer in order with the frames
+    /// queued before it.
+    SyncStream(mpsc::Receiver<SyncFrame>),
+}
+
+/// A live `new_message` on its way to sockets. The writer holds these back while a
+/// resume is streaming and drops any it already sent.
+#[derive(Debug)]
+pub struct LiveMessage {
+    /// For de-duplication against the resume stream.
+    pub message_id: i64,
+    /// Its conversation.
+    pub conversation_id: i64,
+    /// Its seq.
+    pub seq: i64,
+    /// The frame.
+    pub text: Utf8Bytes,
 }
 
 /// Frames of a resume (`sync`), on their own channel so a long resume waits for the
@@ -95,7 +104,9 @@ impl Outbound {
     /// Bytes of the frame.
     pub fn byte_len(&self) -> usize {
         match self {
-            Outbound::Text(t) | Outbound::Message { text: t, .. } => t.len(),
+            Outbound::Text(t) => t.len(),
+            Outbound::Message(m) => m.text.len(),
+            Outbound::SyncStream(_) => 0,
         }
     }
 }
@@ -370,15 +381,15 @@ impl Hub {
                 // Repeats (outbox republishes, catch-ups) are dropped per socket by its
                 // writer, not here: the same message may rightly come again for a
                 // recipient whose socket opened on this gateway after the first copy.
-                let t = text(&ServerFrame::NewMessage(NewMessage::from_pb(m)));
+                let live = Arc::new(LiveMessage {
+                    message_id: m.id,
+                    conversation_id: m.conversation_id,
+                    seq: m.seq,
+                    text: text(&ServerFrame::NewMessage(NewMessage::from_pb(m))),
+                });
                 let mut reached: Vec<i64> = Vec::new();
                 for (user, c) in self.targets(&d.recipient_ids, origin) {
-                    let queued = c.offer(Outbound::Message {
-                        message_id: m.id,
-                        conversation_id: m.conversation_id,
-                        seq: m.seq,
-                        text: t.clone(),
-                    });
+                    let queued = c.offer(Outbound::Message(live.clone()));
                     // Targets come grouped by user, so a repeat is always the last entry.
                     if queued && user != m.sender_id && reached.last() != Some(&user) {
                         reached.push(user);

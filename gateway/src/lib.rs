@@ -203,6 +203,25 @@ impl Ctx {
     }
 }
 
+/// The client listener, with a deep accept queue. `TcpListener::bind` asks for 128 here
+/// (the C library's `SOMAXCONN`), and a burst of connects (every client of a failed gateway
+/// reconnecting at once; the benchmark's 256 concurrent connects) overflowed it: the
+/// kernel drops those SYNs and each such client waits out a 1 s retransmit. The kernel caps
+/// the request at `net.core.somaxconn`.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(ACCEPT_BACKLOG)
+}
+
+/// Connections the kernel may hold for us before `accept` (see [`listen`]).
+const ACCEPT_BACKLOG: u32 = 4096;
+
 /// A built gateway, listening but not yet serving.
 #[derive(Debug)]
 pub struct App {
@@ -226,7 +245,7 @@ impl App {
             }
             BusSettings::Shared(b) => b.clone(),
         };
-        let listener = TcpListener::bind(settings.listen).await?;
+        let listener = listen(settings.listen)?;
         let deliveries = bus
             .subscribe(&subjects::gateway_delivery(&settings.gateway_id))
             .await?;

@@ -206,17 +206,17 @@ async fn next_event(
         }
         match next? {
             Outbound::Text(t) => return Some((Ok(to_event(Item::Text(t.to_string()))), st)),
-            Outbound::Message {
-                message_id, text, ..
-            } => {
-                if st.sent.insert(message_id) {
+            Outbound::Message(m) => {
+                if st.sent.insert(m.message_id) {
                     let item = Item::Message {
-                        id: message_id,
-                        text: text.to_string(),
+                        id: m.message_id,
+                        text: m.text.to_string(),
                     };
                     return Some((Ok(to_event(item)), st));
                 }
             }
+            // Event streams resume through `Last-Event-ID`, never `sync`.
+            Outbound::SyncStream(_) => {}
         }
     }
 }

@@ -47,11 +47,14 @@ const SYNC_PAGE: u32 = 200;
 const MAX_HELD_BACK: usize = 10_000;
 
 /// The tungstenite configuration for client sockets. The default read buffer is 128 KiB
-/// allocated up front (~138 KB per idle socket); 4 KiB brings an idle socket to ~7 KB.
+/// allocated up front (~138 KB per idle socket). 1 KiB holds a typical chat frame (a larger
+/// one is read in several calls; the buffer grows to the frame's length), and tungstenite
+/// zero-fills the buffer's free part before every read, so a small one is also cheaper to
+/// read into (4 KiB was a visible `memset` in the gateway's profile).
 /// Message and frame limits replace tungstenite's 64 MiB / 16 MiB defaults.
 pub fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(0)
         .max_write_buffer_size(1024 * 1024)
         .max_message_size(Some(max_frame_bytes))
@@ -70,7 +73,7 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: Option<crate::au
     // Opened without a token: the first frame must be `authenticate`, within the timeout.
     let identity = match identity {
         Some(i) => i,
-        None => match first_message_auth(&ctx, &mut ws).await {
+        None => match Box::pin(first_message_auth(&ctx, &mut ws)).await {
             Ok(i) => i,
             Err(reason) => {
                 ctx.metrics
@@ -80,10 +83,10 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: Option<crate::au
                     code: CloseCode::from(4001),
                     reason: Utf8Bytes::from(reason),
                 };
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), async {
                     let _ = ws.send(Message::Close(Some(frame))).await;
                     let _ = ws.close(None).await;
-                })
+                }))
                 .await;
                 return;
             }
@@ -95,7 +98,6 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: Option<crate::au
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let connection_id: Arc<str> = Arc::from(format!("{}/{n}", ctx.settings.gateway_id));
     let (tx, rx) = mpsc::channel(ctx.settings.outbound_queue);
-    let (sync_tx, sync_rx) = mpsc::channel(64);
     let close = ctx.shutdown.child_token();
     let shared = Arc::new(ConnShared::with_byte_limit(
         ctx.settings.outbound_queue_bytes,
@@ -115,7 +117,7 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: Option<crate::au
         metrics: ctx.metrics.clone(),
     };
     handle.offer(Outbound::Text(Utf8Bytes::from(hello.to_json())));
-    ctx.register(user_id, handle.clone()).await;
+    Box::pin(ctx.register(user_id, handle.clone())).await;
     ctx.metrics.socket_opened();
     tracing::debug!(%connection_id, user_id, "socket open");
 
@@ -126,7 +128,6 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: Option<crate::au
     let writer = tokio::spawn(write_loop(
         sink,
         rx,
-        sync_rx,
         close.clone(),
         shared.clone(),
         ctx.settings.ping_interval,
@@ -135,7 +136,7 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: Option<crate::au
         ctx: ctx.clone(),
         user_id,
         connection_id: connection_id.clone(),
-        sync_tx,
+        sync_tx: None,
         shared,
         typing: HashMap::new(),
         receipts: Vec::new(),
@@ -152,6 +153,9 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: Option<crate::au
         idle: false,
         last_activity: tokio::time::Instant::now(),
     };
+    // Every await below that runs a handler is boxed: a task's allocation is its future's
+    // largest state, and unboxed the frame handlers (NATS requests, JSON) made every
+    // idle socket's task ~3.5 KB; boxed, the cost is paid per frame, briefly.
     loop {
         let flush_at = conn.receipts_due;
         let idle_at = conn.last_activity + ctx.settings.idle_away;
@@ -167,22 +171,22 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: Option<crate::au
             m = stream.next() => m,
             () = close.cancelled() => break,
             () = sleep_until(flush_at.unwrap_or_else(tokio::time::Instant::now)), if flush_at.is_some() => {
-                conn.flush_receipts().await;
+                Box::pin(conn.flush_receipts()).await;
                 continue;
             }
             () = sleep_until(idle_at), if !conn.idle => {
                 conn.idle = true;
-                conn.update_away().await;
+                Box::pin(conn.update_away()).await;
                 continue;
             }
         };
         if conn.idle {
             conn.idle = false;
-            conn.update_away().await;
+            Box::pin(conn.update_away()).await;
         }
         conn.last_activity = tokio::time::Instant::now();
         match next {
-            Some(Ok(Message::Text(text))) => conn.handle_text(&text).await,
+            Some(Ok(Message::Text(text))) => Box::pin(conn.handle_text(&text)).await,
             Some(Ok(Message::Binary(_))) => {
                 conn.send(ServerFrame::error(
                     ErrorCode::InvalidJson,
@@ -217,14 +221,22 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: Option<crate::au
         }
     }
     close.cancel();
-    ctx.unregister(user_id, &connection_id).await;
+    Box::pin(ctx.unregister(user_id, &connection_id)).await;
     ctx.metrics.socket_closed();
     // Reads the client reported just before leaving still count.
-    conn.flush_receipts().await;
+    Box::pin(conn.flush_receipts()).await;
     let watched: Vec<i64> = conn.watched.iter().copied().collect();
     ctx.hub.unwatch(&connection_id, &watched);
-    conn.stop_typing().await;
+    Box::pin(conn.stop_typing()).await;
     let _ = writer.await;
+    // Read (and drop) whatever the client still sends until its close frame or EOF, for
+    // a moment: closing a socket with unread input makes the kernel send a reset, and a
+    // reset makes the client's kernel discard what it had not read yet, our close frame
+    // (and its code: 1008, 1009, …) included.
+    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(_)) = stream.next().await {}
+    }))
+    .await;
     tracing::debug!(%connection_id, user_id, "socket closed");
 }
 
@@ -351,10 +363,17 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// The next resume frame; pending until the socket's first `sync` opened the channel.
+async fn next_sync(rx: &mut Option<mpsc::Receiver<SyncFrame>>) -> Option<SyncFrame> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn write_loop(
     mut sink: Sink,
     mut rx: mpsc::Receiver<Outbound>,
-    mut sync_rx: mpsc::Receiver<SyncFrame>,
     close: CancellationToken,
     shared: Arc<ConnShared>,
     ping_interval: Duration,
@@ -364,6 +383,7 @@ async fn write_loop(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.reset(); // first ping one interval from now, not before connection_established
     let missed_after = i64::try_from(ping_interval.as_millis() * 2).unwrap_or(i64::MAX);
+    let mut sync_rx: Option<mpsc::Receiver<SyncFrame>> = None;
     let mut st = WriterState {
         sent: RecentIds::with_capacity(1024),
         synced_upto: HashMap::new(),
@@ -384,7 +404,7 @@ async fn write_loop(
                 }
                 send_unless_too_slow(&mut sink, Message::Ping(Default::default()), &shared.too_slow).await
             }
-            Some(f) = sync_rx.recv() => match f {
+            Some(f) = next_sync(&mut sync_rx) => match f {
                 SyncFrame::Begin => {
                     st.syncing = true;
                     Ok(())
@@ -409,13 +429,22 @@ async fn write_loop(
                     shared.dequeued(o.byte_len());
                     Ok(())
                 }
+                Some(Outbound::SyncStream(r)) => {
+                    sync_rx = Some(r);
+                    Ok(())
+                }
                 Some(Outbound::Text(t)) => {
                     shared.dequeued(t.len());
                     send_unless_too_slow(&mut sink, Message::Text(t), &shared.too_slow).await
                 }
-                Some(Outbound::Message { message_id, conversation_id, seq, text }) => {
-                    shared.dequeued(text.len());
-                    let m = MessageFrame { message_id, conversation_id, seq, text };
+                Some(Outbound::Message(live)) => {
+                    shared.dequeued(live.text.len());
+                    let m = MessageFrame {
+                        message_id: live.message_id,
+                        conversation_id: live.conversation_id,
+                        seq: live.seq,
+                        text: live.text.clone(),
+                    };
                     if st.syncing {
                         st.held.push(m);
                         if st.held.len() > MAX_HELD_BACK {
@@ -443,6 +472,13 @@ async fn write_loop(
     } else {
         CloseCode::Restart
     };
+    // Boxed: the closing waits would otherwise enlarge every open socket's writer task.
+    Box::pin(say_goodbye(sink, rx, code)).await;
+}
+
+/// The writer's last words: the close frame, after what is queued unless `code` says the
+/// client was too slow for that.
+async fn say_goodbye(mut sink: Sink, mut rx: mpsc::Receiver<Outbound>, code: CloseCode) {
     if code == CloseCode::Again {
         // Too slow: what is queued would only keep it behind. Drop it and say why; give
         // the client a while to read up to the close frame.
@@ -460,7 +496,9 @@ async fn write_loop(
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         while let Ok(f) = rx.try_recv() {
             let t = match f {
-                Outbound::Text(t) | Outbound::Message { text: t, .. } => t,
+                Outbound::Text(t) => t,
+                Outbound::Message(m) => m.text.clone(),
+                Outbound::SyncStream(_) => continue,
             };
             if sink.feed(Message::Text(t)).await.is_err() {
                 return;
@@ -486,7 +524,8 @@ struct Conn {
     ctx: Arc<Ctx>,
     user_id: i64,
     connection_id: Arc<str>,
-    sync_tx: mpsc::Sender<SyncFrame>,
+    /// Resume frames to the writer; opened by the first `sync` ([`Outbound::SyncStream`]).
+    sync_tx: Option<mpsc::Sender<SyncFrame>>,
     shared: Arc<ConnShared>,
     /// Per conversation: when the last indicator was forwarded, and its state.
     typing: HashMap<i64, (Instant, bool)>,
@@ -591,7 +630,11 @@ impl Conn {
                     reason: None,
                 }));
             }
-            Ok(ClientFrame::Sync(s)) => self.sync(s).await,
+            Ok(ClientFrame::Sync(s)) => {
+                if let Some(tx) = self.sync_channel() {
+                    self.sync(s, &tx).await;
+                }
+            }
             Ok(ClientFrame::History(h)) => self.history(h).await,
             Ok(ClientFrame::ListConversations) => self.list_conversations().await,
             Ok(ClientFrame::SetStatus(st)) => {
@@ -935,7 +978,19 @@ impl Conn {
     /// Streams every message after the client's last seq, per conversation in seq order,
     /// then `sync_complete`. Live messages arriving meanwhile are held by the writer and
     /// sent afterwards, minus any the resume already carried.
-    async fn sync(&self, s: frames::Sync) {
+    /// The resume channel, opened on first use; `None` when the writer is gone.
+    fn sync_channel(&mut self) -> Option<mpsc::Sender<SyncFrame>> {
+        if self.sync_tx.is_none() {
+            let (tx, rx) = mpsc::channel(64);
+            if !self.handle.offer(Outbound::SyncStream(rx)) {
+                return None;
+            }
+            self.sync_tx = Some(tx);
+        }
+        self.sync_tx.clone()
+    }
+
+    async fn sync(&self, s: frames::Sync, sync_tx: &mpsc::Sender<SyncFrame>) {
         if s.conversations.len() > MAX_SYNC_CONVERSATIONS {
             return self.send_error(
                 ErrorCode::InvalidField,
@@ -951,7 +1006,7 @@ impl Conn {
             );
         }
         self.ctx.metrics.resumed();
-        if self.sync_tx.send(SyncFrame::Begin).await.is_err() {
+        if sync_tx.send(SyncFrame::Begin).await.is_err() {
             return;
         }
         let mut done = BTreeMap::new();
@@ -972,12 +1027,12 @@ impl Conn {
                     {
                         Ok(p) => p,
                         Err((code, message)) => {
-                            self.sync_error(code, message, conv.0).await;
+                            self.sync_error(sync_tx, code, message, conv.0).await;
                             break;
                         }
                     };
                 if let Some(e) = page.error {
-                    self.sync_error(ErrorCode::parse(&e.code), e.message, conv.0)
+                    self.sync_error(sync_tx, ErrorCode::parse(&e.code), e.message, conv.0)
                         .await;
                     break;
                 }
@@ -988,8 +1043,7 @@ impl Conn {
                     after = m.seq;
                     let text =
                         Utf8Bytes::from(ServerFrame::NewMessage(NewMessage::from_pb(m)).to_json());
-                    if self
-                        .sync_tx
+                    if sync_tx
                         .send(SyncFrame::Message {
                             message_id: m.id,
                             conversation_id: m.conversation_id,
@@ -1014,17 +1068,21 @@ impl Conn {
             conversations: done,
             truncated,
         });
-        let _ = self
-            .sync_tx
+        let _ = sync_tx
             .send(SyncFrame::End(Utf8Bytes::from(end.to_json())))
             .await;
     }
 
-    async fn sync_error(&self, code: ErrorCode, message: String, conversation_id: i64) {
+    async fn sync_error(
+        &self,
+        sync_tx: &mpsc::Sender<SyncFrame>,
+        code: ErrorCode,
+        message: String,
+        conversation_id: i64,
+    ) {
         let f =
             ServerFrame::Error(frames::ErrorFrame::new(code, message).about(Some(conversation_id)));
-        let _ = self
-            .sync_tx
+        let _ = sync_tx
             .send(SyncFrame::Text(Utf8Bytes::from(f.to_json())))
             .await;
     }
