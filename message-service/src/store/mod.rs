@@ -364,9 +364,35 @@ impl Store {
         let Store::Postgres(pool) = self else {
             return self.insert_shared(ms, now, lease).await;
         };
-        let outcomes = pg_batch::insert(pool, ms, now, lease).await?;
+        let mut outcomes = pg_batch::insert(pool, ms, now, lease).await?;
         // The batch is committed: from here on every message gets its own answer, never
         // an error for the whole (the caller would store the committed ones again).
+        let missing: Vec<usize> = outcomes
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| matches!(o, pg_batch::Outcome::NeedsSharedPath))
+            .map(|(i, _)| i)
+            .collect();
+        if !missing.is_empty() {
+            // First messages of new pairs: create their conversations together and store
+            // them in a second statement (one transaction each, in turn, held up this
+            // batch's slot for ~1 ms per pair when many users start talking at once).
+            let firsts: Vec<&NewMessage> = missing.iter().map(|i| &ms[*i]).collect();
+            let again: Vec<NewMessage> = firsts.iter().map(|m| (*m).clone()).collect();
+            let retried = match pg_batch::create_direct(pool, &firsts, now).await {
+                Ok(()) => pg_batch::insert(pool, &again, now, lease).await.ok(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "creating direct conversations failed");
+                    None
+                }
+            };
+            // Whatever is still not stored takes the shared path below.
+            if let Some(retried) = retried {
+                for (i, o) in missing.into_iter().zip(retried) {
+                    outcomes[i] = o;
+                }
+            }
+        }
         let mut out = Vec::with_capacity(ms.len());
         for (m, o) in ms.iter().zip(outcomes) {
             out.push(match o {

@@ -14,8 +14,9 @@
 //! the others go on; a database error (a retried `client_msg_id` hitting the unique index)
 //! fails the whole statement, nothing is stored, and the caller retries one by one. The
 //! first message between two users finds no direct conversation here: it is answered
-//! [`Outcome::NeedsSharedPath`] (nothing of it was written) and the caller stores it
-//! through the shared path, which creates the conversation.
+//! [`Outcome::NeedsSharedPath`] (nothing of it was written); the caller creates every such
+//! conversation of the batch in one statement ([`create_direct`]) and runs those messages
+//! through [`insert`] again.
 
 use proto::pb::ChatMessage;
 use proto::ErrorCode;
@@ -24,7 +25,7 @@ use sqlx::{PgPool, Row};
 use std::collections::HashMap;
 
 use super::{
-    direct_key, message_from_row, rejected, ConversationMeta, NewMessage, PendingDelivery, Sent,
+    direct_key, message_from_row, ConversationKind, rejected, ConversationMeta, NewMessage, PendingDelivery, Sent,
     StoreError,
 };
 
@@ -32,8 +33,8 @@ use super::{
 pub(super) enum Outcome {
     /// Stored, or refused by the rules.
     Done(Result<Sent, StoreError>),
-    /// A direct message to someone the sender never wrote to: not written; store it
-    /// through the shared path.
+    /// A direct message to someone the sender never wrote to: not written; create the
+    /// conversation ([`create_direct`]) and store it again.
     NeedsSharedPath,
 }
 
@@ -247,4 +248,50 @@ pub(super) async fn pending_deliveries(
         });
     }
     Ok(out)
+}
+
+/// Creates the direct conversations of `messages` (those [`insert`] found missing), with
+/// both participants, in one statement. A pair created meanwhile by another batch is left
+/// as it is (`ON CONFLICT DO NOTHING` waits for that insert and then skips).
+pub(super) async fn create_direct(
+    pool: &PgPool,
+    messages: &[&NewMessage],
+    now: i64,
+) -> Result<(), StoreError> {
+    let mut seen = std::collections::HashSet::new();
+    let (mut keys, mut low, mut high, mut by) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for m in messages {
+        let Some(r) = m.receiver_id else { continue };
+        let key = direct_key(m.sender_id, r);
+        if seen.insert(key.clone()) {
+            keys.push(key);
+            low.push(m.sender_id.min(r));
+            high.push(m.sender_id.max(r));
+            by.push(m.sender_id);
+        }
+    }
+    sqlx::query(
+        "WITH p AS (
+             SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[])
+                 AS p(dkey, low, high, created_by)
+         ), c AS (
+             INSERT INTO conversations (kind, title, direct_key, created_by, created_at_ms)
+             SELECT $5, '', dkey, created_by, $6 FROM p
+             ON CONFLICT (direct_key) DO NOTHING
+             RETURNING id, direct_key
+         )
+         INSERT INTO participants (conversation_id, user_id, joined_at_ms)
+         SELECT DISTINCT c.id, u.user_id, $6::bigint
+         FROM c JOIN p ON p.dkey = c.direct_key
+         CROSS JOIN LATERAL (VALUES (p.low), (p.high)) AS u(user_id)",
+    )
+    .bind(&keys)
+    .bind(&low)
+    .bind(&high)
+    .bind(&by)
+    .bind(ConversationKind::Direct as i64)
+    .bind(now)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
