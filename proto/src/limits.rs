@@ -36,6 +36,13 @@ pub fn validate_text(text: &str, max_chars: usize) -> Result<(), Invalid> {
     if text.trim().is_empty() {
         return Err(Invalid::new(ErrorCode::EmptyText, "text must not be empty"));
     }
+    // PostgreSQL text cannot hold U+0000 (the insert failed as a database error).
+    if text.contains('\0') {
+        return Err(Invalid::new(
+            ErrorCode::InvalidField,
+            "text must not contain U+0000 (NUL)",
+        ));
+    }
     // Byte length bounds the character count from above, so most texts skip the count.
     if text.len() > max_chars && text.chars().count() > max_chars {
         return Err(Invalid::new(
@@ -95,6 +102,10 @@ mod tests {
         // Five characters, fifteen bytes: the limit counts characters.
         assert!(validate_text("ééééé", 5).is_ok());
         assert!(validate_text("日本語です", 5).is_ok());
+        assert_eq!(
+            validate_text("a\u{0}b", 5).unwrap_err().code,
+            ErrorCode::InvalidField
+        );
     }
 
     #[test]

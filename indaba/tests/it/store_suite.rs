@@ -292,6 +292,25 @@ async fn suite(store: Store) {
         msg(0, Some(g2.id), None, "system notice", None),
         msg(7, None, None, "nowhere", None),
     ];
+    // Text survives the batch paths byte for byte (SQLite's travels inside JSON).
+    let tricky = msg(
+        7,
+        Some(g2.id),
+        None,
+        "quote \" backslash \\ tab\t newline\n emoji 🎉 RTL \u{202e} zero-width \u{200b}",
+        None,
+    );
+    let plain = msg(8, Some(g2.id), None, "plain", None);
+    for r in store.send_many(&[tricky.clone(), plain.clone()]).await {
+        let s = r.expect("stored");
+        let stored = store
+            .get_message(s.message.id)
+            .await
+            .expect("get")
+            .expect("stored");
+        assert_eq!(stored.text, s.message.text);
+        assert!(stored.text == tricky.text || stored.text == plain.text);
+    }
     let mut out = store.send_many(&batch).await;
     assert_eq!(out.len(), 6);
     assert_eq!(
@@ -314,7 +333,7 @@ async fn suite(store: Store) {
     let pair = out[2].as_ref().expect("existing pair");
     assert_eq!(pair.participants, vec![7, 8]);
     let notice = out[3].as_ref().expect("system notice");
-    assert_eq!(notice.message.seq, before + 5);
+    assert_eq!(notice.message.seq, before + 7);
     assert_eq!(notice.participants, vec![7, 8]);
     // What the answers say is what is stored.
     for s in &out {

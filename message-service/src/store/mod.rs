@@ -19,6 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{PgPool, Row, SqlitePool};
 
 mod pg_batch;
+mod sqlite_batch;
 
 /// Why a store operation failed. `Rejected` carries a client-facing code; `Database` is
 /// ours (retry or alert).
@@ -361,8 +362,14 @@ impl Store {
     ) -> Result<Vec<Result<Sent, StoreError>>, StoreError> {
         let now = proto::time::now_ms();
         let lease = now + i64::try_from(OUTBOX_LEASE.as_millis()).unwrap_or(5_000);
-        let Store::Postgres(pool) = self else {
-            return self.insert_shared(ms, now, lease).await;
+        let pool = match self {
+            Store::Postgres(pool) => pool,
+            Store::Sqlite(pool) => {
+                if let Some(out) = sqlite_batch::insert(pool, ms, now, lease).await? {
+                    return Ok(out);
+                }
+                return self.insert_shared(ms, now, lease).await;
+            }
         };
         let mut outcomes = pg_batch::insert(pool, ms, now, lease).await?;
         // The batch is committed: from here on every message gets its own answer, never

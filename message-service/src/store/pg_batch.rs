@@ -25,8 +25,8 @@ use sqlx::{PgPool, Row};
 use std::collections::HashMap;
 
 use super::{
-    direct_key, message_from_row, ConversationKind, rejected, ConversationMeta, NewMessage, PendingDelivery, Sent,
-    StoreError,
+    direct_key, message_from_row, rejected, ConversationKind, ConversationMeta, NewMessage,
+    PendingDelivery, Sent, StoreError,
 };
 
 /// What became of one message of the batch.
