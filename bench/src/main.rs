@@ -30,9 +30,9 @@ struct Args {
     /// Scenarios, comma-separated: idle, direct, step, room, slow.
     #[arg(long, default_value = "idle,direct,step,room,slow")]
     scenarios: String,
-    /// Idle connections (this sandbox allows 20,000 open files per process, client and
-    /// server side each).
-    #[arg(long, default_value_t = 18_000)]
+    /// Idle connections (this sandbox allows 20,000 open files per process, and the ceiling
+    /// router holds both ends of every socket in this one process).
+    #[arg(long, default_value_t = 9_000)]
     idle: usize,
     /// Seconds per load run.
     #[arg(long, default_value_t = 5)]
