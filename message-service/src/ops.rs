@@ -536,6 +536,14 @@ pub(crate) async fn create_conversation(
                 ),
             ));
         }
+        // PostgreSQL text cannot hold U+0000 (it was a database error).
+        if req.title.contains('\0') {
+            return Err(field_error(
+                "title",
+                ErrorCode::InvalidField,
+                "title must not contain U+0000 (NUL)",
+            ));
+        }
         let mut distinct = req.participant_ids.clone();
         distinct.push(req.creator_id);
         distinct.sort_unstable();

@@ -147,68 +147,89 @@ pub(super) async fn insert(
             .bind(lease)
             .fetch_all(pool)
             .await?;
+        // The statement has committed: from here on a row that cannot be read is that
+        // message's own error, never the batch's (the caller would store the batch again).
         for row in rows {
-            let i: i64 = row.try_get("idx")?;
-            let Some(slot) = usize::try_from(i).ok().and_then(|i| out.get_mut(i)) else {
+            let Ok(i) = row.try_get::<i64, _>("idx") else {
                 continue;
             };
-            let m = &ms[usize::try_from(i).unwrap_or_default()];
-            let err: Option<String> = row.try_get("err")?;
-            let cid: Option<i64> = row.try_get("cid")?;
-            *slot = Some(match (err.as_deref(), cid) {
-                (Some("missing_direct"), _) => Outcome::NeedsSharedPath,
-                (Some("forbidden"), Some(id)) => Outcome::Done(Err(rejected(
-                    ErrorCode::Forbidden,
-                    format!("you are not a participant of conversation {id}"),
-                ))),
-                (Some("invalid_receiver"), Some(id)) => Outcome::Done(Err(rejected(
-                    ErrorCode::InvalidReceiver,
-                    format!(
-                        "user {} is not a participant of conversation {id}",
-                        m.receiver_id.unwrap_or_default()
-                    ),
-                ))),
-                (Some(_), _) => Outcome::Done(Err(rejected(
-                    ErrorCode::ConversationNotFound,
-                    format!(
-                        "conversation {} does not exist",
-                        m.conversation_id.unwrap_or_default()
-                    ),
-                ))),
-                (None, Some(cid)) => Outcome::Done(Ok(Sent {
-                    message: ChatMessage {
-                        id: row.try_get("id")?,
-                        conversation_id: cid,
-                        seq: row.try_get("seq")?,
-                        sender_id: m.sender_id,
-                        receiver_id: m.receiver_id,
-                        text: m.text.clone(),
-                        client_msg_id: m.client_msg_id.clone().unwrap_or_default(),
-                        created_at_ms: now,
-                    },
-                    participants: row.try_get("members")?,
-                    meta: ConversationMeta {
-                        title: row.try_get("title")?,
-                        kind: row.try_get("kind")?,
-                    },
-                    duplicate: false,
-                })),
-                (None, None) => continue,
+            let Some(i) = usize::try_from(i).ok().filter(|i| *i < ms.len()) else {
+                continue;
+            };
+            let outcome = decode(&row, &ms[i], now).unwrap_or_else(|e| {
+                Some(Outcome::Done(Err(rejected(
+                    ErrorCode::Internal,
+                    format!("outcome unreadable ({e}); retry with the same client_msg_id"),
+                ))))
             });
+            if let Some(o) = outcome {
+                out[i] = Some(o);
+            }
         }
     }
-    // Every input row comes back once; were one missing, its message was not written.
+    // Every input comes back as one row; were one missing, its outcome is unknown.
     Ok(out
         .into_iter()
         .map(|o| {
             o.unwrap_or_else(|| {
                 Outcome::Done(Err(rejected(
                     ErrorCode::Internal,
-                    "message not stored; retry with the same client_msg_id",
+                    "no answer for this message; retry with the same client_msg_id",
                 )))
             })
         })
         .collect::<Vec<_>>())
+}
+
+/// One result row of [`INSERT_BATCH`] as the outcome of its message `m`; `None` for a row
+/// that cannot occur (no error, no conversation).
+fn decode(
+    row: &sqlx::postgres::PgRow,
+    m: &NewMessage,
+    now: i64,
+) -> Result<Option<Outcome>, sqlx::Error> {
+    let err: Option<String> = row.try_get("err")?;
+    let cid: Option<i64> = row.try_get("cid")?;
+    Ok(Some(match (err.as_deref(), cid) {
+        (Some("missing_direct"), _) => Outcome::NeedsSharedPath,
+        (Some("forbidden"), Some(id)) => Outcome::Done(Err(rejected(
+            ErrorCode::Forbidden,
+            format!("you are not a participant of conversation {id}"),
+        ))),
+        (Some("invalid_receiver"), Some(id)) => Outcome::Done(Err(rejected(
+            ErrorCode::InvalidReceiver,
+            format!(
+                "user {} is not a participant of conversation {id}",
+                m.receiver_id.unwrap_or_default()
+            ),
+        ))),
+        (Some(_), _) => Outcome::Done(Err(rejected(
+            ErrorCode::ConversationNotFound,
+            format!(
+                "conversation {} does not exist",
+                m.conversation_id.unwrap_or_default()
+            ),
+        ))),
+        (None, Some(cid)) => Outcome::Done(Ok(Sent {
+            message: ChatMessage {
+                id: row.try_get("id")?,
+                conversation_id: cid,
+                seq: row.try_get("seq")?,
+                sender_id: m.sender_id,
+                receiver_id: m.receiver_id,
+                text: m.text.clone(),
+                client_msg_id: m.client_msg_id.clone().unwrap_or_default(),
+                created_at_ms: now,
+            },
+            participants: row.try_get("members")?,
+            meta: ConversationMeta {
+                title: row.try_get("title")?,
+                kind: row.try_get("kind")?,
+            },
+            duplicate: false,
+        })),
+        (None, None) => return Ok(None),
+    }))
 }
 
 /// The deliveries of claimed outbox rows (`(message_id, origin)`), read in one statement:
@@ -258,17 +279,23 @@ pub(super) async fn create_direct(
     messages: &[&NewMessage],
     now: i64,
 ) -> Result<(), StoreError> {
-    let mut seen = std::collections::HashSet::new();
-    let (mut keys, mut low, mut high, mut by) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Sorted by key: two batches creating the same pairs insert them in the same order,
+    // so neither waits on the other in a cycle (a deadlock PostgreSQL breaks after 1 s).
+    let mut pairs = std::collections::BTreeMap::new();
     for m in messages {
         let Some(r) = m.receiver_id else { continue };
-        let key = direct_key(m.sender_id, r);
-        if seen.insert(key.clone()) {
-            keys.push(key);
-            low.push(m.sender_id.min(r));
-            high.push(m.sender_id.max(r));
-            by.push(m.sender_id);
-        }
+        pairs.entry(direct_key(m.sender_id, r)).or_insert((
+            m.sender_id.min(r),
+            m.sender_id.max(r),
+            m.sender_id,
+        ));
+    }
+    let (mut keys, mut low, mut high, mut by) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (key, (l, h, b)) in pairs {
+        keys.push(key);
+        low.push(l);
+        high.push(h);
+        by.push(b);
     }
     sqlx::query(
         "WITH p AS (

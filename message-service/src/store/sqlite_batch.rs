@@ -111,7 +111,11 @@ pub(super) async fn insert(
         out.push((|| {
             let id = match (m.conversation_id, m.receiver_id) {
                 (Some(id), _) => id,
-                (None, Some(r)) => by_key[&direct_key(m.sender_id, r)],
+                // Every key was found above (else the batch went to the shared path).
+                (None, Some(r)) => by_key
+                    .get(&direct_key(m.sender_id, r))
+                    .copied()
+                    .ok_or_else(|| rejected(ErrorCode::Internal, "direct conversation vanished"))?,
                 (None, None) => {
                     return Err(rejected(
                         ErrorCode::InvalidField,
