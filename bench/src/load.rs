@@ -57,8 +57,6 @@ impl Latency {
     }
 }
 
-/// Opens one authenticated socket from source address 127.0.0.`src` and waits for
-/// `connection_established`.
 /// tungstenite's default 128 KiB read buffer per socket, allocated (and zero-filled) up
 /// front, made thousands of connections cost the generator — and the ceiling router —
 /// more than the server under test; 4 KiB is plenty for these frames.
@@ -66,12 +64,9 @@ pub fn small_buffers() -> tokio_tungstenite::tungstenite::protocol::WebSocketCon
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(4096)
 }
 
-#[allow(dead_code)] // kept for scenarios that connect one socket
-pub async fn connect(t: &Target, user: i64, src: u8) -> anyhow::Result<(Sink, Stream)> {
-    connect_to(t.addr, t.token(user), src).await
-}
-
-async fn connect_to(
+/// Opens one authenticated socket (from 127.0.0.`src` when `src` > 1) and waits for
+/// `connection_established`.
+async fn connect(
     addr: std::net::SocketAddr,
     token: String,
     src: u8,
@@ -118,7 +113,7 @@ pub async fn connect_all(
                 let src = u8::try_from(i / per_address).map_or(250, |n| n.saturating_add(1));
                 // A task each, so the handshakes use every core (one task polling all
                 // 256 made the generator's single thread the limit).
-                let h = tokio::spawn(connect_to(t.addr, t.token(*u), src));
+                let h = tokio::spawn(connect(t.addr, t.token(*u), src));
                 async move { h.await.map_err(anyhow::Error::from).and_then(|r| r) }
             })
             .buffered(256)

@@ -156,10 +156,12 @@ impl Ctx {
     /// not one per member; and the acks of a burst of deliveries travel as one NATS
     /// message (`DeliveryAck.more`).
     async fn ack_deliveries(&self, acks: &mut Vec<pb::DeliveryAck>) {
-        let Some(mut first) = (!acks.is_empty()).then(|| acks.remove(0)) else {
+        let mut rest = std::mem::take(acks);
+        if rest.is_empty() {
             return;
-        };
-        first.more = std::mem::take(acks);
+        }
+        let mut first = rest.remove(0);
+        first.more = rest;
         if let Err(e) = self
             .bus
             .publish(subjects::DELIVERY_ACKS, Bytes::from(first.encode_to_vec()))

@@ -221,22 +221,8 @@ pub async fn serve(ctx: Arc<Ctx>, upgraded: Upgraded, identity: Option<crate::au
         }
     }
     close.cancel();
-    Box::pin(ctx.unregister(user_id, &connection_id)).await;
-    ctx.metrics.socket_closed();
-    // Reads the client reported just before leaving still count.
-    Box::pin(conn.flush_receipts()).await;
-    let watched: Vec<i64> = conn.watched.iter().copied().collect();
-    ctx.hub.unwatch(&connection_id, &watched);
-    Box::pin(conn.stop_typing()).await;
-    let _ = writer.await;
-    // Read (and drop) whatever the client still sends until its close frame or EOF, for
-    // a moment: closing a socket with unread input makes the kernel send a reset, and a
-    // reset makes the client's kernel discard what it had not read yet, our close frame
-    // (and its code: 1008, 1009, …) included.
-    let _ = Box::pin(tokio::time::timeout(Duration::from_secs(2), async {
-        while let Some(Ok(_)) = stream.next().await {}
-    }))
-    .await;
+    // Boxed like the handlers: the closing steps' state stays out of the socket's task.
+    Box::pin(conn.finish(writer, stream)).await;
     tracing::debug!(%connection_id, user_id, "socket closed");
 }
 
@@ -276,6 +262,7 @@ async fn first_message_auth(
 }
 
 type Sink = futures_util::stream::SplitSink<WebSocketStream<TokioIo<Upgraded>>, Message>;
+type Stream = futures_util::stream::SplitStream<WebSocketStream<TokioIo<Upgraded>>>;
 
 /// What the writer remembers to keep a resume and live traffic in order and free of
 /// repeats.
@@ -856,6 +843,27 @@ impl Conn {
     }
 
     /// On disconnect: whoever saw this socket typing hears it stopped.
+    /// After the read loop: leave the routing tables, report the last reads and typing
+    /// stops, let the writer say goodbye, then drain the client's input.
+    async fn finish(mut self, writer: tokio::task::JoinHandle<()>, mut stream: Stream) {
+        self.ctx.unregister(self.user_id, &self.connection_id).await;
+        self.ctx.metrics.socket_closed();
+        // Reads the client reported just before leaving still count.
+        self.flush_receipts().await;
+        let watched: Vec<i64> = self.watched.iter().copied().collect();
+        self.ctx.hub.unwatch(&self.connection_id, &watched);
+        self.stop_typing().await;
+        let _ = writer.await;
+        // Read (and drop) whatever the client still sends until its close frame or EOF,
+        // for a moment: closing a socket with unread input makes the kernel send a reset,
+        // and a reset makes the client's kernel discard what it had not read yet, our close
+        // frame (and its code: 1008, 1009, …) included.
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = stream.next().await {}
+        })
+        .await;
+    }
+
     async fn stop_typing(&mut self) {
         let typing: Vec<i64> = self
             .typing

@@ -576,10 +576,10 @@ pub(crate) async fn deliver(
     // No push job when every recipient has a socket: push-service would drop each of them
     // anyway (it skips users who are online, or were within its window, 60 s by default),
     // and a job is a JetStream write and acknowledgement per message.
-    if !inner.settings.push_jobs || everyone_online {
-        if everyone_online && inner.settings.push_jobs {
-            metrics::push_job_skipped();
-        }
+    if everyone_online && inner.settings.push_jobs {
+        metrics::push_job_skipped();
+    }
+    if everyone_online || !inner.settings.push_jobs {
         if delivered {
             complete(inner, message.id);
         }

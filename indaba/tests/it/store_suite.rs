@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use message_service::store::{NewMessage, Store, StoreError};
-use proto::pb::ConversationKind;
+use proto::pb::{ChatMessage, ConversationKind};
 use proto::ErrorCode;
 
 use crate::support::fresh_database;
@@ -30,6 +30,16 @@ fn code(e: StoreError) -> ErrorCode {
         StoreError::Rejected { code, .. } => code,
         other => panic!("expected a rejection, got {other}"),
     }
+}
+
+/// What a send answered is what the store holds, byte for byte.
+async fn assert_stored(store: &Store, answered: &ChatMessage) {
+    let stored = store
+        .get_message(answered.id)
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(&stored, answered);
 }
 
 async fn suite(store: Store) {
@@ -303,13 +313,8 @@ async fn suite(store: Store) {
     let plain = msg(8, Some(g2.id), None, "plain", None);
     for r in store.send_many(&[tricky.clone(), plain.clone()]).await {
         let s = r.expect("stored");
-        let stored = store
-            .get_message(s.message.id)
-            .await
-            .expect("get")
-            .expect("stored");
-        assert_eq!(stored.text, s.message.text);
-        assert!(stored.text == tricky.text || stored.text == plain.text);
+        assert_stored(&store, &s.message).await;
+        assert!(s.message.text == tricky.text || s.message.text == plain.text);
     }
     let mut out = store.send_many(&batch).await;
     assert_eq!(out.len(), 6);
@@ -337,13 +342,7 @@ async fn suite(store: Store) {
     assert_eq!(notice.participants, vec![7, 8]);
     // What the answers say is what is stored.
     for s in &out {
-        let s = s.as_ref().expect("stored");
-        let stored = store
-            .get_message(s.message.id)
-            .await
-            .expect("get")
-            .expect("stored");
-        assert_eq!(stored, s.message);
+        assert_stored(&store, &s.as_ref().expect("stored").message).await;
     }
 
     // Batches committing at once over the same conversations (in opposite orders) neither

@@ -224,8 +224,24 @@ where
     })
 }
 
-/// The send rules about who may speak where (`pg_batch` applies the same ones in SQL).
-/// `members` is sorted.
+/// `conversation_not_found` for `id` (every path that looks a conversation up says it alike).
+fn conversation_not_found(id: i64) -> StoreError {
+    rejected(
+        ErrorCode::ConversationNotFound,
+        format!("conversation {id} does not exist"),
+    )
+}
+
+/// A message naming neither a conversation nor a receiver.
+fn no_target() -> StoreError {
+    rejected(
+        ErrorCode::InvalidField,
+        "conversation_id or receiver_id is required",
+    )
+}
+
+/// The send rules about who may speak where (`pg_batch` applies the same ones in SQL and
+/// words its refusals with this). `members` is sorted.
 fn check_membership(m: &NewMessage, id: i64, members: &[i64]) -> Result<(), StoreError> {
     // The system sender (backends' notices) speaks in any conversation.
     if m.sender_id != SYSTEM_SENDER_ID && members.binary_search(&m.sender_id).is_err() {
@@ -243,6 +259,13 @@ fn check_membership(m: &NewMessage, id: i64, members: &[i64]) -> Result<(), Stor
         }
     }
     Ok(())
+}
+
+/// The one answer of a one-message batch.
+fn only(batch: Result<Vec<Result<Sent, StoreError>>, StoreError>) -> Result<Sent, StoreError> {
+    batch?
+        .pop()
+        .unwrap_or_else(|| Err(rejected(ErrorCode::Internal, "empty batch")))
 }
 
 fn direct_key(a: i64, b: i64) -> String {
@@ -344,9 +367,7 @@ impl Store {
     }
 
     async fn insert_message(&self, m: &NewMessage) -> Result<Sent, StoreError> {
-        let mut out = self.insert_messages(std::slice::from_ref(m)).await?;
-        out.pop()
-            .unwrap_or_else(|| Err(rejected(ErrorCode::Internal, "empty batch")))
+        only(self.insert_messages(std::slice::from_ref(m)).await)
     }
 
     /// Stores several messages in one transaction (group commit): one commit, and one
@@ -371,49 +392,19 @@ impl Store {
                 return self.insert_shared(ms, now, lease).await;
             }
         };
-        let mut outcomes = pg_batch::insert(pool, ms, now, lease).await?;
+        let outcomes = pg_batch::insert_creating_pairs(pool, ms, now, lease).await?;
         // The batch is committed: from here on every message gets its own answer, never
         // an error for the whole (the caller would store the committed ones again).
-        let missing: Vec<usize> = outcomes
-            .iter()
-            .enumerate()
-            .filter(|(_, o)| matches!(o, pg_batch::Outcome::NeedsSharedPath))
-            .map(|(i, _)| i)
-            .collect();
-        if !missing.is_empty() {
-            // First messages of new pairs: create their conversations together and store
-            // them in a second statement (one transaction each, in turn, held up this
-            // batch's slot for ~1 ms per pair when many users start talking at once).
-            let firsts: Vec<&NewMessage> = missing.iter().map(|i| &ms[*i]).collect();
-            let again: Vec<NewMessage> = firsts.iter().map(|m| (*m).clone()).collect();
-            let retried = match pg_batch::create_direct(pool, &firsts, now).await {
-                Ok(()) => pg_batch::insert(pool, &again, now, lease).await.ok(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "creating direct conversations failed");
-                    None
-                }
-            };
-            // Whatever is still not stored takes the shared path below.
-            if let Some(retried) = retried {
-                for (i, o) in missing.into_iter().zip(retried) {
-                    outcomes[i] = o;
-                }
-            }
-        }
         let mut out = Vec::with_capacity(ms.len());
         for (m, o) in ms.iter().zip(outcomes) {
             out.push(match o {
                 pg_batch::Outcome::Done(r) => r,
+                // Left over (its pair's conversation could not be created in bulk).
                 pg_batch::Outcome::NeedsSharedPath => {
                     let one = self
                         .insert_shared(std::slice::from_ref(m), now, lease)
-                        .await
-                        .and_then(|mut v| {
-                            v.pop().unwrap_or_else(|| {
-                                Err(rejected(ErrorCode::Internal, "empty batch"))
-                            })
-                        });
-                    self.or_original(m, one).await
+                        .await;
+                    self.or_original(m, only(one)).await
                 }
             });
         }
@@ -449,10 +440,7 @@ impl Store {
                                         .fetch_optional(&mut *tx)
                                         .await?;
                                 if exists.is_none() {
-                                    return Err(rejected(
-                                        ErrorCode::ConversationNotFound,
-                                        format!("conversation {id} does not exist"),
-                                    ));
+                                    return Err(conversation_not_found(id));
                                 }
                             }
                             check_membership(m, id, &members)?;
@@ -460,10 +448,7 @@ impl Store {
                         }
                         None => {
                             let Some(r) = m.receiver_id else {
-                                return Err(rejected(
-                                    ErrorCode::InvalidField,
-                                    "conversation_id or receiver_id is required",
-                                ));
+                                return Err(no_target());
                             };
                             let key = direct_key(m.sender_id, r);
                             // A direct conversation's members never change: exactly the pair.
@@ -858,10 +843,7 @@ impl Store {
                     .await?
             });
             if exists.is_none() {
-                return Err(rejected(
-                    ErrorCode::ConversationNotFound,
-                    format!("conversation {conversation_id} does not exist"),
-                ));
+                return Err(conversation_not_found(conversation_id));
             }
         }
         if !members.contains(&user_id) {
@@ -1195,10 +1177,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             let Some(kind) = kind else {
-                return Err(rejected(
-                    ErrorCode::ConversationNotFound,
-                    format!("conversation {conversation_id} does not exist"),
-                ));
+                return Err(conversation_not_found(conversation_id));
             };
             let members: Vec<i64> =
                 sqlx::query_scalar("SELECT user_id FROM participants WHERE conversation_id = $1")

@@ -16,7 +16,7 @@
 //! first message between two users finds no direct conversation here: it is answered
 //! [`Outcome::NeedsSharedPath`] (nothing of it was written); the caller creates every such
 //! conversation of the batch in one statement ([`create_direct`]) and runs those messages
-//! through [`insert`] again.
+//! through [`insert`] again ([`insert_creating_pairs`] does both).
 
 use proto::pb::ChatMessage;
 use proto::ErrorCode;
@@ -25,8 +25,8 @@ use sqlx::{PgPool, Row};
 use std::collections::HashMap;
 
 use super::{
-    direct_key, message_from_row, rejected, ConversationKind, ConversationMeta, NewMessage,
-    PendingDelivery, Sent, StoreError,
+    check_membership, conversation_not_found, direct_key, message_from_row, no_target, rejected,
+    ConversationKind, ConversationMeta, NewMessage, PendingDelivery, Sent, StoreError,
 };
 
 /// What became of one message of the batch.
@@ -114,10 +114,7 @@ pub(super) async fn insert(
     let mut origin: Vec<&str> = Vec::with_capacity(ms.len());
     for (i, m) in ms.iter().enumerate() {
         if m.conversation_id.is_none() && m.receiver_id.is_none() {
-            out.push(Some(Outcome::Done(Err(rejected(
-                ErrorCode::InvalidField,
-                "conversation_id or receiver_id is required",
-            )))));
+            out.push(Some(Outcome::Done(Err(no_target()))));
             continue;
         }
         out.push(None);
@@ -181,6 +178,42 @@ pub(super) async fn insert(
         .collect::<Vec<_>>())
 }
 
+/// [`insert`], and for the first messages of new pairs (answered
+/// [`Outcome::NeedsSharedPath`]) their conversations created together ([`create_direct`])
+/// and a second [`insert`]: one transaction per such message, in turn, held up the batch's
+/// slot ~1 ms per pair when many users start talking at once. What is still left comes back
+/// as `NeedsSharedPath`. `Err` only when the first statement failed (nothing written).
+pub(super) async fn insert_creating_pairs(
+    pool: &PgPool,
+    ms: &[NewMessage],
+    now: i64,
+    lease: i64,
+) -> Result<Vec<Outcome>, StoreError> {
+    let mut outcomes = insert(pool, ms, now, lease).await?;
+    let missing: Vec<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| matches!(o, Outcome::NeedsSharedPath))
+        .map(|(i, _)| i)
+        .collect();
+    if missing.is_empty() {
+        return Ok(outcomes);
+    }
+    let firsts: Vec<NewMessage> = missing.iter().map(|i| ms[*i].clone()).collect();
+    match create_direct(pool, &firsts, now).await {
+        // A failed second statement wrote nothing: those stay `NeedsSharedPath`.
+        Ok(()) => {
+            if let Ok(again) = insert(pool, &firsts, now, lease).await {
+                for (i, o) in missing.into_iter().zip(again) {
+                    outcomes[i] = o;
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "creating direct conversations failed"),
+    }
+    Ok(outcomes)
+}
+
 /// One result row of [`INSERT_BATCH`] as the outcome of its message `m`; `None` for a row
 /// that cannot occur (no error, no conversation).
 fn decode(
@@ -192,23 +225,15 @@ fn decode(
     let cid: Option<i64> = row.try_get("cid")?;
     Ok(Some(match (err.as_deref(), cid) {
         (Some("missing_direct"), _) => Outcome::NeedsSharedPath,
-        (Some("forbidden"), Some(id)) => Outcome::Done(Err(rejected(
-            ErrorCode::Forbidden,
-            format!("you are not a participant of conversation {id}"),
-        ))),
-        (Some("invalid_receiver"), Some(id)) => Outcome::Done(Err(rejected(
-            ErrorCode::InvalidReceiver,
-            format!(
-                "user {} is not a participant of conversation {id}",
-                m.receiver_id.unwrap_or_default()
-            ),
-        ))),
-        (Some(_), _) => Outcome::Done(Err(rejected(
-            ErrorCode::ConversationNotFound,
-            format!(
-                "conversation {} does not exist",
-                m.conversation_id.unwrap_or_default()
-            ),
+        // The rules refused it: the shared check words the refusal (it cannot pass here).
+        (Some("forbidden" | "invalid_receiver"), Some(id)) => {
+            let members: Vec<i64> = row.try_get("members")?;
+            Outcome::Done(Err(check_membership(m, id, &members).err().unwrap_or_else(
+                || rejected(ErrorCode::Internal, "refused by the batch statement"),
+            )))
+        }
+        (Some(_), _) => Outcome::Done(Err(conversation_not_found(
+            m.conversation_id.unwrap_or_default(),
         ))),
         (None, Some(cid)) => Outcome::Done(Ok(Sent {
             message: ChatMessage {
@@ -274,11 +299,7 @@ pub(super) async fn pending_deliveries(
 /// Creates the direct conversations of `messages` (those [`insert`] found missing), with
 /// both participants, in one statement. A pair created meanwhile by another batch is left
 /// as it is (`ON CONFLICT DO NOTHING` waits for that insert and then skips).
-pub(super) async fn create_direct(
-    pool: &PgPool,
-    messages: &[&NewMessage],
-    now: i64,
-) -> Result<(), StoreError> {
+async fn create_direct(pool: &PgPool, messages: &[NewMessage], now: i64) -> Result<(), StoreError> {
     // Sorted by key: two batches creating the same pairs insert them in the same order,
     // so neither waits on the other in a cycle (a deadlock PostgreSQL breaks after 1 s).
     let mut pairs = std::collections::BTreeMap::new();

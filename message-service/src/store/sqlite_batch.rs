@@ -20,7 +20,8 @@ use serde_json::json;
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    check_membership, direct_key, rejected, ConversationMeta, NewMessage, Sent, StoreError,
+    check_membership, conversation_not_found, direct_key, no_target, rejected, ConversationMeta,
+    NewMessage, Sent, StoreError,
 };
 
 /// One conversation of the batch, read under the write lock.
@@ -116,18 +117,10 @@ pub(super) async fn insert(
                     .get(&direct_key(m.sender_id, r))
                     .copied()
                     .ok_or_else(|| rejected(ErrorCode::Internal, "direct conversation vanished"))?,
-                (None, None) => {
-                    return Err(rejected(
-                        ErrorCode::InvalidField,
-                        "conversation_id or receiver_id is required",
-                    ))
-                }
+                (None, None) => return Err(no_target()),
             };
             let Some(c) = convs.get_mut(&id) else {
-                return Err(rejected(
-                    ErrorCode::ConversationNotFound,
-                    format!("conversation {id} does not exist"),
-                ));
+                return Err(conversation_not_found(id));
             };
             check_membership(m, id, &c.members)?;
             c.last_seq += 1;
