@@ -35,6 +35,18 @@ pub struct Queue {
     pub replicas: usize,
 }
 
+/// The push queue: message-service produces a job per stored message whose recipients may
+/// need a notification; push-service consumes them. One definition, so the two sides can
+/// never disagree on the stream's name, subject or limits.
+pub const PUSH_QUEUE: Queue = Queue {
+    stream: proto::subjects::PUSH_STREAM,
+    subject: proto::subjects::PUSH_JOBS,
+    durable: proto::subjects::PUSH_CONSUMER,
+    max_age: Duration::from_secs(24 * 3600),
+    ack_wait: Duration::from_secs(30),
+    replicas: 1,
+};
+
 impl Queue {
     /// The same queue with `n` replicas (from the service's settings).
     pub fn with_replicas(self, n: usize) -> Queue {

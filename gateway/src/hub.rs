@@ -223,15 +223,6 @@ impl RecentIds {
     }
 }
 
-/// The client form of a presence record.
-pub fn presence_frame(user_id: i64, status: &str, last_seen_ms: i64) -> frames::Presence {
-    frames::Presence {
-        user_id,
-        status: status.to_owned(),
-        last_seen: (last_seen_ms > 0).then(|| proto::time::rfc3339_ms(last_seen_ms)),
-    }
-}
-
 fn text(frame: &ServerFrame) -> Utf8Bytes {
     Utf8Bytes::from(frame.to_json())
 }
@@ -320,7 +311,7 @@ impl Hub {
             entry.last_status = Some(change.status.clone());
             entry.sockets.clone()
         };
-        let f = text(&ServerFrame::Presence(presence_frame(
+        let f = text(&ServerFrame::Presence(crate::views::presence(
             change.user_id,
             &change.status,
             change.last_seen_ms,
@@ -462,5 +453,79 @@ impl Hub {
         for (_, c) in self.targets(users, skip) {
             c.offer(Outbound::Text(frame.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    fn handle(frames: usize, bytes: usize) -> (ConnHandle, mpsc::Receiver<Outbound>) {
+        let (tx, rx) = mpsc::channel(frames);
+        let h = ConnHandle {
+            connection_id: Arc::from("gw/1"),
+            tx,
+            close: CancellationToken::new(),
+            shared: Arc::new(ConnShared::with_byte_limit(bytes)),
+            metrics: Arc::default(),
+        };
+        (h, rx)
+    }
+
+    fn frame(len: usize) -> Outbound {
+        Outbound::Text(Utf8Bytes::from("x".repeat(len)))
+    }
+
+    #[test]
+    fn a_full_frame_queue_closes_the_slow_client_with_1013() {
+        let (h, _rx) = handle(2, 0);
+        assert!(h.offer(frame(1)) && h.offer(frame(1)));
+        assert!(!h.offer(frame(1)));
+        assert!(h.close.is_cancelled() && h.shared.too_slow.is_cancelled());
+        assert_eq!(h.shared.close_code.load(Relaxed), 1013);
+    }
+
+    #[test]
+    fn the_byte_bound_counts_in_and_out() {
+        let (h, mut rx) = handle(100, 10);
+        assert!(h.offer(frame(6)));
+        assert_eq!(h.shared.queued_bytes.load(Relaxed), 6);
+        // The writer takes it: the bytes leave the count, and there is room again.
+        let taken = rx.try_recv().unwrap();
+        h.shared.dequeued(taken.byte_len());
+        assert!(h.offer(frame(6)));
+        assert!(!h.close.is_cancelled());
+        // 6 + 6 > 10: over the byte bound.
+        assert!(!h.offer(frame(6)));
+        assert!(h.close.is_cancelled());
+        assert_eq!(h.shared.queued_bytes.load(Relaxed), 6, "a refused frame is not counted");
+    }
+
+    #[test]
+    fn one_large_frame_always_fits_an_empty_queue() {
+        let (h, _rx) = handle(10, 10);
+        assert!(h.offer(frame(1_000)));
+        assert!(!h.close.is_cancelled());
+    }
+
+    #[test]
+    fn a_closed_writer_is_not_a_slow_consumer() {
+        let (h, rx) = handle(1, 0);
+        drop(rx);
+        assert!(!h.offer(frame(1)));
+        assert_eq!(h.shared.close_code.load(Relaxed), 0);
+        assert!(!h.shared.too_slow.is_cancelled());
+    }
+
+    #[test]
+    fn recent_ids_forget_the_oldest() {
+        let mut r = RecentIds::with_capacity(2);
+        assert!(r.insert(1) && r.insert(2));
+        assert!(!r.insert(1));
+        assert!(r.insert(3));
+        // 1 was evicted by 3.
+        assert!(r.insert(1));
+        assert!(!r.insert(3));
     }
 }

@@ -12,107 +12,55 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use proto::frames::{self, NewMessage};
-use proto::{pb, subjects, ErrorCode};
+use proto::{pb, ErrorCode};
 use serde::{Deserialize, Serialize};
 use warp::reply::Response;
 use warp::Reply;
 
-use crate::http::{
-    authenticate, kind_name, parse_body, query_param, status_for, ConversationJson, HttpError,
+use crate::backend::{self, Window};
+use crate::ctx::Ctx;
+use crate::reply::{
+    authenticate, int_param, json, parse_body, parse_optional_body, path_id, segments,
+    single_param, Answer, HttpError,
 };
-use crate::ws::call;
-use crate::Ctx;
+use crate::session::PeerAddr;
+use crate::views::{self, ConversationJson, DeviceJson};
 
 /// The OpenAPI 3 document of this API (kept true by the test suite).
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
-/// Most user ids one presence query may name.
-const MAX_PRESENCE_IDS: usize = 500;
-
 /// How long dev tokens live.
 const DEV_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
-type Answer = Result<Response, HttpError>;
-
-fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
-    warp::reply::with_status(warp::reply::json(body), status).into_response()
-}
-
-fn bad(message: impl Into<String>) -> HttpError {
-    HttpError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidField, message)
-}
-
-/// A failure reported by message-service.
-fn failed(e: pb::Error) -> HttpError {
-    let code = ErrorCode::parse(&e.code);
-    HttpError::new(status_for(code), code, e.message)
-}
-
-fn transport((code, message): (ErrorCode, String)) -> HttpError {
-    HttpError::new(status_for(code), code, message)
-}
-
-/// A query parameter given at most once (a repeated one is ambiguous: refused).
-fn single_param(query: &str, name: &str) -> Result<Option<String>, HttpError> {
-    let mut found = None;
-    for pair in query.split('&') {
-        let (k, _) = pair.split_once('=').unwrap_or((pair, ""));
-        if k == name {
-            if found.is_some() {
-                return Err(bad(format!("{name} may be given only once")));
-            }
-            found = query_param(pair, name);
-        }
-    }
-    Ok(found)
-}
-
-/// An optional integer query parameter (present but empty is an error).
-fn int_param(query: &str, name: &str) -> Result<Option<i64>, HttpError> {
-    match single_param(query, name)? {
-        None => Ok(None),
-        Some(v) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| bad(format!("{name} must be an integer"))),
-    }
-}
-
-/// A path id segment.
-fn path_id(segment: &str) -> Result<i64, HttpError> {
-    match segment.parse::<i64>() {
-        Ok(v) if v > 0 => Ok(v),
-        _ => Err(HttpError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            "no such route",
-        )),
-    }
+/// One REST request, as the router hands it over.
+#[derive(Debug)]
+pub(crate) struct Request {
+    pub(crate) tail: String,
+    pub(crate) method: Method,
+    pub(crate) query: String,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) peer: Option<PeerAddr>,
 }
 
 /// Routes one `/api/v1/<tail>` request.
-pub async fn dispatch(
-    tail: String,
-    method: Method,
-    query: String,
-    headers: HeaderMap,
-    body: Bytes,
-    ctx: Arc<Ctx>,
-) -> Response {
-    route(&tail, &method, &query, headers, body, ctx)
+pub(crate) async fn dispatch(req: Request, ctx: Arc<Ctx>) -> Response {
+    route(req, ctx)
         .await
         .unwrap_or_else(HttpError::into_response)
 }
 
-async fn route(
-    tail: &str,
-    m: &Method,
-    query: &str,
-    headers: HeaderMap,
-    body: Bytes,
-    ctx: Arc<Ctx>,
-) -> Answer {
-    let segments: Vec<&str> = tail.split('/').filter(|s| !s.is_empty()).collect();
+async fn route(req: Request, ctx: Arc<Ctx>) -> Answer {
+    let Request {
+        tail,
+        method: m,
+        query,
+        headers,
+        body,
+        peer,
+    } = req;
+    let (query, headers, body, ctx) = (query.as_str(), &headers, &body[..], &ctx);
+    let segments = segments(&tail);
     match segments.as_slice() {
         ["openapi.json"] if m == Method::GET => {
             Ok(
@@ -120,50 +68,47 @@ async fn route(
                     .into_response(),
             )
         }
-        ["events"] if m == Method::GET => crate::sse::open(query, &headers, ctx).await,
-        ["dev", "token"] if m == Method::GET => dev_token(query, &ctx),
-        ["conversations"] if m == Method::GET => list_conversations(query, &headers, &ctx).await,
-        ["conversations"] if m == Method::POST => {
-            Ok(crate::http::create_conversation(headers, body, ctx).await)
-        }
+        ["events"] if m == Method::GET => crate::sse::open(query, headers, peer, ctx).await,
+        ["dev", "token"] if m == Method::GET => dev_token(query, ctx),
+        ["conversations"] if m == Method::GET => list_conversations(query, headers, ctx).await,
+        ["conversations"] if m == Method::POST => create_conversation(headers, body, ctx).await,
         ["conversations", id] if m == Method::GET => {
-            get_conversation(path_id(id)?, &headers, &ctx).await
+            get_conversation(path_id(id)?, headers, ctx).await
         }
         ["conversations", id, "participants"] if m == Method::POST => {
-            Ok(crate::http::update_participants(path_id(id)?, headers, body, ctx).await)
+            update_participants(path_id(id)?, headers, body, ctx).await
         }
         ["conversations", id, "messages"] if m == Method::GET => {
-            list_messages(path_id(id)?, query, &headers, &ctx).await
+            list_messages(path_id(id)?, query, headers, ctx).await
         }
         ["conversations", id, "messages"] if m == Method::POST => {
-            send(Some(path_id(id)?), &headers, &body, &ctx).await
+            send(Some(path_id(id)?), headers, body, ctx).await
         }
         ["conversations", id, "typing"] if m == Method::POST => {
-            typing(path_id(id)?, &headers, &body, &ctx).await
+            typing(path_id(id)?, headers, body, ctx).await
         }
-        ["messages"] if m == Method::POST => send(None, &headers, &body, &ctx).await,
-        ["messages", "unread"] if m == Method::GET => unread(&headers, &ctx).await,
-        ["messages", "read"] if m == Method::POST => mark_read(&headers, &body, &ctx).await,
+        ["messages"] if m == Method::POST => send(None, headers, body, ctx).await,
+        ["messages", "unread"] if m == Method::GET => unread(headers, ctx).await,
+        ["messages", "read"] if m == Method::POST => mark_read(headers, body, ctx).await,
         // `read` is a POST-only sibling, answered with 405 below.
         ["messages", id] if m == Method::GET && *id != "read" => {
-            get_message(path_id(id)?, &headers, &ctx).await
+            get_message(path_id(id)?, headers, ctx).await
         }
-        ["presence"] if m == Method::GET => presence(query, &headers, &ctx).await,
-        ["devices"] if m == Method::GET => list_devices(&headers, &ctx).await,
-        ["devices"] if m == Method::POST => register_device(&headers, &body, &ctx).await,
-        ["devices"] if m == Method::DELETE => unregister_device(&headers, &body, &ctx).await,
+        ["presence"] if m == Method::GET => presence(query, headers, ctx).await,
+        ["devices"] if m == Method::GET => list_devices(headers, ctx).await,
+        ["devices"] if m == Method::POST => register_device(headers, body, ctx).await,
+        ["devices"] if m == Method::DELETE => unregister_device(headers, body, ctx).await,
         ["conversations", id, "mute"] if m == Method::POST => {
-            mute(path_id(id)?, true, &headers, &body, &ctx).await
+            mute(path_id(id)?, true, headers, body, ctx).await
         }
         ["conversations", id, "mute"] if m == Method::DELETE => {
-            mute(path_id(id)?, false, &headers, &body, &ctx).await
+            mute(path_id(id)?, false, headers, body, ctx).await
         }
-        ["push", "preferences"] if m == Method::PUT => preferences(&headers, &body, &ctx).await,
+        ["push", "preferences"] if m == Method::PUT => preferences(headers, body, ctx).await,
         _ => match allowed_methods(&segments) {
             // RFC 9110: a 405 names the methods that would work.
             Some(allow) => {
-                let mut r = HttpError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
+                let mut r = HttpError::coded(
                     ErrorCode::MethodNotAllowed,
                     format!("method not allowed; use {allow}"),
                 )
@@ -172,11 +117,7 @@ async fn route(
                     .insert(http::header::ALLOW, http::HeaderValue::from_static(allow));
                 Ok(r)
             }
-            None => Err(HttpError::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::NotFound,
-                "no such route",
-            )),
+            None => Err(HttpError::no_route()),
         },
     }
 }
@@ -203,23 +144,17 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
 }
 
 fn dev_token(query: &str, ctx: &Ctx) -> Answer {
-    let not_found = || HttpError::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, "no such route");
     if !ctx.settings.dev_tokens {
-        return Err(not_found());
+        return Err(HttpError::no_route());
     }
     let crate::auth::KeySource::Hs256Secret(secret) = &ctx.settings.jwt else {
-        return Err(not_found());
+        return Err(HttpError::no_route());
     };
     let user_id = int_param(query, "user_id")?
         .filter(|u| *u > 0)
-        .ok_or_else(|| bad("user_id must be a positive integer"))?;
-    let token = crate::auth::mint_hs256(secret, user_id, DEV_TOKEN_TTL).map_err(|e| {
-        HttpError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            e.to_string(),
-        )
-    })?;
+        .ok_or_else(|| HttpError::bad("user_id must be a positive integer"))?;
+    let token = crate::auth::mint_hs256(secret, user_id, DEV_TOKEN_TTL)
+        .map_err(|e| HttpError::coded(ErrorCode::Internal, e.to_string()))?;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({"token": token, "user_id": user_id}),
@@ -238,66 +173,94 @@ async fn list_conversations(query: &str, headers: &HeaderMap, ctx: &Ctx) -> Answ
     let user_id = authenticate(headers, ctx)?;
     let page_size = match int_param(query, "page_size")? {
         None => 0,
-        Some(n) if (1..=500).contains(&n) => u32::try_from(n).unwrap_or(100),
-        Some(_) => return Err(bad("page_size must be 1 to 500")),
+        // 0 on the wire means "the default": an explicit 0 is out of range here.
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| HttpError::bad("page_size must be 1 to 500"))?,
     };
-    let req = pb::ListConversationsRequest {
-        user_id,
-        page_size,
-        page_token: single_param(query, "page_token")?.unwrap_or_default(),
-    };
-    let r: pb::ListConversationsResponse = call(ctx, subjects::CONV_LIST, &req)
-        .await
-        .map_err(transport)?;
-    if let Some(e) = r.error {
-        return Err(failed(e));
-    }
-    let conversations = r
-        .conversations
-        .into_iter()
-        .filter_map(|s| {
-            let c = s.conversation?;
-            Some(frames::ConversationInfo {
-                id: c.id,
-                kind: kind_name(c.kind).to_owned(),
-                title: c.title,
-                participant_ids: c.participant_ids,
-                last_seq: c.last_seq,
-                last_read_seq: s.last_read_seq,
-                unread_count: s.unread_count,
-                last_message: s.last_message.as_ref().map(NewMessage::from_pb),
-            })
-        })
-        .collect();
+    let token = single_param(query, "page_token")?.unwrap_or_default();
+    let r = backend::conversations(ctx, user_id, page_size, token).await?;
     Ok(json(
         StatusCode::OK,
         &ConversationList {
-            conversations,
+            conversations: views::conversation_list(r.conversations),
             next_page_token: r.next_page_token,
         },
     ))
 }
 
+/// `POST /api/v1/conversations/` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateConversationBody {
+    participant_ids: Vec<frames::Id>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+}
+
+async fn create_conversation(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
+    let user_id = authenticate(headers, ctx)?;
+    let b: CreateConversationBody = parse_body(body)?;
+    let kind = match b.kind.as_deref() {
+        None => pb::ConversationKind::Unspecified,
+        Some("direct") => pb::ConversationKind::Direct,
+        Some("group") => pb::ConversationKind::Group,
+        Some(other) => {
+            return Err(HttpError::bad(format!(
+                "kind must be \"direct\" or \"group\", got {other:?}"
+            )))
+        }
+    };
+    let req = pb::CreateConversationRequest {
+        creator_id: user_id,
+        participant_ids: b.participant_ids.iter().map(|i| i.0).collect(),
+        title: b.title.unwrap_or_default(),
+        kind: kind as i32,
+    };
+    let (c, existing) = backend::create_conversation(ctx, req).await?;
+    let status = if existing {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok(json(status, &ConversationJson::from(c)))
+}
+
 async fn get_conversation(id: i64, headers: &HeaderMap, ctx: &Ctx) -> Answer {
     let user_id = authenticate(headers, ctx)?;
-    let req = pb::GetConversationRequest {
-        conversation_id: id,
-        as_user_id: user_id,
+    let c = backend::conversation(ctx, user_id, id).await?;
+    Ok(json(StatusCode::OK, &ConversationJson::from(c)))
+}
+
+/// `POST /api/v1/conversations/{id}/participants/` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParticipantsBody {
+    #[serde(default)]
+    add: Vec<frames::Id>,
+    #[serde(default)]
+    remove: Vec<frames::Id>,
+}
+
+async fn update_participants(
+    conversation_id: i64,
+    headers: &HeaderMap,
+    body: &[u8],
+    ctx: &Ctx,
+) -> Answer {
+    let user_id = authenticate(headers, ctx)?;
+    let b: ParticipantsBody = parse_body(body)?;
+    let req = pb::UpdateParticipantsRequest {
+        actor_id: user_id,
+        conversation_id,
+        add_user_ids: b.add.iter().map(|i| i.0).collect(),
+        remove_user_ids: b.remove.iter().map(|i| i.0).collect(),
     };
-    let r: pb::GetConversationResponse = call(ctx, subjects::CONV_GET, &req)
-        .await
-        .map_err(transport)?;
-    match r.result {
-        Some(pb::get_conversation_response::Result::Conversation(c)) => {
-            Ok(json(StatusCode::OK, &ConversationJson::from(c)))
-        }
-        Some(pb::get_conversation_response::Result::Error(e)) => Err(failed(e)),
-        None => Err(HttpError::new(
-            StatusCode::BAD_GATEWAY,
-            ErrorCode::Internal,
-            "empty reply from message service",
-        )),
-    }
+    let c = backend::update_participants(ctx, req).await?;
+    Ok(json(StatusCode::OK, &ConversationJson::from(c)))
 }
 
 /// A page of messages.
@@ -309,43 +272,25 @@ struct MessagePage {
 
 async fn list_messages(id: i64, query: &str, headers: &HeaderMap, ctx: &Ctx) -> Answer {
     let user_id = authenticate(headers, ctx)?;
-    let after = int_param(query, "after_seq")?;
-    let before = int_param(query, "before_seq")?;
-    if after.is_some() && before.is_some() {
-        return Err(bad("give after_seq or before_seq, not both"));
-    }
-    if after.is_some_and(|a| a < 0) || before.is_some_and(|b| b <= 0) {
-        return Err(bad(
-            "after_seq must not be negative; before_seq must be positive",
-        ));
-    }
+    let window = match (int_param(query, "after_seq")?, int_param(query, "before_seq")?) {
+        (Some(_), Some(_)) => return Err(HttpError::bad("give after_seq or before_seq, not both")),
+        (Some(a), None) => Window::After(a),
+        (None, Some(b)) => Window::Before(b),
+        (None, None) => Window::Newest,
+    };
     let limit = match int_param(query, "limit")? {
-        None => 50,
-        Some(n) if (1..=200).contains(&n) => u32::try_from(n).unwrap_or(50),
-        Some(_) => return Err(bad("limit must be 1 to 200")),
+        None => 0,
+        // 0 on the wire means "the default": an explicit 0 is out of range here.
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| HttpError::bad("limit must be 1 to 200"))?,
     };
-    // Without bounds: the newest page (like `history`).
-    let before_seq = match (after, before) {
-        (None, None) => i64::MAX,
-        (_, b) => b.unwrap_or(0),
-    };
-    let req = pb::ListMessagesRequest {
-        user_id,
-        conversation_id: id,
-        after_seq: after.unwrap_or(0),
-        before_seq,
-        limit,
-    };
-    let r: pb::ListMessagesResponse = call(ctx, subjects::MSG_LIST, &req)
-        .await
-        .map_err(transport)?;
-    if let Some(e) = r.error {
-        return Err(failed(e));
-    }
+    let r = backend::messages(ctx, user_id, id, window, limit).await?;
     Ok(json(
         StatusCode::OK,
         &MessagePage {
-            messages: r.messages.iter().map(NewMessage::from_pb).collect(),
+            messages: views::messages(&r.messages),
             has_more: r.has_more,
         },
     ))
@@ -376,52 +321,32 @@ struct Sent {
 }
 
 async fn send(conversation_id: Option<i64>, headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
-    let started = std::time::Instant::now();
     let user_id = authenticate(headers, ctx)?;
     let b: SendBody = parse_body(body)?;
     // The header wins: it is what HTTP clients and proxies retry with.
-    let key = match headers.get("idempotency-key") {
+    let key = match headers.get(proto::headers::IDEMPOTENCY_KEY) {
         Some(v) => Some(
             v.to_str()
                 .ok()
                 .filter(|k| !k.is_empty())
-                .ok_or_else(|| bad("Idempotency-Key must be 1 to 64 printable ASCII characters"))?
+                .ok_or_else(|| {
+                    HttpError::bad("Idempotency-Key must be 1 to 64 printable ASCII characters")
+                })?
                 .to_owned(),
         ),
         None => b.client_msg_id.map(|c| c.0),
     };
     if conversation_id.is_none() && b.receiver_id.is_none() {
-        return Err(bad("receiver_id is required"));
+        return Err(HttpError::bad("receiver_id is required"));
     }
-    if b.receiver_id.map(|r| r.0) == Some(user_id) {
-        return Err(HttpError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidReceiver,
-            "receiver_id must not be yourself",
-        ));
-    }
-    if !ctx.allow_chat(user_id) {
-        ctx.metrics.rate_limited();
-        return Err(HttpError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::RateLimited,
-            format!(
-                "more than {} messages in 10 s; retry later with the same idempotency key",
-                ctx.settings.chat_rate_per_10s
-            ),
-        ));
-    }
-    let req = pb::SendMessageRequest {
-        sender_id: user_id,
+    let send = backend::Send {
         conversation_id,
         receiver_id: b.receiver_id.map(|r| r.0),
         text: b.text,
-        client_msg_id: key.clone().unwrap_or_default(),
+        client_msg_id: key.clone(),
         origin_connection_id: String::new(),
-        as_system: false,
     };
-    let (m, duplicate) = crate::ws::send_message(ctx, req).await.map_err(transport)?;
-    ctx.metrics.message_sent(started.elapsed());
+    let (m, duplicate) = backend::send(ctx, user_id, send).await?;
     let status = if duplicate {
         StatusCode::OK
     } else {
@@ -442,24 +367,8 @@ async fn send(conversation_id: Option<i64>, headers: &HeaderMap, body: &[u8], ct
 
 async fn get_message(id: i64, headers: &HeaderMap, ctx: &Ctx) -> Answer {
     let user_id = authenticate(headers, ctx)?;
-    let req = pb::GetMessageRequest {
-        message_id: id,
-        as_user_id: user_id,
-    };
-    let r: pb::GetMessageResponse = call(ctx, subjects::MSG_GET, &req)
-        .await
-        .map_err(transport)?;
-    match r.result {
-        Some(pb::get_message_response::Result::Message(m)) => {
-            Ok(json(StatusCode::OK, &NewMessage::from_pb(&m)))
-        }
-        Some(pb::get_message_response::Result::Error(e)) => Err(failed(e)),
-        None => Err(HttpError::new(
-            StatusCode::BAD_GATEWAY,
-            ErrorCode::Internal,
-            "empty reply from message service",
-        )),
-    }
+    let m = backend::message(ctx, user_id, id).await?;
+    Ok(json(StatusCode::OK, &NewMessage::from_pb(&m)))
 }
 
 /// `POST …/typing/` body.
@@ -470,27 +379,20 @@ struct TypingBody {
     is_typing: bool,
 }
 
+impl Default for TypingBody {
+    fn default() -> Self {
+        TypingBody { is_typing: true }
+    }
+}
+
 fn yes() -> bool {
     true
 }
 
 async fn typing(id: i64, headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
     let user_id = authenticate(headers, ctx)?;
-    let b: TypingBody = if body.is_empty() {
-        TypingBody { is_typing: true }
-    } else {
-        parse_body(body)?
-    };
-    let req = pb::TypingRequest {
-        user_id,
-        conversation_id: id,
-        is_typing: b.is_typing,
-        origin_connection_id: String::new(),
-    };
-    let r: pb::TypingResponse = call(ctx, subjects::TYPING, &req).await.map_err(transport)?;
-    if let Some(e) = r.error {
-        return Err(failed(e));
-    }
+    let b: TypingBody = parse_optional_body(body)?;
+    backend::typing(ctx, user_id, id, b.is_typing, String::new()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -511,16 +413,7 @@ struct UnreadRow {
 
 async fn unread(headers: &HeaderMap, ctx: &Ctx) -> Answer {
     let user_id = authenticate(headers, ctx)?;
-    let r: pb::GetUnreadCountsResponse = call(
-        ctx,
-        subjects::UNREAD,
-        &pb::GetUnreadCountsRequest { user_id },
-    )
-    .await
-    .map_err(transport)?;
-    if let Some(e) = r.error {
-        return Err(failed(e));
-    }
+    let r = backend::unread(ctx, user_id).await?;
     Ok(json(
         StatusCode::OK,
         &Unread {
@@ -549,22 +442,8 @@ struct ReadBody {
 async fn mark_read(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
     let user_id = authenticate(headers, ctx)?;
     let b: ReadBody = parse_body(body)?;
-    if b.message_ids.is_empty() || b.message_ids.len() > crate::ws::MAX_RECEIPT_IDS {
-        return Err(bad(format!(
-            "message_ids must hold 1 to {} ids",
-            crate::ws::MAX_RECEIPT_IDS
-        )));
-    }
-    let req = pb::MarkReadRequest {
-        reader_id: user_id,
-        message_ids: b.message_ids.iter().map(|i| i.0).collect(),
-    };
-    let r: pb::MarkReadResponse = call(ctx, subjects::RECEIPTS_MARK, &req)
-        .await
-        .map_err(transport)?;
-    if let Some(e) = r.error {
-        return Err(failed(e));
-    }
+    let ids = b.message_ids.iter().map(|i| i.0).collect();
+    let r = backend::mark_read(ctx, user_id, ids).await?;
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({
@@ -582,58 +461,22 @@ async fn presence(query: &str, headers: &HeaderMap, ctx: &Ctx) -> Answer {
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.parse::<i64>() {
             Ok(v) if v > 0 => ids.push(v),
-            _ => return Err(bad("user_ids must be comma-separated positive integers")),
+            _ => {
+                return Err(HttpError::bad(
+                    "user_ids must be comma-separated positive integers",
+                ))
+            }
         }
     }
-    if ids.is_empty() || ids.len() > MAX_PRESENCE_IDS {
-        return Err(bad(format!(
-            "user_ids must name 1 to {MAX_PRESENCE_IDS} users"
-        )));
-    }
-    let r: pb::GetPresenceResponse = call(
-        ctx,
-        subjects::PRESENCE_GET,
-        &pb::GetPresenceRequest { user_ids: ids },
-    )
-    .await
-    .map_err(|(code, _)| {
-        HttpError::new(
-            status_for(code),
-            code,
-            "presence service unavailable; retry",
-        )
-    })?;
-    if let Some(e) = r.error {
-        return Err(failed(e));
-    }
-    let presence: Vec<frames::Presence> = r
-        .users
+    let users = backend::presence(ctx, ids).await?;
+    let presence: Vec<frames::Presence> = users
         .iter()
-        .map(|u| crate::hub::presence_frame(u.user_id, &u.status, u.last_seen_ms))
+        .map(|u| views::presence(u.user_id, &u.status, u.last_seen_ms))
         .collect();
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "presence": presence }),
     ))
-}
-
-/// A device as the REST API shows it.
-#[derive(Debug, Serialize)]
-struct DeviceJson {
-    id: i64,
-    platform: &'static str,
-    token: String,
-    created_at: String,
-}
-
-fn platform_name(p: i32) -> &'static str {
-    match pb::DevicePlatform::try_from(p) {
-        Ok(pb::DevicePlatform::Fcm) => "fcm",
-        Ok(pb::DevicePlatform::Apns) => "apns",
-        Ok(pb::DevicePlatform::Webpush) => "webpush",
-        Ok(pb::DevicePlatform::Webhook) => "webhook",
-        _ => "unknown",
-    }
 }
 
 fn parse_platform(name: &str) -> Result<pb::DevicePlatform, HttpError> {
@@ -642,7 +485,11 @@ fn parse_platform(name: &str) -> Result<pb::DevicePlatform, HttpError> {
         "apns" => pb::DevicePlatform::Apns,
         "webpush" => pb::DevicePlatform::Webpush,
         "webhook" => pb::DevicePlatform::Webhook,
-        _ => return Err(bad("platform must be fcm, apns, webpush or webhook")),
+        _ => {
+            return Err(HttpError::bad(
+                "platform must be fcm, apns, webpush or webhook",
+            ))
+        }
     })
 }
 
@@ -674,39 +521,19 @@ impl DeviceBody {
     fn token(&self) -> Result<String, HttpError> {
         match (&self.token, &self.endpoint) {
             (Some(t), None) | (None, Some(t)) => Ok(t.clone()),
-            _ => Err(bad(
+            _ => Err(HttpError::bad(
                 "give token (or a Web Push subscription's endpoint), not both",
             )),
         }
     }
 }
 
-/// Push-service failures and transport errors as HTTP errors.
-fn push_call_failed((code, _): (ErrorCode, String)) -> HttpError {
-    HttpError::new(status_for(code), code, "push service unavailable; retry")
-}
-
 async fn list_devices(headers: &HeaderMap, ctx: &Ctx) -> Answer {
     let user_id = authenticate(headers, ctx)?;
-    let r: pb::ListDevicesResponse = call(
-        ctx,
-        subjects::PUSH_LIST_DEVICES,
-        &pb::ListDevicesRequest { user_id },
-    )
-    .await
-    .map_err(push_call_failed)?;
-    if let Some(e) = r.error {
-        return Err(failed(e));
-    }
-    let devices: Vec<DeviceJson> = r
-        .devices
+    let devices: Vec<DeviceJson> = backend::devices(ctx, user_id)
+        .await?
         .into_iter()
-        .map(|d| DeviceJson {
-            id: d.id,
-            platform: platform_name(d.platform),
-            token: d.token,
-            created_at: proto::time::rfc3339_ms(d.created_at_ms),
-        })
+        .map(DeviceJson::from)
         .collect();
     Ok(json(
         StatusCode::OK,
@@ -728,26 +555,8 @@ async fn register_device(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer 
         p256dh,
         auth,
     };
-    let r: pb::RegisterDeviceResponse = call(ctx, subjects::PUSH_REGISTER, &req)
-        .await
-        .map_err(push_call_failed)?;
-    match r.result {
-        Some(pb::register_device_response::Result::Device(d)) => Ok(json(
-            StatusCode::CREATED,
-            &DeviceJson {
-                id: d.id,
-                platform: platform_name(d.platform),
-                token: d.token,
-                created_at: proto::time::rfc3339_ms(d.created_at_ms),
-            },
-        )),
-        Some(pb::register_device_response::Result::Error(e)) => Err(failed(e)),
-        None => Err(HttpError::new(
-            StatusCode::BAD_GATEWAY,
-            ErrorCode::Internal,
-            "empty reply from push service",
-        )),
-    }
+    let d = backend::register_device(ctx, req).await?;
+    Ok(json(StatusCode::CREATED, &DeviceJson::from(d)))
 }
 
 async fn unregister_device(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
@@ -758,18 +567,8 @@ async fn unregister_device(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answe
         platform: parse_platform(&b.platform)? as i32,
         token: b.token()?,
     };
-    let r: pb::UnregisterDeviceResponse = call(ctx, subjects::PUSH_UNREGISTER, &req)
-        .await
-        .map_err(push_call_failed)?;
-    if let Some(e) = r.error {
-        return Err(failed(e));
-    }
-    if !r.removed {
-        return Err(HttpError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            "no such device",
-        ));
+    if !backend::unregister_device(ctx, req).await? {
+        return Err(HttpError::coded(ErrorCode::NotFound, "no such device"));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -791,27 +590,11 @@ async fn mute(
     ctx: &Ctx,
 ) -> Answer {
     let user_id = authenticate(headers, ctx)?;
-    let b: MuteBody = if body.is_empty() {
-        MuteBody::default()
-    } else {
-        parse_body(body)?
-    };
+    let b: MuteBody = parse_optional_body(body)?;
     if b.until_ms.is_some_and(|u| u <= 0) {
-        return Err(bad("until_ms must be a positive unix time in milliseconds"));
-    }
-    // Only members may mute: the same check as reading the conversation.
-    let conv: pb::GetConversationResponse = call(
-        ctx,
-        subjects::CONV_GET,
-        &pb::GetConversationRequest {
-            conversation_id,
-            as_user_id: user_id,
-        },
-    )
-    .await
-    .map_err(transport)?;
-    if let Some(pb::get_conversation_response::Result::Error(e)) = conv.result {
-        return Err(failed(e));
+        return Err(HttpError::bad(
+            "until_ms must be a positive unix time in milliseconds",
+        ));
     }
     let req = pb::SetMuteRequest {
         user_id,
@@ -819,13 +602,8 @@ async fn mute(
         muted,
         until_ms: b.until_ms.unwrap_or(0),
     };
-    let r: pb::SetMuteResponse = call(ctx, subjects::PUSH_MUTE, &req)
-        .await
-        .map_err(push_call_failed)?;
-    match r.error {
-        Some(e) => Err(failed(e)),
-        None => Ok(StatusCode::NO_CONTENT.into_response()),
-    }
+    backend::set_mute(ctx, req).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `PUT /api/v1/push/preferences/` body.
@@ -838,18 +616,10 @@ struct PrefsBody {
 async fn preferences(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
     let user_id = authenticate(headers, ctx)?;
     let b: PrefsBody = parse_body(body)?;
-    let r: pb::SetPushPreferencesResponse = call(
-        ctx,
-        subjects::PUSH_PREFS,
-        &pb::SetPushPreferencesRequest {
-            user_id,
-            hide_text: b.hide_text,
-        },
-    )
-    .await
-    .map_err(push_call_failed)?;
-    match r.error {
-        Some(e) => Err(failed(e)),
-        None => Ok(StatusCode::NO_CONTENT.into_response()),
-    }
+    let req = pb::SetPushPreferencesRequest {
+        user_id,
+        hide_text: b.hide_text,
+    };
+    backend::set_preferences(ctx, req).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -17,55 +17,50 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, StatusCode};
-use proto::frames::{ConnectionEstablished, NewMessage, ServerFrame};
-use proto::{pb, subjects, ErrorCode};
+use http::HeaderMap;
+use proto::frames::{NewMessage, ServerFrame};
+use proto::{pb, ErrorCode};
 use tokio::sync::mpsc;
-use warp::reply::Response;
 use warp::Reply;
 
-use crate::http::{bearer, query_param, HttpError};
-use crate::hub::{ConnHandle, ConnShared, Outbound, RecentIds};
+use crate::auth::AuthError;
+use crate::backend;
+use crate::ctx::Ctx;
+use crate::hub::{ConnShared, Outbound, RecentIds};
 use crate::metrics::HandshakeFailure;
-use crate::Ctx;
+use crate::reply::{connection_token, query_param, Answer, HttpError};
+use crate::session::{self, PeerAddr, Session};
 
 /// How far before the cursor's message a replay reaches (see the module docs).
-pub const REPLAY_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const REPLAY_WINDOW: Duration = Duration::from_secs(10);
 /// Most messages one replay sends; a client further behind should page through REST.
 const MAX_REPLAY: usize = 5_000;
 /// Comment lines keep proxies from closing an idle stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// Opens a stream (or answers 401/503 as JSON).
-pub async fn open(query: &str, headers: &HeaderMap, ctx: Arc<Ctx>) -> Result<Response, HttpError> {
+/// Opens a stream (or answers 401/429/503 as JSON). The same rules as a WebSocket hold:
+/// the per-address attempt budget, the token, the per-user connection cap and draining,
+/// all through [`session`].
+pub(crate) async fn open(
+    query: &str,
+    headers: &HeaderMap,
+    peer: Option<PeerAddr>,
+    ctx: &Arc<Ctx>,
+) -> Answer {
+    session::attempt(ctx, peer, headers)?;
     // EventSource cannot set headers: the token may come in the query.
-    let token = query_param(query, "token")
-        .filter(|t| !t.is_empty())
-        .or_else(|| bearer(headers));
-    let identity = match token.as_deref().map(|t| ctx.verifier.identify(t)) {
+    let identity = match connection_token(query, headers).map(|t| ctx.verifier.identify(&t)) {
         Some(Ok(i)) => i,
         other => {
             ctx.metrics.handshake_failed(HandshakeFailure::Unauthorized);
-            let message = match other {
-                Some(Err(e)) => e.to_string(),
-                _ => crate::auth::AuthError::Missing.to_string(),
-            };
-            return Err(HttpError::new(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::Unauthorized,
-                message,
-            ));
+            return Err(match other {
+                Some(Err(e)) => e.into(),
+                _ => AuthError::Missing.into(),
+            });
         }
     };
-    if ctx.draining.is_cancelled() {
-        return Err(HttpError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            "gateway is draining",
-        ));
-    }
     let cursor = headers
-        .get("last-event-id")
+        .get(proto::headers::LAST_EVENT_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| query_param(query, "last_event_id"))
@@ -74,55 +69,32 @@ pub async fn open(query: &str, headers: &HeaderMap, ctx: Arc<Ctx>) -> Result<Res
         None => None,
         Some(Ok(c)) if c >= 0 => Some(c),
         Some(_) => {
-            return Err(HttpError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::InvalidField,
+            return Err(HttpError::bad(
                 "Last-Event-ID must be an event id this stream sent",
             ))
         }
     };
-
-    let user_id = identity.user_id;
-    let n = ctx
-        .next_conn
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let connection_id: Arc<str> = Arc::from(format!("{}/sse{n}", ctx.settings.gateway_id));
-    let (tx, rx) = mpsc::channel(ctx.settings.outbound_queue);
-    let close = ctx.shutdown.child_token();
-    let shared = Arc::new(ConnShared::with_byte_limit(
-        ctx.settings.outbound_queue_bytes,
-    ));
-    let handle = ConnHandle {
-        connection_id: connection_id.clone(),
-        tx,
-        close: close.clone(),
-        shared: shared.clone(),
-        metrics: ctx.metrics.clone(),
-    };
+    let admission = session::admit(ctx, &identity).await?;
     // Registered before the replay is read, so nothing falls between the two.
-    ctx.register(user_id, handle).await;
-    ctx.metrics.socket_opened();
-    tracing::debug!(%connection_id, user_id, "event stream open");
-    let guard = Registration {
-        ctx: ctx.clone(),
-        user_id,
-        connection_id: connection_id.clone(),
-    };
-
-    let hello = ServerFrame::ConnectionEstablished(ConnectionEstablished {
-        user_id,
-        connection_id: connection_id.to_string(),
-        server_time: proto::time::rfc3339_ms(proto::time::now_ms()),
-    })
-    .to_json();
-    let expires_in = u64::try_from(identity.valid_until_ms - proto::time::now_ms()).unwrap_or(0);
+    let (session, mut rx) = session::open(ctx, admission, session::Kind::EventStream).await;
+    let shared = session.handle.shared.clone();
+    // `connection_established` is queued first; it goes out before the replay.
+    let mut pending = std::collections::VecDeque::new();
+    if let Ok(hello) = rx.try_recv() {
+        shared.dequeued(hello.byte_len());
+        if let Outbound::Text(t) = hello {
+            pending.push_back(Item::Text(t.to_string()));
+        }
+    }
+    let expires_in = u64::try_from(session.valid_until_ms - proto::time::now_ms()).unwrap_or(0);
     let state = StreamState {
-        guard,
+        close: session.handle.close.clone(),
+        session,
+        ctx: ctx.clone(),
         rx,
         shared,
-        close,
         replay: cursor,
-        pending: std::collections::VecDeque::from([Item::Text(hello)]),
+        pending,
         sent: RecentIds::with_capacity(MAX_REPLAY * 2),
         deadline: tokio::time::Instant::now() + Duration::from_millis(expires_in),
     };
@@ -133,29 +105,11 @@ pub async fn open(query: &str, headers: &HeaderMap, ctx: Arc<Ctx>) -> Result<Res
         .stream(events);
     let mut resp = warp::sse::reply(body).into_response();
     // Tell nginx-style proxies not to buffer the stream.
-    resp.headers_mut()
-        .insert("x-accel-buffering", http::HeaderValue::from_static("no"));
+    resp.headers_mut().insert(
+        proto::headers::X_ACCEL_BUFFERING,
+        http::HeaderValue::from_static("no"),
+    );
     Ok(resp)
-}
-
-/// Unregisters the stream when hyper drops it (client gone, or closed by us).
-struct Registration {
-    ctx: Arc<Ctx>,
-    user_id: i64,
-    connection_id: Arc<str>,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let ctx = self.ctx.clone();
-        let user_id = self.user_id;
-        let connection_id = self.connection_id.clone();
-        ctx.metrics.socket_closed();
-        tokio::spawn(async move {
-            ctx.unregister(user_id, &connection_id).await;
-            tracing::debug!(%connection_id, user_id, "event stream closed");
-        });
-    }
 }
 
 enum Item {
@@ -164,7 +118,9 @@ enum Item {
 }
 
 struct StreamState {
-    guard: Registration,
+    /// Leaves the hub when hyper drops the stream (client gone, or closed by us).
+    session: Session,
+    ctx: Arc<Ctx>,
     rx: mpsc::Receiver<Outbound>,
     /// Counts the queued bytes back out (the hub counts them in).
     shared: Arc<ConnShared>,
@@ -230,35 +186,31 @@ const ROUTING_SETTLE: Duration = Duration::from_millis(150);
 /// Queues the messages the client may have missed since `cursor`.
 async fn replay(st: &mut StreamState, cursor: i64) {
     tokio::time::sleep(ROUTING_SETTLE).await;
-    let ctx = st.guard.ctx.clone();
+    let ctx = st.ctx.clone();
     ctx.metrics.resumed();
     let mut scan_from = 0;
     let mut total = 0;
     loop {
         let req = pb::MessagesSinceRequest {
-            user_id: st.guard.user_id,
+            user_id: st.session.user_id,
             after_message_id: cursor,
             window_ms: i64::try_from(REPLAY_WINDOW.as_millis()).unwrap_or(10_000),
             scan_from,
             limit: 500,
         };
-        let page: pb::ListMessagesResponse = match crate::ws::call(&ctx, subjects::MSG_SINCE, &req)
-            .await
-        {
+        let page = match backend::messages_since(&ctx, &req).await {
             Ok(p) => p,
-            Err((code, message)) => {
+            Err(e) => {
+                let message = match &e {
+                    backend::BackendError::Refused(_) => e.message(),
+                    _ => format!("resume failed: {}", e.message()),
+                };
                 st.pending.push_back(Item::Text(
-                    ServerFrame::error(code, format!("resume failed: {message}"), None).to_json(),
+                    ServerFrame::error(e.code(), message, None).to_json(),
                 ));
                 return;
             }
         };
-        if let Some(e) = page.error {
-            st.pending.push_back(Item::Text(
-                ServerFrame::error(ErrorCode::parse(&e.code), e.message, None).to_json(),
-            ));
-            return;
-        }
         for m in &page.messages {
             scan_from = m.id;
             if st.sent.insert(m.id) {

@@ -94,6 +94,32 @@ impl ErrorCode {
         }
     }
 
+    /// The HTTP status every HTTP door answers this code with.
+    pub const fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::ConversationNotFound | ErrorCode::MessageNotFound | ErrorCode::NotFound => {
+                404
+            }
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::InvalidJson
+            | ErrorCode::MissingType
+            | ErrorCode::UnknownType
+            | ErrorCode::InvalidField
+            | ErrorCode::EmptyText
+            | ErrorCode::TextTooLong
+            | ErrorCode::InvalidReceiver
+            // A request the current state refuses: the client must change it, not retry.
+            | ErrorCode::TooManyParticipants
+            | ErrorCode::Unsupported => 400,
+        }
+    }
+
     /// Parses the wire form; unknown strings (from a newer peer) map to `Internal`.
     pub fn parse(s: &str) -> ErrorCode {
         ErrorCode::ALL
@@ -121,5 +147,12 @@ mod tests {
             assert_eq!(ErrorCode::parse(c.as_str()), c);
         }
         assert_eq!(ErrorCode::parse("no_such_code"), ErrorCode::Internal);
+    }
+
+    #[test]
+    fn every_code_has_an_error_status() {
+        for c in ErrorCode::ALL {
+            assert!((400..600).contains(&c.http_status()), "{c}");
+        }
     }
 }

@@ -6,3 +6,15 @@ pub const AUTHORIZATION: &str = "authorization";
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// NATS: W3C trace context, propagated from gateway to services.
 pub const TRACEPARENT: &str = "traceparent";
+/// HTTP: the client address as seen by a trusted proxy in front of the gateway.
+pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
+/// HTTP/SSE: the id of the last event a reconnecting `EventSource` received.
+pub const LAST_EVENT_ID: &str = "last-event-id";
+/// HTTP/SSE: tells nginx-style proxies not to buffer an event stream.
+pub const X_ACCEL_BUFFERING: &str = "x-accel-buffering";
+/// HTTP: the WebSocket handshake's key (RFC 6455).
+pub const SEC_WEBSOCKET_KEY: &str = "sec-websocket-key";
+/// HTTP: the WebSocket protocol version a client asks for (RFC 6455; we speak 13).
+pub const SEC_WEBSOCKET_VERSION: &str = "sec-websocket-version";
+/// HTTP: when to retry a refused request (RFC 9110), in seconds.
+pub const RETRY_AFTER: &str = "retry-after";

@@ -13,6 +13,8 @@ pub mod env;
 pub mod frames;
 #[cfg(feature = "grpc")]
 pub mod grpc_auth;
+#[cfg(feature = "grpc")]
+pub mod grpc_status;
 pub mod headers;
 pub mod limits;
 pub mod subjects;

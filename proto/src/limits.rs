@@ -11,6 +11,52 @@ pub const DEFAULT_MAX_GROUP_SIZE: usize = 1000;
 pub const MAX_CLIENT_MSG_ID_LEN: usize = 64;
 /// Maximum length of a conversation title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
+/// Most message ids one read receipt may carry (WebSocket frame, REST body, bus request).
+pub const MAX_RECEIPT_IDS: usize = 500;
+/// A gateway silent for this many of its own heartbeat intervals is presumed dead: its
+/// sockets leave the routing tables and presence.
+pub const DEAD_AFTER_INTERVALS: u32 = 3;
+
+/// The bounds of one kind of page: what an absent size means and the largest allowed.
+/// Every door (WebSocket, REST, gRPC) and the store use the same [`PageLimit::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimit {
+    /// The field's name in errors (`limit`, `page_size`).
+    pub field: &'static str,
+    /// The size of a page when the caller names none (0 on the wire).
+    pub default: u32,
+    /// The largest page a caller may ask for.
+    pub max: u32,
+}
+
+/// A page of one conversation's messages (history, REST pages, gRPC `ListMessages`).
+pub const MESSAGE_PAGE: PageLimit = PageLimit {
+    field: "limit",
+    default: 50,
+    max: 200,
+};
+/// A page of the caller's conversations.
+pub const CONVERSATION_PAGE: PageLimit = PageLimit {
+    field: "page_size",
+    default: 100,
+    max: 500,
+};
+
+impl PageLimit {
+    /// The page size to use for a requested one (0: none requested). A request above the
+    /// maximum is refused, never silently shortened: a caller paging with the wrong size
+    /// would otherwise skip nothing but believe it asked for more.
+    pub fn check(self, requested: u32) -> Result<u32, Invalid> {
+        match requested {
+            0 => Ok(self.default),
+            n if n <= self.max => Ok(n),
+            _ => Err(Invalid::new(
+                ErrorCode::InvalidField,
+                format!("{} must be 1 to {}", self.field, self.max),
+            )),
+        }
+    }
+}
 
 /// A validation failure: a stable code plus a message for humans.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +152,19 @@ mod tests {
             validate_text("a\u{0}b", 5).unwrap_err().code,
             ErrorCode::InvalidField
         );
+    }
+
+    #[test]
+    fn page_limits() {
+        assert_eq!(MESSAGE_PAGE.check(0), Ok(50));
+        assert_eq!(MESSAGE_PAGE.check(1), Ok(1));
+        assert_eq!(MESSAGE_PAGE.check(200), Ok(200));
+        assert_eq!(
+            MESSAGE_PAGE.check(201).unwrap_err().code,
+            ErrorCode::InvalidField
+        );
+        assert_eq!(CONVERSATION_PAGE.check(0), Ok(100));
+        assert!(CONVERSATION_PAGE.check(501).is_err());
     }
 
     #[test]

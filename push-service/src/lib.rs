@@ -43,16 +43,6 @@ pub use store::Store;
 
 use providers::{Notification, Outcome, Providers};
 
-/// The push queue (shared with message-service, which produces it).
-pub const QUEUE: bus::jobs::Queue = bus::jobs::Queue {
-    stream: subjects::PUSH_STREAM,
-    subject: subjects::PUSH_JOBS,
-    durable: subjects::PUSH_CONSUMER,
-    max_age: Duration::from_secs(24 * 3600),
-    ack_wait: Duration::from_secs(30),
-    replicas: 1,
-};
-
 /// Most recipients asked about in one presence query.
 const PRESENCE_CHUNK: usize = 500;
 /// Batches claimed per sweep, and sent at once.
@@ -111,7 +101,7 @@ impl App {
             BusSettings::Shared(b) => b.clone(),
         };
         let jobs = bus
-            .consume(&QUEUE.with_replicas(settings.jetstream_replicas))
+            .consume(&bus::jobs::PUSH_QUEUE.with_replicas(settings.jetstream_replicas))
             .await?;
         let mut api_subs = Vec::new();
         for (route, subject) in api::ROUTES {

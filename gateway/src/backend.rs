@@ -1,0 +1,538 @@
+//! The operations every door shares. A WebSocket frame, a REST request and an event stream
+//! reach message-service, presence-service and push-service only through these functions,
+//! so each rule the gateway applies (the chat rate, what a send needs, page and id-list
+//! bounds) is written once and holds on every door alike. Doors translate their wire format
+//! to these typed calls and [`BackendError`] back to theirs.
+//!
+//! Every call is one NATS request ([`call`]): transport failures are counted and become
+//! [`BackendError::Unavailable`] (retrying is safe: sends are idempotent by key), an
+//! undecodable or empty answer [`BackendError::BadReply`], and a refusal by the service
+//! [`BackendError::Refused`] with its stable code.
+
+use bytes::Bytes;
+use proto::limits::{CONVERSATION_PAGE, MAX_RECEIPT_IDS, MESSAGE_PAGE};
+use proto::{pb, pb_error, subjects, ErrorCode};
+use tracing::Instrument;
+
+use crate::ctx::Ctx;
+
+/// Most user ids one presence query may name.
+pub(crate) const MAX_PRESENCE_IDS: usize = 500;
+
+/// The service behind a bus subject, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Service {
+    Message,
+    Presence,
+    Push,
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Service::Message => "message service",
+            Service::Presence => "presence service",
+            Service::Push => "push service",
+        }
+    }
+}
+
+/// Why an operation did not happen. The one error type of this layer: doors map it to an
+/// HTTP status, an `error` frame or an SSE event.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum BackendError {
+    /// The service did not answer in time (or the bus is down); retrying is safe.
+    Unavailable(Service),
+    /// The service answered something this gateway cannot read.
+    BadReply(Service),
+    /// The operation was refused, with a stable code (by the gateway's own rules or by
+    /// the service).
+    Refused(pb::Error),
+}
+
+impl BackendError {
+    /// A refusal decided here.
+    pub(crate) fn refused(code: ErrorCode, message: impl Into<String>) -> BackendError {
+        BackendError::Refused(pb_error(code, message))
+    }
+
+    /// The stable code clients see.
+    pub(crate) fn code(&self) -> ErrorCode {
+        match self {
+            BackendError::Unavailable(_) => ErrorCode::Unavailable,
+            BackendError::BadReply(_) => ErrorCode::Internal,
+            BackendError::Refused(e) => ErrorCode::parse(&e.code),
+        }
+    }
+
+    /// The human-readable message.
+    pub(crate) fn message(&self) -> String {
+        match self {
+            BackendError::Unavailable(s) => format!("{} unavailable; retry", s.name()),
+            BackendError::BadReply(s) => format!("bad reply from {}", s.name()),
+            BackendError::Refused(e) => e.message.clone(),
+        }
+    }
+}
+
+impl From<proto::limits::Invalid> for BackendError {
+    fn from(e: proto::limits::Invalid) -> Self {
+        BackendError::refused(e.code, e.message)
+    }
+}
+
+type Result<T> = std::result::Result<T, BackendError>;
+
+/// One request/reply over the bus.
+pub(crate) async fn call<Req: prost::Message, Resp: prost::Message + Default>(
+    ctx: &Ctx,
+    service: Service,
+    subject: &str,
+    req: &Req,
+) -> Result<Resp> {
+    let reply = ctx
+        .bus
+        .request(
+            subject,
+            Bytes::from(req.encode_to_vec()),
+            ctx.settings.request_timeout,
+        )
+        .await
+        .map_err(|e| {
+            ctx.metrics.bus_error();
+            tracing::warn!(error = %e, subject, "backend request failed");
+            BackendError::Unavailable(service)
+        })?;
+    Resp::decode(reply.payload).map_err(|_| BackendError::BadReply(service))
+}
+
+/// Answers whose failure is an `error` field beside the result.
+trait ErrorField {
+    fn error(&mut self) -> Option<pb::Error>;
+}
+
+macro_rules! error_field {
+    ($($t:ty),* $(,)?) => {$(
+        impl ErrorField for $t {
+            fn error(&mut self) -> Option<pb::Error> {
+                self.error.take()
+            }
+        }
+    )*};
+}
+
+error_field!(
+    pb::ListMessagesResponse,
+    pb::ListConversationsResponse,
+    pb::GetUnreadCountsResponse,
+    pb::MarkReadResponse,
+    pb::TypingResponse,
+    pb::GetPresenceResponse,
+    pb::ListDevicesResponse,
+    pb::UnregisterDeviceResponse,
+    pb::SetMuteResponse,
+    pb::SetPushPreferencesResponse,
+);
+
+/// [`call`] for answers with an `error` field: a set error is a refusal.
+async fn call_checked<Req: prost::Message, Resp: prost::Message + Default + ErrorField>(
+    ctx: &Ctx,
+    service: Service,
+    subject: &str,
+    req: &Req,
+) -> Result<Resp> {
+    let mut r: Resp = call(ctx, service, subject, req).await?;
+    match r.error() {
+        Some(e) => Err(BackendError::Refused(e)),
+        None => Ok(r),
+    }
+}
+
+/// A result-or-error `oneof` answer as a `Result`.
+fn one_of<T>(r: Option<std::result::Result<T, pb::Error>>, service: Service) -> Result<T> {
+    match r {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(e)) => Err(BackendError::Refused(e)),
+        None => Err(BackendError::BadReply(service)),
+    }
+}
+
+/// What a client asks to send, from any door.
+#[derive(Debug, Default)]
+pub(crate) struct Send {
+    pub(crate) conversation_id: Option<i64>,
+    pub(crate) receiver_id: Option<i64>,
+    pub(crate) text: String,
+    pub(crate) client_msg_id: Option<String>,
+    /// The socket that sent it (its own copy is not delivered back to it); empty for REST.
+    pub(crate) origin_connection_id: String,
+}
+
+/// Stores a message (after the chat rate and the checks the gateway can make alone;
+/// message-service checks again). Returns the stored message and whether it was a
+/// repeat of an earlier send with the same key.
+pub(crate) async fn send(ctx: &Ctx, user_id: i64, s: Send) -> Result<(pb::ChatMessage, bool)> {
+    let started = std::time::Instant::now();
+    if !ctx.allow_chat(user_id) {
+        ctx.metrics.rate_limited();
+        return Err(BackendError::refused(
+            ErrorCode::RateLimited,
+            format!(
+                "more than {} messages in 10 s; retry later with the same client_msg_id",
+                ctx.settings.chat_rate_per_10s
+            ),
+        ));
+    }
+    proto::limits::validate_text(&s.text, ctx.settings.max_text_chars)?;
+    if s.conversation_id.is_none() && s.receiver_id.is_none() {
+        return Err(BackendError::refused(
+            ErrorCode::InvalidField,
+            "conversation_id or receiver_id is required",
+        ));
+    }
+    if s.receiver_id == Some(user_id) {
+        return Err(BackendError::refused(
+            ErrorCode::InvalidReceiver,
+            "receiver_id must not be yourself",
+        ));
+    }
+    let req = pb::SendMessageRequest {
+        sender_id: user_id,
+        conversation_id: s.conversation_id,
+        receiver_id: s.receiver_id,
+        text: s.text,
+        client_msg_id: s.client_msg_id.unwrap_or_default(),
+        origin_connection_id: s.origin_connection_id,
+        as_system: false,
+    };
+    // The root of the message's trace: the request carries it to message-service, which
+    // carries it on to the delivery (see `bus::trace`).
+    let span = tracing::info_span!("chat_message", user_id, trace_id = tracing::field::Empty);
+    bus::trace::record_trace_id(&span);
+    let resp: pb::SendMessageResponse = call(ctx, Service::Message, subjects::MSG_SEND, &req)
+        .instrument(span)
+        .await?;
+    let duplicate = resp.duplicate;
+    let m = one_of(
+        resp.result.map(|r| match r {
+            pb::send_message_response::Result::Message(m) => Ok(m),
+            pb::send_message_response::Result::Error(e) => Err(e),
+        }),
+        Service::Message,
+    )?;
+    ctx.metrics.message_sent(started.elapsed());
+    Ok((m, duplicate))
+}
+
+/// Which part of a conversation's messages a page holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Window {
+    /// The newest messages.
+    Newest,
+    /// Messages with seq below this, newest last.
+    Before(i64),
+    /// Messages with seq above this, oldest first (resume and forward paging).
+    After(i64),
+}
+
+/// A page of one conversation's messages. `limit` 0 asks for the default page size; more
+/// than [`MESSAGE_PAGE`] allows is refused.
+pub(crate) async fn messages(
+    ctx: &Ctx,
+    user_id: i64,
+    conversation_id: i64,
+    window: Window,
+    limit: u32,
+) -> Result<pb::ListMessagesResponse> {
+    let limit = MESSAGE_PAGE.check(limit)?;
+    let (after_seq, before_seq) = match window {
+        Window::Newest => (0, i64::MAX),
+        Window::Before(b) if b <= 0 => {
+            return Err(BackendError::refused(
+                ErrorCode::InvalidField,
+                "before_seq must be positive",
+            ))
+        }
+        Window::Before(b) => (0, b),
+        Window::After(a) if a < 0 => {
+            return Err(BackendError::refused(
+                ErrorCode::InvalidField,
+                "after_seq must not be negative",
+            ))
+        }
+        Window::After(a) => (a, 0),
+    };
+    let req = pb::ListMessagesRequest {
+        user_id,
+        conversation_id,
+        after_seq,
+        before_seq,
+        limit,
+    };
+    call_checked(ctx, Service::Message, subjects::MSG_LIST, &req).await
+}
+
+/// The event stream's resume: messages in any of the user's conversations since a cursor
+/// message id (see `sse`).
+pub(crate) async fn messages_since(
+    ctx: &Ctx,
+    req: &pb::MessagesSinceRequest,
+) -> Result<pb::ListMessagesResponse> {
+    call_checked(ctx, Service::Message, subjects::MSG_SINCE, req).await
+}
+
+/// One message, for a member of its conversation.
+pub(crate) async fn message(ctx: &Ctx, user_id: i64, message_id: i64) -> Result<pb::ChatMessage> {
+    let req = pb::GetMessageRequest {
+        message_id,
+        as_user_id: user_id,
+    };
+    let r: pb::GetMessageResponse = call(ctx, Service::Message, subjects::MSG_GET, &req).await?;
+    one_of(
+        r.result.map(|r| match r {
+            pb::get_message_response::Result::Message(m) => Ok(m),
+            pb::get_message_response::Result::Error(e) => Err(e),
+        }),
+        Service::Message,
+    )
+}
+
+/// A page of the user's conversations, most recently active first (page size 0: the
+/// default; more than [`CONVERSATION_PAGE`] allows is refused).
+pub(crate) async fn conversations(
+    ctx: &Ctx,
+    user_id: i64,
+    page_size: u32,
+    page_token: String,
+) -> Result<pb::ListConversationsResponse> {
+    let req = pb::ListConversationsRequest {
+        user_id,
+        page_size: CONVERSATION_PAGE.check(page_size)?,
+        page_token,
+    };
+    call_checked(ctx, Service::Message, subjects::CONV_LIST, &req).await
+}
+
+/// One conversation, for a member.
+pub(crate) async fn conversation(
+    ctx: &Ctx,
+    user_id: i64,
+    conversation_id: i64,
+) -> Result<pb::Conversation> {
+    let req = pb::GetConversationRequest {
+        conversation_id,
+        as_user_id: user_id,
+    };
+    let r: pb::GetConversationResponse =
+        call(ctx, Service::Message, subjects::CONV_GET, &req).await?;
+    one_of(
+        r.result.map(|r| match r {
+            pb::get_conversation_response::Result::Conversation(c) => Ok(c),
+            pb::get_conversation_response::Result::Error(e) => Err(e),
+        }),
+        Service::Message,
+    )
+}
+
+/// Creates a conversation (or finds the existing direct one: then `true`).
+pub(crate) async fn create_conversation(
+    ctx: &Ctx,
+    req: pb::CreateConversationRequest,
+) -> Result<(pb::Conversation, bool)> {
+    let r: pb::CreateConversationResponse =
+        call(ctx, Service::Message, subjects::CONV_CREATE, &req).await?;
+    let existing = r.existing;
+    let c = one_of(
+        r.result.map(|r| match r {
+            pb::create_conversation_response::Result::Conversation(c) => Ok(c),
+            pb::create_conversation_response::Result::Error(e) => Err(e),
+        }),
+        Service::Message,
+    )?;
+    Ok((c, existing))
+}
+
+/// Adds and removes members of a group.
+pub(crate) async fn update_participants(
+    ctx: &Ctx,
+    req: pb::UpdateParticipantsRequest,
+) -> Result<pb::Conversation> {
+    let r: pb::UpdateParticipantsResponse =
+        call(ctx, Service::Message, subjects::CONV_MEMBERS, &req).await?;
+    one_of(
+        r.result.map(|r| match r {
+            pb::update_participants_response::Result::Conversation(c) => Ok(c),
+            pb::update_participants_response::Result::Error(e) => Err(e),
+        }),
+        Service::Message,
+    )
+}
+
+/// Unread counts of the user's conversations.
+pub(crate) async fn unread(ctx: &Ctx, user_id: i64) -> Result<pb::GetUnreadCountsResponse> {
+    call_checked(
+        ctx,
+        Service::Message,
+        subjects::UNREAD,
+        &pb::GetUnreadCountsRequest { user_id },
+    )
+    .await
+}
+
+/// Checks a read receipt's id list against the one bound every door uses.
+pub(crate) fn check_receipt_ids(n: usize) -> Result<()> {
+    if n == 0 || n > MAX_RECEIPT_IDS {
+        return Err(BackendError::refused(
+            ErrorCode::InvalidField,
+            format!("message_ids must hold 1 to {MAX_RECEIPT_IDS} ids"),
+        ));
+    }
+    Ok(())
+}
+
+/// Marks messages read (at most [`MAX_RECEIPT_IDS`]).
+pub(crate) async fn mark_read(
+    ctx: &Ctx,
+    user_id: i64,
+    message_ids: Vec<i64>,
+) -> Result<pb::MarkReadResponse> {
+    check_receipt_ids(message_ids.len())?;
+    let req = pb::MarkReadRequest {
+        reader_id: user_id,
+        message_ids,
+    };
+    call_checked(ctx, Service::Message, subjects::RECEIPTS_MARK, &req).await
+}
+
+/// Tells a conversation's members the user started or stopped typing.
+pub(crate) async fn typing(
+    ctx: &Ctx,
+    user_id: i64,
+    conversation_id: i64,
+    is_typing: bool,
+    origin_connection_id: String,
+) -> Result<()> {
+    let req = pb::TypingRequest {
+        user_id,
+        conversation_id,
+        is_typing,
+        origin_connection_id,
+    };
+    let _: pb::TypingResponse = call_checked(ctx, Service::Message, subjects::TYPING, &req).await?;
+    Ok(())
+}
+
+/// Current presence of 1 to [`MAX_PRESENCE_IDS`] users.
+pub(crate) async fn presence(ctx: &Ctx, user_ids: Vec<i64>) -> Result<Vec<pb::UserPresence>> {
+    if user_ids.is_empty() || user_ids.len() > MAX_PRESENCE_IDS {
+        return Err(BackendError::refused(
+            ErrorCode::InvalidField,
+            format!("user_ids must name 1 to {MAX_PRESENCE_IDS} users"),
+        ));
+    }
+    let r: pb::GetPresenceResponse = call_checked(
+        ctx,
+        Service::Presence,
+        subjects::PRESENCE_GET,
+        &pb::GetPresenceRequest { user_ids },
+    )
+    .await?;
+    Ok(r.users)
+}
+
+/// The user's push devices.
+pub(crate) async fn devices(ctx: &Ctx, user_id: i64) -> Result<Vec<pb::Device>> {
+    let r: pb::ListDevicesResponse = call_checked(
+        ctx,
+        Service::Push,
+        subjects::PUSH_LIST_DEVICES,
+        &pb::ListDevicesRequest { user_id },
+    )
+    .await?;
+    Ok(r.devices)
+}
+
+/// Registers a push device.
+pub(crate) async fn register_device(
+    ctx: &Ctx,
+    req: pb::RegisterDeviceRequest,
+) -> Result<pb::Device> {
+    let r: pb::RegisterDeviceResponse =
+        call(ctx, Service::Push, subjects::PUSH_REGISTER, &req).await?;
+    one_of(
+        r.result.map(|r| match r {
+            pb::register_device_response::Result::Device(d) => Ok(d),
+            pb::register_device_response::Result::Error(e) => Err(e),
+        }),
+        Service::Push,
+    )
+}
+
+/// Forgets a push device; false when there was none.
+pub(crate) async fn unregister_device(
+    ctx: &Ctx,
+    req: pb::UnregisterDeviceRequest,
+) -> Result<bool> {
+    let r: pb::UnregisterDeviceResponse =
+        call_checked(ctx, Service::Push, subjects::PUSH_UNREGISTER, &req).await?;
+    Ok(r.removed)
+}
+
+/// Mutes or unmutes a conversation's notifications for a member of it.
+pub(crate) async fn set_mute(ctx: &Ctx, req: pb::SetMuteRequest) -> Result<()> {
+    // Only members may mute: the same check as reading the conversation.
+    conversation(ctx, req.user_id, req.conversation_id).await?;
+    let _: pb::SetMuteResponse = call_checked(ctx, Service::Push, subjects::PUSH_MUTE, &req).await?;
+    Ok(())
+}
+
+/// Sets the user's notification preferences.
+pub(crate) async fn set_preferences(ctx: &Ctx, req: pb::SetPushPreferencesRequest) -> Result<()> {
+    let _: pb::SetPushPreferencesResponse =
+        call_checked(ctx, Service::Push, subjects::PUSH_PREFS, &req).await?;
+    Ok(())
+}
+
+/// How many sockets and streams the user holds on every gateway, as presence-service
+/// counts them; `None` when it cannot answer.
+pub(crate) async fn connection_count(ctx: &Ctx, user_id: i64) -> Option<u32> {
+    let req = pb::GetPresenceRequest {
+        user_ids: vec![user_id],
+    };
+    let r: pb::GetPresenceResponse = call_checked(ctx, Service::Presence, subjects::PRESENCE_GET, &req)
+        .await
+        .ok()?;
+    Some(r.users.first().map_or(0, |u| u.connections))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_carry_stable_codes() {
+        assert_eq!(
+            BackendError::Unavailable(Service::Push).code(),
+            ErrorCode::Unavailable
+        );
+        assert_eq!(
+            BackendError::Unavailable(Service::Push).message(),
+            "push service unavailable; retry"
+        );
+        assert_eq!(
+            BackendError::BadReply(Service::Message).code(),
+            ErrorCode::Internal
+        );
+        let e = BackendError::refused(ErrorCode::Forbidden, "no");
+        assert_eq!(e.code(), ErrorCode::Forbidden);
+        assert_eq!(e.message(), "no");
+    }
+
+    #[test]
+    fn receipt_id_lists_are_bounded() {
+        assert!(check_receipt_ids(0).is_err());
+        assert!(check_receipt_ids(1).is_ok());
+        assert!(check_receipt_ids(MAX_RECEIPT_IDS).is_ok());
+        assert!(check_receipt_ids(MAX_RECEIPT_IDS + 1).is_err());
+    }
+}
