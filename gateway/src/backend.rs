@@ -469,10 +469,7 @@ pub(crate) async fn register_device(
 }
 
 /// Forgets a push device; false when there was none.
-pub(crate) async fn unregister_device(
-    ctx: &Ctx,
-    req: pb::UnregisterDeviceRequest,
-) -> Result<bool> {
+pub(crate) async fn unregister_device(ctx: &Ctx, req: pb::UnregisterDeviceRequest) -> Result<bool> {
     let r: pb::UnregisterDeviceResponse =
         call_checked(ctx, Service::Push, subjects::PUSH_UNREGISTER, &req).await?;
     Ok(r.removed)
@@ -482,7 +479,8 @@ pub(crate) async fn unregister_device(
 pub(crate) async fn set_mute(ctx: &Ctx, req: pb::SetMuteRequest) -> Result<()> {
     // Only members may mute: the same check as reading the conversation.
     conversation(ctx, req.user_id, req.conversation_id).await?;
-    let _: pb::SetMuteResponse = call_checked(ctx, Service::Push, subjects::PUSH_MUTE, &req).await?;
+    let _: pb::SetMuteResponse =
+        call_checked(ctx, Service::Push, subjects::PUSH_MUTE, &req).await?;
     Ok(())
 }
 
@@ -499,9 +497,10 @@ pub(crate) async fn connection_count(ctx: &Ctx, user_id: i64) -> Option<u32> {
     let req = pb::GetPresenceRequest {
         user_ids: vec![user_id],
     };
-    let r: pb::GetPresenceResponse = call_checked(ctx, Service::Presence, subjects::PRESENCE_GET, &req)
-        .await
-        .ok()?;
+    let r: pb::GetPresenceResponse =
+        call_checked(ctx, Service::Presence, subjects::PRESENCE_GET, &req)
+            .await
+            .ok()?;
     Some(r.users.first().map_or(0, |u| u.connections))
 }
 

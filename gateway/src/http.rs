@@ -95,9 +95,8 @@ where
     let mut stream = std::pin::pin!(stream);
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = stream.next().await {
-        let mut chunk = chunk.map_err(|e| {
-            HttpError::bad(format!("could not read the body: {e}"))
-        })?;
+        let mut chunk =
+            chunk.map_err(|e| HttpError::bad(format!("could not read the body: {e}")))?;
         if buf.len() + chunk.remaining() > limit {
             return Err(HttpError::coded(
                 ErrorCode::PayloadTooLarge,
@@ -249,4 +248,3 @@ async fn recover(r: Rejection) -> Result<Response, Infallible> {
         )
     })
 }
-

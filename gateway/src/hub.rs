@@ -499,7 +499,11 @@ mod tests {
         // 6 + 6 > 10: over the byte bound.
         assert!(!h.offer(frame(6)));
         assert!(h.close.is_cancelled());
-        assert_eq!(h.shared.queued_bytes.load(Relaxed), 6, "a refused frame is not counted");
+        assert_eq!(
+            h.shared.queued_bytes.load(Relaxed),
+            6,
+            "a refused frame is not counted"
+        );
     }
 
     #[test]

@@ -289,6 +289,9 @@ mod tests {
     fn empty_segments_do_not_count() {
         assert_eq!(segments("/events/"), ["events"]);
         assert_eq!(segments("//events"), ["events"]);
-        assert_eq!(segments("conversations//7/messages"), ["conversations", "7", "messages"]);
+        assert_eq!(
+            segments("conversations//7/messages"),
+            ["conversations", "7", "messages"]
+        );
     }
 }

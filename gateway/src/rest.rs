@@ -272,7 +272,10 @@ struct MessagePage {
 
 async fn list_messages(id: i64, query: &str, headers: &HeaderMap, ctx: &Ctx) -> Answer {
     let user_id = authenticate(headers, ctx)?;
-    let window = match (int_param(query, "after_seq")?, int_param(query, "before_seq")?) {
+    let window = match (
+        int_param(query, "after_seq")?,
+        int_param(query, "before_seq")?,
+    ) {
         (Some(_), Some(_)) => return Err(HttpError::bad("give after_seq or before_seq, not both")),
         (Some(a), None) => Window::After(a),
         (None, Some(b)) => Window::Before(b),

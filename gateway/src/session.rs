@@ -238,7 +238,13 @@ async fn unregister(ctx: &Ctx, user_id: i64, connection_id: &str) {
         if ctx.hub.user_sockets(user_id) == 0 {
             ctx.forget_chat_budget(user_id);
         }
-        publish_event(ctx, pb::connection_event::Kind::Down, user_id, connection_id).await;
+        publish_event(
+            ctx,
+            pb::connection_event::Kind::Down,
+            user_id,
+            connection_id,
+        )
+        .await;
     }
     ctx.metrics.socket_closed();
     tracing::debug!(%connection_id, user_id, "connection closed");
@@ -297,8 +303,7 @@ pub(crate) async fn heartbeat(ctx: &Ctx, stopping: bool) {
             ctx.hub.sockets()
         },
         sent_at_ms: proto::time::now_ms(),
-        interval_ms: u32::try_from(ctx.settings.heartbeat_interval.as_millis())
-            .unwrap_or(u32::MAX),
+        interval_ms: u32::try_from(ctx.settings.heartbeat_interval.as_millis()).unwrap_or(u32::MAX),
         stopping,
         part: 0,
         parts: 1,

@@ -49,7 +49,9 @@ pub(crate) fn kind_name(kind: i32) -> &'static str {
 
 /// The conversations of a list answer, as list entries (summaries without a conversation
 /// are skipped: an older peer's answer).
-pub(crate) fn conversation_list(list: Vec<pb::ConversationSummary>) -> Vec<frames::ConversationInfo> {
+pub(crate) fn conversation_list(
+    list: Vec<pb::ConversationSummary>,
+) -> Vec<frames::ConversationInfo> {
     list.into_iter()
         .filter_map(|s| {
             let c = s.conversation?;
@@ -119,7 +121,9 @@ mod tests {
     #[test]
     fn presence_without_last_seen_omits_it() {
         assert_eq!(presence(7, "online", 0).last_seen, None);
-        assert!(presence(7, "offline", 1_700_000_000_000).last_seen.is_some());
+        assert!(presence(7, "offline", 1_700_000_000_000)
+            .last_seen
+            .is_some());
     }
 
     #[test]

@@ -114,7 +114,8 @@ impl Conn {
         loop {
             let flush_at = self.receipts_due;
             let idle_at = self.last_activity + self.ctx.settings.idle_away;
-            let expires_in = u64::try_from(self.session.valid_until_ms - proto::time::now_ms()).unwrap_or(0);
+            let expires_in =
+                u64::try_from(self.session.valid_until_ms - proto::time::now_ms()).unwrap_or(0);
             let expires_at = tokio::time::Instant::now() + Duration::from_millis(expires_in);
             let next = tokio::select! {
                 () = sleep_until(expires_at) => {
@@ -169,7 +170,9 @@ impl Conn {
                         _ => None,
                     };
                     if let Some(code) = code {
-                        self.session.handle.shared
+                        self.session
+                            .handle
+                            .shared
                             .close_code
                             .store(u16::from(code), std::sync::atomic::Ordering::Relaxed);
                     }
@@ -182,13 +185,12 @@ impl Conn {
         // Boxed like the handlers: the closing steps' state stays out of the socket's task.
         Box::pin(self.finish(writer, stream)).await;
         tracing::debug!(%connection_id, user_id, "socket closed");
-
     }
 
-    /// Counts a refusal for rate; sustained abuse (many refusals in a row) closes the socket
-    /// with 1008 (policy violation).
+    /// Counts a refusal for rate against this socket (the limit that refused it counted the
+    /// metric); sustained abuse (many refusals in a row) closes the socket with 1008 (policy
+    /// violation).
     fn strike(&mut self) {
-        self.ctx.metrics.rate_limited();
         self.rate_strikes += 1;
         if self.rate_strikes >= RATE_STRIKES_BEFORE_CLOSE {
             self.session.handle.shared.close_code.store(
@@ -203,7 +205,8 @@ impl Conn {
     fn send(&self, frame: ServerFrame) {
         // A full queue means the client is not reading: close it like any slow consumer
         // (it reconnects and resyncs) rather than silently dropping a reply.
-        self.session.handle
+        self.session
+            .handle
             .offer(Outbound::Text(Utf8Bytes::from(frame.to_json())));
     }
 
@@ -231,6 +234,7 @@ impl Conn {
                     self.rate_strikes = 0;
                     self.read_receipt(r).await
                 } else {
+                    self.ctx.metrics.rate_limited();
                     self.strike();
                     self.send_error(
                         ErrorCode::RateLimited,
@@ -242,7 +246,9 @@ impl Conn {
             Ok(ClientFrame::JoinConversation(r)) => self.join(r.conversation_id.0).await,
             Ok(ClientFrame::LeaveConversation(r)) => {
                 let id = r.conversation_id.0;
-                self.session.handle.shared
+                self.session
+                    .handle
+                    .shared
                     .joined
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -410,6 +416,7 @@ impl Conn {
         // Only indicators that would go out count: the spec's client sends one per
         // keystroke, and those repeats were coalesced above.
         if !self.typing_bucket.take(now) {
+            self.ctx.metrics.rate_limited();
             self.strike();
             return self.send_error(
                 ErrorCode::RateLimited,
@@ -419,8 +426,14 @@ impl Conn {
         }
         self.rate_strikes = 0;
         let origin = self.session.connection_id.to_string();
-        match backend::typing(&self.ctx, self.session.user_id, conversation_id, is_typing, origin)
-            .await
+        match backend::typing(
+            &self.ctx,
+            self.session.user_id,
+            conversation_id,
+            is_typing,
+            origin,
+        )
+        .await
         {
             Ok(()) => {
                 self.typing.insert(conversation_id, (now, is_typing));
@@ -476,9 +489,14 @@ impl Conn {
             .collect();
         for conversation_id in typing {
             let origin = self.session.connection_id.to_string();
-            let _ =
-                backend::typing(&self.ctx, self.session.user_id, conversation_id, false, origin)
-                    .await;
+            let _ = backend::typing(
+                &self.ctx,
+                self.session.user_id,
+                conversation_id,
+                false,
+                origin,
+            )
+            .await;
         }
     }
 
@@ -588,8 +606,14 @@ impl Conn {
             None => Window::Newest,
         };
         let limit = h.limit.unwrap_or(0);
-        match backend::messages(&self.ctx, self.session.user_id, conversation_id, window, limit)
-            .await
+        match backend::messages(
+            &self.ctx,
+            self.session.user_id,
+            conversation_id,
+            window,
+            limit,
+        )
+        .await
         {
             Ok(p) => self.send(ServerFrame::History(frames::HistoryPage {
                 conversation_id,

@@ -38,12 +38,7 @@ pub(super) fn check(s: &frames::Sync) -> Result<(), BackendError> {
 }
 
 /// Streams the resume to `tx`; returns early when the writer is gone.
-pub(super) async fn stream(
-    ctx: &Ctx,
-    user_id: i64,
-    s: frames::Sync,
-    tx: &mpsc::Sender<SyncFrame>,
-) {
+pub(super) async fn stream(ctx: &Ctx, user_id: i64, s: frames::Sync, tx: &mpsc::Sender<SyncFrame>) {
     if tx.send(SyncFrame::Begin).await.is_err() {
         return;
     }
@@ -52,21 +47,28 @@ pub(super) async fn stream(
     for (conv, last_seq) in s.conversations {
         let mut after = last_seq;
         loop {
-            let page =
-                match backend::messages(ctx, user_id, conv.0, Window::After(after), SYNC_PAGE).await
-                {
-                    Ok(p) => p,
-                    Err(e) => {
-                        error(tx, &e, conv.0).await;
-                        break;
-                    }
-                };
+            let page = match backend::messages(
+                ctx,
+                user_id,
+                conv.0,
+                Window::After(after),
+                SYNC_PAGE,
+            )
+            .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    error(tx, &e, conv.0).await;
+                    break;
+                }
+            };
             if after == last_seq && page.first_retained_seq > last_seq.saturating_add(1) {
                 truncated.push(conv.0);
             }
             for m in &page.messages {
                 after = m.seq;
-                let text = Utf8Bytes::from(ServerFrame::NewMessage(NewMessage::from_pb(m)).to_json());
+                let text =
+                    Utf8Bytes::from(ServerFrame::NewMessage(NewMessage::from_pb(m)).to_json());
                 let frame = SyncFrame::Message {
                     message_id: m.id,
                     conversation_id: m.conversation_id,
@@ -89,7 +91,9 @@ pub(super) async fn stream(
         conversations: done,
         truncated,
     });
-    let _ = tx.send(SyncFrame::End(Utf8Bytes::from(end.to_json()))).await;
+    let _ = tx
+        .send(SyncFrame::End(Utf8Bytes::from(end.to_json())))
+        .await;
 }
 
 /// An error about one conversation of the resume, in order with its frames.
