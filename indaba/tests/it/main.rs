@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod conformance;
+mod connection_limits;
 mod conversations;
 mod delivery;
 mod grpc;
