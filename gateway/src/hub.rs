@@ -63,8 +63,8 @@ pub enum SyncFrame {
 /// State of one socket shared with the hub.
 #[derive(Debug, Default)]
 pub struct ConnShared {
-    /// Rooms joined by this socket.
-    pub joined: Mutex<HashSet<i64>>,
+    /// Rooms joined by this socket (see [`ConnShared::joined`]).
+    joined: Mutex<HashSet<i64>>,
     /// The user said they are away, or the socket went idle.
     pub away: std::sync::atomic::AtomicBool,
     /// When the client last answered a ping (unix ms).
@@ -81,6 +81,11 @@ pub struct ConnShared {
 }
 
 impl ConnShared {
+    /// The rooms this socket has joined.
+    pub fn joined(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.joined.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// State for a socket whose queue holds at most `max_queued_bytes`.
     pub fn with_byte_limit(max_queued_bytes: usize) -> ConnShared {
         ConnShared {
@@ -433,12 +438,7 @@ impl Hub {
                     c.offer(Outbound::Text(f.clone()));
                     // A removed member's sockets leave the room at once.
                     if ev.removed_user_ids.contains(&user) {
-                        let was_joined = c
-                            .shared
-                            .joined
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&ev.conversation_id);
+                        let was_joined = c.shared.joined().remove(&ev.conversation_id);
                         if was_joined {
                             c.offer(Outbound::Text(left.clone()));
                         }

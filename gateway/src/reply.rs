@@ -3,6 +3,7 @@
 //! parameters and JSON bodies. Below the doors, so none of them imports another.
 
 use http::{HeaderMap, StatusCode};
+use proto::limits::PageLimit;
 use proto::ErrorCode;
 use serde::Serialize;
 use warp::reply::Response;
@@ -242,6 +243,19 @@ pub(crate) fn int_param(query: &str, name: &str) -> Result<Option<i64>, HttpErro
             .parse()
             .map(Some)
             .map_err(|_| HttpError::bad(format!("{name} must be an integer"))),
+    }
+}
+
+/// A page-size parameter (`limit`, `page_size`): absent is 0 (the default page); present,
+/// it must be 1 to the page's maximum (the bound itself is checked by `backend`, with the
+/// same rule for every door).
+pub(crate) fn page_size_param(query: &str, page: PageLimit) -> Result<u32, HttpError> {
+    match int_param(query, page.field)? {
+        None => Ok(0),
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| HttpError::bad(format!("{} must be 1 to {}", page.field, page.max))),
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use proto::frames::{self, NewMessage};
+use proto::limits::{CONVERSATION_PAGE, MESSAGE_PAGE};
 use proto::{pb, ErrorCode};
 use serde::{Deserialize, Serialize};
 use warp::reply::Response;
@@ -20,8 +21,8 @@ use warp::Reply;
 use crate::backend::{self, Window};
 use crate::ctx::Ctx;
 use crate::reply::{
-    authenticate, int_param, json, parse_body, parse_optional_body, path_id, segments,
-    single_param, Answer, HttpError,
+    authenticate, int_param, json, page_size_param, parse_body, parse_optional_body, path_id,
+    segments, single_param, Answer, HttpError,
 };
 use crate::session::PeerAddr;
 use crate::views::{self, ConversationJson, DeviceJson};
@@ -171,14 +172,7 @@ struct ConversationList {
 
 async fn list_conversations(query: &str, headers: &HeaderMap, ctx: &Ctx) -> Answer {
     let user_id = authenticate(headers, ctx)?;
-    let page_size = match int_param(query, "page_size")? {
-        None => 0,
-        // 0 on the wire means "the default": an explicit 0 is out of range here.
-        Some(n) => u32::try_from(n)
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| HttpError::bad("page_size must be 1 to 500"))?,
-    };
+    let page_size = page_size_param(query, CONVERSATION_PAGE)?;
     let token = single_param(query, "page_token")?.unwrap_or_default();
     let r = backend::conversations(ctx, user_id, page_size, token).await?;
     Ok(json(
@@ -281,14 +275,7 @@ async fn list_messages(id: i64, query: &str, headers: &HeaderMap, ctx: &Ctx) -> 
         (None, Some(b)) => Window::Before(b),
         (None, None) => Window::Newest,
     };
-    let limit = match int_param(query, "limit")? {
-        None => 0,
-        // 0 on the wire means "the default": an explicit 0 is out of range here.
-        Some(n) => u32::try_from(n)
-            .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| HttpError::bad("limit must be 1 to 200"))?,
-    };
+    let limit = page_size_param(query, MESSAGE_PAGE)?;
     let r = backend::messages(ctx, user_id, id, window, limit).await?;
     Ok(json(
         StatusCode::OK,

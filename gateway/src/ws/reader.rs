@@ -246,13 +246,7 @@ impl Conn {
             Ok(ClientFrame::JoinConversation(r)) => self.join(r.conversation_id.0).await,
             Ok(ClientFrame::LeaveConversation(r)) => {
                 let id = r.conversation_id.0;
-                self.session
-                    .handle
-                    .shared
-                    .joined
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
+                self.session.handle.shared.joined().remove(&id);
                 self.room_members.remove(&id);
                 self.update_watch();
                 self.send(ServerFrame::LeftConversation(frames::Left {
@@ -553,13 +547,7 @@ impl Conn {
         }
         match backend::conversation(&self.ctx, self.session.user_id, conversation_id).await {
             Ok(c) => {
-                self.session
-                    .handle
-                    .shared
-                    .joined
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(conversation_id);
+                self.session.handle.shared.joined().insert(conversation_id);
                 self.room_members
                     .insert(conversation_id, c.participant_ids.clone());
                 self.update_watch();
