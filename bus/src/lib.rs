@@ -9,6 +9,7 @@
 //! loses messages (and we log it) rather than growing memory without limit, which is what
 //! NATS itself does to a slow consumer.
 
+pub mod config;
 pub mod heartbeat;
 pub mod jobs;
 mod local;

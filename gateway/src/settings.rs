@@ -4,18 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use bus::config;
 use proto::env;
 
 use crate::auth::KeySource;
 
-/// How the gateway reaches the bus.
-#[derive(Debug, Clone)]
-pub enum BusSettings {
-    /// Connect to NATS at this URL.
-    Nats(String),
-    /// Use an existing bus (the single-node program's in-process bus).
-    Shared(bus::Bus),
-}
+pub use bus::config::{BusSettings, ConfigError};
 
 /// Everything the gateway needs to start.
 #[derive(Debug, Clone)]
@@ -89,11 +83,6 @@ pub struct StaticFile {
     pub body: &'static [u8],
 }
 
-/// A configuration value that cannot be used; the message names the variable.
-#[derive(Debug, thiserror::Error)]
-#[error("configuration: {0}")]
-pub struct ConfigError(pub String);
-
 impl Settings {
     /// Defaults for everything but the key and the bus.
     pub fn new(jwt: KeySource, bus: BusSettings) -> Settings {
@@ -151,8 +140,7 @@ impl Settings {
                 )))
             }
         };
-        let nats = get(env::NATS_URL).unwrap_or_else(|| "nats://127.0.0.1:4222".into());
-        let mut s = Settings::new(jwt, BusSettings::Nats(nats));
+        let mut s = Settings::new(jwt, BusSettings::nats_from(&get));
         s.apply_options(&get)?;
         Ok(s)
     }
@@ -182,38 +170,30 @@ impl Settings {
             }
             s.gateway_id = id;
         }
-        let int = |key: &str, default: u64, min: u64| {
-            env::integer(get, key, default, min).map_err(ConfigError)
-        };
+        let int = |key: &str, default: u64, min: u64| config::integer(get, key, default, min);
         s.jwt_leeway = Duration::from_secs(int(env::JWT_LEEWAY_SECS, s.jwt_leeway.as_secs(), 0)?);
         s.heartbeat_interval = Duration::from_millis(int(env::GATEWAY_HEARTBEAT_MS, 10_000, 100)?);
         s.idle_away = Duration::from_secs(int(env::IDLE_AWAY_SECS, s.idle_away.as_secs(), 1)?);
         s.ping_interval =
             Duration::from_secs(int(env::PING_INTERVAL_SECS, s.ping_interval.as_secs(), 1)?);
         s.drain_window = Duration::from_secs(int(env::DRAIN_SECS, s.drain_window.as_secs(), 0)?);
-        s.outbound_queue =
-            env::integer(get, env::OUTBOUND_QUEUE, s.outbound_queue, 16).map_err(ConfigError)?;
-        s.outbound_queue_bytes = env::integer(
+        s.outbound_queue = config::integer(get, env::OUTBOUND_QUEUE, s.outbound_queue, 16)?;
+        s.outbound_queue_bytes = config::integer(
             get,
             env::OUTBOUND_QUEUE_BYTES,
             s.outbound_queue_bytes,
             65_536,
-        )
-        .map_err(ConfigError)?;
-        s.chat_rate_per_10s = env::integer(get, env::CHAT_RATE_PER_10S, s.chat_rate_per_10s, 1)
-            .map_err(ConfigError)?;
-        s.max_connections_per_user = env::integer(
+        )?;
+        s.chat_rate_per_10s = config::integer(get, env::CHAT_RATE_PER_10S, s.chat_rate_per_10s, 1)?;
+        s.max_connections_per_user = config::integer(
             get,
             env::MAX_CONNECTIONS_PER_USER,
             s.max_connections_per_user,
             1,
-        )
-        .map_err(ConfigError)?;
-        s.max_text_chars =
-            env::integer(get, env::MAX_TEXT_CHARS, s.max_text_chars, 1).map_err(ConfigError)?;
+        )?;
+        s.max_text_chars = config::integer(get, env::MAX_TEXT_CHARS, s.max_text_chars, 1)?;
         if get(env::SOCKET_SEND_BUFFER).is_some() {
-            s.socket_send_buffer =
-                Some(env::integer(get, env::SOCKET_SEND_BUFFER, 0, 4096).map_err(ConfigError)?);
+            s.socket_send_buffer = Some(config::integer(get, env::SOCKET_SEND_BUFFER, 0, 4096)?);
         }
         if let Some(v) = get(env::ALLOWED_ORIGINS) {
             s.allowed_origins = v
@@ -222,15 +202,14 @@ impl Settings {
                 .filter(|o| !o.is_empty())
                 .collect();
         }
-        s.dev_tokens = env::flag(get, env::DEV_TOKENS, false).map_err(ConfigError)?;
+        s.dev_tokens = config::flag(get, env::DEV_TOKENS, false)?;
         s.auth_timeout = Duration::from_secs(int(env::AUTH_TIMEOUT_SECS, 5, 1)?);
-        s.connect_rate_per_ip_10s = env::integer(
+        s.connect_rate_per_ip_10s = config::integer(
             get,
             env::CONNECT_RATE_PER_IP_10S,
             s.connect_rate_per_ip_10s,
             0,
-        )
-        .map_err(ConfigError)?;
+        )?;
         if let Some(v) = get(env::TRUSTED_PROXIES) {
             s.trusted_proxies = v
                 .split(',')

@@ -1,26 +1,9 @@
 //! message-service configuration, read in one place.
 
-use std::path::PathBuf;
-
+use bus::config;
 use proto::env;
 
-/// Where the service keeps its data.
-#[derive(Debug, Clone)]
-pub enum StoreSettings {
-    /// PostgreSQL URL (distributed deployment).
-    Postgres(String),
-    /// SQLite file (single-node program).
-    Sqlite(PathBuf),
-}
-
-/// How the service reaches the bus.
-#[derive(Debug, Clone)]
-pub enum BusSettings {
-    /// Connect to NATS at this URL.
-    Nats(String),
-    /// Use an already created bus (the single-node program's in-process bus).
-    Shared(bus::Bus),
-}
+pub use bus::config::{BusSettings, ConfigError, StoreSettings};
 
 /// Everything message-service needs to start.
 #[derive(Debug, Clone)]
@@ -59,11 +42,6 @@ pub struct Settings {
     pub jetstream_replicas: usize,
 }
 
-/// A configuration value that cannot be used; the message names the variable.
-#[derive(Debug, thiserror::Error)]
-#[error("configuration: {0}")]
-pub struct ConfigError(pub String);
-
 impl Settings {
     /// Reads the distributed-mode settings from the process environment.
     pub fn from_env() -> Result<Settings, ConfigError> {
@@ -72,13 +50,10 @@ impl Settings {
 
     /// Reads settings from any key → value source (tests pass a map).
     pub fn from_source(get: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
-        let database = get(env::DATABASE_URL)
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| ConfigError(format!("{} is required", env::DATABASE_URL)))?;
-        let nats = get(env::NATS_URL).unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+        let database = config::required(&get, env::DATABASE_URL)?;
         Ok(Settings {
             store: StoreSettings::Postgres(database),
-            bus: BusSettings::Nats(nats),
+            bus: BusSettings::nats_from(&get),
             pool_size: parse(&get, env::DB_POOL_SIZE, 16)?,
             max_text_chars: parse(
                 &get,
@@ -95,8 +70,8 @@ impl Settings {
             grpc_listen: Some(grpc_listen_from(&get, "0.0.0.0:50051")?),
             grpc_keys: proto::grpc_auth::ApiKeys::from_source(&get).map_err(ConfigError)?,
             http_listen: Some(addr_from(&get, env::HTTP_LISTEN, "0.0.0.0:9090")?),
-            push_jobs: env::flag(&get, env::PUSH_JOBS, true).map_err(ConfigError)?,
-            group_commit: env::flag(&get, env::GROUP_COMMIT, true).map_err(ConfigError)?,
+            push_jobs: config::flag(&get, env::PUSH_JOBS, true)?,
+            group_commit: config::flag(&get, env::GROUP_COMMIT, true)?,
             jetstream_replicas: env::jetstream_replicas(&get).map_err(ConfigError)?,
             crash_after_commits: match get(env::TEST_CRASH_AFTER_COMMITS) {
                 None => None,
@@ -133,12 +108,7 @@ pub fn addr_from(
     key: &str,
     default: &str,
 ) -> Result<std::net::SocketAddr, ConfigError> {
-    let v = get(key).unwrap_or_else(|| default.to_owned());
-    v.parse().map_err(|_| {
-        ConfigError(format!(
-            "{key} must be host:port with a numeric host, got {v:?}"
-        ))
-    })
+    config::addr(get, key, default)
 }
 
 /// Parses an optional positive number, naming the variable in the error.
@@ -150,7 +120,7 @@ pub fn parse<T>(
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + From<u8>,
 {
-    env::integer(get, key, default, T::from(1)).map_err(ConfigError)
+    config::integer(get, key, default, T::from(1))
 }
 
 #[cfg(test)]

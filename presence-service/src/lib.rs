@@ -42,14 +42,7 @@ pub enum StoreSettings {
     Sqlite(std::path::PathBuf),
 }
 
-/// How the service reaches the bus.
-#[derive(Debug, Clone)]
-pub enum BusSettings {
-    /// Connect to NATS at this URL.
-    Nats(String),
-    /// Use an existing bus (the single-node program).
-    Shared(Bus),
-}
+pub use bus::config::BusSettings;
 
 /// Most users one presence query may name.
 pub const MAX_QUERY_USERS: usize = 500;
@@ -165,10 +158,7 @@ impl Handle {
 impl App {
     /// Connects, subscribes and asks the gateways to report.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        let bus = match &settings.bus {
-            BusSettings::Nats(url) => Bus::connect_nats(url, "presence-service").await?,
-            BusSettings::Shared(b) => b.clone(),
-        };
+        let bus = settings.bus.connect("presence-service").await?;
         let store = match &settings.store {
             StoreSettings::Memory => {
                 tracing::warn!("no database configured: last_seen is not kept across restarts");

@@ -96,10 +96,7 @@ impl App {
             StoreSettings::Postgres(url) => Store::connect_postgres(url, 8).await?,
             StoreSettings::Sqlite(path) => Store::open_sqlite(path).await?,
         };
-        let bus = match &settings.bus {
-            BusSettings::Nats(url) => Bus::connect_nats(url, "push-service").await?,
-            BusSettings::Shared(b) => b.clone(),
-        };
+        let bus = settings.bus.connect("push-service").await?;
         let jobs = bus
             .consume(&bus::jobs::PUSH_QUEUE.with_replicas(settings.jetstream_replicas))
             .await?;

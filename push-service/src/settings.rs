@@ -1,30 +1,14 @@
 //! push-service configuration, read in one place.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
+use bus::config;
 use proto::env;
 
 use crate::providers::apns::ApnsConfig;
 
-/// Where the service keeps its tables.
-#[derive(Debug, Clone)]
-pub enum StoreSettings {
-    /// PostgreSQL URL (distributed deployment).
-    Postgres(String),
-    /// SQLite file (single-node program).
-    Sqlite(PathBuf),
-}
-
-/// How the service reaches the bus.
-#[derive(Debug, Clone)]
-pub enum BusSettings {
-    /// Connect to NATS.
-    Nats(String),
-    /// The single-node program's in-process bus.
-    Shared(bus::Bus),
-}
+pub use bus::config::{BusSettings, ConfigError, StoreSettings};
 
 /// Everything push-service needs.
 #[derive(Debug, Clone)]
@@ -68,11 +52,6 @@ pub struct Settings {
     pub jetstream_replicas: usize,
 }
 
-/// A configuration value that cannot be used; the message names the variable.
-#[derive(Debug, thiserror::Error)]
-#[error("configuration: {0}")]
-pub struct ConfigError(pub String);
-
 impl Settings {
     /// Defaults for the given bus and store (no provider configured).
     pub fn new(bus: BusSettings, store: StoreSettings) -> Settings {
@@ -105,17 +84,10 @@ impl Settings {
 
     /// Reads settings from any key → value source.
     pub fn from_source(get: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
-        let db = get(env::DATABASE_URL)
-            .ok_or_else(|| ConfigError(format!("{} is required", env::DATABASE_URL)))?;
-        let nats = get(env::NATS_URL).unwrap_or_else(|| "nats://127.0.0.1:4222".into());
-        let mut s = Settings::new(BusSettings::Nats(nats), StoreSettings::Postgres(db));
-        let addr = |key: &str, default: &str| -> Result<SocketAddr, ConfigError> {
-            let v = get(key).unwrap_or_else(|| default.to_owned());
-            v.parse()
-                .map_err(|_| ConfigError(format!("{key} must be host:port, got {v:?}")))
-        };
-        s.grpc_listen = Some(addr(env::GRPC_LISTEN, "0.0.0.0:50053")?);
-        s.http_listen = Some(addr(env::HTTP_LISTEN, "0.0.0.0:9092")?);
+        let db = config::required(&get, env::DATABASE_URL)?;
+        let mut s = Settings::new(BusSettings::nats_from(&get), StoreSettings::Postgres(db));
+        s.grpc_listen = Some(config::addr(&get, env::GRPC_LISTEN, "0.0.0.0:50053")?);
+        s.http_listen = Some(config::addr(&get, env::HTTP_LISTEN, "0.0.0.0:9092")?);
         s.grpc_keys = proto::grpc_auth::ApiKeys::from_source(&get).map_err(ConfigError)?;
         s.jetstream_replicas = env::jetstream_replicas(&get).map_err(ConfigError)?;
         s.apply_common(&get)?;
@@ -127,16 +99,14 @@ impl Settings {
         &mut self,
         get: &impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
-        let int = |key: &str, default: u64, min: u64| {
-            env::integer(get, key, default, min).map_err(ConfigError)
-        };
+        let int = |key: &str, default: u64, min: u64| config::integer(get, key, default, min);
         self.collapse_window = Duration::from_millis(int(env::PUSH_COLLAPSE_MS, 10_000, 0)?);
         self.suppress_if_active_within =
             Duration::from_secs(int(env::PUSH_SUPPRESS_ACTIVE_SECS, 60, 0)?);
         self.max_attempts = u32::try_from(int(env::PUSH_MAX_ATTEMPTS, 8, 1)?).unwrap_or(8);
         self.retry_base = Duration::from_millis(int(env::PUSH_RETRY_BASE_MS, 1_000, 10)?);
         self.lease = Duration::from_secs(int(env::PUSH_LEASE_SECS, 30, 1)?);
-        self.hide_text_default = env::flag(get, env::PUSH_HIDE_TEXT, false).map_err(ConfigError)?;
+        self.hide_text_default = config::flag(get, env::PUSH_HIDE_TEXT, false)?;
         let read = |key: &str| -> Result<Option<String>, ConfigError> {
             match get(key) {
                 None => Ok(None),
@@ -173,7 +143,7 @@ impl Settings {
             self.vapid = Some((key, subject));
         }
         self.webhook = get(env::WEBHOOK_SECRET);
-        self.allow_http = env::flag(get, env::PUSH_ALLOW_HTTP, false).map_err(ConfigError)?;
+        self.allow_http = config::flag(get, env::PUSH_ALLOW_HTTP, false)?;
         Ok(())
     }
 }

@@ -104,10 +104,8 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// Why a provider could not be configured.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+/// Why a provider could not be configured: the services' one configuration error.
+pub use bus::config::ConfigError;
 
 /// Every configured provider.
 pub struct Providers {
