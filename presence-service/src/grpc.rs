@@ -21,7 +21,13 @@ impl PresenceService for PresenceGrpc {
         request: Request<pb::GetPresenceRequest>,
     ) -> Result<Response<pb::GetPresenceResponse>, Status> {
         let ids = request.into_inner().user_ids;
-        crate::validate_query(&ids).map_err(Status::invalid_argument)?;
+        crate::validate_query(&ids).map_err(|msg| {
+            proto::grpc_status::status(&proto::field_error(
+                "user_ids",
+                proto::ErrorCode::InvalidField,
+                msg,
+            ))
+        })?;
         let users = crate::lookup(&self.tracker, &self.store, &ids).await;
         Ok(Response::new(pb::GetPresenceResponse {
             users,
@@ -36,7 +42,7 @@ pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     svc: PresenceGrpc,
     keys: proto::grpc_auth::ApiKeys,
-    stop: crate::tokio_util_like::Stop,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     if keys.is_open() {
         tracing::warn!(
@@ -66,7 +72,7 @@ pub(crate) async fn serve(
             svc,
             keys.interceptor(),
         ))
-        .serve_with_incoming_shutdown(incoming, async move { stop.stopped().await })
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
         .await;
     if let Err(e) = res {
         tracing::error!(error = %e, "grpc server failed");

@@ -1,7 +1,9 @@
 //! presence-service: who is online, across many gateways, without flapping.
 //!
 //! Layout:
+//! - [`settings`]: configuration, read in one place.
 //! - [`tracker`]: the state machine (no I/O).
+//! - [`store`]: durable `last_seen`.
 //! - [`App`]: feeds it the gateways' socket events and heartbeats (`indaba.v1.routing.>`),
 //!   ticks it, publishes changes on `indaba.v1.presence.changes`, answers
 //!   `indaba.v1.presence.get`.
@@ -15,6 +17,7 @@
 //! state it already has. During a hand-over both may publish; gateways drop repeats.
 
 mod grpc;
+pub mod settings;
 pub mod store;
 pub mod tracker;
 
@@ -27,91 +30,14 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use prost::Message as _;
 use proto::{pb, subjects, ErrorCode};
+use tokio_util::sync::CancellationToken;
 
+pub use settings::{BusSettings, ConfigError, Settings, StoreSettings};
 pub use store::LastSeenStore;
 pub use tracker::{Status, Timing, Tracker};
 
-/// Where `last_seen` is kept.
-#[derive(Debug, Clone)]
-pub enum StoreSettings {
-    /// Nowhere durable (a warning is logged).
-    Memory,
-    /// PostgreSQL URL.
-    Postgres(String),
-    /// SQLite file.
-    Sqlite(std::path::PathBuf),
-}
-
-pub use bus::config::BusSettings;
-
 /// Most users one presence query may name.
 pub const MAX_QUERY_USERS: usize = 500;
-
-/// presence-service configuration.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// The bus.
-    pub bus: BusSettings,
-    /// Offline only after the last socket has been gone this long (default 5 s).
-    pub grace: Duration,
-    /// After start, learn silently this long (default 3 s) while gateways report in.
-    pub warmup: Duration,
-    /// How often timers are evaluated (default 250 ms).
-    pub tick: Duration,
-    /// Durable `last_seen`.
-    pub store: StoreSettings,
-    /// Where the gRPC `PresenceService` listens (`None`: not served).
-    pub grpc_listen: Option<std::net::SocketAddr>,
-    /// Who may call the gRPC API.
-    pub grpc_keys: proto::grpc_auth::ApiKeys,
-    /// Operations port (`/livez`, `/readyz`, `/metrics`); `None`: not served.
-    pub http_listen: Option<std::net::SocketAddr>,
-}
-
-impl Settings {
-    /// Defaults with the given bus.
-    pub fn new(bus: BusSettings) -> Settings {
-        Settings {
-            bus,
-            grace: Duration::from_secs(5),
-            warmup: Duration::from_secs(3),
-            tick: Duration::from_millis(250),
-            store: StoreSettings::Memory,
-            grpc_listen: None,
-            grpc_keys: proto::grpc_auth::ApiKeys::default(),
-            http_listen: None,
-        }
-    }
-
-    /// Reads `NATS_URL` and `INDABA_PRESENCE_GRACE_SECS` from the environment.
-    pub fn from_env() -> anyhow::Result<Settings> {
-        let nats =
-            std::env::var(proto::env::NATS_URL).unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-        let mut s = Settings::new(BusSettings::Nats(nats));
-        let get = |k: &str| std::env::var(k).ok();
-        let grace =
-            proto::env::integer(&get, proto::env::PRESENCE_GRACE_SECS, s.grace.as_secs(), 0)
-                .map_err(anyhow::Error::msg)?;
-        s.grace = Duration::from_secs(grace);
-        if let Ok(url) = std::env::var(proto::env::DATABASE_URL) {
-            s.store = StoreSettings::Postgres(url);
-        }
-        let listen =
-            std::env::var(proto::env::GRPC_LISTEN).unwrap_or_else(|_| "0.0.0.0:50052".into());
-        s.grpc_listen = Some(listen.parse().map_err(|_| {
-            anyhow::anyhow!(
-                "{} must be host:port, got {listen:?}",
-                proto::env::GRPC_LISTEN
-            )
-        })?);
-        s.grpc_keys = proto::grpc_auth::ApiKeys::from_source(&get).map_err(anyhow::Error::msg)?;
-        let ops = std::env::var(proto::env::HTTP_LISTEN).unwrap_or_else(|_| "0.0.0.0:9091".into());
-        s.http_listen = Some(ops.parse().map_err(|_| {
-            anyhow::anyhow!("{} must be host:port, got {ops:?}", proto::env::HTTP_LISTEN)
-        })?);
-        Ok(s)
-    }
-}
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -240,7 +166,7 @@ impl App {
                 }),
             ))
         });
-        let stop_grpc = tokio_util_like::Stop::default();
+        let stop_grpc = CancellationToken::new();
         let grpc_task = grpc.map(|listener| {
             let svc = grpc::PresenceGrpc {
                 tracker: tracker.clone(),
@@ -325,7 +251,7 @@ impl App {
         if let Some(t) = ops_task {
             t.abort();
         }
-        stop_grpc.stop();
+        stop_grpc.cancel();
         if let Some(t) = grpc_task {
             let _ = t.await;
         }
@@ -492,32 +418,6 @@ async fn answer(tracker: &Mutex<Tracker>, store: &LastSeenStore, payload: &[u8])
         },
     };
     Bytes::from(resp.encode_to_vec())
-}
-
-/// A one-shot stop signal shared by clones (no extra dependency).
-mod tokio_util_like {
-    use std::sync::Arc;
-    use tokio::sync::watch;
-
-    #[derive(Clone, Debug)]
-    pub struct Stop(Arc<watch::Sender<bool>>);
-
-    impl Default for Stop {
-        fn default() -> Self {
-            Stop(Arc::new(watch::channel(false).0))
-        }
-    }
-
-    impl Stop {
-        pub fn stop(&self) {
-            let _ = self.0.send(true);
-        }
-
-        pub async fn stopped(&self) {
-            let mut rx = self.0.subscribe();
-            let _ = rx.wait_for(|v| *v).await;
-        }
-    }
 }
 
 /// The distributed-mode program: settings from the environment, run until SIGTERM/SIGINT.

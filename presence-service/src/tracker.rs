@@ -4,14 +4,14 @@
 //! away). A user is `online` while any socket is not away, `away` while all are, and
 //! `offline` once the last socket has been gone for the grace period, so a quick reconnect
 //! (tunnel, app switch, gateway restart) does not flap. A gateway that stops sending
-//! heartbeats for `DEAD_AFTER_INTERVALS` intervals is presumed dead and its sockets go.
+//! heartbeats for [`DEAD_AFTER_INTERVALS`] intervals is presumed dead and its sockets go
+//! (the same rule message-service's routing table applies).
 //! A freshly started tracker stays silent for a warm-up period while gateways report in,
 //! so a presence-service restart never announces connected users as offline.
 
 use std::collections::HashMap;
 
-/// Missed heartbeats after which a gateway's sockets are dropped.
-pub const DEAD_AFTER_INTERVALS: i64 = 3;
+pub use proto::limits::DEAD_AFTER_INTERVALS;
 
 /// A user's presence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,7 +226,9 @@ impl Tracker {
         let dead: Vec<String> = self
             .gateways
             .iter()
-            .filter(|(_, g)| now_ms - g.last_heard_ms > g.interval_ms * DEAD_AFTER_INTERVALS)
+            .filter(|(_, g)| {
+                now_ms - g.last_heard_ms > g.interval_ms * i64::from(DEAD_AFTER_INTERVALS)
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for g in dead {
