@@ -6,30 +6,15 @@ use std::sync::Arc;
 use proto::grpc_auth::require_write;
 use proto::pb;
 use proto::pb::push_service_server::{PushService, PushServiceServer};
-use proto::ErrorCode;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Request, Response, Status};
 
 use crate::{api, Inner};
 
-fn status(e: &pb::Error) -> Status {
-    let code = match ErrorCode::parse(&e.code) {
-        ErrorCode::Unavailable => Code::Unavailable,
-        ErrorCode::RateLimited => Code::ResourceExhausted,
-        ErrorCode::Unsupported => Code::FailedPrecondition,
-        ErrorCode::Internal => Code::Internal,
-        _ => Code::InvalidArgument,
-    };
-    let message = if e.field.is_empty() {
-        e.message.clone()
-    } else {
-        format!("{}: {}", e.field, e.message)
-    };
-    Status::new(code, message)
-}
-
+/// The response, or the gRPC status for its `error` (code and rich details shared by
+/// every gRPC server: [`proto::grpc_status`]).
 fn answer<T>(resp: T, error: Option<&pb::Error>) -> Result<Response<T>, Status> {
     match error {
-        Some(e) => Err(status(e)),
+        Some(e) => Err(proto::grpc_status::status(e)),
         None => Ok(Response::new(resp)),
     }
 }
@@ -117,5 +102,34 @@ pub(crate) async fn serve(
         .await;
     if let Err(e) = res {
         tracing::error!(error = %e, "grpc server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::ErrorCode;
+    use tonic_types::StatusExt;
+
+    #[test]
+    fn errors_carry_the_stable_code_and_the_field() {
+        let e = proto::field_error("token", ErrorCode::InvalidField, "token must be https");
+        let s = answer((), Some(&e)).unwrap_err();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        let d = s.get_error_details();
+        assert_eq!(
+            d.error_info().map(|i| i.reason.as_str()),
+            Some("invalid_field")
+        );
+        assert_eq!(
+            d.bad_request()
+                .map(|b| b.field_violations[0].field.as_str()),
+            Some("token")
+        );
+        let missing = proto::pb_error(ErrorCode::NotFound, "no such device");
+        assert_eq!(
+            answer((), Some(&missing)).unwrap_err().code(),
+            tonic::Code::NotFound
+        );
     }
 }
