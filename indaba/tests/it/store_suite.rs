@@ -1,4 +1,6 @@
-//! One store test suite, run against PostgreSQL and SQLite.
+//! One store test suite, run against PostgreSQL and SQLite: each case is a test per
+//! backend (`store_suite::postgres::<case>`, `store_suite::sqlite::<case>`), each on a fresh
+//! database, so a failure names the case and the backend and hides no other case.
 
 use std::collections::HashSet;
 
@@ -42,8 +44,64 @@ async fn assert_stored(store: &Store, answered: &ChatMessage) {
     assert_eq!(&stored, answered);
 }
 
-async fn suite(store: Store) {
-    // Conversations.
+/// A group of users 1, 2 and 3 (asked for with a repeated id); its id.
+async fn group_of_three(store: &Store) -> i64 {
+    store
+        .create_conversation(1, &[3, 2, 3], "Trip", ConversationKind::Unspecified)
+        .await
+        .expect("group")
+        .0
+        .id
+}
+
+/// A group of users 7 and 8 (they share no direct conversation); its id.
+async fn group_of_7_and_8(store: &Store, title: &str) -> i64 {
+    store
+        .create_conversation(7, &[8], title, ConversationKind::Group)
+        .await
+        .expect("group")
+        .0
+        .id
+}
+
+async fn last_seq(store: &Store, conversation: i64) -> i64 {
+    store
+        .get_conversation(conversation)
+        .await
+        .expect("get")
+        .expect("exists")
+        .last_seq
+}
+
+/// 4 tasks each sending 25 messages to a group of users 1, 2 and 3 at once; the seqs they
+/// got.
+async fn hundred_concurrent_sends(store: &Store, group: i64) -> HashSet<i64> {
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            for i in 0..25 {
+                let sender = [1, 2, 3][(t + i) % 3];
+                seqs.push(
+                    s.send_message(&msg(sender, Some(group), None, "race", None))
+                        .await
+                        .expect("send")
+                        .message
+                        .seq,
+                );
+            }
+            seqs
+        }));
+    }
+    let mut all = HashSet::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    all
+}
+
+async fn conversations_are_created_once_per_pair(store: Store) {
     let (group, existing) = store
         .create_conversation(1, &[3, 2, 3], "Trip", ConversationKind::Unspecified)
         .await
@@ -61,7 +119,13 @@ async fn suite(store: Store) {
         .expect("direct again");
     assert_eq!((d1.id, e1, e2), (d2.id, false, true));
     assert_eq!(d1.kind, ConversationKind::Direct as i32);
+}
 
+async fn sending_by_receiver_finds_the_direct_conversation(store: Store) {
+    let (d1, _) = store
+        .create_conversation(1, &[2], "", ConversationKind::Unspecified)
+        .await
+        .expect("direct");
     // Sending by receiver finds the direct conversation; seq counts up from 1.
     let a = store
         .send_message(&msg(1, None, Some(2), "one", None))
@@ -81,14 +145,16 @@ async fn suite(store: Store) {
         .expect("send");
     assert_ne!(c.message.conversation_id, d1.id);
     assert_eq!(c.message.seq, 1);
+}
 
-    // Idempotency.
+async fn a_retried_key_stores_once_and_a_reused_key_is_refused(store: Store) {
+    let group = group_of_three(&store).await;
     let k1 = store
-        .send_message(&msg(1, Some(group.id), None, "once", Some("key-1")))
+        .send_message(&msg(1, Some(group), None, "once", Some("key-1")))
         .await
         .expect("send");
     let k2 = store
-        .send_message(&msg(1, Some(group.id), None, "once", Some("key-1")))
+        .send_message(&msg(1, Some(group), None, "once", Some("key-1")))
         .await
         .expect("retry");
     assert!(!k1.duplicate && k2.duplicate);
@@ -102,28 +168,24 @@ async fn suite(store: Store) {
     );
     // Reusing a key for a different message is refused, not mistaken for a retry.
     let reuse = store
-        .send_message(&msg(
-            1,
-            Some(group.id),
-            None,
-            "something else",
-            Some("key-1"),
-        ))
+        .send_message(&msg(1, Some(group), None, "something else", Some("key-1")))
         .await
         .unwrap_err();
     assert_eq!(code(reuse), ErrorCode::InvalidField);
     // The same key from another sender is a different message.
     let other = store
-        .send_message(&msg(2, Some(group.id), None, "mine", Some("key-1")))
+        .send_message(&msg(2, Some(group), None, "mine", Some("key-1")))
         .await
         .expect("send");
     assert_ne!(other.message.id, k1.message.id);
+}
 
-    // Rejections.
+async fn refusals_carry_their_codes(store: Store) {
+    let group = group_of_three(&store).await;
     assert_eq!(
         code(
             store
-                .send_message(&msg(9, Some(group.id), None, "x", None))
+                .send_message(&msg(9, Some(group), None, "x", None))
                 .await
                 .unwrap_err()
         ),
@@ -141,7 +203,7 @@ async fn suite(store: Store) {
     assert_eq!(
         code(
             store
-                .send_message(&msg(1, Some(group.id), Some(9), "x", None))
+                .send_message(&msg(1, Some(group), Some(9), "x", None))
                 .await
                 .unwrap_err()
         ),
@@ -156,47 +218,23 @@ async fn suite(store: Store) {
         ),
         ErrorCode::InvalidField
     );
+}
 
-    // Concurrent writers of one conversation get distinct, gap-free seqs.
-    let before = store
-        .get_conversation(group.id)
-        .await
-        .expect("get")
-        .expect("exists")
-        .last_seq;
-    let mut tasks = Vec::new();
-    for t in 0..4 {
-        let s = store.clone();
-        let gid = group.id;
-        tasks.push(tokio::spawn(async move {
-            let mut seqs = Vec::new();
-            for i in 0..25 {
-                let sender = [1, 2, 3][(t + i) % 3];
-                seqs.push(
-                    s.send_message(&msg(sender, Some(gid), None, "race", None))
-                        .await
-                        .expect("send")
-                        .message
-                        .seq,
-                );
-            }
-            seqs
-        }));
-    }
-    let mut all = HashSet::new();
-    for t in tasks {
-        all.extend(t.await.expect("task"));
-    }
+async fn concurrent_writers_get_distinct_gap_free_seqs(store: Store) {
+    let group = group_of_three(&store).await;
+    let before = last_seq(&store, group).await;
+    let all = hundred_concurrent_sends(&store, group).await;
     let expected: HashSet<i64> = (before + 1..=before + 100).collect();
     assert_eq!(all, expected);
+}
 
-    // Concurrent retries of one key store one row.
+async fn concurrent_retries_of_one_key_store_one_row(store: Store) {
+    let group = group_of_three(&store).await;
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let s = store.clone();
-        let gid = group.id;
         tasks.push(tokio::spawn(async move {
-            s.send_message(&msg(3, Some(gid), None, "dupe race", Some("same")))
+            s.send_message(&msg(3, Some(group), None, "dupe race", Some("same")))
                 .await
                 .expect("send")
                 .message
@@ -215,9 +253,21 @@ async fn suite(store: Store) {
             .expect("count"),
         1
     );
+}
 
-    // Outbox: every stored message left a row (no service is publishing here); fresh rows
-    // are still leased to their writer, and completing removes them.
+async fn outbox_rows_stay_leased_until_completed(store: Store) {
+    let group = group_of_three(&store).await;
+    let a = store
+        .send_message(&msg(1, None, Some(2), "one", None))
+        .await
+        .expect("send");
+    let b = store
+        .send_message(&msg(2, Some(a.message.conversation_id), None, "two", None))
+        .await
+        .expect("send");
+    hundred_concurrent_sends(&store, group).await;
+    // Every stored message left a row (no service is publishing here); fresh rows are still
+    // leased to their writer, and completing removes them.
     let pending = store.outbox_len().await.expect("outbox");
     assert!(pending >= 100, "{pending}");
     assert!(store
@@ -230,25 +280,19 @@ async fn suite(store: Store) {
         .await
         .expect("complete");
     assert_eq!(store.outbox_len().await.expect("outbox"), pending - 2);
+}
 
+async fn a_batch_commits_together_and_refuses_per_message(store: Store) {
     // Group commit: one transaction for a batch; a refused message does not sink the others;
     // seqs stay gap-free and in input order within a conversation.
-    let (g2, _) = store
-        .create_conversation(7, &[8], "batch", ConversationKind::Group)
-        .await
-        .expect("group");
-    let before = store
-        .get_conversation(g2.id)
-        .await
-        .expect("get")
-        .expect("conv")
-        .last_seq;
+    let g2 = group_of_7_and_8(&store, "batch").await;
+    let before = last_seq(&store, g2).await;
     let batch = vec![
-        msg(7, Some(g2.id), None, "b1", Some("batch-1")),
-        msg(9, Some(g2.id), None, "not a member", None),
-        msg(8, Some(g2.id), None, "b2", Some("batch-2")),
+        msg(7, Some(g2), None, "b1", Some("batch-1")),
+        msg(9, Some(g2), None, "not a member", None),
+        msg(8, Some(g2), None, "b2", Some("batch-2")),
         msg(7, Some(999_999), None, "nowhere", None),
-        msg(7, Some(g2.id), None, "b3", None),
+        msg(7, Some(g2), None, "b3", None),
     ];
     let out = store.send_many(&batch).await;
     assert_eq!(out.len(), 5);
@@ -270,8 +314,8 @@ async fn suite(store: Store) {
     // one transaction per message, and the retry still answers with the original.
     let again = store
         .send_many(&[
-            msg(7, Some(g2.id), None, "b4", Some("batch-4")),
-            msg(7, Some(g2.id), None, "b1", Some("batch-1")),
+            msg(7, Some(g2), None, "b4", Some("batch-4")),
+            msg(7, Some(g2), None, "b1", Some("batch-1")),
         ])
         .await;
     let b4 = again[0].as_ref().expect("b4");
@@ -279,17 +323,11 @@ async fn suite(store: Store) {
     assert!(!b4.duplicate && b1.duplicate);
     assert_eq!(b4.message.seq, before + 4);
     assert_eq!(b1.message.id, out[0].as_ref().expect("b1").message.id);
-    assert_eq!(
-        store
-            .get_conversation(g2.id)
-            .await
-            .expect("get")
-            .expect("conv")
-            .last_seq,
-        before + 4,
-        "no seq was burnt"
-    );
+    assert_eq!(last_seq(&store, g2).await, before + 4, "no seq was burnt");
+}
 
+async fn direct_messages_and_any_text_survive_the_batch_paths(store: Store) {
+    let g2 = group_of_7_and_8(&store, "batch").await;
     // Direct messages in one batch: a pair's first message (its conversation does not
     // exist yet, so PostgreSQL's batch statement hands it to the shared path), the same
     // pair again right after it, an existing pair, a receiver outside a named
@@ -298,19 +336,20 @@ async fn suite(store: Store) {
         msg(40, None, Some(41), "first ever", Some("d-1")),
         msg(41, None, Some(40), "reply in the same batch", Some("d-2")),
         msg(7, None, Some(8), "existing pair", None),
-        msg(7, Some(g2.id), Some(99), "receiver not a member", None),
-        msg(0, Some(g2.id), None, "system notice", None),
+        msg(7, Some(g2), Some(99), "receiver not a member", None),
+        msg(0, Some(g2), None, "system notice", None),
         msg(7, None, None, "nowhere", None),
     ];
     // Text survives the batch paths byte for byte (SQLite's travels inside JSON).
     let tricky = msg(
         7,
-        Some(g2.id),
+        Some(g2),
         None,
         "quote \" backslash \\ tab\t newline\n emoji 🎉 RTL \u{202e} zero-width \u{200b}",
         None,
     );
-    let plain = msg(8, Some(g2.id), None, "plain", None);
+    let plain = msg(8, Some(g2), None, "plain", None);
+    let before = last_seq(&store, g2).await;
     for r in store.send_many(&[tricky.clone(), plain.clone()]).await {
         let s = r.expect("stored");
         assert_stored(&store, &s.message).await;
@@ -338,40 +377,24 @@ async fn suite(store: Store) {
     let pair = out[2].as_ref().expect("existing pair");
     assert_eq!(pair.participants, vec![7, 8]);
     let notice = out[3].as_ref().expect("system notice");
-    assert_eq!(notice.message.seq, before + 7);
+    // The next seq after the two texts: the refused receiver burnt none.
+    assert_eq!(notice.message.seq, before + 3);
     assert_eq!(notice.participants, vec![7, 8]);
     // What the answers say is what is stored.
     for s in &out {
         assert_stored(&store, &s.as_ref().expect("stored").message).await;
     }
+}
 
-    // Batches committing at once over the same conversations (in opposite orders) neither
-    // deadlock nor skip or repeat a seq.
-    let (g3, _) = store
-        .create_conversation(7, &[8], "race", ConversationKind::Group)
-        .await
-        .expect("group");
+async fn crossing_batches_neither_deadlock_nor_skip_or_repeat_seqs(store: Store) {
+    // Batches committing at once over the same conversations (in opposite orders).
+    let g2 = group_of_7_and_8(&store, "batch").await;
+    let g3 = group_of_7_and_8(&store, "race").await;
     let forward: Vec<NewMessage> = (0..20)
-        .map(|i| {
-            msg(
-                7,
-                Some(if i % 2 == 0 { g2.id } else { g3.id }),
-                None,
-                "f",
-                None,
-            )
-        })
+        .map(|i| msg(7, Some(if i % 2 == 0 { g2 } else { g3 }), None, "f", None))
         .collect();
     let backward: Vec<NewMessage> = (0..20)
-        .map(|i| {
-            msg(
-                8,
-                Some(if i % 2 == 0 { g3.id } else { g2.id }),
-                None,
-                "b",
-                None,
-            )
-        })
+        .map(|i| msg(8, Some(if i % 2 == 0 { g3 } else { g2 }), None, "b", None))
         .collect();
     let (a, b) = tokio::join!(store.send_many(&forward), store.send_many(&backward));
     let mut by_conv: std::collections::HashMap<i64, Vec<i64>> = Default::default();
@@ -390,19 +413,53 @@ async fn suite(store: Store) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_suite_postgres() {
+async fn postgres() -> Store {
     let url = fresh_database().await;
-    suite(Store::connect_postgres(&url, 8).await.expect("connect")).await;
+    Store::connect_postgres(&url, 8).await.expect("connect")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_suite_sqlite() {
+/// A store in a fresh SQLite file; the directory lives as long as the returned guard.
+async fn sqlite() -> (Store, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("tempdir");
-    suite(
-        Store::open_sqlite(&dir.path().join("t.db"), 4)
-            .await
-            .expect("open"),
-    )
-    .await;
+    let store = Store::open_sqlite(&dir.path().join("t.db"), 4)
+        .await
+        .expect("open");
+    (store, dir)
 }
+
+/// One `#[tokio::test]` per case per backend: `postgres::<case>` and `sqlite::<case>`.
+macro_rules! store_cases {
+    ($($case:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::postgres().await).await;
+                }
+            )*
+        }
+
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let (store, _dir) = super::sqlite().await;
+                    super::$case(store).await;
+                }
+            )*
+        }
+    };
+}
+
+store_cases!(
+    conversations_are_created_once_per_pair,
+    sending_by_receiver_finds_the_direct_conversation,
+    a_retried_key_stores_once_and_a_reused_key_is_refused,
+    refusals_carry_their_codes,
+    concurrent_writers_get_distinct_gap_free_seqs,
+    concurrent_retries_of_one_key_store_one_row,
+    outbox_rows_stay_leased_until_completed,
+    a_batch_commits_together_and_refuses_per_message,
+    direct_messages_and_any_text_survive_the_batch_paths,
+    crossing_batches_neither_deadlock_nor_skip_or_repeat_seqs,
+);
