@@ -9,26 +9,13 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-struct Cluster {
-    _nats: Nats,
-    _services: Vec<Running>,
-    gw1: SocketAddr,
-    gw2: SocketAddr,
-}
-
-async fn cluster() -> Cluster {
-    let nats = Nats::start();
-    let db = fresh_database().await;
-    let (m1, _) = spawn_message_service(&nats.url(), &db).await;
-    let (m2, _) = spawn_message_service(&nats.url(), &db).await;
-    let (g1, gw1) = spawn_gateway(&nats.url(), "gw-a").await;
-    let (g2, gw2) = spawn_gateway(&nats.url(), "gw-b").await;
-    Cluster {
-        _nats: nats,
-        _services: vec![m1, m2, g1, g2],
-        gw1,
-        gw2,
-    }
+/// Two message-services and two gateways (`c.gw(0)`, `c.gw(1)`).
+async fn cluster() -> TestCluster {
+    TestCluster::builder()
+        .message_services(2)
+        .gateways(2)
+        .build()
+        .await
 }
 
 async fn create_group(addr: SocketAddr, creator: i64, others: &[i64]) -> i64 {
@@ -48,8 +35,8 @@ async fn create_group(addr: SocketAddr, creator: i64, others: &[i64]) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_is_relayed_throttled_and_cleared_on_disconnect() {
     let c = cluster().await;
-    let mut a = Client::connect(c.gw1, 1).await;
-    let mut b = Client::connect(c.gw2, 2).await;
+    let mut a = Client::connect(c.gw(0), 1).await;
+    let mut b = Client::connect(c.gw(1), 2).await;
     let conv = a.chat(2, "hi", None).await["conversation_id"]
         .as_i64()
         .unwrap();
@@ -82,7 +69,7 @@ async fn typing_is_relayed_throttled_and_cleared_on_disconnect() {
     assert_eq!(t["is_typing"], false);
 
     // Typing into someone else's conversation is refused.
-    let mut outsider = Client::connect(c.gw1, 9).await;
+    let mut outsider = Client::connect(c.gw(0), 9).await;
     outsider
         .send(json!({"type": "typing_indicator", "conversation_id": conv, "is_typing": true}))
         .await;
@@ -94,9 +81,9 @@ async fn typing_is_relayed_throttled_and_cleared_on_disconnect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_receipts_are_stored_relayed_and_counted() {
     let c = cluster().await;
-    let mut a = Client::connect(c.gw1, 1).await;
-    let mut a2 = Client::connect(c.gw2, 1).await;
-    let mut b = Client::connect(c.gw2, 2).await;
+    let mut a = Client::connect(c.gw(0), 1).await;
+    let mut a2 = Client::connect(c.gw(1), 1).await;
+    let mut b = Client::connect(c.gw(1), 2).await;
     let m1 = a.chat(2, "one", None).await;
     let m2 = a.chat(2, "two", None).await;
     let conv = m1["conversation_id"].as_i64().unwrap();
@@ -105,7 +92,7 @@ async fn read_receipts_are_stored_relayed_and_counted() {
         m2["message_id"].as_i64().unwrap(),
     );
     // A message between other people, which Bob may not mark.
-    let mut x = Client::connect(c.gw1, 5).await;
+    let mut x = Client::connect(c.gw(0), 5).await;
     let foreign = x.chat(6, "private", None).await["message_id"]
         .as_i64()
         .unwrap();
@@ -196,11 +183,11 @@ async fn read_receipts_are_stored_relayed_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rooms_and_group_membership_changes_apply_live() {
     let c = cluster().await;
-    let group = create_group(c.gw1, 1, &[2, 3]).await;
-    let mut u1 = Client::connect(c.gw1, 1).await;
-    let mut u2 = Client::connect(c.gw2, 2).await;
-    let mut u3 = Client::connect(c.gw2, 3).await;
-    let mut u4 = Client::connect(c.gw1, 4).await;
+    let group = create_group(c.gw(0), 1, &[2, 3]).await;
+    let mut u1 = Client::connect(c.gw(0), 1).await;
+    let mut u2 = Client::connect(c.gw(1), 2).await;
+    let mut u3 = Client::connect(c.gw(1), 3).await;
+    let mut u4 = Client::connect(c.gw(0), 4).await;
 
     u3.send(json!({"type": "join_conversation", "conversation_id": group}))
         .await;
@@ -244,7 +231,7 @@ async fn rooms_and_group_membership_changes_apply_live() {
 
     // Add 4, remove 3: both hear it at once; 3 leaves the room it had joined.
     let (s, v) = http(
-        c.gw2,
+        c.gw(1),
         "POST",
         &format!("/api/v1/conversations/{group}/participants/"),
         Some(&token(2)),
@@ -286,7 +273,7 @@ async fn rooms_and_group_membership_changes_apply_live() {
         group
     );
     let (s, v) = http(
-        c.gw1,
+        c.gw(0),
         "POST",
         &format!("/api/v1/conversations/{group}/participants/"),
         Some(&token(3)),
@@ -298,7 +285,7 @@ async fn rooms_and_group_membership_changes_apply_live() {
         .as_i64()
         .unwrap();
     let (s, v) = http(
-        c.gw1,
+        c.gw(0),
         "POST",
         &format!("/api/v1/conversations/{direct}/participants/"),
         Some(&token(1)),
@@ -314,8 +301,8 @@ async fn rooms_and_group_membership_changes_apply_live() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivered_status_reaches_the_sender() {
     let c = cluster().await;
-    let mut a = Client::connect(c.gw1, 1).await;
-    let mut b = Client::connect(c.gw2, 2).await;
+    let mut a = Client::connect(c.gw(0), 1).await;
+    let mut b = Client::connect(c.gw(1), 2).await;
     let sent = a.chat(2, "ping", None).await;
     let _ = b.recv_type("new_message").await;
     let d = a.recv_type("message_delivered").await;
@@ -330,7 +317,7 @@ async fn delivered_status_reaches_the_sender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_pages_backwards() {
     let c = cluster().await;
-    let mut a = Client::connect(c.gw1, 1).await;
+    let mut a = Client::connect(c.gw(0), 1).await;
     let mut conv = 0;
     for i in 1..=12 {
         conv = a.chat(2, &format!("m{i}"), None).await["conversation_id"]
@@ -353,7 +340,7 @@ async fn history_pages_backwards() {
     let h = a.recv_type("history").await;
     assert_eq!(h["messages"].as_array().unwrap().len(), 12);
     assert_eq!(h["has_more"], false);
-    let mut other = Client::connect(c.gw2, 3).await;
+    let mut other = Client::connect(c.gw(1), 3).await;
     other
         .send(json!({"type": "history", "conversation_id": conv}))
         .await;
@@ -366,10 +353,10 @@ async fn history_pages_backwards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_on_another_gateway_loses_and_repeats_nothing() {
     let c = cluster().await;
-    let group = create_group(c.gw1, 1, &[2, 3]).await;
-    let mut u2 = Client::connect(c.gw2, 2).await;
-    let mut u3 = Client::connect(c.gw2, 3).await;
-    let mut u1 = Client::connect(c.gw1, 1).await;
+    let group = create_group(c.gw(0), 1, &[2, 3]).await;
+    let mut u2 = Client::connect(c.gw(1), 2).await;
+    let mut u3 = Client::connect(c.gw(1), 3).await;
+    let mut u1 = Client::connect(c.gw(0), 1).await;
     let c12 = u2.chat(1, "before", None).await["conversation_id"]
         .as_i64()
         .unwrap();
@@ -407,7 +394,7 @@ async fn resume_on_another_gateway_loses_and_repeats_nothing() {
     }
     assert_eq!(missed.len(), 100);
 
-    let mut u1 = Client::connect(c.gw2, 1).await;
+    let mut u1 = Client::connect(c.gw(1), 1).await;
     // Live traffic during the resume, from both senders.
     let live_task = tokio::spawn(async move {
         let mut ids = Vec::new();

@@ -84,13 +84,12 @@ async fn core_scenario(gw1: SocketAddr, gw2: SocketAddr, store: &message_service
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributed_two_gateways_two_message_services() {
-    let nats = Nats::start();
-    let db = fresh_database().await;
-    let (_m1, store) = spawn_message_service(&nats.url(), &db).await;
-    let (_m2, _) = spawn_message_service(&nats.url(), &db).await;
-    let (_g1, gw1) = spawn_gateway(&nats.url(), "gw-one").await;
-    let (_g2, gw2) = spawn_gateway(&nats.url(), "gw-two").await;
-    core_scenario(gw1, gw2, &store).await;
+    let c = TestCluster::builder()
+        .message_services(2)
+        .gateways(2)
+        .build()
+        .await;
+    core_scenario(c.gw(0), c.gw(1), c.store()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

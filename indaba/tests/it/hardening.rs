@@ -82,12 +82,14 @@ async fn server_pings_and_closes_peers_that_stop_answering() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cap_counts_sockets_on_every_gateway() {
-    let nats = Nats::start();
-    let (_p, handle, _) = spawn_presence(&nats.url(), |_| {}).await;
-    let (_g1, gw1) =
-        spawn_gateway_with(&nats.url(), "gw-cap1", |s| s.max_connections_per_user = 2).await;
-    let (_g2, gw2) =
-        spawn_gateway_with(&nats.url(), "gw-cap2", |s| s.max_connections_per_user = 2).await;
+    let c = TestCluster::builder()
+        .message_services(0)
+        .presence(true)
+        .gateways(2)
+        .max_connections_per_user(2)
+        .build()
+        .await;
+    let (gw1, gw2, handle) = (c.gw(0), c.gw(1), c.presence());
     let _one = Client::connect(gw1, 5).await;
     let _two = Client::connect(gw2, 5).await;
     let deadline = tokio::time::Instant::now() + WAIT;

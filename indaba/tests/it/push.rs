@@ -49,7 +49,8 @@ fn provider_env(p: &Providers, dir: &std::path::Path) -> Vec<(String, String)> {
         ("INDABA_VAPID_PRIVATE_KEY", vapid_pem),
         ("INDABA_VAPID_SUBJECT", "mailto:ops@example.com".into()),
         ("INDABA_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
-        ("INDABA_PUSH_ALLOW_HTTP", "true".into()),
+        // The fakes are on loopback over http: allowed only with the development flag.
+        ("INDABA_OUTBOUND_ALLOW_PRIVATE", "true".into()),
         ("INDABA_PUSH_COLLAPSE_MS", "400".into()),
         ("INDABA_PUSH_SUPPRESS_ACTIVE_SECS", "0".into()),
         ("INDABA_PUSH_RETRY_BASE_MS", "50".into()),
@@ -60,52 +61,10 @@ fn provider_env(p: &Providers, dir: &std::path::Path) -> Vec<(String, String)> {
     .collect()
 }
 
-async fn spawn_push(
-    nats: &str,
-    db: &str,
-    env: &[(String, String)],
-) -> (Running, push_service::Store) {
-    let map: HashMap<String, String> = env.iter().cloned().collect();
-    let mut s = push_service::Settings::new(
-        push_service::BusSettings::Nats(nats.into()),
-        push_service::StoreSettings::Postgres(db.into()),
-    );
-    s.apply_common(&|k: &str| map.get(k).cloned())
-        .expect("push settings");
-    s.tick = Duration::from_millis(50);
-    let app = push_service::App::build(s)
-        .await
-        .expect("build push-service");
-    let store = app.store();
-    let running = run_with_stop(|rx| {
-        app.run(async move {
-            let _ = rx.await;
-        })
-    });
-    (running, store)
-}
-
-struct Cluster {
-    _nats: Nats,
-    db: String,
-    nats_url: String,
-    _services: Vec<Running>,
-    gw: SocketAddr,
-}
-
-async fn cluster() -> Cluster {
-    let nats = Nats::start();
-    let db = fresh_database().await;
-    let (m, _) = spawn_message_service(&nats.url(), &db).await;
-    let (p, _, _) = spawn_presence(&nats.url(), |_| {}).await;
-    let (g, gw) = spawn_gateway(&nats.url(), "gw-push").await;
-    Cluster {
-        nats_url: nats.url(),
-        _nats: nats,
-        db,
-        _services: vec![m, p, g],
-        gw,
-    }
+/// One message-service, presence-service and one gateway (`c.gw(0)`); push-service with
+/// `.push(provider_env(..))`.
+fn cluster() -> TestClusterBuilder {
+    TestCluster::builder().presence(true)
 }
 
 /// Registers a device as a client would: `unavailable` (503) means retry, which a
@@ -139,38 +98,37 @@ async fn say(c: &mut Client, to: i64, text: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offline_recipient_is_notified_through_every_provider_online_one_is_not() {
-    let c = cluster().await;
     let p = providers().await;
     let dir = tempfile::tempdir().unwrap();
-    let (_push, _) = spawn_push(&c.nats_url, &c.db, &provider_env(&p, dir.path())).await;
+    let c = cluster().push(provider_env(&p, dir.path())).build().await;
     let sub = p.webpush.subscribe("bob-browser");
     let apns_token = "a".repeat(64);
     register(
-        c.gw,
+        c.gw(0),
         2,
         json!({"platform": "fcm", "token": "fcm-bob-phone"}),
     )
     .await;
-    register(c.gw, 2, json!({"platform": "apns", "token": apns_token})).await;
+    register(c.gw(0), 2, json!({"platform": "apns", "token": apns_token})).await;
     // A browser's PushSubscription.toJSON(), as is.
     register(
-        c.gw,
+        c.gw(0),
         2,
         json!({"platform": "webpush", "endpoint": sub.endpoint, "expirationTime": null,
         "keys": {"p256dh": sub.p256dh(), "auth": sub.auth_b64()}}),
     )
     .await;
     register(
-        c.gw,
+        c.gw(0),
         2,
         json!({"platform": "webhook", "token": format!("{}/hooks/bob", p.webhook.url())}),
     )
     .await;
-    let (_, list) = http(c.gw, "GET", "/api/v1/devices/", Some(&token(2)), None).await;
+    let (_, list) = http(c.gw(0), "GET", "/api/v1/devices/", Some(&token(2)), None).await;
     assert_eq!(list["devices"].as_array().unwrap().len(), 4, "{list}");
 
     // Bob is offline: one message, one notification per device, each verified by its fake.
-    let mut alice = Client::connect(c.gw, 1).await;
+    let mut alice = Client::connect(c.gw(0), 1).await;
     let sent = say(&mut alice, 2, "dinner at 8?").await;
     let (conv, msg) = (
         sent["conversation_id"].as_i64().unwrap(),
@@ -214,7 +172,7 @@ async fn offline_recipient_is_notified_through_every_provider_online_one_is_not(
     assert_eq!(hook[0].payload["notification"]["user_id"], 2);
 
     // Bob comes online: nothing more is pushed while he is.
-    let mut bob = Client::connect(c.gw, 2).await;
+    let mut bob = Client::connect(c.gw(0), 2).await;
     // Presence sees the socket within a tick.
     tokio::time::sleep(Duration::from_millis(600)).await;
     say(&mut alice, 2, "are you there?").await;
@@ -228,13 +186,13 @@ async fn offline_recipient_is_notified_through_every_provider_online_one_is_not(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collapse_mute_hidden_text_pruning_and_retries() {
-    let c = cluster().await;
     let p = providers().await;
     let dir = tempfile::tempdir().unwrap();
-    let (_push, store) = spawn_push(&c.nats_url, &c.db, &provider_env(&p, dir.path())).await;
+    let c = cluster().push(provider_env(&p, dir.path())).build().await;
+    let store = c.push_store();
     let hook = format!("{}/hooks/carol", p.webhook.url());
-    register(c.gw, 3, json!({"platform": "webhook", "token": hook})).await;
-    let mut alice = Client::connect(c.gw, 1).await;
+    register(c.gw(0), 3, json!({"platform": "webhook", "token": hook})).await;
+    let mut alice = Client::connect(c.gw(0), 1).await;
 
     // Three messages inside one collapse window: one notification, count 3.
     let mut last = Value::Null;
@@ -256,20 +214,20 @@ async fn collapse_mute_hidden_text_pruning_and_retries() {
 
     // Muted: nothing. Unmuted: again.
     let mute = format!("/api/v1/conversations/{conv}/mute/");
-    let (status, _) = http(c.gw, "POST", &mute, Some(&token(3)), Some("{}")).await;
+    let (status, _) = http(c.gw(0), "POST", &mute, Some(&token(3)), Some("{}")).await;
     assert_eq!(status, 204);
     // An outsider cannot mute someone else's conversation.
-    let (status, _) = http(c.gw, "POST", &mute, Some(&token(9)), Some("{}")).await;
+    let (status, _) = http(c.gw(0), "POST", &mute, Some(&token(9)), Some("{}")).await;
     assert_eq!(status, 403);
     say(&mut alice, 3, "muted one").await;
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert_eq!(p.webhook.delivered().len(), 1);
-    let (status, _) = http(c.gw, "DELETE", &mute, Some(&token(3)), None).await;
+    let (status, _) = http(c.gw(0), "DELETE", &mute, Some(&token(3)), None).await;
     assert_eq!(status, 204);
 
     // Hidden text: title "New message", no text anywhere in the payload.
     let (status, _) = http(
-        c.gw,
+        c.gw(0),
         "PUT",
         "/api/v1/push/preferences/",
         Some(&token(3)),
@@ -315,9 +273,9 @@ async fn collapse_mute_hidden_text_pruning_and_retries() {
     // Dead tokens are pruned: FCM 404 UNREGISTERED, APNs 410, Web Push 410, webhook 410.
     let sub = p.webpush.subscribe("dave-old-browser");
     let dead_apns = "b".repeat(64);
-    register(c.gw, 4, json!({"platform": "fcm", "token": "fcm-dead"})).await;
-    register(c.gw, 4, json!({"platform": "apns", "token": dead_apns})).await;
-    register(c.gw, 4, json!({"platform": "webpush", "endpoint": sub.endpoint, "keys": {"p256dh": sub.p256dh(), "auth": sub.auth_b64()}})).await;
+    register(c.gw(0), 4, json!({"platform": "fcm", "token": "fcm-dead"})).await;
+    register(c.gw(0), 4, json!({"platform": "apns", "token": dead_apns})).await;
+    register(c.gw(0), 4, json!({"platform": "webpush", "endpoint": sub.endpoint, "keys": {"p256dh": sub.p256dh(), "auth": sub.auth_b64()}})).await;
     p.fcm
         .fake
         .state
@@ -347,7 +305,7 @@ async fn collapse_mute_hidden_text_pruning_and_retries() {
     say(&mut alice, 4, "anyone?").await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let (_, list) = http(c.gw, "GET", "/api/v1/devices/", Some(&token(4)), None).await;
+        let (_, list) = http(c.gw(0), "GET", "/api/v1/devices/", Some(&token(4)), None).await;
         if list["devices"].as_array().is_some_and(|d| d.is_empty()) {
             break;
         }
@@ -369,10 +327,9 @@ async fn collapse_mute_hidden_text_pruning_and_retries() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_device_registrations_are_refused_with_codes() {
-    let c = cluster().await;
     let p = providers().await;
     let dir = tempfile::tempdir().unwrap();
-    let (_push, _) = spawn_push(&c.nats_url, &c.db, &provider_env(&p, dir.path())).await;
+    let c = cluster().push(provider_env(&p, dir.path())).build().await;
     for (body, code) in [
         (json!({"platform": "pager", "token": "x"}), "invalid_field"),
         (json!({"platform": "fcm"}), "invalid_field"),
@@ -399,7 +356,7 @@ async fn bad_device_registrations_are_refused_with_codes() {
         ),
     ] {
         let (status, v) = http(
-            c.gw,
+            c.gw(0),
             "POST",
             "/api/v1/devices/",
             Some(&token(5)),
@@ -413,7 +370,7 @@ async fn bad_device_registrations_are_refused_with_codes() {
         );
     }
     let (status, _) = http(
-        c.gw,
+        c.gw(0),
         "DELETE",
         "/api/v1/devices/",
         Some(&token(5)),
@@ -422,7 +379,7 @@ async fn bad_device_registrations_are_refused_with_codes() {
     .await;
     assert_eq!(status, 404);
     let (status, _) = http(
-        c.gw,
+        c.gw(0),
         "POST",
         "/api/v1/devices/",
         None,
@@ -434,13 +391,13 @@ async fn bad_device_registrations_are_refused_with_codes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_service_killed_mid_batch_delivers_each_notification_once_after_restart() {
-    let c = cluster().await;
+    let c = cluster().build().await;
     let p = providers().await;
     let dir = tempfile::tempdir().unwrap();
     let mut env = provider_env(&p, dir.path());
     env.extend([
-        ("NATS_URL".to_owned(), c.nats_url.clone()),
-        ("DATABASE_URL".to_owned(), c.db.clone()),
+        ("NATS_URL".to_owned(), c.nats_url()),
+        ("DATABASE_URL".to_owned(), c.db().to_owned()),
         ("INDABA_GRPC_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
         ("INDABA_HTTP_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
         ("INDABA_LOG".to_owned(), "warn".to_owned()),
@@ -465,7 +422,7 @@ async fn push_service_killed_mid_batch_delivers_each_notification_once_after_res
                 .to_string();
         loop {
             let (status, v) = http(
-                c.gw,
+                c.gw(0),
                 "POST",
                 "/api/v1/devices/",
                 Some(&token(*u)),
@@ -484,7 +441,7 @@ async fn push_service_killed_mid_batch_delivers_each_notification_once_after_res
     }
     // One message to a group of 30 offline users: 30 pending notifications.
     let (status, g) = http(
-        c.gw,
+        c.gw(0),
         "POST",
         "/api/v1/conversations/",
         Some(&token(1)),
@@ -492,7 +449,7 @@ async fn push_service_killed_mid_batch_delivers_each_notification_once_after_res
     )
     .await;
     assert_eq!(status, 201, "{g}");
-    let mut alice = Client::connect(c.gw, 1).await;
+    let mut alice = Client::connect(c.gw(0), 1).await;
     alice.send(json!({"type": "chat_message", "conversation_id": g["id"], "text": "all hands", "client_msg_id": "k1"})).await;
     let _ = alice.recv_type("message_sent").await;
     // Kill -9 once some (not all) have gone out.
@@ -550,7 +507,7 @@ async fn single_node_keeps_pending_notifications_across_a_restart() {
     let hook = push_fakes::webhook(WEBHOOK_SECRET).await;
     let options: Vec<(String, String)> = [
         ("INDABA_WEBHOOK_SECRET", WEBHOOK_SECRET),
-        ("INDABA_PUSH_ALLOW_HTTP", "true"),
+        ("INDABA_OUTBOUND_ALLOW_PRIVATE", "true"),
         // A long collapse window: the notification is still pending when we stop.
         ("INDABA_PUSH_COLLAPSE_MS", "1500"),
         ("INDABA_PUSH_SUPPRESS_ACTIVE_SECS", "0"),
@@ -610,11 +567,7 @@ async fn push_service_grpc_registers_devices_with_keys() {
     .unwrap();
     let app = push_service::App::build(s).await.unwrap();
     let addr = app.grpc_addr().unwrap();
-    let _run = run_with_stop(|rx| {
-        app.run(async move {
-            let _ = rx.await;
-        })
-    });
+    let _run = run_with_stop(|rx| app.run(stopped(rx)));
     let mut c = PushServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap();
@@ -634,7 +587,8 @@ async fn push_service_grpc_registers_devices_with_keys() {
     let d = c
         .register_device(req(
             Some("django-key-0123456789"),
-            "https://backend.example/hook",
+            // The default policy: https on 443 to a public address (a literal one: no DNS).
+            "https://1.1.1.1/hook",
         ))
         .await
         .unwrap()

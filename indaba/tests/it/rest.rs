@@ -9,26 +9,13 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-struct Cluster {
-    _nats: Nats,
-    _services: Vec<Running>,
-    gw1: SocketAddr,
-    gw2: SocketAddr,
-}
-
-async fn cluster() -> Cluster {
-    let nats = Nats::start();
-    let db = fresh_database().await;
-    let (m1, _) = spawn_message_service(&nats.url(), &db).await;
-    let (p, _, _) = spawn_presence(&nats.url(), |_| {}).await;
-    let (g1, gw1) = spawn_gateway(&nats.url(), "gw-a").await;
-    let (g2, gw2) = spawn_gateway(&nats.url(), "gw-b").await;
-    Cluster {
-        _nats: nats,
-        _services: vec![m1, p, g1, g2],
-        gw1,
-        gw2,
-    }
+/// One message-service, presence-service and two gateways (`c.gw(0)`, `c.gw(1)`).
+async fn cluster() -> TestCluster {
+    TestCluster::builder()
+        .presence(true)
+        .gateways(2)
+        .build()
+        .await
 }
 
 async fn post(addr: SocketAddr, path: &str, user: i64, body: Value) -> (u16, Value) {
@@ -49,12 +36,12 @@ async fn get(addr: SocketAddr, path: &str, user: i64) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_send_is_stored_delivered_live_and_idempotent() {
     let c = cluster().await;
-    let mut alice_ws = Client::connect(c.gw1, 1).await;
-    let mut bob_ws = Client::connect(c.gw2, 2).await;
+    let mut alice_ws = Client::connect(c.gw(0), 1).await;
+    let mut bob_ws = Client::connect(c.gw(1), 2).await;
 
     // Direct message over REST, received live on the WebSocket of another gateway.
     let (status, sent) = post(
-        c.gw1,
+        c.gw(0),
         "/api/v1/messages/",
         1,
         json!({"receiver_id": 2, "text": "over rest", "client_msg_id": "r-1"}),
@@ -73,7 +60,7 @@ async fn rest_send_is_stored_delivered_live_and_idempotent() {
     let body = json!({"receiver_id": 2, "text": "over rest"}).to_string();
     let auth = format!("Bearer {}", token(1));
     let (status, text) = http_full(
-        c.gw2,
+        c.gw(1),
         "POST",
         "/api/v1/messages/",
         &[("Authorization", &auth), ("Idempotency-Key", "r-1")],
@@ -90,7 +77,7 @@ async fn rest_send_is_stored_delivered_live_and_idempotent() {
 
     // Into the conversation by id.
     let (status, second) = post(
-        c.gw2,
+        c.gw(1),
         &format!("/api/v1/conversations/{conv}/messages/"),
         1,
         json!({"text": "second"}),
@@ -102,7 +89,7 @@ async fn rest_send_is_stored_delivered_live_and_idempotent() {
 
     // History pages, oldest first.
     let (status, page) = get(
-        c.gw1,
+        c.gw(0),
         &format!("/api/v1/conversations/{conv}/messages/?after_seq=0&limit=1"),
         2,
     )
@@ -110,7 +97,12 @@ async fn rest_send_is_stored_delivered_live_and_idempotent() {
     assert_eq!(status, 200, "{page}");
     assert_eq!(page["messages"][0]["text"], "over rest");
     assert_eq!(page["has_more"], true);
-    let (_, newest) = get(c.gw1, &format!("/api/v1/conversations/{conv}/messages/"), 2).await;
+    let (_, newest) = get(
+        c.gw(0),
+        &format!("/api/v1/conversations/{conv}/messages/"),
+        2,
+    )
+    .await;
     let seqs: Vec<i64> = newest["messages"]
         .as_array()
         .unwrap()
@@ -119,7 +111,7 @@ async fn rest_send_is_stored_delivered_live_and_idempotent() {
         .collect();
     assert_eq!(seqs, vec![1, 2]);
     let (_, one) = get(
-        c.gw1,
+        c.gw(0),
         &format!("/api/v1/messages/{}/", second["message_id"]),
         2,
     )
@@ -127,12 +119,12 @@ async fn rest_send_is_stored_delivered_live_and_idempotent() {
     assert_eq!(one["text"], "second");
 
     // Unread, then read: the sender's socket gets the receipt.
-    let (_, unread) = get(c.gw1, "/api/v1/messages/unread/", 2).await;
+    let (_, unread) = get(c.gw(0), "/api/v1/messages/unread/", 2).await;
     assert_eq!(unread["total_unread"], 2, "{unread}");
     assert_eq!(unread["conversations"][0]["conversation_id"], conv);
     let ids = json!([sent["message_id"], second["message_id"], 999_999]);
     let (status, read) = post(
-        c.gw1,
+        c.gw(0),
         "/api/v1/messages/read/",
         2,
         json!({"message_ids": ids}),
@@ -142,12 +134,12 @@ async fn rest_send_is_stored_delivered_live_and_idempotent() {
     assert_eq!(read["rejected"], json!([999_999]));
     let receipt = alice_ws.recv_type("read_receipt").await;
     assert_eq!(receipt["reader_id"], 2);
-    let (_, unread) = get(c.gw1, "/api/v1/messages/unread/", 2).await;
+    let (_, unread) = get(c.gw(0), "/api/v1/messages/unread/", 2).await;
     assert_eq!(unread["total_unread"], 0, "{unread}");
 
     // Typing over REST reaches the WebSocket.
     let (status, _) = post(
-        c.gw1,
+        c.gw(0),
         &format!("/api/v1/conversations/{conv}/typing/"),
         1,
         json!({"is_typing": true}),
@@ -161,7 +153,7 @@ async fn rest_send_is_stored_delivered_live_and_idempotent() {
     );
 
     // Presence: Bob has a socket; user 77 never connected.
-    let (status, p) = get(c.gw1, "/api/v1/presence/?user_ids=2,77", 1).await;
+    let (status, p) = get(c.gw(0), "/api/v1/presence/?user_ids=2,77", 1).await;
     assert_eq!(status, 200, "{p}");
     let statuses: Vec<(i64, String)> = p["presence"]
         .as_array()
@@ -178,13 +170,18 @@ async fn rest_send_is_stored_delivered_live_and_idempotent() {
     assert!(statuses.contains(&(77, "offline".into())), "{p}");
 
     // An outsider sees nothing.
-    let (status, e) = get(c.gw1, &format!("/api/v1/conversations/{conv}/messages/"), 3).await;
+    let (status, e) = get(
+        c.gw(0),
+        &format!("/api/v1/conversations/{conv}/messages/"),
+        3,
+    )
+    .await;
     assert_eq!(
         (status, e["error"]["code"].as_str()),
         (403, Some("forbidden"))
     );
     let (status, e) = get(
-        c.gw1,
+        c.gw(0),
         &format!("/api/v1/messages/{}/", sent["message_id"]),
         3,
     )
@@ -193,10 +190,10 @@ async fn rest_send_is_stored_delivered_live_and_idempotent() {
         (status, e["error"]["code"].as_str()),
         (404, Some("message_not_found"))
     );
-    let (status, _) = get(c.gw1, &format!("/api/v1/conversations/{conv}/"), 3).await;
+    let (status, _) = get(c.gw(0), &format!("/api/v1/conversations/{conv}/"), 3).await;
     assert_eq!(status, 403);
     let (status, e) = post(
-        c.gw1,
+        c.gw(0),
         &format!("/api/v1/conversations/{conv}/messages/"),
         3,
         json!({"text": "let me in"}),
@@ -213,7 +210,7 @@ async fn conversation_list_pages_with_opaque_tokens() {
     let c = cluster().await;
     for other in 2..=6 {
         let (status, _) = post(
-            c.gw1,
+            c.gw(0),
             "/api/v1/messages/",
             1,
             json!({"receiver_id": other, "text": "hi"}),
@@ -224,7 +221,7 @@ async fn conversation_list_pages_with_opaque_tokens() {
     let mut seen = Vec::new();
     let mut path = "/api/v1/conversations/?page_size=2".to_owned();
     for _ in 0..10 {
-        let (status, page) = get(c.gw2, &path, 1).await;
+        let (status, page) = get(c.gw(1), &path, 1).await;
         assert_eq!(status, 200, "{page}");
         let rows = page["conversations"].as_array().unwrap();
         assert!(rows.len() <= 2);
@@ -236,12 +233,12 @@ async fn conversation_list_pages_with_opaque_tokens() {
     }
     let distinct: HashSet<i64> = seen.iter().copied().collect();
     assert_eq!((seen.len(), distinct.len()), (5, 5), "{seen:?}");
-    let (status, e) = get(c.gw2, "/api/v1/conversations/?page_token=garbage", 1).await;
+    let (status, e) = get(c.gw(1), "/api/v1/conversations/?page_token=garbage", 1).await;
     assert_eq!(
         (status, e["error"]["code"].as_str()),
         (400, Some("invalid_field"))
     );
-    let (status, _) = get(c.gw2, "/api/v1/conversations/?page_size=0", 1).await;
+    let (status, _) = get(c.gw(1), "/api/v1/conversations/?page_size=0", 1).await;
     assert_eq!(status, 400);
 }
 
@@ -432,10 +429,10 @@ async fn rest_rejects_bad_requests_with_stable_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn event_stream_receives_websocket_messages_and_resumes_without_loss() {
     let c = cluster().await;
-    let mut alice = Client::connect(c.gw1, 1).await;
+    let mut alice = Client::connect(c.gw(0), 1).await;
     let bob_token = token(2);
     let path = format!("/api/v1/events/?token={bob_token}");
-    let mut sse = SseClient::open(c.gw2, &path, &[]).await;
+    let mut sse = SseClient::open(c.gw(1), &path, &[]).await;
     assert_eq!(sse.status, 200);
     let hello = sse.next().await;
     assert_eq!(hello.data["type"], "connection_established");
@@ -467,7 +464,7 @@ async fn event_stream_receives_websocket_messages_and_resumes_without_loss() {
         missed.push(m["message_id"].as_i64().unwrap());
     }
     let (status, g) = post(
-        c.gw1,
+        c.gw(0),
         "/api/v1/conversations/",
         1,
         json!({"participant_ids": [2, 3]}),
@@ -485,7 +482,7 @@ async fn event_stream_receives_websocket_messages_and_resumes_without_loss() {
     );
 
     // Reconnect like EventSource does, with Last-Event-ID, on the other gateway.
-    let mut sse = SseClient::open(c.gw1, &path, &[("Last-Event-ID", &cursor)]).await;
+    let mut sse = SseClient::open(c.gw(0), &path, &[("Last-Event-ID", &cursor)]).await;
     assert_eq!(sse.status, 200);
     let mut got = Vec::new();
     while got.len() < missed.len() {
@@ -510,7 +507,7 @@ async fn event_stream_receives_websocket_messages_and_resumes_without_loss() {
 
     // A bad cursor is a clear error, not a silent fresh stream.
     let (status, text) = http_full(
-        c.gw1,
+        c.gw(0),
         "GET",
         &path,
         &[("Last-Event-ID", "not-a-number")],
