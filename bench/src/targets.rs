@@ -109,6 +109,8 @@ fn common_env() -> Vec<(&'static str, String)> {
         ("INDABA_MAX_CONNECTIONS_PER_USER", "1000".into()),
         // Every benchmark connection comes from loopback addresses.
         ("INDABA_CONNECT_RATE_PER_IP_10S", "0".into()),
+        ("INDABA_MAX_CONNECTIONS_PER_IP", "0".into()),
+        ("INDABA_REST_RATE_PER_10S", "0".into()),
         ("INDABA_LOG", "warn".into()),
         ("INDABA_PUSH_JOBS", "true".into()),
     ]

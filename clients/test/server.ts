@@ -65,6 +65,9 @@ export class IndabaServer {
         INDABA_DEV_TOKENS: '1',
         INDABA_DRAIN_SECS: '1',
         INDABA_CHAT_RATE_PER_10S: '1000',
+        // The SDK tests poll REST and reconnect far faster than a person would.
+        INDABA_REST_RATE_PER_10S: '0',
+        INDABA_CONVERSATION_CREATE_RATE_PER_MIN: '0',
         ...this.env,
       },
       stdio: ['ignore', 'pipe', 'pipe'],

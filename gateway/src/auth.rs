@@ -4,6 +4,12 @@
 //! public key), never taken from the token, which rules out `alg: none` and HS/RS key
 //! confusion. `exp` is required; `nbf` is checked when present. The user id comes from
 //! `user_id` (SimpleJWT's default claim) or else `sub`, as an integer or a string of digits.
+//!
+//! Refresh tokens are not access tokens: SimpleJWT signs both with the same key and the same
+//! `user_id`, and a refresh token lives for days. When a token carries the token-type claim
+//! (`token_type` by default, `INDABA_JWT_TOKEN_TYPE_CLAIM`), its value must be the access
+//! type (`access`, `INDABA_JWT_ACCESS_TOKEN_TYPE`); a token without the claim (other
+//! issuers) is judged by the other rules alone.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,6 +46,8 @@ pub enum AuthError {
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    /// The claim naming a token's type, and the one type accepted.
+    token_type: (String, String),
 }
 
 impl std::fmt::Debug for Verifier {
@@ -72,7 +80,20 @@ impl Verifier {
         validation.validate_nbf = true;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp"]);
-        Ok(Verifier { key, validation })
+        Ok(Verifier {
+            key,
+            validation,
+            token_type: (
+                DEFAULT_TOKEN_TYPE_CLAIM.to_owned(),
+                DEFAULT_ACCESS_TOKEN_TYPE.to_owned(),
+            ),
+        })
+    }
+
+    /// Accepts only tokens whose `claim`, when present, equals `access_type`.
+    pub fn expecting_token_type(mut self, claim: &str, access_type: &str) -> Verifier {
+        self.token_type = (claim.to_owned(), access_type.to_owned());
+        self
     }
 
     /// Also requires `iss` to equal `issuer` and `aud` to contain `audience`, when given
@@ -109,6 +130,14 @@ impl Verifier {
             _ => AuthError::Invalid(e.to_string()),
         })?;
         let claims = data.claims;
+        let (type_claim, access) = &self.token_type;
+        if let Some(t) = claims.get(type_claim) {
+            if t.as_str() != Some(access.as_str()) {
+                return Err(AuthError::Invalid(format!(
+                    "{type_claim} must be {access:?}: a refresh token is not an access token"
+                )));
+            }
+        }
         let id = claims
             .get("user_id")
             .or_else(|| claims.get("sub"))
@@ -139,6 +168,11 @@ pub struct Identity {
     /// opened with it is closed with 4001 then, unless the client sent `refresh_token`.
     pub valid_until_ms: i64,
 }
+
+/// The claim SimpleJWT names a token's type with.
+pub const DEFAULT_TOKEN_TYPE_CLAIM: &str = "token_type";
+/// The type of SimpleJWT's access tokens.
+pub const DEFAULT_ACCESS_TOKEN_TYPE: &str = "access";
 
 /// Mints an HS256 token for `user_id` valid for `ttl` (the single-node program's
 /// `token` command, and tests).
@@ -226,6 +260,25 @@ mod tests {
             &EncodingKey::from_secret(SECRET.as_bytes()),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn refresh_tokens_are_not_access_tokens() {
+        let exp = proto::time::now_ms() / 1000 + 86_400;
+        let v = verifier();
+        let refresh = sign(serde_json::json!({"user_id": 7, "exp": exp, "token_type": "refresh"}));
+        assert!(matches!(v.verify(&refresh), Err(AuthError::Invalid(_))));
+        let odd = sign(serde_json::json!({"user_id": 7, "exp": exp, "token_type": 1}));
+        assert!(matches!(v.verify(&odd), Err(AuthError::Invalid(_))));
+        let access = sign(serde_json::json!({"user_id": 7, "exp": exp, "token_type": "access"}));
+        assert_eq!(v.verify(&access), Ok(7));
+        // Another issuer's names.
+        let v = verifier().expecting_token_type("typ", "at");
+        let theirs =
+            sign(serde_json::json!({"user_id": 7, "exp": exp, "typ": "at", "token_type": "x"}));
+        assert_eq!(v.verify(&theirs), Ok(7));
+        let rt = sign(serde_json::json!({"user_id": 7, "exp": exp, "typ": "rt"}));
+        assert!(v.verify(&rt).is_err());
     }
 
     #[test]

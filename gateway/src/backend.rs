@@ -15,6 +15,7 @@ use proto::{pb, pb_error, subjects, ErrorCode};
 use tracing::Instrument;
 
 use crate::ctx::Ctx;
+use crate::limits::OverBudget;
 
 /// Most user ids one presence query may name.
 pub(crate) const MAX_PRESENCE_IDS: usize = 500;
@@ -48,6 +49,66 @@ pub(crate) enum BackendError {
     /// The operation was refused, with a stable code (by the gateway's own rules or by
     /// the service).
     Refused(pb::Error),
+    /// The user spent a budget (`rate_limited`).
+    Limited(Budget, OverBudget),
+}
+
+/// The per-user budgets operations spend (see `ctx::Budgets` for the rates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Budget {
+    Chat,
+    Typing,
+    Receipts,
+    Rest,
+    CreateConversation,
+}
+
+impl Budget {
+    /// The policy's name in `RateLimit` headers.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Budget::Chat => "chat",
+            Budget::Typing => "typing",
+            Budget::Receipts => "receipts",
+            Budget::Rest => "rest",
+            Budget::CreateConversation => "conversations",
+        }
+    }
+
+    fn message(self, over: &OverBudget) -> String {
+        let (q, w) = (over.quota, over.window_secs);
+        match self {
+            Budget::Chat => {
+                format!("more than {q} messages in {w} s; retry later with the same client_msg_id")
+            }
+            Budget::Typing => "typing indicators: at most 2 state changes per second".into(),
+            Budget::Receipts => {
+                "read receipts: at most 10 submissions per second; batch the ids".into()
+            }
+            Budget::Rest => format!("more than {q} requests in {w} s; retry later"),
+            Budget::CreateConversation => {
+                format!("more than {q} new conversations in {w} s; retry later")
+            }
+        }
+    }
+}
+
+/// Spends one operation of a user's budget; refusals are counted here, once.
+pub(crate) fn spend(ctx: &Ctx, budget: Budget, user_id: i64) -> Result<()> {
+    let b = &ctx.budgets;
+    let bucket = match budget {
+        Budget::Chat => &b.chat,
+        Budget::Typing => &b.typing,
+        Budget::Receipts => &b.receipts,
+        Budget::Rest => &b.rest,
+        Budget::CreateConversation => &b.create_conversation,
+    };
+    bucket
+        .spend(user_id, std::time::Instant::now())
+        .map_err(|over| {
+            ctx.metrics.rate_limited();
+            BackendError::Limited(budget, over)
+        })
 }
 
 impl BackendError {
@@ -62,6 +123,15 @@ impl BackendError {
             BackendError::Unavailable(_) => ErrorCode::Unavailable,
             BackendError::BadReply(_) => ErrorCode::Internal,
             BackendError::Refused(e) => ErrorCode::parse(&e.code),
+            BackendError::Limited(..) => ErrorCode::RateLimited,
+        }
+    }
+
+    /// For `rate_limited`: when the next attempt can succeed.
+    pub(crate) fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            BackendError::Limited(_, over) => Some(over.retry_after),
+            _ => None,
         }
     }
 
@@ -71,6 +141,7 @@ impl BackendError {
             BackendError::Unavailable(s) => format!("{} unavailable; retry", s.name()),
             BackendError::BadReply(s) => format!("bad reply from {}", s.name()),
             BackendError::Refused(e) => e.message.clone(),
+            BackendError::Limited(b, over) => b.message(over),
         }
     }
 }
@@ -173,16 +244,7 @@ pub(crate) struct Send {
 /// repeat of an earlier send with the same key.
 pub(crate) async fn send(ctx: &Ctx, user_id: i64, s: Send) -> Result<(pb::ChatMessage, bool)> {
     let started = std::time::Instant::now();
-    if !ctx.allow_chat(user_id) {
-        ctx.metrics.rate_limited();
-        return Err(BackendError::refused(
-            ErrorCode::RateLimited,
-            format!(
-                "more than {} messages in 10 s; retry later with the same client_msg_id",
-                ctx.settings.chat_rate_per_10s
-            ),
-        ));
-    }
+    spend(ctx, Budget::Chat, user_id)?;
     proto::limits::validate_text(&s.text, ctx.settings.max_text_chars)?;
     if s.conversation_id.is_none() && s.receiver_id.is_none() {
         return Err(BackendError::refused(
@@ -339,6 +401,7 @@ pub(crate) async fn create_conversation(
     ctx: &Ctx,
     req: pb::CreateConversationRequest,
 ) -> Result<(pb::Conversation, bool)> {
+    spend(ctx, Budget::CreateConversation, req.creator_id)?;
     let r: pb::CreateConversationResponse =
         call(ctx, Service::Message, subjects::CONV_CREATE, &req).await?;
     let existing = r.existing;
@@ -390,7 +453,8 @@ pub(crate) fn check_receipt_ids(n: usize) -> Result<()> {
     Ok(())
 }
 
-/// Marks messages read (at most [`MAX_RECEIPT_IDS`]).
+/// Marks messages read (at most [`MAX_RECEIPT_IDS`]). Doors spend [`Budget::Receipts`]
+/// per submission (a socket batches several frames into one call).
 pub(crate) async fn mark_read(
     ctx: &Ctx,
     user_id: i64,
@@ -404,8 +468,37 @@ pub(crate) async fn mark_read(
     call_checked(ctx, Service::Message, subjects::RECEIPTS_MARK, &req).await
 }
 
-/// Tells a conversation's members the user started or stopped typing.
+/// Tells a conversation's members the user started or stopped typing (a state change:
+/// doors coalesce repeats before calling this).
 pub(crate) async fn typing(
+    ctx: &Ctx,
+    user_id: i64,
+    conversation_id: i64,
+    is_typing: bool,
+    origin_connection_id: String,
+) -> Result<()> {
+    spend(ctx, Budget::Typing, user_id)?;
+    publish_typing(
+        ctx,
+        user_id,
+        conversation_id,
+        is_typing,
+        origin_connection_id,
+    )
+    .await
+}
+
+/// A closing socket's typists stop: not the user's doing, so it spends no budget.
+pub(crate) async fn typing_stopped_on_close(
+    ctx: &Ctx,
+    user_id: i64,
+    conversation_id: i64,
+    origin_connection_id: String,
+) -> Result<()> {
+    publish_typing(ctx, user_id, conversation_id, false, origin_connection_id).await
+}
+
+async fn publish_typing(
     ctx: &Ctx,
     user_id: i64,
     conversation_id: i64,

@@ -2,9 +2,9 @@
 //! local sockets, the token verifier, counters and budgets. Everything above this module
 //! takes a `&Ctx`; nothing here knows about doors or wire formats.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bus::Bus;
 use tokio_util::sync::CancellationToken;
@@ -35,14 +35,48 @@ pub(crate) struct Ctx {
     pub(crate) metrics: Arc<metrics::Metrics>,
     /// Connection attempts per client address.
     pub(crate) per_ip: limits::PerIp,
-    /// Chat-message token buckets per user on this gateway, shared by every door.
-    chat_limits: Mutex<HashMap<i64, limits::Bucket>>,
+    /// Open connections per client address.
+    pub(crate) open_per_ip: Arc<limits::OpenPerIp>,
+    /// Per-user budgets on this gateway, shared by every door (see `backend::spend`).
+    pub(crate) budgets: Budgets,
+}
+
+/// The per-user budgets. A budget is per user, not per connection: a user's sockets, event
+/// streams and REST calls on this gateway all spend the same one, and closing a socket
+/// does not refill it.
+#[derive(Debug)]
+pub(crate) struct Budgets {
+    /// Chat messages (`INDABA_CHAT_RATE_PER_10S`).
+    pub(crate) chat: limits::UserBudget,
+    /// Typing state changes that would go out: 2 per second, bursts of 6.
+    pub(crate) typing: limits::UserBudget,
+    /// Read-receipt submissions (a frame or a request of up to 500 ids): 10 per second,
+    /// bursts of 30.
+    pub(crate) receipts: limits::UserBudget,
+    /// REST requests and event-stream opens (`INDABA_REST_RATE_PER_10S`).
+    pub(crate) rest: limits::UserBudget,
+    /// New conversations (`INDABA_CONVERSATION_CREATE_RATE_PER_MIN`).
+    pub(crate) create_conversation: limits::UserBudget,
+}
+
+impl Budgets {
+    fn new(s: &Settings) -> Budgets {
+        let per = |quota, secs| limits::UserBudget::new(quota, Duration::from_secs(secs));
+        Budgets {
+            chat: per(s.chat_rate_per_10s, 10),
+            typing: per(6, 3),
+            receipts: per(30, 3),
+            rest: per(s.rest_rate_per_10s, 10),
+            create_conversation: per(s.conversation_create_rate_per_min, 60),
+        }
+    }
 }
 
 impl Ctx {
     /// Fresh state for a gateway with these parts.
     pub(crate) fn new(settings: Settings, bus: Bus, verifier: auth::Verifier) -> Ctx {
         Ctx {
+            budgets: Budgets::new(&settings),
             settings,
             bus,
             hub: hub::Hub::default(),
@@ -53,24 +87,7 @@ impl Ctx {
             routing_lock: tokio::sync::Mutex::new(()),
             metrics: Arc::default(),
             per_ip: limits::PerIp::default(),
-            chat_limits: Mutex::default(),
+            open_per_ip: Arc::default(),
         }
-    }
-
-    /// Takes one chat-message token for `user_id`; false when the user is over the rate.
-    pub(crate) fn allow_chat(&self, user_id: i64) -> bool {
-        let rate = f64::from(self.settings.chat_rate_per_10s);
-        let mut m = self.chat_limits.lock().unwrap_or_else(|e| e.into_inner());
-        m.entry(user_id)
-            .or_insert_with(|| limits::Bucket::full(rate, rate / 10.0))
-            .take(std::time::Instant::now())
-    }
-
-    /// Forgets the user's chat budget (their last connection here closed).
-    pub(crate) fn forget_chat_budget(&self, user_id: i64) {
-        self.chat_limits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&user_id);
     }
 }

@@ -17,8 +17,9 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::ctx::Ctx;
+use crate::metrics::HandshakeFailure;
 use crate::reply::HttpError;
-use crate::session::PeerAddr;
+use crate::session::{PeerAddr, Transport};
 
 /// Largest REST body accepted.
 const MAX_BODY_BYTES: u64 = 64 * 1024;
@@ -43,6 +44,29 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: Cancel
             },
             () = shutdown.cancelled() => break,
         };
+        // Open connections per client address. A trusted proxy carries everyone's
+        // connections, so it is not counted (its clients' attempts still are, by address).
+        let ip = peer.ip();
+        let slot = if ctx.settings.trusted_proxies.contains(&ip) {
+            None
+        } else {
+            match ctx
+                .open_per_ip
+                .open(ip, ctx.settings.max_connections_per_ip)
+            {
+                Some(slot) => Some(slot),
+                None => {
+                    ctx.metrics
+                        .handshake_failed(HandshakeFailure::IpConnections);
+                    tokio::spawn(refuse_connection(stream));
+                    continue;
+                }
+            }
+        };
+        let transport = Arc::new(Transport {
+            kill: CancellationToken::new(),
+            _slot: slot,
+        });
         let _ = stream.set_nodelay(true);
         if let Some(n) = ctx.settings.socket_send_buffer {
             // A fixed kernel send buffer: a client that stops reading then meets the
@@ -52,9 +76,11 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: Cancel
         // warp cannot see the peer address on a connection we accept ourselves: hand it to
         // the routes as a request extension.
         let warp_svc = warp::service(routes.clone());
+        let t = transport.clone();
         let svc =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer.ip()));
+                req.extensions_mut().insert(t.clone());
                 let mut s = warp_svc.clone();
                 async move { tower_service::Service::call(&mut s, req).await }
             });
@@ -65,14 +91,37 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: Cancel
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .max_buf_size(64 * 1024);
+            // The header-read timeout also bounds how long an idle keep-alive connection
+            // waits for its next request (hyper starts it whenever it waits for a head).
             let conn = builder
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades();
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "http connection ended with error");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "http connection ended with error");
+                },
+                () = transport.kill.cancelled() => {
+                    tracing::debug!(%peer, "http connection ended by the server");
+                }
             }
         });
     }
+}
+
+/// Answers a connection over the per-address limit with a 429 and closes it, without
+/// reading the request (best effort, bounded).
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"error":{"code":"rate_limited","message":"too many open connections from this address"}}"#;
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 10\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 fn with_ctx(ctx: Arc<Ctx>) -> impl Filter<Extract = (Arc<Ctx>,), Error = Infallible> + Clone {
@@ -80,9 +129,23 @@ fn with_ctx(ctx: Arc<Ctx>) -> impl Filter<Extract = (Arc<Ctx>,), Error = Infalli
 }
 
 /// The request body, read up to [`MAX_BODY_BYTES`] whatever the method and framing
-/// (`Content-Length` or chunked); a longer one is refused with 413 without reading on.
-fn limited_body() -> impl Filter<Extract = (Result<Bytes, HttpError>,), Error = Rejection> + Clone {
-    warp::body::stream().then(read_limited)
+/// (`Content-Length` or chunked); a longer one is refused with 413 without reading on, and
+/// one that does not arrive within `timeout` with 408 (a slow body holds a connection and
+/// a task as long as the client likes otherwise).
+fn limited_body(
+    timeout: std::time::Duration,
+) -> impl Filter<Extract = (Result<Bytes, HttpError>,), Error = Rejection> + Clone {
+    warp::body::stream().then(move |s| async move {
+        tokio::time::timeout(timeout, read_limited(s))
+            .await
+            .unwrap_or_else(|_| {
+                Err(HttpError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    ErrorCode::InvalidField,
+                    format!("the body did not arrive within {} s", timeout.as_secs()),
+                ))
+            })
+    })
 }
 
 async fn read_limited<S, B>(stream: S) -> Result<Bytes, HttpError>
@@ -123,6 +186,7 @@ fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infallibl
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<OnUpgrade>())
         .and(warp::ext::optional::<PeerAddr>())
+        .and(warp::ext::optional::<Arc<Transport>>())
         .and(with_ctx(ctx.clone()))
         .then(crate::ws::handshake);
     let api = warp::path("api")
@@ -131,8 +195,9 @@ fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infallibl
         .and(warp::method())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
-        .and(limited_body())
+        .and(limited_body(ctx.settings.body_timeout))
         .and(warp::ext::optional::<PeerAddr>())
+        .and(warp::ext::optional::<Arc<Transport>>())
         .and(with_ctx(ctx.clone()))
         .then(
             |tail: warp::path::Tail,
@@ -141,6 +206,7 @@ fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infallibl
              headers,
              body: Result<Bytes, HttpError>,
              peer: Option<PeerAddr>,
+             transport: Option<Arc<Transport>>,
              ctx: Arc<Ctx>| async move {
                 match body {
                     Ok(body) => {
@@ -151,6 +217,7 @@ fn routes(ctx: Arc<Ctx>) -> impl Filter<Extract = (Response,), Error = Infallibl
                             headers,
                             body,
                             peer,
+                            transport,
                         };
                         crate::rest::dispatch(req, ctx).await
                     }

@@ -76,10 +76,12 @@ pub struct App {
 impl App {
     /// Binds the listener, connects to the bus, subscribes. Tests build it this way too.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        let verifier = auth::Verifier::new(&settings.jwt, settings.jwt_leeway)?.expecting(
-            settings.jwt_issuer.as_deref(),
-            settings.jwt_audience.as_deref(),
-        );
+        let verifier = auth::Verifier::new(&settings.jwt, settings.jwt_leeway)?
+            .expecting(
+                settings.jwt_issuer.as_deref(),
+                settings.jwt_audience.as_deref(),
+            )
+            .expecting_token_type(&settings.jwt_token_type.0, &settings.jwt_token_type.1);
         let bus = match &settings.bus {
             BusSettings::Nats(url) => {
                 Bus::connect_nats(url, &format!("gateway {}", settings.gateway_id)).await?

@@ -1,6 +1,9 @@
-//! Rate limiting: a token bucket (burst up to `capacity`, refilled continuously).
+//! Rate limiting: a token bucket (burst up to `capacity`, refilled continuously), budgets
+//! of buckets per user and per client address, and the client address itself.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// A token bucket.
 #[derive(Debug, Clone)]
@@ -36,6 +39,77 @@ impl Bucket {
             false
         }
     }
+
+    /// [`Bucket::take`], or how long until a token will be there.
+    pub fn take_or_wait(&mut self, now: Instant) -> Result<(), Duration> {
+        if self.take(now) {
+            return Ok(());
+        }
+        if self.per_sec <= 0.0 {
+            return Err(Duration::MAX);
+        }
+        Err(Duration::from_secs_f64((1.0 - self.tokens) / self.per_sec))
+    }
+
+    fn is_full(&self) -> bool {
+        self.tokens >= self.capacity - 0.5
+    }
+}
+
+/// A refusal by a [`UserBudget`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverBudget {
+    /// When the next attempt can succeed.
+    pub retry_after: Duration,
+    /// The burst the budget allows (`q` of the `RateLimit-Policy` header).
+    pub quota: u32,
+    /// Seconds in which a spent budget refills completely (`w`).
+    pub window_secs: u64,
+}
+
+/// Users remembered before those with a full bucket are dropped (bounds memory under
+/// REST-only traffic, which has no connection close to forget a user at).
+const MAX_TRACKED_USERS: usize = 100_000;
+
+/// One budget per user on this gateway (burst `quota`, refilled over `window`), shared by
+/// every door that spends it.
+#[derive(Debug)]
+pub struct UserBudget {
+    quota: u32,
+    window: Duration,
+    buckets: Mutex<HashMap<i64, Bucket>>,
+}
+
+impl UserBudget {
+    /// `quota` operations per `window` (bursts of `quota`); a zero quota means no limit.
+    pub fn new(quota: u32, window: Duration) -> UserBudget {
+        UserBudget {
+            quota,
+            window,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Spends one operation of `user_id`'s budget.
+    pub fn spend(&self, user_id: i64, now: Instant) -> Result<(), OverBudget> {
+        if self.quota == 0 {
+            return Ok(());
+        }
+        let cap = f64::from(self.quota);
+        let per_sec = cap / self.window.as_secs_f64().max(0.001);
+        let mut m = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= MAX_TRACKED_USERS && !m.contains_key(&user_id) {
+            m.retain(|_, b| !b.is_full());
+        }
+        m.entry(user_id)
+            .or_insert_with(|| Bucket::full(cap, per_sec))
+            .take_or_wait(now)
+            .map_err(|retry_after| OverBudget {
+                retry_after,
+                quota: self.quota,
+                window_secs: self.window.as_secs().max(1),
+            })
+    }
 }
 
 /// Connection attempts per client address: a bucket per address, forgotten when idle.
@@ -63,6 +137,54 @@ impl PerIp {
         m.entry(ip)
             .or_insert_with(|| Bucket::full(f64::from(per_10s), f64::from(per_10s) / 10.0))
             .take(now)
+    }
+}
+
+/// Open connections per client address (sockets, streams and plain HTTP alike).
+#[derive(Debug, Default)]
+pub struct OpenPerIp {
+    counts: Mutex<HashMap<std::net::IpAddr, u32>>,
+}
+
+/// One open connection's place in [`OpenPerIp`], given back when dropped.
+#[derive(Debug)]
+pub struct OpenSlot {
+    of: std::sync::Arc<OpenPerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl OpenPerIp {
+    /// A place for one more connection from `ip`, unless it already has `max` (0: no limit).
+    pub fn open(self: &std::sync::Arc<Self>, ip: std::net::IpAddr, max: u32) -> Option<OpenSlot> {
+        let mut m = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(OpenSlot {
+            of: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections open from `ip`.
+    #[cfg(test)]
+    pub fn count(&self, ip: std::net::IpAddr) -> u32 {
+        let m = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        let mut m = self.of.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -134,6 +256,37 @@ mod tests {
         assert!(p.allow(b, 5, t0));
         assert!(p.allow(a, 5, t0 + Duration::from_secs(2)));
         assert!((0..100).all(|_| p.allow(a, 0, t0)), "0 means no limit");
+    }
+
+    #[test]
+    fn user_budgets_are_per_user_and_say_when_to_retry() {
+        let t0 = Instant::now();
+        let b = UserBudget::new(2, Duration::from_secs(10));
+        assert!(b.spend(1, t0).is_ok() && b.spend(1, t0).is_ok());
+        let over = b.spend(1, t0).unwrap_err();
+        // One token refills in window / quota = 5 s.
+        assert!(over.retry_after > Duration::from_millis(4_900));
+        assert!(over.retry_after <= Duration::from_secs(5));
+        assert_eq!((over.quota, over.window_secs), (2, 10));
+        assert!(b.spend(2, t0).is_ok(), "another user has their own budget");
+        assert!(b.spend(1, t0 + Duration::from_secs(5)).is_ok());
+        let unlimited = UserBudget::new(0, Duration::from_secs(10));
+        assert!((0..1000).all(|_| unlimited.spend(1, t0).is_ok()));
+    }
+
+    #[test]
+    fn open_connections_per_address_are_given_back() {
+        let p = std::sync::Arc::new(OpenPerIp::default());
+        let a: std::net::IpAddr = "192.0.2.1".parse().unwrap();
+        let one = p.open(a, 2).unwrap();
+        let two = p.open(a, 2).unwrap();
+        assert!(p.open(a, 2).is_none());
+        assert!(p.open("192.0.2.2".parse().unwrap(), 2).is_some());
+        drop(one);
+        assert_eq!(p.count(a), 1);
+        let _three = p.open(a, 2).unwrap();
+        drop(two);
+        assert!(p.open(a, 0).is_some(), "0 means no limit");
     }
 
     #[test]

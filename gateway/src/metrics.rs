@@ -23,16 +23,19 @@ pub enum HandshakeFailure {
     BadUpgrade,
     /// Too many connection attempts from one client address.
     IpRate,
+    /// Too many open connections from one client address.
+    IpConnections,
 }
 
 impl HandshakeFailure {
-    const ALL: [HandshakeFailure; 6] = [
+    const ALL: [HandshakeFailure; 7] = [
         HandshakeFailure::Unauthorized,
         HandshakeFailure::Origin,
         HandshakeFailure::ConnectionCap,
         HandshakeFailure::Draining,
         HandshakeFailure::BadUpgrade,
         HandshakeFailure::IpRate,
+        HandshakeFailure::IpConnections,
     ];
 
     fn label(self) -> &'static str {
@@ -43,6 +46,7 @@ impl HandshakeFailure {
             HandshakeFailure::Draining => "draining",
             HandshakeFailure::BadUpgrade => "bad_upgrade",
             HandshakeFailure::IpRate => "ip_rate",
+            HandshakeFailure::IpConnections => "ip_connections",
         }
     }
 }
@@ -57,7 +61,7 @@ const LATENCY_BUCKETS: [f64; 12] = [
 pub struct Metrics {
     connections_active: AtomicI64,
     connections_total: AtomicU64,
-    handshake_failures: [AtomicU64; 6],
+    handshake_failures: [AtomicU64; 7],
     messages_sent: AtomicU64,
     messages_delivered: AtomicU64,
     rate_limited: AtomicU64,

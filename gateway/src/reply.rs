@@ -32,7 +32,8 @@ pub(crate) struct HttpError {
     status: StatusCode,
     code: ErrorCode,
     message: String,
-    retry_after_secs: Option<u64>,
+    /// Extra response headers (`Retry-After`, `RateLimit`…).
+    headers: Vec<(&'static str, String)>,
 }
 
 /// An answer or the error it became.
@@ -50,7 +51,7 @@ impl HttpError {
             status,
             code,
             message: message.into(),
-            retry_after_secs: None,
+            headers: Vec::new(),
         }
     }
 
@@ -78,9 +79,10 @@ impl HttpError {
             },
         };
         let mut r = warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
-        if let Some(s) = self.retry_after_secs {
-            r.headers_mut()
-                .insert(proto::headers::RETRY_AFTER, http::HeaderValue::from(s));
+        for (name, value) in self.headers {
+            if let Ok(v) = http::HeaderValue::from_str(&value) {
+                r.headers_mut().insert(name, v);
+            }
         }
         r
     }
@@ -93,7 +95,25 @@ impl From<BackendError> for HttpError {
             BackendError::BadReply(_) => StatusCode::BAD_GATEWAY,
             _ => status_for(e.code()),
         };
-        HttpError::new(status, e.code(), e.message())
+        let mut h = HttpError::new(status, e.code(), e.message());
+        if let BackendError::Limited(budget, over) = e {
+            // RFC 9110 `Retry-After` in whole seconds (rounded up: never too early), and the
+            // IETF httpapi RateLimit fields: the policy (quota per window) and its state.
+            let secs = over.retry_after.as_secs() + u64::from(over.retry_after.subsec_nanos() > 0);
+            let name = budget.name();
+            h.headers = vec![
+                (proto::headers::RETRY_AFTER, secs.to_string()),
+                (
+                    proto::headers::RATELIMIT_POLICY,
+                    format!("\"{name}\";q={};w={}", over.quota, over.window_secs),
+                ),
+                (
+                    proto::headers::RATELIMIT,
+                    format!("\"{name}\";r=0;t={secs}"),
+                ),
+            ];
+        }
+        h
     }
 }
 
@@ -105,7 +125,7 @@ impl From<Refusal> for HttpError {
         };
         let mut e = HttpError::new(status, r.code(), r.message());
         if r == Refusal::AddressRate {
-            e.retry_after_secs = Some(10);
+            e.headers = vec![(proto::headers::RETRY_AFTER, "10".into())];
         }
         e
     }

@@ -18,13 +18,13 @@ use serde::{Deserialize, Serialize};
 use warp::reply::Response;
 use warp::Reply;
 
-use crate::backend::{self, Window};
+use crate::backend::{self, Budget, Window};
 use crate::ctx::Ctx;
 use crate::reply::{
     authenticate, int_param, json, page_size_param, parse_body, parse_optional_body, path_id,
     segments, single_param, Answer, HttpError,
 };
-use crate::session::PeerAddr;
+use crate::session::{PeerAddr, Transport};
 use crate::views::{self, ConversationJson, DeviceJson};
 
 /// The OpenAPI 3 document of this API (kept true by the test suite).
@@ -42,6 +42,8 @@ pub(crate) struct Request {
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
     pub(crate) peer: Option<PeerAddr>,
+    /// The TCP connection (an event stream keeps it, to end it when its client stalls).
+    pub(crate) transport: Option<Arc<Transport>>,
 }
 
 /// Routes one `/api/v1/<tail>` request.
@@ -59,6 +61,7 @@ async fn route(req: Request, ctx: Arc<Ctx>) -> Answer {
         headers,
         body,
         peer,
+        transport,
     } = req;
     let (query, headers, body, ctx) = (query.as_str(), &headers, &body[..], &ctx);
     let segments = segments(&tail);
@@ -69,7 +72,9 @@ async fn route(req: Request, ctx: Arc<Ctx>) -> Answer {
                     .into_response(),
             )
         }
-        ["events"] if m == Method::GET => crate::sse::open(query, headers, peer, ctx).await,
+        ["events"] if m == Method::GET => {
+            crate::sse::open(query, headers, peer, transport, ctx).await
+        }
         ["dev", "token"] if m == Method::GET => dev_token(query, ctx),
         ["conversations"] if m == Method::GET => list_conversations(query, headers, ctx).await,
         ["conversations"] if m == Method::POST => create_conversation(headers, body, ctx).await,
@@ -144,6 +149,14 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     })
 }
 
+/// The caller of a REST request: its bearer token's user, after one operation of their
+/// REST budget (shared with their event-stream opens).
+fn user(headers: &HeaderMap, ctx: &Ctx) -> Result<i64, HttpError> {
+    let user_id = authenticate(headers, ctx)?;
+    backend::spend(ctx, Budget::Rest, user_id)?;
+    Ok(user_id)
+}
+
 fn dev_token(query: &str, ctx: &Ctx) -> Answer {
     if !ctx.settings.dev_tokens {
         return Err(HttpError::no_route());
@@ -171,7 +184,7 @@ struct ConversationList {
 }
 
 async fn list_conversations(query: &str, headers: &HeaderMap, ctx: &Ctx) -> Answer {
-    let user_id = authenticate(headers, ctx)?;
+    let user_id = user(headers, ctx)?;
     let page_size = page_size_param(query, CONVERSATION_PAGE)?;
     let token = single_param(query, "page_token")?.unwrap_or_default();
     let r = backend::conversations(ctx, user_id, page_size, token).await?;
@@ -196,7 +209,7 @@ struct CreateConversationBody {
 }
 
 async fn create_conversation(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
-    let user_id = authenticate(headers, ctx)?;
+    let user_id = user(headers, ctx)?;
     let b: CreateConversationBody = parse_body(body)?;
     let kind = match b.kind.as_deref() {
         None => pb::ConversationKind::Unspecified,
@@ -224,7 +237,7 @@ async fn create_conversation(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Ans
 }
 
 async fn get_conversation(id: i64, headers: &HeaderMap, ctx: &Ctx) -> Answer {
-    let user_id = authenticate(headers, ctx)?;
+    let user_id = user(headers, ctx)?;
     let c = backend::conversation(ctx, user_id, id).await?;
     Ok(json(StatusCode::OK, &ConversationJson::from(c)))
 }
@@ -245,7 +258,7 @@ async fn update_participants(
     body: &[u8],
     ctx: &Ctx,
 ) -> Answer {
-    let user_id = authenticate(headers, ctx)?;
+    let user_id = user(headers, ctx)?;
     let b: ParticipantsBody = parse_body(body)?;
     let req = pb::UpdateParticipantsRequest {
         actor_id: user_id,
@@ -265,7 +278,7 @@ struct MessagePage {
 }
 
 async fn list_messages(id: i64, query: &str, headers: &HeaderMap, ctx: &Ctx) -> Answer {
-    let user_id = authenticate(headers, ctx)?;
+    let user_id = user(headers, ctx)?;
     let window = match (
         int_param(query, "after_seq")?,
         int_param(query, "before_seq")?,
@@ -311,7 +324,7 @@ struct Sent {
 }
 
 async fn send(conversation_id: Option<i64>, headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
-    let user_id = authenticate(headers, ctx)?;
+    let user_id = user(headers, ctx)?;
     let b: SendBody = parse_body(body)?;
     // The header wins: it is what HTTP clients and proxies retry with.
     let key = match headers.get(proto::headers::IDEMPOTENCY_KEY) {
@@ -356,7 +369,7 @@ async fn send(conversation_id: Option<i64>, headers: &HeaderMap, body: &[u8], ct
 }
 
 async fn get_message(id: i64, headers: &HeaderMap, ctx: &Ctx) -> Answer {
-    let user_id = authenticate(headers, ctx)?;
+    let user_id = user(headers, ctx)?;
     let m = backend::message(ctx, user_id, id).await?;
     Ok(json(StatusCode::OK, &NewMessage::from_pb(&m)))
 }
@@ -380,7 +393,7 @@ fn yes() -> bool {
 }
 
 async fn typing(id: i64, headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
-    let user_id = authenticate(headers, ctx)?;
+    let user_id = user(headers, ctx)?;
     let b: TypingBody = parse_optional_body(body)?;
     backend::typing(ctx, user_id, id, b.is_typing, String::new()).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -402,7 +415,7 @@ struct UnreadRow {
 }
 
 async fn unread(headers: &HeaderMap, ctx: &Ctx) -> Answer {
-    let user_id = authenticate(headers, ctx)?;
+    let user_id = user(headers, ctx)?;
     let r = backend::unread(ctx, user_id).await?;
     Ok(json(
         StatusCode::OK,
@@ -430,8 +443,10 @@ struct ReadBody {
 }
 
 async fn mark_read(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
-    let user_id = authenticate(headers, ctx)?;
+    let user_id = user(headers, ctx)?;
     let b: ReadBody = parse_body(body)?;
+    // A request is one submission, like a socket's `read_receipt` frame.
+    backend::spend(ctx, Budget::Receipts, user_id)?;
     let ids = b.message_ids.iter().map(|i| i.0).collect();
     let r = backend::mark_read(ctx, user_id, ids).await?;
     Ok(json(
@@ -445,7 +460,7 @@ async fn mark_read(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
 }
 
 async fn presence(query: &str, headers: &HeaderMap, ctx: &Ctx) -> Answer {
-    authenticate(headers, ctx)?;
+    user(headers, ctx)?;
     let raw = single_param(query, "user_ids")?.unwrap_or_default();
     let mut ids = Vec::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -519,7 +534,7 @@ impl DeviceBody {
 }
 
 async fn list_devices(headers: &HeaderMap, ctx: &Ctx) -> Answer {
-    let user_id = authenticate(headers, ctx)?;
+    let user_id = user(headers, ctx)?;
     let devices: Vec<DeviceJson> = backend::devices(ctx, user_id)
         .await?
         .into_iter()
@@ -532,7 +547,7 @@ async fn list_devices(headers: &HeaderMap, ctx: &Ctx) -> Answer {
 }
 
 async fn register_device(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
-    let user_id = authenticate(headers, ctx)?;
+    let user_id = user(headers, ctx)?;
     let b: DeviceBody = parse_body(body)?;
     let platform = parse_platform(&b.platform)?;
     let (p256dh, auth) = b.keys.as_ref().map_or((String::new(), String::new()), |k| {
@@ -550,7 +565,7 @@ async fn register_device(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer 
 }
 
 async fn unregister_device(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
-    let user_id = authenticate(headers, ctx)?;
+    let user_id = user(headers, ctx)?;
     let b: DeviceBody = parse_body(body)?;
     let req = pb::UnregisterDeviceRequest {
         user_id,
@@ -579,7 +594,7 @@ async fn mute(
     body: &[u8],
     ctx: &Ctx,
 ) -> Answer {
-    let user_id = authenticate(headers, ctx)?;
+    let user_id = user(headers, ctx)?;
     let b: MuteBody = parse_optional_body(body)?;
     if b.until_ms.is_some_and(|u| u <= 0) {
         return Err(HttpError::bad(
@@ -604,7 +619,7 @@ struct PrefsBody {
 }
 
 async fn preferences(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
-    let user_id = authenticate(headers, ctx)?;
+    let user_id = user(headers, ctx)?;
     let b: PrefsBody = parse_body(body)?;
     let req = pb::SetPushPreferencesRequest {
         user_id,

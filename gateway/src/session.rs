@@ -65,6 +65,17 @@ impl Refusal {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PeerAddr(pub(crate) std::net::IpAddr);
 
+/// One accepted TCP connection, as a request extension: its place in the per-address
+/// count of open connections (given back when the last holder drops it — the HTTP
+/// connection, or the socket or event stream it became) and a token that ends it (an event
+/// stream whose client stopped reading cannot end itself: nothing polls it).
+#[derive(Debug, Default)]
+pub(crate) struct Transport {
+    pub(crate) kill: tokio_util::sync::CancellationToken,
+    /// Held for its `Drop`, which gives the place back.
+    pub(crate) _slot: Option<crate::limits::OpenSlot>,
+}
+
 /// Counts a connection attempt against the client address's budget.
 pub(crate) fn attempt(
     ctx: &Ctx,
@@ -235,9 +246,6 @@ async fn unregister(ctx: &Ctx, user_id: i64, connection_id: &str) {
     {
         let _order = ctx.routing_lock.lock().await;
         ctx.hub.remove(user_id, connection_id);
-        if ctx.hub.user_sockets(user_id) == 0 {
-            ctx.forget_chat_budget(user_id);
-        }
         publish_event(
             ctx,
             pb::connection_event::Kind::Down,

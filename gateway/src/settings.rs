@@ -48,12 +48,24 @@ pub struct Settings {
     pub allowed_origins: Vec<String>,
     /// Chat messages per user per 10 s on this gateway.
     pub chat_rate_per_10s: u32,
+    /// REST requests and event-stream opens per user per 10 s on this gateway (0: no limit).
+    pub rest_rate_per_10s: u32,
+    /// Conversations a user may create per minute on this gateway (0: no limit).
+    pub conversation_create_rate_per_min: u32,
+    /// The claim naming a token's type, and the only type accepted when it is present
+    /// (SimpleJWT: `token_type`, `access`).
+    pub jwt_token_type: (String, String),
     /// Server ping interval; a socket that answers none of two pings is closed.
     pub ping_interval: Duration,
     /// Most sockets per user across all gateways.
     pub max_connections_per_user: u32,
     /// On shutdown, sockets are closed in batches spread over this window.
     pub drain_window: Duration,
+    /// Open TCP connections allowed per client address (0: no limit); trusted proxies are
+    /// not counted.
+    pub max_connections_per_ip: u32,
+    /// Time allowed for a request body to arrive completely (slow-body guard).
+    pub body_timeout: Duration,
     /// WebSocket/SSE connection attempts allowed per client address per 10 s (0: no limit).
     pub connect_rate_per_ip_10s: u32,
     /// Load balancers whose `X-Forwarded-For` is believed: the client address is the
@@ -103,6 +115,12 @@ impl Settings {
             idle_away: Duration::from_secs(300),
             allowed_origins: Vec::new(),
             chat_rate_per_10s: 30,
+            rest_rate_per_10s: 100,
+            conversation_create_rate_per_min: 20,
+            jwt_token_type: (
+                crate::auth::DEFAULT_TOKEN_TYPE_CLAIM.to_owned(),
+                crate::auth::DEFAULT_ACCESS_TOKEN_TYPE.to_owned(),
+            ),
             ping_interval: Duration::from_secs(25),
             max_connections_per_user: 10,
             drain_window: Duration::from_secs(10),
@@ -112,6 +130,8 @@ impl Settings {
             jwt_audience: None,
             auth_timeout: Duration::from_secs(5),
             connect_rate_per_ip_10s: 300,
+            max_connections_per_ip: 256,
+            body_timeout: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
         }
     }
@@ -185,6 +205,19 @@ impl Settings {
             65_536,
         )?;
         s.chat_rate_per_10s = config::integer(get, env::CHAT_RATE_PER_10S, s.chat_rate_per_10s, 1)?;
+        s.rest_rate_per_10s = config::integer(get, env::REST_RATE_PER_10S, s.rest_rate_per_10s, 0)?;
+        s.conversation_create_rate_per_min = config::integer(
+            get,
+            env::CONVERSATION_CREATE_RATE_PER_MIN,
+            s.conversation_create_rate_per_min,
+            0,
+        )?;
+        if let Some(claim) = get(env::JWT_TOKEN_TYPE_CLAIM).filter(|c| !c.is_empty()) {
+            s.jwt_token_type.0 = claim;
+        }
+        if let Some(t) = get(env::JWT_ACCESS_TOKEN_TYPE).filter(|t| !t.is_empty()) {
+            s.jwt_token_type.1 = t;
+        }
         s.max_connections_per_user = config::integer(
             get,
             env::MAX_CONNECTIONS_PER_USER,
@@ -210,6 +243,13 @@ impl Settings {
             s.connect_rate_per_ip_10s,
             0,
         )?;
+        s.max_connections_per_ip = config::integer(
+            get,
+            env::MAX_CONNECTIONS_PER_IP,
+            s.max_connections_per_ip,
+            0,
+        )?;
+        s.body_timeout = Duration::from_secs(int(env::BODY_TIMEOUT_SECS, 10, 1)?);
         if let Some(v) = get(env::TRUSTED_PROXIES) {
             s.trusted_proxies = v
                 .split(',')

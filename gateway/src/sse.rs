@@ -29,7 +29,7 @@ use crate::ctx::Ctx;
 use crate::hub::{ConnShared, Outbound, RecentIds};
 use crate::metrics::HandshakeFailure;
 use crate::reply::{connection_token, query_param, Answer, HttpError};
-use crate::session::{self, PeerAddr, Session};
+use crate::session::{self, PeerAddr, Session, Transport};
 
 /// How far before the cursor's message a replay reaches (see the module docs).
 pub(crate) const REPLAY_WINDOW: Duration = Duration::from_secs(10);
@@ -45,6 +45,7 @@ pub(crate) async fn open(
     query: &str,
     headers: &HeaderMap,
     peer: Option<PeerAddr>,
+    transport: Option<Arc<Transport>>,
     ctx: &Arc<Ctx>,
 ) -> Answer {
     session::attempt(ctx, peer, headers)?;
@@ -74,6 +75,7 @@ pub(crate) async fn open(
             ))
         }
     };
+    backend::spend(ctx, backend::Budget::Rest, identity.user_id)?;
     let admission = session::admit(ctx, &identity).await?;
     // Registered before the replay is read, so nothing falls between the two.
     let (session, mut rx) = session::open(ctx, admission, session::Kind::EventStream).await;
@@ -87,16 +89,32 @@ pub(crate) async fn open(
         }
     }
     let expires_in = u64::try_from(session.valid_until_ms - proto::time::now_ms()).unwrap_or(0);
+    let last_poll_ms = Arc::new(std::sync::atomic::AtomicI64::new(proto::time::now_ms()));
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(expires_in);
+    if let Some(t) = transport {
+        tokio::spawn(watchdog(
+            t,
+            shared.clone(),
+            session.handle.close.clone(),
+            deadline,
+            last_poll_ms.clone(),
+        ));
+    }
     let state = StreamState {
         close: session.handle.close.clone(),
         session,
         ctx: ctx.clone(),
         rx,
         shared,
-        replay: cursor,
+        replay: cursor.map(|cursor| Replay {
+            cursor,
+            scan_from: 0,
+            total: 0,
+        }),
         pending,
         sent: RecentIds::with_capacity(MAX_REPLAY * 2),
-        deadline: tokio::time::Instant::now() + Duration::from_millis(expires_in),
+        deadline,
+        last_poll_ms,
     };
     let events = futures_util::stream::unfold(state, next_event);
     let body = warp::sse::keep_alive()
@@ -125,13 +143,26 @@ struct StreamState {
     /// Counts the queued bytes back out (the hub counts them in).
     shared: Arc<ConnShared>,
     close: tokio_util::sync::CancellationToken,
-    /// The cursor to replay from, until the replay has run.
-    replay: Option<i64>,
+    /// The replay still to read, page by page as the client takes events.
+    replay: Option<Replay>,
+    /// At most one replay page, or one event.
     pending: std::collections::VecDeque<Item>,
     /// Message ids already sent on this stream.
     sent: RecentIds,
     /// Token expiry: the stream ends; the client reconnects with a fresh token.
     deadline: tokio::time::Instant,
+    /// When hyper last asked for an event (unix ms), for the watchdog.
+    last_poll_ms: Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// Where a replay stands.
+#[derive(Debug, Clone, Copy)]
+struct Replay {
+    cursor: i64,
+    /// The id the next page starts after (0: the first page, after the routing settle).
+    scan_from: i64,
+    /// Messages replayed so far.
+    total: usize,
 }
 
 fn to_event(item: Item) -> warp::sse::Event {
@@ -144,12 +175,25 @@ fn to_event(item: Item) -> warp::sse::Event {
 async fn next_event(
     mut st: StreamState,
 ) -> Option<(Result<warp::sse::Event, Infallible>, StreamState)> {
+    st.last_poll_ms
+        .store(proto::time::now_ms(), std::sync::atomic::Ordering::Relaxed);
     loop {
+        if st.close.is_cancelled() || tokio::time::Instant::now() >= st.deadline {
+            return None;
+        }
         if let Some(item) = st.pending.pop_front() {
             return Some((Ok(to_event(item)), st));
         }
-        if let Some(cursor) = st.replay.take() {
-            replay(&mut st, cursor).await;
+        if let Some(r) = st.replay.take() {
+            // One page at a time, only when the last one has been taken: a client that
+            // reads slowly holds one page of memory, not the whole replay. Close and
+            // expiry still end the stream while the page is being read.
+            let (close, deadline) = (st.close.clone(), st.deadline);
+            tokio::select! {
+                next = replay_page(&mut st, r) => st.replay = next,
+                () = close.cancelled() => return None,
+                () = tokio::time::sleep_until(deadline) => return None,
+            }
             continue;
         }
         let next = tokio::select! {
@@ -183,59 +227,105 @@ async fn next_event(
 /// routing table caught up closes that window.
 const ROUTING_SETTLE: Duration = Duration::from_millis(150);
 
-/// Queues the messages the client may have missed since `cursor`.
-async fn replay(st: &mut StreamState, cursor: i64) {
-    tokio::time::sleep(ROUTING_SETTLE).await;
+/// Messages per replay page (a page is what the stream holds in memory at once).
+const REPLAY_PAGE: u32 = 100;
+
+/// Queues the next replay page; returns where the replay stands, or `None` when done.
+async fn replay_page(st: &mut StreamState, mut r: Replay) -> Option<Replay> {
     let ctx = st.ctx.clone();
-    ctx.metrics.resumed();
-    let mut scan_from = 0;
-    let mut total = 0;
-    loop {
-        let req = pb::MessagesSinceRequest {
-            user_id: st.session.user_id,
-            after_message_id: cursor,
-            window_ms: i64::try_from(REPLAY_WINDOW.as_millis()).unwrap_or(10_000),
-            scan_from,
-            limit: 500,
-        };
-        let page = match backend::messages_since(&ctx, &req).await {
-            Ok(p) => p,
-            Err(e) => {
-                let message = match &e {
-                    backend::BackendError::Refused(_) => e.message(),
-                    _ => format!("resume failed: {}", e.message()),
-                };
-                st.pending.push_back(Item::Text(
-                    ServerFrame::error(e.code(), message, None).to_json(),
-                ));
-                return;
-            }
-        };
-        for m in &page.messages {
-            scan_from = m.id;
-            if st.sent.insert(m.id) {
-                total += 1;
-                st.pending.push_back(Item::Message {
-                    id: m.id,
-                    text: ServerFrame::NewMessage(NewMessage::from_pb(m)).to_json(),
-                });
-            }
-        }
-        if !page.has_more || page.messages.is_empty() {
-            return;
-        }
-        if total >= MAX_REPLAY {
+    if r.scan_from == 0 && r.total == 0 {
+        tokio::time::sleep(ROUTING_SETTLE).await;
+        ctx.metrics.resumed();
+    }
+    let req = pb::MessagesSinceRequest {
+        user_id: st.session.user_id,
+        after_message_id: r.cursor,
+        window_ms: i64::try_from(REPLAY_WINDOW.as_millis()).unwrap_or(10_000),
+        scan_from: r.scan_from,
+        limit: REPLAY_PAGE,
+    };
+    let page = match backend::messages_since(&ctx, &req).await {
+        Ok(p) => p,
+        Err(e) => {
+            let message = match &e {
+                backend::BackendError::Refused(_) => e.message(),
+                _ => format!("resume failed: {}", e.message()),
+            };
             st.pending.push_back(Item::Text(
-                ServerFrame::error(
-                    ErrorCode::InvalidField,
-                    format!(
-                        "more than {MAX_REPLAY} missed messages; page the rest with GET /api/v1/conversations/{{id}}/messages/"
-                    ),
-                    None,
-                )
-                .to_json(),
+                ServerFrame::error(e.code(), message, None).to_json(),
             ));
-            return;
+            return None;
+        }
+    };
+    for m in &page.messages {
+        r.scan_from = m.id;
+        if st.sent.insert(m.id) {
+            r.total += 1;
+            st.pending.push_back(Item::Message {
+                id: m.id,
+                text: ServerFrame::NewMessage(NewMessage::from_pb(m)).to_json(),
+            });
         }
     }
+    if !page.has_more || page.messages.is_empty() {
+        return None;
+    }
+    if r.total >= MAX_REPLAY {
+        st.pending.push_back(Item::Text(
+            ServerFrame::error(
+                ErrorCode::InvalidField,
+                format!(
+                    "more than {MAX_REPLAY} missed messages; page the rest with GET /api/v1/conversations/{{id}}/messages/"
+                ),
+                None,
+            )
+            .to_json(),
+        ));
+        return None;
+    }
+    Some(r)
+}
+
+/// How long a stream may leave queued events unread, or outlive its close or its token,
+/// before its connection is cut. Nothing polls a stream whose client stopped reading (its
+/// TCP window is full, hyper waits to write), so it cannot notice its own close: this task
+/// ends the connection from outside.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn watchdog(
+    transport: Arc<Transport>,
+    shared: Arc<ConnShared>,
+    close: tokio_util::sync::CancellationToken,
+    deadline: tokio::time::Instant,
+    last_poll_ms: Arc<std::sync::atomic::AtomicI64>,
+) {
+    let timeout_ms = i64::try_from(WRITE_TIMEOUT.as_millis()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut closed_at: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = transport.kill.cancelled() => return,
+        }
+        let now = tokio::time::Instant::now();
+        if close.is_cancelled() {
+            let at = *closed_at.get_or_insert(now);
+            if now.duration_since(at) >= WRITE_TIMEOUT {
+                break;
+            }
+        }
+        if now >= deadline + WRITE_TIMEOUT {
+            break;
+        }
+        let idle = proto::time::now_ms() - last_poll_ms.load(std::sync::atomic::Ordering::Relaxed);
+        let waiting = shared
+            .queued_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0;
+        if waiting && idle > timeout_ms {
+            break;
+        }
+    }
+    tracing::info!("event stream not read in time; closing its connection");
+    transport.kill.cancel();
 }

@@ -38,6 +38,11 @@ pub const JWT_PUBLIC_KEY_FILE: &str = "INDABA_JWT_PUBLIC_KEY_FILE";
 pub const JWT_LEEWAY_SECS: &str = "INDABA_JWT_LEEWAY_SECS";
 /// WebSocket/SSE connection attempts per client address per 10 s (default 300; 0: no limit).
 pub const CONNECT_RATE_PER_IP_10S: &str = "INDABA_CONNECT_RATE_PER_IP_10S";
+/// Open HTTP/WebSocket/SSE connections allowed per client address (default 256; 0: no
+/// limit). Connections from `INDABA_TRUSTED_PROXIES` are not counted.
+pub const MAX_CONNECTIONS_PER_IP: &str = "INDABA_MAX_CONNECTIONS_PER_IP";
+/// Seconds a REST request body may take to arrive (default 10); slower: 408.
+pub const BODY_TIMEOUT_SECS: &str = "INDABA_BODY_TIMEOUT_SECS";
 /// Comma-separated IP addresses of load balancers whose `X-Forwarded-For` is trusted.
 pub const TRUSTED_PROXIES: &str = "INDABA_TRUSTED_PROXIES";
 /// Seconds a socket opened without a token has to send `authenticate` (default 5).
@@ -46,6 +51,11 @@ pub const AUTH_TIMEOUT_SECS: &str = "INDABA_AUTH_TIMEOUT_SECS";
 pub const JWT_ISSUER: &str = "INDABA_JWT_ISSUER";
 /// When set, client tokens must carry this `aud` (or a list containing it).
 pub const JWT_AUDIENCE: &str = "INDABA_JWT_AUDIENCE";
+/// The claim that names a token's type (default `token_type`, SimpleJWT's).
+pub const JWT_TOKEN_TYPE_CLAIM: &str = "INDABA_JWT_TOKEN_TYPE_CLAIM";
+/// The only token type accepted when a token names one (default `access`): SimpleJWT's
+/// refresh tokens carry `token_type: refresh` and are refused.
+pub const JWT_ACCESS_TOKEN_TYPE: &str = "INDABA_JWT_ACCESS_TOKEN_TYPE";
 /// NATS server URL(s), comma separated (distributed mode).
 pub const NATS_URL: &str = "NATS_URL";
 /// PostgreSQL connection string (message-service, distributed mode).
@@ -77,6 +87,11 @@ pub const GRPC_API_KEY: &str = "INDABA_GRPC_API_KEY";
 pub const ALLOWED_ORIGINS: &str = "INDABA_ALLOWED_ORIGINS";
 /// Chat messages one user may send per 10 s on one gateway (default 30).
 pub const CHAT_RATE_PER_10S: &str = "INDABA_CHAT_RATE_PER_10S";
+/// REST requests and event-stream opens one user may make per 10 s on one gateway
+/// (default 100; 0: no limit). Over it: 429 with `Retry-After` and `RateLimit` headers.
+pub const REST_RATE_PER_10S: &str = "INDABA_REST_RATE_PER_10S";
+/// Conversations one user may create per minute on one gateway (default 20; 0: no limit).
+pub const CONVERSATION_CREATE_RATE_PER_MIN: &str = "INDABA_CONVERSATION_CREATE_RATE_PER_MIN";
 /// Seconds between server pings (default 25); a socket that misses two is closed.
 pub const PING_INTERVAL_SECS: &str = "INDABA_PING_INTERVAL_SECS";
 /// Most sockets one user may hold across all gateways (default 10; counted by
@@ -183,9 +198,13 @@ pub const VAPID_PRIVATE_KEY: &str = "INDABA_VAPID_PRIVATE_KEY";
 pub const VAPID_SUBJECT: &str = "INDABA_VAPID_SUBJECT";
 /// Webhooks: the HMAC-SHA256 signing secret (≥ 16 characters).
 pub const WEBHOOK_SECRET: &str = "INDABA_WEBHOOK_SECRET";
-/// push-service: `true` allows `http://` webhook URLs and Web Push endpoints (development
-/// and tests only; real push services are https).
+/// Deprecated alias of [`OUTBOUND_ALLOW_PRIVATE`] (push-service reads either; it now also
+/// allows loopback and private addresses).
 pub const PUSH_ALLOW_HTTP: &str = "INDABA_PUSH_ALLOW_HTTP";
+/// `true` (development and tests only): every outbound target a user chooses (push webhooks,
+/// Web Push endpoints, and later hooks) may be `http://`, on any port, and on loopback or
+/// private addresses. Default false: `https://` on 443 to public addresses only.
+pub const OUTBOUND_ALLOW_PRIVATE: &str = "INDABA_OUTBOUND_ALLOW_PRIVATE";
 
 #[cfg(test)]
 mod tests {

@@ -394,6 +394,9 @@ pub struct ErrorFrame {
     /// The message ids rejected, for a partly accepted `read_receipt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message_ids: Option<Vec<i64>>,
+    /// For `rate_limited`: how long to wait before the next attempt can succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// `typing_indicator` (server → client): someone in a conversation is typing, or stopped.
@@ -597,7 +600,14 @@ impl ErrorFrame {
             reference: None,
             conversation_id: None,
             message_ids: None,
+            retry_after_ms: None,
         }
+    }
+
+    /// Says when a refused attempt may be repeated.
+    pub fn retry_after(mut self, retry_after_ms: Option<u64>) -> ErrorFrame {
+        self.retry_after_ms = retry_after_ms;
+        self
     }
 
     /// Names the conversation the error is about.

@@ -18,3 +18,8 @@ pub const SEC_WEBSOCKET_KEY: &str = "sec-websocket-key";
 pub const SEC_WEBSOCKET_VERSION: &str = "sec-websocket-version";
 /// HTTP: when to retry a refused request (RFC 9110), in seconds.
 pub const RETRY_AFTER: &str = "retry-after";
+/// HTTP: a rate-limit policy, `"<name>";q=<quota>;w=<window seconds>` (IETF httpapi
+/// RateLimit header fields draft).
+pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
+/// HTTP: a rate-limit policy's state, `"<name>";r=<remaining>;t=<seconds to reset>`.
+pub const RATELIMIT: &str = "ratelimit";

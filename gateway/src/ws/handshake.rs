@@ -15,7 +15,7 @@ use crate::auth::AuthError;
 use crate::ctx::Ctx;
 use crate::metrics::HandshakeFailure;
 use crate::reply::{connection_token, header_has_token, Answer, HttpError};
-use crate::session::{self, PeerAddr};
+use crate::session::{self, PeerAddr, Transport};
 
 /// `GET /ws/chat/`.
 pub(crate) async fn handshake(
@@ -23,9 +23,10 @@ pub(crate) async fn handshake(
     headers: HeaderMap,
     on_upgrade: Option<OnUpgrade>,
     peer: Option<PeerAddr>,
+    transport: Option<Arc<Transport>>,
     ctx: Arc<Ctx>,
 ) -> Response {
-    upgrade(&query, &headers, on_upgrade, peer, ctx)
+    upgrade(&query, &headers, on_upgrade, peer, transport, ctx)
         .await
         .unwrap_or_else(HttpError::into_response)
 }
@@ -35,6 +36,7 @@ async fn upgrade(
     headers: &HeaderMap,
     on_upgrade: Option<OnUpgrade>,
     peer: Option<PeerAddr>,
+    transport: Option<Arc<Transport>>,
     ctx: Arc<Ctx>,
 ) -> Answer {
     // Before any work (token verification included): a flood from one address stops here.
@@ -82,7 +84,11 @@ async fn upgrade(
     };
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => super::socket::run(ctx, upgraded, admission).await,
+            // The socket keeps the connection's place in the per-address count.
+            Ok(upgraded) => {
+                super::socket::run(ctx, upgraded, admission).await;
+                drop(transport);
+            }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });

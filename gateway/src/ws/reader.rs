@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::resume;
-use crate::backend::{self, BackendError, Window};
+use crate::backend::{self, BackendError, Budget, Window};
 use crate::ctx::Ctx;
 use crate::hub::{Outbound, SyncFrame};
 use crate::session::{self, Session};
@@ -65,23 +65,12 @@ pub(super) struct Conn {
     watched: HashSet<i64>,
     /// The client said `away`.
     said_away: bool,
-    /// Consecutive rate-limited chat messages.
+    /// Consecutive rate-limited frames.
     rate_strikes: u32,
-    /// Typing indicators this socket may still send.
-    typing_bucket: crate::limits::Bucket,
-    /// Read-receipt frames this socket may still send.
-    receipt_bucket: crate::limits::Bucket,
     /// No client frame for `idle_away`.
     idle: bool,
     last_activity: tokio::time::Instant,
 }
-
-/// Typing indicators a socket may send: 2 per second, bursts of 6 (state changes; repeats
-/// within a second are coalesced before this counts).
-const TYPING_RATE: (f64, f64) = (6.0, 2.0);
-/// Read-receipt frames a socket may send: 10 per second, bursts of 30 (each frame carries up
-/// to 500 ids, so this bounds ids too).
-const RECEIPT_RATE: (f64, f64) = (30.0, 10.0);
 
 impl Conn {
     /// The reader of an opened session.
@@ -98,8 +87,6 @@ impl Conn {
             watched: HashSet::new(),
             said_away: false,
             rate_strikes: 0,
-            typing_bucket: crate::limits::Bucket::full(TYPING_RATE.0, TYPING_RATE.1),
-            receipt_bucket: crate::limits::Bucket::full(RECEIPT_RATE.0, RECEIPT_RATE.1),
             idle: false,
             last_activity: tokio::time::Instant::now(),
         }
@@ -211,7 +198,9 @@ impl Conn {
     }
 
     fn send_backend_error(&self, e: &BackendError, conversation_id: Option<i64>) {
-        self.send_error(e.code(), e.message(), conversation_id);
+        self.send(ServerFrame::Error(
+            backend_error_frame(e).about(conversation_id),
+        ));
     }
 
     fn send_error(&self, code: ErrorCode, message: String, conversation_id: Option<i64>) {
@@ -229,18 +218,17 @@ impl Conn {
                 self.typing_indicator(t.conversation_id.0, t.is_typing)
                     .await
             }
+            // Each frame (up to 500 ids) spends the user's receipt budget, shared with REST.
             Ok(ClientFrame::ReadReceipt(r)) => {
-                if self.receipt_bucket.take(Instant::now()) {
-                    self.rate_strikes = 0;
-                    self.read_receipt(r).await
-                } else {
-                    self.ctx.metrics.rate_limited();
-                    self.strike();
-                    self.send_error(
-                        ErrorCode::RateLimited,
-                        "read receipts: at most 10 frames per second; batch the ids".into(),
-                        None,
-                    )
+                match backend::spend(&self.ctx, Budget::Receipts, self.session.user_id) {
+                    Ok(()) => {
+                        self.rate_strikes = 0;
+                        self.read_receipt(r).await
+                    }
+                    Err(e) => {
+                        self.strike();
+                        self.send_backend_error(&e, None)
+                    }
                 }
             }
             Ok(ClientFrame::JoinConversation(r)) => self.join(r.conversation_id.0).await,
@@ -387,12 +375,14 @@ impl Conn {
                 }))
             }
             Err(e) => {
-                if e.code() == ErrorCode::RateLimited {
+                if matches!(e, BackendError::Limited(..)) {
                     self.strike();
                 } else {
                     self.rate_strikes = 0;
                 }
-                self.send(ServerFrame::error(e.code(), e.message(), reference))
+                let mut f = backend_error_frame(&e);
+                f.reference = reference;
+                self.send(ServerFrame::Error(f))
             }
         }
     }
@@ -407,18 +397,8 @@ impl Conn {
                 return;
             }
         }
-        // Only indicators that would go out count: the spec's client sends one per
-        // keystroke, and those repeats were coalesced above.
-        if !self.typing_bucket.take(now) {
-            self.ctx.metrics.rate_limited();
-            self.strike();
-            return self.send_error(
-                ErrorCode::RateLimited,
-                "typing indicators: at most 2 state changes per second".into(),
-                Some(conversation_id),
-            );
-        }
-        self.rate_strikes = 0;
+        // Only indicators that would go out spend the budget: the spec's client sends one
+        // per keystroke, and those repeats were coalesced above.
         let origin = self.session.connection_id.to_string();
         match backend::typing(
             &self.ctx,
@@ -430,11 +410,15 @@ impl Conn {
         .await
         {
             Ok(()) => {
+                self.rate_strikes = 0;
                 self.typing.insert(conversation_id, (now, is_typing));
             }
             // Refused, or it may or may not have gone out: forget the state so the next
             // indicator, whatever it says, is forwarded.
             Err(e) => {
+                if matches!(e, BackendError::Limited(..)) {
+                    self.strike();
+                }
                 self.typing.remove(&conversation_id);
                 self.send_backend_error(&e, Some(conversation_id))
             }
@@ -483,11 +467,10 @@ impl Conn {
             .collect();
         for conversation_id in typing {
             let origin = self.session.connection_id.to_string();
-            let _ = backend::typing(
+            let _ = backend::typing_stopped_on_close(
                 &self.ctx,
                 self.session.user_id,
                 conversation_id,
-                false,
                 origin,
             )
             .await;
@@ -622,4 +605,12 @@ impl Conn {
             Err(e) => self.send_backend_error(&e, None),
         }
     }
+}
+
+/// The `error` frame of a failed operation (with `retry_after_ms` when over a budget).
+fn backend_error_frame(e: &BackendError) -> frames::ErrorFrame {
+    let retry_ms = e
+        .retry_after()
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    frames::ErrorFrame::new(e.code(), e.message()).retry_after(retry_ms)
 }
