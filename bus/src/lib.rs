@@ -13,6 +13,7 @@ pub mod config;
 pub mod heartbeat;
 pub mod jobs;
 mod local;
+pub mod metrics;
 mod nats;
 pub mod ops;
 pub mod runtime;
@@ -210,9 +211,11 @@ impl Bus {
         }
     }
 
-    /// Counts reconnections to NATS (0 until the first one). While disconnected, messages
-    /// published to us were dropped by the server, so a holder of client state (a
-    /// gateway) must treat a change as "I may have missed deliveries". `None` in process.
+    /// Counts the times this connection may have missed messages (0 until the first): each
+    /// reconnection to NATS (while disconnected, messages published to us were dropped by
+    /// the server) and each slow-consumer event (the client dropped messages for a
+    /// subscriber that fell behind). A holder of client state (a gateway) must treat a
+    /// change as "I may have missed deliveries". `None` in process.
     pub fn reconnects(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
         match self {
             Bus::Nats(_, r) => Some(r.clone()),

@@ -32,8 +32,12 @@ pub(crate) async fn connect(
                         }
                     }
                     async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                    // The client dropped messages for a subscriber that fell behind: as
+                    // after a reconnect, whoever holds client state may have missed
+                    // deliveries and must say so (a gateway asks its clients to resync).
                     async_nats::Event::SlowConsumer(sid) => {
-                        tracing::error!(sid, "nats slow consumer: messages dropped")
+                        tracing::error!(sid, "nats slow consumer: messages dropped");
+                        tx.send_modify(|n| *n += 1);
                     }
                     other => tracing::info!(event = %other, "nats event"),
                 }

@@ -122,7 +122,7 @@ impl App {
         let http = tokio::spawn(http::serve(self.listener, ctx.clone(), token.clone()));
         let deliver = tokio::spawn(delivery::run(ctx.clone(), self.deliveries));
         let presence_task = tokio::spawn(delivery::presence(ctx.clone(), self.presence));
-        // After a NATS reconnect, deliveries published while we were away are gone: close
+        // After a NATS reconnect or a slow-consumer event, deliveries may be gone: close
         // every socket with 1012 so clients reconnect and `sync`, and re-announce at once.
         let reconnect_task = ctx.bus.reconnects().map(|mut changes| {
             let c = ctx.clone();
@@ -131,7 +131,7 @@ impl App {
                     let sockets = c.hub.all();
                     tracing::warn!(
                         n = sockets.len(),
-                        "nats reconnected; asking clients to resync"
+                        "bus may have dropped deliveries (reconnect or slow consumer); asking clients to resync"
                     );
                     session::heartbeat(&c, false).await;
                     for s in sockets {
