@@ -4,67 +4,26 @@
 //!
 //! Each RPC runs the same [`crate::ops`] function as the NATS path; an `error` in the
 //! response becomes a gRPC status with rich details (`google.rpc.ErrorInfo` carrying our
-//! stable code, and `google.rpc.BadRequest` naming the field when one is to blame).
+//! stable code, and `google.rpc.BadRequest` naming the field when one is to blame): the
+//! mapping every gRPC server shares, `proto::grpc_status`. This door only translates.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use proto::grpc_auth::{require_write, ApiKeys};
+use proto::grpc_status::{require_id, status};
 use proto::pb;
 use proto::pb::message_service_server::{MessageService, MessageServiceServer};
-use proto::ErrorCode;
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use tonic::{Request, Response, Status};
 
 use crate::ops::{self, Answer};
-use crate::Inner;
+use crate::state::Inner;
 
-/// The error domain in `ErrorInfo` details.
-const ERROR_DOMAIN: &str = "indaba.chat.v1";
-
-/// The gRPC status for a failed operation.
-pub fn status(e: &pb::Error) -> Status {
-    let code = match ErrorCode::parse(&e.code) {
-        ErrorCode::ConversationNotFound | ErrorCode::MessageNotFound | ErrorCode::NotFound => {
-            Code::NotFound
-        }
-        ErrorCode::Forbidden => Code::PermissionDenied,
-        ErrorCode::Unauthorized => Code::Unauthenticated,
-        ErrorCode::RateLimited => Code::ResourceExhausted,
-        ErrorCode::Unavailable => Code::Unavailable,
-        ErrorCode::Internal => Code::Internal,
-        ErrorCode::TooManyParticipants => Code::FailedPrecondition,
-        _ => Code::InvalidArgument,
-    };
-    let mut details = ErrorDetails::new();
-    details.set_error_info(
-        e.code.clone(),
-        ERROR_DOMAIN,
-        std::collections::HashMap::new(),
-    );
-    if !e.field.is_empty() {
-        details.add_bad_request_violation(e.field.clone(), e.message.clone());
-    }
-    Status::with_error_details(code, e.message.clone(), details)
-}
-
+/// A response, or its `error` as a gRPC status.
 fn answer<T: Answer>(resp: T) -> Result<Response<T>, Status> {
     match resp.error() {
         Some(e) => Err(status(e)),
         None => Ok(Response::new(resp)),
-    }
-}
-
-/// A required positive id, or `INVALID_ARGUMENT` naming the field.
-fn require_id(field: &str, v: i64) -> Result<(), Status> {
-    if v > 0 {
-        Ok(())
-    } else {
-        Err(status(&proto::field_error(
-            field,
-            ErrorCode::InvalidField,
-            format!("{field} must be a positive integer"),
-        )))
     }
 }
 

@@ -1,28 +1,25 @@
 //! The operations of message-service, typed: one function per request, returning the
-//! protobuf response with failures in its `error` field. The NATS handlers and the gRPC
-//! service both call these, so every entry point holds to the same rules.
+//! protobuf response with failures in its `error` field. The NATS routes (`dispatch`) and
+//! the gRPC service (`grpc`) both call these, so every entry point holds to the same rules:
+//! validation lives here, not in the doors.
 
 use std::collections::BTreeMap;
 use tracing::Instrument;
 
+use proto::limits::{CONVERSATION_PAGE, MAX_RECEIPT_IDS, MESSAGE_PAGE};
 use proto::pb::{self, ConversationKind};
 use proto::{field_error, pb_error, ErrorCode};
 
+use crate::delivery::{deliver, publish_event};
+use crate::metrics;
+use crate::state::Inner;
 use crate::store::{self, ConversationCursor, StoreError, SYSTEM_SENDER_ID};
-use crate::{deliver, publish_event, Inner};
-
-/// Most message ids one read receipt may carry.
-pub const MAX_RECEIPT_IDS: usize = 500;
-
-/// Default and largest page of `ListConversations`.
-const DEFAULT_CONVERSATION_PAGE: u32 = 100;
-const MAX_CONVERSATION_PAGE: u32 = 500;
 
 /// Conversations one unread summary covers (most recently active first).
 const UNREAD_CONVERSATIONS: u32 = 500;
 
 /// A response type: it can carry a failure, and say whether it does.
-pub trait Answer: prost::Message + Default {
+pub(crate) trait Answer: prost::Message + Default {
     /// The response for a request that failed as a whole.
     fn failed(e: pb::Error) -> Self;
     /// The failure, if the request failed.
@@ -76,32 +73,13 @@ answer_with_result_oneof!(
     pb::GetMessageResponse => get_message_response,
 );
 
-/// Decodes a NATS request, runs `op`, encodes the answer; an undecodable request is an
-/// `invalid_field` failure of the expected response type.
-pub(crate) async fn over_nats<Req, Resp, Fut>(
-    payload: &[u8],
-    op: impl FnOnce(Req) -> Fut,
-) -> bytes::Bytes
-where
-    Req: prost::Message + Default,
-    Resp: Answer,
-    Fut: std::future::Future<Output = Resp>,
-{
-    let resp = match Req::decode(payload) {
-        Ok(req) => op(req).await,
-        Err(e) => Resp::failed(pb_error(
-            ErrorCode::InvalidField,
-            format!("undecodable request: {e}"),
-        )),
-    };
-    bytes::Bytes::from(resp.encode_to_vec())
-}
-
+/// The failure a client sees for a store error: its own refusal, or `unavailable` (and a
+/// log line and a count) when the database failed.
 pub(crate) fn store_error(e: StoreError) -> pb::Error {
     match e {
         StoreError::Rejected { code, message } => pb_error(code, message),
         other => {
-            crate::metrics::store_error();
+            metrics::store_error();
             tracing::error!(error = %other, "store failure");
             pb_error(
                 ErrorCode::Unavailable,
@@ -111,10 +89,12 @@ pub(crate) fn store_error(e: StoreError) -> pb::Error {
     }
 }
 
+/// A field's validation failure as a request failure naming it.
 fn invalid(field: &str, e: proto::limits::Invalid) -> pb::Error {
     field_error(field, e.code, e.message)
 }
 
+/// `field` must be a positive id.
 fn positive(field: &str, id: i64) -> Result<(), pb::Error> {
     proto::limits::validate_id(field, id).map_err(|e| invalid(field, e))
 }
@@ -189,7 +169,8 @@ pub(crate) async fn send(inner: &Inner, req: pb::SendMessageRequest) -> pb::Send
         origin_connection_id: req.origin_connection_id.clone(),
     };
     let sent = match inner
-        .store_message(new)
+        .sends
+        .store(new)
         .instrument(tracing::info_span!("store"))
         .await
     {
@@ -203,7 +184,7 @@ pub(crate) async fn send(inner: &Inner, req: pb::SendMessageRequest) -> pb::Send
     );
     if !sent.duplicate {
         inner.crash_point_after_commit();
-        crate::metrics::message_stored();
+        metrics::message_stored();
         // Committed: publish now. The reply goes out after this, but a slow publish only
         // delays `message_sent`, never loses the message (the outbox row covers a crash).
         deliver(
@@ -309,6 +290,10 @@ pub(crate) async fn list_messages(
             "before_seq must not be negative",
         ));
     }
+    let limit = match MESSAGE_PAGE.check(req.limit) {
+        Ok(n) => n,
+        Err(e) => return pb::ListMessagesResponse::failed(invalid(MESSAGE_PAGE.field, e)),
+    };
     match inner
         .store
         .list_messages(
@@ -316,7 +301,7 @@ pub(crate) async fn list_messages(
             req.conversation_id,
             req.after_seq,
             req.before_seq,
-            req.limit,
+            limit,
         )
         .await
     {
@@ -372,6 +357,7 @@ fn page_token(c: ConversationCursor) -> String {
     format!("v1.{}.{}", c.last_message_at_ms, c.id)
 }
 
+/// The cursor of a token [`page_token`] made; `None` for anything else.
 fn parse_page_token(token: &str) -> Option<ConversationCursor> {
     let rest = token.strip_prefix("v1.")?;
     let (at, id) = rest.split_once('.')?;
@@ -388,17 +374,9 @@ pub(crate) async fn list_conversations(
 ) -> pb::ListConversationsResponse {
     let res = async {
         positive("user_id", req.user_id)?;
-        let size = match req.page_size {
-            0 => DEFAULT_CONVERSATION_PAGE,
-            n if n > MAX_CONVERSATION_PAGE => {
-                return Err(field_error(
-                    "page_size",
-                    ErrorCode::InvalidField,
-                    format!("page_size must be at most {MAX_CONVERSATION_PAGE}"),
-                ))
-            }
-            n => n,
-        };
+        let size = CONVERSATION_PAGE
+            .check(req.page_size)
+            .map_err(|e| invalid(CONVERSATION_PAGE.field, e))?;
         let after = if req.page_token.is_empty() {
             None
         } else {

@@ -24,20 +24,20 @@ use std::time::{Duration, Instant};
 use proto::pb;
 
 /// How long published messages are remembered.
-pub const WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const WINDOW: Duration = Duration::from_secs(10);
 
 /// Most messages remembered per recipient: a socket that missed more than this in the window
 /// is far behind, and its resume (`sync`) reads them from the store anyway.
-pub const PER_USER: usize = 256;
+pub(crate) const PER_USER: usize = 256;
 
 /// A published message as the catch-up needs it: the message and the socket it came from
 /// (never echoed back there).
 #[derive(Debug, Clone)]
-pub struct Published {
+pub(crate) struct Published {
     /// The message.
-    pub message: Arc<pb::ChatMessage>,
+    pub(crate) message: Arc<pb::ChatMessage>,
     /// The sender's socket (`origin_connection_id`), empty when none.
-    pub origin: Arc<str>,
+    pub(crate) origin: Arc<str>,
 }
 
 /// One recipient's recent messages, oldest first, with when they were published (monotonic,
@@ -46,7 +46,7 @@ type Queue = VecDeque<(Instant, i64, Published)>;
 
 /// Recently published messages by recipient. Clones share the table.
 #[derive(Clone, Default)]
-pub struct Recent {
+pub(crate) struct Recent {
     table: Arc<Mutex<Table>>,
 }
 
@@ -62,7 +62,7 @@ struct Table {
 
 impl Recent {
     /// Remembers a message published to these recipients (once; repeats are ignored).
-    pub fn record(&self, message: &pb::ChatMessage, recipients: &[i64], origin: &str) {
+    pub(crate) fn record(&self, message: &pb::ChatMessage, recipients: &[i64], origin: &str) {
         let now = Instant::now();
         let wall = proto::time::now_ms();
         let mut g = self.table.lock().unwrap_or_else(|e| e.into_inner());
@@ -90,7 +90,7 @@ impl Recent {
     /// socket opened, by the gateway's clock), oldest first. Earlier ones are not the
     /// socket's to miss: they were committed before it opened, so a resume it sends reads
     /// them, in order (a catch-up copy sent ahead of the resume would arrive out of order).
-    pub fn published_after(&self, user: i64, opened_ms: i64) -> Vec<Published> {
+    pub(crate) fn published_after(&self, user: i64, opened_ms: i64) -> Vec<Published> {
         let now = Instant::now();
         let g = self.table.lock().unwrap_or_else(|e| e.into_inner());
         g.by_user
@@ -105,7 +105,7 @@ impl Recent {
     }
 
     /// Forgets everything older than the window (called every second).
-    pub fn prune(&self) {
+    pub(crate) fn prune(&self) {
         let now = Instant::now();
         let mut g = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let g = &mut *g;

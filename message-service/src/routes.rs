@@ -5,16 +5,15 @@
 //! client memory in async-nats; see ARCHITECTURE.md). The price is this table, kept from
 //! two sources: per-socket `ConnectionEvent`s (fast) and each gateway's periodic full
 //! `GatewayHeartbeat` (repairs anything lost). A gateway silent for
-//! [`DEAD_AFTER_INTERVALS`] heartbeat intervals is dropped.
+//! [`DEAD_AFTER_INTERVALS`] heartbeat intervals is dropped (the same count presence uses,
+//! so a dead gateway's users go offline and unroutable together).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use proto::limits::DEAD_AFTER_INTERVALS;
 use proto::pb::{connection_event::Kind, ConnectionEvent, GatewayHeartbeat};
-
-/// Missed heartbeats after which a gateway is presumed dead.
-pub const DEAD_AFTER_INTERVALS: u32 = 3;
 
 #[derive(Debug)]
 struct GatewayState {
@@ -26,13 +25,13 @@ struct GatewayState {
 
 /// The routing table; clones share it.
 #[derive(Clone, Debug, Default)]
-pub struct Routes {
+pub(crate) struct Routes {
     gateways: Arc<RwLock<HashMap<Arc<str>, GatewayState>>>,
 }
 
 impl Routes {
     /// Applies one socket event.
-    pub fn apply_event(&self, ev: &ConnectionEvent) {
+    pub(crate) fn apply_event(&self, ev: &ConnectionEvent) {
         let mut gws = self.gateways.write().unwrap_or_else(|e| e.into_inner());
         let gw = gws
             .entry(Arc::from(ev.gateway_id.as_str()))
@@ -58,7 +57,7 @@ impl Routes {
 
     /// Replaces what is known about a gateway with its heartbeat. Returns the users the
     /// table did not have on that gateway (their socket-opened event was lost or is late).
-    pub fn apply_heartbeat(&self, hb: &GatewayHeartbeat) -> Vec<i64> {
+    pub(crate) fn apply_heartbeat(&self, hb: &GatewayHeartbeat) -> Vec<i64> {
         let mut gws = self.gateways.write().unwrap_or_else(|e| e.into_inner());
         if hb.stopping {
             gws.remove(hb.gateway_id.as_str());
@@ -86,7 +85,7 @@ impl Routes {
     }
 
     /// Drops gateways that stopped sending heartbeats. Returns how many were dropped.
-    pub fn expire(&self) -> usize {
+    pub(crate) fn expire(&self) -> usize {
         let mut gws = self.gateways.write().unwrap_or_else(|e| e.into_inner());
         let before = gws.len();
         gws.retain(|_, g| g.last_seen.elapsed() < g.interval * DEAD_AFTER_INTERVALS);
@@ -95,7 +94,7 @@ impl Routes {
 
     /// Groups `users` by the gateways that hold their sockets. Users with no socket
     /// anywhere are left out (they catch up with `sync`, or get a push).
-    pub fn by_gateway(&self, users: &[i64]) -> Vec<(Arc<str>, Vec<i64>)> {
+    pub(crate) fn by_gateway(&self, users: &[i64]) -> Vec<(Arc<str>, Vec<i64>)> {
         let gws = self.gateways.read().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
         for (id, g) in gws.iter() {
@@ -109,14 +108,6 @@ impl Routes {
             }
         }
         out
-    }
-
-    /// Number of gateways known.
-    pub fn gateway_count(&self) -> usize {
-        self.gateways
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
     }
 }
 

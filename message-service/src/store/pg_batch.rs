@@ -1,6 +1,6 @@
 //! PostgreSQL's group commit: a whole batch in one statement, one round trip.
 //!
-//! The shared path ([`Store::insert_messages`](super::Store)) runs four statements per
+//! The shared path (`send`'s loop) runs four statements per
 //! message inside the batch's transaction; sqlx does not pipeline, so a batch of 100 was
 //! ~400 sequential round trips, and at a few thousand messages a second that — not the
 //! commit — was where message-service waited (issue 8's profile). Here the batch travels
@@ -18,16 +18,15 @@
 //! conversation of the batch in one statement ([`create_direct`]) and runs those messages
 //! through [`insert`] again ([`insert_creating_pairs`] does both).
 
-use proto::pb::ChatMessage;
 use proto::ErrorCode;
 use sqlx::{PgPool, Row};
 
-use std::collections::HashMap;
+use proto::pb::ConversationKind;
 
-use super::{
-    check_membership, conversation_not_found, direct_key, message_from_row, no_target, rejected,
-    ConversationKind, ConversationMeta, NewMessage, PendingDelivery, Sent, StoreError,
-};
+use super::conversations::ConversationMeta;
+use super::messages::{check_membership, no_target, NewMessage, Sent};
+use super::rows::{conversation_not_found, direct_key};
+use super::{rejected, StoreError};
 
 /// What became of one message of the batch.
 pub(super) enum Outcome {
@@ -236,64 +235,13 @@ fn decode(
             m.conversation_id.unwrap_or_default(),
         ))),
         (None, Some(cid)) => Outcome::Done(Ok(Sent {
-            message: ChatMessage {
-                id: row.try_get("id")?,
-                conversation_id: cid,
-                seq: row.try_get("seq")?,
-                sender_id: m.sender_id,
-                receiver_id: m.receiver_id,
-                text: m.text.clone(),
-                client_msg_id: m.client_msg_id.clone().unwrap_or_default(),
-                created_at_ms: now,
-            },
+            message: m.stored(row.try_get("id")?, cid, row.try_get("seq")?, now),
             participants: row.try_get("members")?,
-            meta: ConversationMeta {
-                title: row.try_get("title")?,
-                kind: row.try_get("kind")?,
-            },
+            meta: ConversationMeta::from_row(row)?,
             duplicate: false,
         })),
         (None, None) => return Ok(None),
     }))
-}
-
-/// The deliveries of claimed outbox rows (`(message_id, origin)`), read in one statement:
-/// after a restart the sweeper republishes thousands of rows, and three lookups per row
-/// were thousands of round trips a second.
-pub(super) async fn pending_deliveries(
-    pool: &PgPool,
-    claimed: Vec<(i64, String)>,
-) -> Result<Vec<PendingDelivery>, StoreError> {
-    if claimed.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<i64> = claimed.iter().map(|(id, _)| *id).collect();
-    let mut origins: HashMap<i64, String> = claimed.into_iter().collect();
-    let rows = sqlx::query(
-        "SELECT m.id, m.conversation_id, m.seq, m.sender_id, m.receiver_id, m.text,
-                m.client_msg_id, m.created_at_ms, c.title, c.kind,
-                ARRAY(SELECT p.user_id FROM participants p
-                      WHERE p.conversation_id = c.id ORDER BY p.user_id) AS members
-         FROM messages m JOIN conversations c ON c.id = m.conversation_id
-         WHERE m.id = ANY($1) ORDER BY m.id",
-    )
-    .bind(&ids)
-    .fetch_all(pool)
-    .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let message = message_from_row(r)?;
-        out.push(PendingDelivery {
-            origin_connection_id: origins.remove(&message.id).unwrap_or_default(),
-            participants: r.try_get("members")?,
-            meta: ConversationMeta {
-                title: r.try_get("title")?,
-                kind: r.try_get("kind")?,
-            },
-            message,
-        });
-    }
-    Ok(out)
 }
 
 /// Creates the direct conversations of `messages` (those [`insert`] found missing), with

@@ -14,15 +14,14 @@
 
 use std::collections::HashMap;
 
-use proto::pb::ChatMessage;
 use proto::ErrorCode;
 use serde_json::json;
 use sqlx::{Row, SqlitePool};
 
-use super::{
-    check_membership, conversation_not_found, direct_key, no_target, rejected, ConversationMeta,
-    NewMessage, Sent, StoreError,
-};
+use super::conversations::ConversationMeta;
+use super::messages::{check_membership, no_target, NewMessage, Sent};
+use super::rows::{conversation_not_found, direct_key};
+use super::{rejected, StoreError};
 
 /// One conversation of the batch, read under the write lock.
 struct Target {
@@ -92,10 +91,7 @@ pub(super) async fn insert(
             r.try_get("id")?,
             Target {
                 last_seq: r.try_get("last_seq")?,
-                meta: ConversationMeta {
-                    title: r.try_get("title")?,
-                    kind: r.try_get("kind")?,
-                },
+                meta: ConversationMeta::from_row(&r)?,
                 members: {
                     let mut v: Vec<i64> = serde_json::from_str(&members)
                         .map_err(|e| rejected(ErrorCode::Internal, format!("members: {e}")))?;
@@ -125,16 +121,8 @@ pub(super) async fn insert(
             check_membership(m, id, &c.members)?;
             c.last_seq += 1;
             Ok(Sent {
-                message: ChatMessage {
-                    id: 0, // assigned by the insert below
-                    conversation_id: id,
-                    seq: c.last_seq,
-                    sender_id: m.sender_id,
-                    receiver_id: m.receiver_id,
-                    text: m.text.clone(),
-                    client_msg_id: m.client_msg_id.clone().unwrap_or_default(),
-                    created_at_ms: now,
-                },
+                // The id is assigned by the insert below.
+                message: m.stored(0, id, c.last_seq, now),
                 participants: c.members.clone(),
                 meta: c.meta.clone(),
                 duplicate: false,

@@ -1,0 +1,271 @@
+//! The NATS door: one route table, the subscriptions made from it, and the loop that
+//! serves each subscription.
+//!
+//! Each route is declared once in [`ROUTES`] — its subject, its name (the `op` label of
+//! `indaba_requests_total` for requests, and the `op` of the request span) and what
+//! handles it — so the subscriptions, the dispatch and the metric labels cannot drift
+//! apart. Requests run the typed operations of [`crate::ops`] (the gRPC door runs the
+//! same ones); delivery acks and the routing streams are handled here, inline, in
+//! arrival order.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use prost::Message as _;
+use proto::{pb, pb_error, subjects, ErrorCode};
+use tracing::Instrument;
+
+use crate::delivery::{catch_up, tell_delivered};
+use crate::metrics::Counter;
+use crate::ops::{self, Answer};
+use crate::state::Inner;
+
+/// Runs one request: the payload in, the encoded response out.
+type Op = for<'a> fn(&'a Inner, &'a [u8]) -> BoxFuture<'a, Bytes>;
+
+/// What handles a route's messages.
+#[derive(Clone, Copy)]
+pub(crate) enum Handler {
+    /// A request (queue group): decoded, run, answered, counted.
+    Request(Op),
+    /// Gateways' delivery acks (queue group, no reply): `message_delivered` notices.
+    DeliveryAcks,
+    /// Socket events and heartbeats: every instance keeps its own routing table, so no
+    /// queue group; one subscription for both streams keeps them in order.
+    Routing,
+}
+
+/// One NATS route.
+pub(crate) struct Route {
+    /// The route's name: for requests the `op` metric label (bounded, stable).
+    pub(crate) name: &'static str,
+    /// The subject it listens on.
+    pub(crate) subject: &'static str,
+    /// What handles it.
+    pub(crate) handler: Handler,
+    /// Requests received (only request routes count).
+    pub(crate) received: Counter,
+}
+
+/// A request route running `$op` over NATS.
+macro_rules! request {
+    ($name:literal, $subject:expr, $op:path) => {
+        Route {
+            name: $name,
+            subject: $subject,
+            handler: Handler::Request(|inner, payload| {
+                Box::pin(over_nats(payload, move |req| $op(inner, req)))
+            }),
+            received: Counter::new(),
+        }
+    };
+}
+
+/// Every route of message-service, requests in the order `/metrics` lists them.
+pub(crate) static ROUTES: [Route; 13] = [
+    request!("send", subjects::MSG_SEND, ops::send),
+    request!(
+        "create_conversation",
+        subjects::CONV_CREATE,
+        ops::create_conversation
+    ),
+    request!(
+        "get_conversation",
+        subjects::CONV_GET,
+        ops::get_conversation
+    ),
+    request!("mark_read", subjects::RECEIPTS_MARK, ops::mark_read),
+    request!("typing", subjects::TYPING, ops::typing),
+    request!("list_messages", subjects::MSG_LIST, ops::list_messages),
+    request!(
+        "list_conversations",
+        subjects::CONV_LIST,
+        ops::list_conversations
+    ),
+    request!(
+        "update_participants",
+        subjects::CONV_MEMBERS,
+        ops::update_participants
+    ),
+    request!("get_message", subjects::MSG_GET, ops::get_message),
+    request!("unread_counts", subjects::UNREAD, ops::unread_counts),
+    request!("messages_since", subjects::MSG_SINCE, ops::messages_since),
+    Route {
+        name: "delivery_acks",
+        subject: subjects::DELIVERY_ACKS,
+        handler: Handler::DeliveryAcks,
+        received: Counter::new(),
+    },
+    Route {
+        name: "routing",
+        subject: subjects::ROUTING_ALL,
+        handler: Handler::Routing,
+        received: Counter::new(),
+    },
+];
+
+/// The `op` labels and counts of `indaba_requests_total`.
+pub(crate) fn request_counts() -> impl Iterator<Item = (&'static str, u64)> {
+    ROUTES
+        .iter()
+        .filter(|r| matches!(r.handler, Handler::Request(_)))
+        .map(|r| (r.name, r.received.get()))
+}
+
+/// Subscribes to every route: queue group for requests and acks (any number of instances
+/// share the load), a plain subscription for routing (every instance needs all of it).
+pub(crate) async fn subscribe(
+    bus: &bus::Bus,
+) -> anyhow::Result<Vec<(&'static Route, bus::Subscriber)>> {
+    let mut subs = Vec::with_capacity(ROUTES.len());
+    for route in &ROUTES {
+        let sub = match route.handler {
+            Handler::Routing => bus.subscribe(route.subject).await?,
+            Handler::Request(_) | Handler::DeliveryAcks => {
+                bus.queue_subscribe(route.subject, subjects::MESSAGE_SERVICE_QUEUE)
+                    .await?
+            }
+        };
+        subs.push((route, sub));
+    }
+    Ok(subs)
+}
+
+/// Decodes a NATS request, runs `op`, encodes the answer; an undecodable request is an
+/// `invalid_field` failure of the expected response type.
+async fn over_nats<Req, Resp, Fut>(payload: &[u8], op: impl FnOnce(Req) -> Fut) -> Bytes
+where
+    Req: prost::Message + Default,
+    Resp: Answer,
+    Fut: std::future::Future<Output = Resp>,
+{
+    let resp = match Req::decode(payload) {
+        Ok(req) => op(req).await,
+        Err(e) => Resp::failed(pb_error(
+            ErrorCode::InvalidField,
+            format!("undecodable request: {e}"),
+        )),
+    };
+    Bytes::from(resp.encode_to_vec())
+}
+
+/// Serves one subscription until it ends.
+pub(crate) async fn serve(inner: Arc<Inner>, route: &'static Route, mut sub: bus::Subscriber) {
+    // Only the routing subscription sees heartbeats; big ones arrive in parts.
+    let mut heartbeats = bus::heartbeat::Assembler::default();
+    while let Some(msg) = sub.next().await {
+        match route.handler {
+            Handler::Routing => apply_routing(&inner, &mut heartbeats, msg),
+            Handler::DeliveryAcks => match pb::DeliveryAck::decode(msg.payload) {
+                Ok(mut ack) => {
+                    let more = std::mem::take(&mut ack.more);
+                    tell_delivered(&inner, std::iter::once(ack).chain(more)).await;
+                }
+                Err(e) => tracing::warn!(error = %e, "undecodable delivery ack"),
+            },
+            Handler::Request(op) => {
+                // Bounded concurrency: when saturated we stop reading, and NATS buffers
+                // (then times the requester out, who retries with the same key).
+                let Ok(permit) = inner.in_flight.clone().acquire_owned().await else {
+                    return;
+                };
+                let inner = inner.clone();
+                route.received.add();
+                // Continues the caller's trace (its `traceparent` header).
+                let span = tracing::info_span!(
+                    "request",
+                    op = route.name,
+                    trace_id = tracing::field::Empty
+                );
+                bus::trace::follow(&span, &msg);
+                tokio::spawn(
+                    async move {
+                        let reply = op(&inner, &msg.payload).await;
+                        if let Err(e) = inner.bus.respond(&msg, reply).await {
+                            tracing::warn!(error = %e, "could not send reply");
+                        }
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+}
+
+/// Applies one routing message (a socket event or a heartbeat part) to the table, inline
+/// and in arrival order, and catches up sockets the table did not know.
+fn apply_routing(
+    inner: &Arc<Inner>,
+    heartbeats: &mut bus::heartbeat::Assembler,
+    msg: bus::Message,
+) {
+    if msg.subject == subjects::CONN_EVENTS {
+        match pb::ConnectionEvent::decode(msg.payload) {
+            Ok(ev) => {
+                inner.routes.apply_event(&ev);
+                if ev.kind() == pb::connection_event::Kind::Up {
+                    catch_up(inner, ev.user_id, &ev.gateway_id, ev.at_ms);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "undecodable connection event"),
+        }
+    } else if msg.subject == subjects::GATEWAY_HEARTBEAT {
+        match pb::GatewayHeartbeat::decode(msg.payload) {
+            Ok(hb) => {
+                if let Some(full) = heartbeats.push(hb) {
+                    // Users the table lacked: their socket-opened event was lost; the
+                    // socket opened at most one interval ago.
+                    let since = full.sent_at_ms - i64::from(full.interval_ms);
+                    for user in inner.routes.apply_heartbeat(&full) {
+                        catch_up(inner, user, &full.gateway_id, since);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "undecodable heartbeat"),
+        }
+    }
+    // Anything else on the routing streams (away/online status changes) matters to
+    // presence, not to routing.
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn every_route_has_its_own_subject_and_name() {
+        let subjects: HashSet<&str> = ROUTES.iter().map(|r| r.subject).collect();
+        let names: HashSet<&str> = ROUTES.iter().map(|r| r.name).collect();
+        assert_eq!(subjects.len(), ROUTES.len());
+        assert_eq!(names.len(), ROUTES.len());
+        for r in &ROUTES {
+            // A metric label: lower snake case, nothing to escape.
+            assert!(
+                r.name.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{}",
+                r.name
+            );
+        }
+    }
+
+    #[test]
+    fn metrics_list_the_request_routes_in_table_order() {
+        let ops: Vec<&str> = request_counts().map(|(op, _)| op).collect();
+        assert_eq!(ops.len(), 11);
+        assert_eq!(ops[0], "send");
+        assert_eq!(ops[10], "messages_since");
+        assert!(!ops.contains(&"routing") && !ops.contains(&"delivery_acks"));
+        // Only the routing route listens without a queue group.
+        let plain: Vec<&str> = ROUTES
+            .iter()
+            .filter(|r| matches!(r.handler, Handler::Routing))
+            .map(|r| r.subject)
+            .collect();
+        assert_eq!(plain, vec![subjects::ROUTING_ALL]);
+    }
+}

@@ -1,0 +1,363 @@
+//! Conversations and their participants: creating (a pair's direct conversation exactly
+//! once, however many create it at the same time), reading, listing with unread counts,
+//! membership checks and changes.
+
+use proto::pb::{ChatMessage, Conversation, ConversationKind};
+use proto::ErrorCode;
+use sqlx::Row;
+
+use super::rows::{
+    conversation_not_found, direct_key, message_from_row, take_page, CONVERSATION_EXISTS,
+    PARTICIPANTS,
+};
+use super::{rejected, Store, StoreError};
+
+/// Unread counts stop at this (a "999+" badge); counting further is wasted work.
+pub(crate) const UNREAD_CAP: i64 = 1000;
+
+/// What a notification says about a conversation.
+#[derive(Debug, Clone, Default)]
+pub struct ConversationMeta {
+    /// Title (empty for direct chats).
+    pub title: String,
+    /// `pb::ConversationKind` as stored.
+    pub kind: i64,
+}
+
+impl ConversationMeta {
+    /// The `title` and `kind` columns of a row.
+    pub(super) fn from_row<R: Row>(row: &R) -> Result<ConversationMeta, sqlx::Error>
+    where
+        for<'a> &'a str: sqlx::ColumnIndex<R>,
+        for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+        for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    {
+        Ok(ConversationMeta {
+            title: row.try_get("title")?,
+            kind: row.try_get("kind")?,
+        })
+    }
+}
+
+/// One row of a user's conversation list.
+#[derive(Debug, Clone)]
+pub(crate) struct Summary {
+    /// The conversation.
+    pub(crate) conversation: Conversation,
+    /// The user's read watermark.
+    pub(crate) last_read_seq: i64,
+    /// Messages after the watermark not written by the user.
+    pub(crate) unread_count: i64,
+    /// The newest message, if any.
+    pub(crate) last_message: Option<ChatMessage>,
+}
+
+/// Where a page of [`Store::list_conversations`] ends (the sort key of its last row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConversationCursor {
+    /// The conversation's last activity.
+    pub(crate) last_message_at_ms: i64,
+    /// Its id (ties).
+    pub(crate) id: i64,
+}
+
+/// A conversation that was just written but cannot be read back (a concurrent delete).
+fn vanished() -> StoreError {
+    StoreError::Database(sqlx::Error::Protocol("conversation vanished".into()))
+}
+
+impl Store {
+    /// User ids of a conversation's participants, ascending.
+    pub(crate) async fn participants(&self, conversation_id: i64) -> Result<Vec<i64>, StoreError> {
+        Ok(on_pool!(self, |pool, _begin| {
+            sqlx::query_scalar(PARTICIPANTS)
+                .bind(conversation_id)
+                .fetch_all(pool)
+                .await?
+        }))
+    }
+
+    /// Creates a conversation. A direct conversation of a pair that already has one
+    /// returns the existing one (`true` in the result).
+    pub async fn create_conversation(
+        &self,
+        creator_id: i64,
+        participant_ids: &[i64],
+        title: &str,
+        kind: ConversationKind,
+    ) -> Result<(Conversation, bool), StoreError> {
+        let mut members: Vec<i64> = participant_ids.to_vec();
+        members.push(creator_id);
+        members.sort_unstable();
+        members.dedup();
+        let kind = match kind {
+            ConversationKind::Unspecified if members.len() == 2 && title.is_empty() => {
+                ConversationKind::Direct
+            }
+            ConversationKind::Unspecified => ConversationKind::Group,
+            k => k,
+        };
+        if kind == ConversationKind::Direct && members.len() != 2 {
+            return Err(rejected(
+                ErrorCode::InvalidField,
+                "a direct conversation has exactly two distinct participants",
+            ));
+        }
+        let key = (kind == ConversationKind::Direct).then(|| direct_key(members[0], members[1]));
+        let now = proto::time::now_ms();
+        let (id, created) = on_pool!(self, |pool, begin| {
+            let mut tx = pool.begin_with(begin).await?;
+            let out = insert_conversation!(
+                tx,
+                kind,
+                title,
+                key.as_deref(),
+                creator_id,
+                members.iter().copied(),
+                now
+            );
+            tx.commit().await?;
+            out
+        });
+        let conv = self.get_conversation(id).await?.ok_or_else(vanished)?;
+        Ok((conv, !created))
+    }
+
+    /// One conversation with its participants, if it exists.
+    pub async fn get_conversation(&self, id: i64) -> Result<Option<Conversation>, StoreError> {
+        let row = on_pool!(self, |pool, _begin| {
+            let row = sqlx::query(
+                "SELECT id, kind, title, last_seq, created_by, created_at_ms FROM conversations WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+            match row {
+                Some(r) => Some((
+                    r.try_get::<i64, _>("kind")?,
+                    r.try_get::<String, _>("title")?,
+                    r.try_get::<i64, _>("last_seq")?,
+                    r.try_get::<i64, _>("created_by")?,
+                    r.try_get::<i64, _>("created_at_ms")?,
+                )),
+                None => None,
+            }
+        });
+        let Some((kind, title, last_seq, created_by, created_at_ms)) = row else {
+            return Ok(None);
+        };
+        let participant_ids = self.participants(id).await?;
+        Ok(Some(Conversation {
+            id,
+            kind: i32::try_from(kind).unwrap_or_default(),
+            title,
+            participant_ids,
+            last_seq,
+            created_at_ms,
+            created_by,
+        }))
+    }
+
+    /// Fails with `conversation_not_found` or `forbidden` unless `user_id` is a participant;
+    /// returns the participants.
+    pub(crate) async fn require_member(
+        &self,
+        conversation_id: i64,
+        user_id: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let members = self.participants(conversation_id).await?;
+        if members.is_empty() {
+            let exists: Option<i64> = on_pool!(self, |pool, _begin| {
+                sqlx::query_scalar(CONVERSATION_EXISTS)
+                    .bind(conversation_id)
+                    .fetch_optional(pool)
+                    .await?
+            });
+            if exists.is_none() {
+                return Err(conversation_not_found(conversation_id));
+            }
+        }
+        if !members.contains(&user_id) {
+            return Err(rejected(
+                ErrorCode::Forbidden,
+                format!("you are not a participant of conversation {conversation_id}"),
+            ));
+        }
+        Ok(members)
+    }
+
+    /// The user's conversations, most recently active first, with unread counts. `limit`
+    /// follows [`proto::limits::CONVERSATION_PAGE`] (0: its default; above its maximum:
+    /// the maximum, since callers check the request first).
+    pub(crate) async fn list_conversations(
+        &self,
+        user_id: i64,
+        limit: u32,
+        after: Option<ConversationCursor>,
+    ) -> Result<(Vec<Summary>, Option<ConversationCursor>), StoreError> {
+        let page = proto::limits::CONVERSATION_PAGE;
+        let limit = i64::from(page.check(limit).unwrap_or(page.max));
+        // Keyset paging on the sort key: stable while new messages reorder the list
+        // (a conversation that jumps to the top is simply not repeated on later pages).
+        let after = after.unwrap_or(ConversationCursor {
+            last_message_at_ms: i64::MAX,
+            id: i64::MAX,
+        });
+        let mut rows: Vec<(i64, i64, i64)> = on_pool!(self, |pool, _begin| {
+            let rows = sqlx::query(
+                "SELECT c.id, p.last_read_seq, c.last_message_at_ms FROM participants p
+                 JOIN conversations c ON c.id = p.conversation_id
+                 WHERE p.user_id = $1
+                   AND (c.last_message_at_ms < $3 OR (c.last_message_at_ms = $3 AND c.id < $4))
+                 ORDER BY c.last_message_at_ms DESC, c.id DESC LIMIT $2",
+            )
+            .bind(user_id)
+            .bind(limit + 1)
+            .bind(after.last_message_at_ms)
+            .bind(after.id)
+            .fetch_all(pool)
+            .await?;
+            let mut v = Vec::with_capacity(rows.len());
+            for r in &rows {
+                v.push((
+                    r.try_get::<i64, _>("id")?,
+                    r.try_get::<i64, _>("last_read_seq")?,
+                    r.try_get::<i64, _>("last_message_at_ms")?,
+                ));
+            }
+            v
+        });
+        let next = if take_page(&mut rows, limit) {
+            rows.last().map(|(id, _, at)| ConversationCursor {
+                last_message_at_ms: *at,
+                id: *id,
+            })
+        } else {
+            None
+        };
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, last_read_seq, _) in rows {
+            let Some(conversation) = self.get_conversation(id).await? else {
+                continue;
+            };
+            let (unread_count, last_message) = on_pool!(self, |pool, _begin| {
+                let unread: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM messages
+                     WHERE conversation_id = $1 AND seq > $2 AND sender_id <> $3 LIMIT $4) AS u",
+                )
+                .bind(id)
+                .bind(last_read_seq)
+                .bind(user_id)
+                .bind(UNREAD_CAP)
+                .fetch_one(pool)
+                .await?;
+                let row = sqlx::query(concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE conversation_id = $1 AND seq = $2"
+                ))
+                .bind(id)
+                .bind(conversation.last_seq)
+                .fetch_optional(pool)
+                .await?;
+                (unread, row.as_ref().map(message_from_row).transpose()?)
+            });
+            out.push(Summary {
+                conversation,
+                last_read_seq,
+                unread_count,
+                last_message,
+            });
+        }
+        Ok((out, next))
+    }
+
+    /// Adds and removes members of a group the actor belongs to. Returns the updated
+    /// conversation and the users actually added and removed.
+    pub(crate) async fn update_participants(
+        &self,
+        actor: i64,
+        conversation_id: i64,
+        add: &[i64],
+        remove: &[i64],
+        max_group_size: usize,
+    ) -> Result<(Conversation, Vec<i64>, Vec<i64>), StoreError> {
+        let now = proto::time::now_ms();
+        let (added, removed): (Vec<i64>, Vec<i64>) = on_pool!(self, |pool, begin| {
+            let mut tx = pool.begin_with(begin).await?;
+            // Lock the conversation row first: concurrent edits then see each other's
+            // result, so the size limit and the actor's membership hold.
+            let kind: Option<i64> = sqlx::query_scalar(
+                "UPDATE conversations SET last_seq = last_seq WHERE id = $1 RETURNING kind",
+            )
+            .bind(conversation_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(kind) = kind else {
+                return Err(conversation_not_found(conversation_id));
+            };
+            let members: Vec<i64> = sqlx::query_scalar(PARTICIPANTS)
+                .bind(conversation_id)
+                .fetch_all(&mut *tx)
+                .await?;
+            if !members.contains(&actor) {
+                return Err(rejected(
+                    ErrorCode::Forbidden,
+                    "you are not a participant of this conversation",
+                ));
+            }
+            if kind == ConversationKind::Direct as i64 {
+                return Err(rejected(
+                    ErrorCode::InvalidField,
+                    "members of a direct conversation cannot change",
+                ));
+            }
+            let current: std::collections::BTreeSet<i64> = members.iter().copied().collect();
+            let added: Vec<i64> = add
+                .iter()
+                .copied()
+                .filter(|u| !current.contains(u))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let removed: Vec<i64> = remove
+                .iter()
+                .copied()
+                .filter(|u| current.contains(u))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            if current.len() + added.len() - removed.len() > max_group_size {
+                return Err(rejected(
+                    ErrorCode::TooManyParticipants,
+                    format!("a group has at most {max_group_size} members"),
+                ));
+            }
+            for u in &added {
+                sqlx::query(
+                    "INSERT INTO participants (conversation_id, user_id, joined_at_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (conversation_id, user_id) DO NOTHING",
+                )
+                .bind(conversation_id)
+                .bind(*u)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for u in &removed {
+                sqlx::query("DELETE FROM participants WHERE conversation_id = $1 AND user_id = $2")
+                    .bind(conversation_id)
+                    .bind(*u)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            (added, removed)
+        });
+        let conv = self
+            .get_conversation(conversation_id)
+            .await?
+            .ok_or_else(vanished)?;
+        Ok((conv, added, removed))
+    }
+}

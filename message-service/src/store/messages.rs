@@ -1,0 +1,349 @@
+//! Messages: what a send is and the rules about who may speak where (shared by every
+//! insert path: `send`, `pg_batch`, `sqlite_batch`), and every read of stored messages
+//! (one, a conversation's page, the event stream's resume), retention and the tests'
+//! idempotency count.
+
+use proto::limits::MESSAGE_PAGE;
+use proto::pb::ChatMessage;
+use proto::ErrorCode;
+
+use super::conversations::ConversationMeta;
+use super::rows::{message_from_row, take_page};
+use super::{rejected, Store, StoreError};
+
+/// Most message text one page carries (JSON escaping can grow it ~6×; still under the
+/// 1 MiB WebSocket write limit and NATS's 1 MB payload).
+pub(crate) const PAGE_TEXT_BYTES: usize = 128 * 1024;
+
+/// `sender_id` of system messages (sent by a backend through gRPC `as_system`). Never a
+/// user: user ids are positive.
+pub(crate) const SYSTEM_SENDER_ID: i64 = 0;
+
+/// Most messages one page of the event stream's resume carries.
+const SINCE_PAGE_MAX: u32 = 500;
+
+/// A message to store.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Author.
+    pub sender_id: i64,
+    /// Target conversation; when `None`, the direct conversation with `receiver_id`.
+    pub conversation_id: Option<i64>,
+    /// The named receiver (required without `conversation_id`).
+    pub receiver_id: Option<i64>,
+    /// Body (already validated for length).
+    pub text: String,
+    /// Idempotency key.
+    pub client_msg_id: Option<String>,
+    /// Sending connection, kept in the outbox so a republished delivery still skips it.
+    pub origin_connection_id: String,
+}
+
+impl NewMessage {
+    /// The message as stored under `id` at `seq` of `conversation_id` (the batch paths
+    /// know every column without reading the row back).
+    pub(super) fn stored(&self, id: i64, conversation_id: i64, seq: i64, now: i64) -> ChatMessage {
+        ChatMessage {
+            id,
+            conversation_id,
+            seq,
+            sender_id: self.sender_id,
+            receiver_id: self.receiver_id,
+            text: self.text.clone(),
+            client_msg_id: self.client_msg_id.clone().unwrap_or_default(),
+            created_at_ms: now,
+        }
+    }
+}
+
+/// The result of [`Store::send_message`].
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// The stored message (the original one for a retried `client_msg_id`).
+    pub message: ChatMessage,
+    /// Everyone in the conversation, sender included.
+    pub participants: Vec<i64>,
+    /// The conversation's title and kind (for notifications).
+    pub meta: ConversationMeta,
+    /// True when `client_msg_id` matched an already stored message.
+    pub duplicate: bool,
+}
+
+/// A page of messages.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MessagePage {
+    /// Ascending by seq.
+    pub(crate) messages: Vec<ChatMessage>,
+    /// More exist beyond the page in the requested direction.
+    pub(crate) has_more: bool,
+    /// The conversation's newest seq.
+    pub(crate) last_seq: i64,
+    /// Oldest seq still stored (0 when the conversation is empty).
+    pub(crate) first_retained_seq: i64,
+}
+
+/// A message naming neither a conversation nor a receiver.
+pub(super) fn no_target() -> StoreError {
+    rejected(
+        ErrorCode::InvalidField,
+        "conversation_id or receiver_id is required",
+    )
+}
+
+/// The send rules about who may speak where (`pg_batch` applies the same ones in SQL and
+/// words its refusals with this). `members` is sorted.
+pub(super) fn check_membership(m: &NewMessage, id: i64, members: &[i64]) -> Result<(), StoreError> {
+    // The system sender (backends' notices) speaks in any conversation.
+    if m.sender_id != SYSTEM_SENDER_ID && members.binary_search(&m.sender_id).is_err() {
+        return Err(rejected(
+            ErrorCode::Forbidden,
+            format!("you are not a participant of conversation {id}"),
+        ));
+    }
+    if let Some(r) = m.receiver_id {
+        if members.binary_search(&r).is_err() {
+            return Err(rejected(
+                ErrorCode::InvalidReceiver,
+                format!("user {r} is not a participant of conversation {id}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Cuts a page to [`PAGE_TEXT_BYTES`] of text (at least one message), so it fits a NATS
+/// message (1 MB by default) and, as JSON, a WebSocket write. Returns whether it cut.
+fn cut_to_text_budget(messages: &mut Vec<ChatMessage>) -> bool {
+    let mut bytes = 0;
+    let mut keep = 0;
+    for m in messages.iter() {
+        bytes += m.text.len() + 64;
+        if keep > 0 && bytes > PAGE_TEXT_BYTES {
+            break;
+        }
+        keep += 1;
+    }
+    let cut = keep < messages.len();
+    messages.truncate(keep);
+    cut
+}
+
+impl Store {
+    /// One message by id.
+    pub async fn get_message(&self, id: i64) -> Result<Option<ChatMessage>, StoreError> {
+        Ok(on_pool!(self, |pool, _begin| {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(message_from_row).transpose()?
+        }))
+    }
+
+    /// The message a sender stored under an idempotency key, if any.
+    pub(super) async fn by_client_msg_id(
+        &self,
+        sender_id: i64,
+        key: &str,
+    ) -> Result<Option<ChatMessage>, StoreError> {
+        Ok(on_pool!(self, |pool, _begin| {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE sender_id = $1 AND client_msg_id = $2"
+            ))
+            .bind(sender_id)
+            .bind(key)
+            .fetch_optional(pool)
+            .await?;
+            row.as_ref().map(message_from_row).transpose()?
+        }))
+    }
+
+    /// A page of a conversation for a member: forward from `after_seq` (resume) or, with
+    /// `before_seq > 0` and `after_seq == 0`, backward from `before_seq` (history). `limit`
+    /// follows [`MESSAGE_PAGE`] (0: its default; above its maximum: the maximum, since
+    /// callers check the request first).
+    pub(crate) async fn list_messages(
+        &self,
+        user_id: i64,
+        conversation_id: i64,
+        after_seq: i64,
+        before_seq: i64,
+        limit: u32,
+    ) -> Result<MessagePage, StoreError> {
+        self.require_member(conversation_id, user_id).await?;
+        let limit = i64::from(MESSAGE_PAGE.check(limit).unwrap_or(MESSAGE_PAGE.max));
+        let backward = before_seq > 0 && after_seq == 0;
+        let upper = if before_seq > 0 { before_seq } else { i64::MAX };
+        let (mut messages, last_seq, first) = on_pool!(self, |pool, _begin| {
+            let sql = if backward {
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq < $3
+                     ORDER BY seq DESC LIMIT $4"
+                )
+            } else {
+                concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM messages WHERE conversation_id = $1 AND seq > $2 AND seq < $3
+                     ORDER BY seq ASC LIMIT $4"
+                )
+            };
+            let rows = sqlx::query(sql)
+                .bind(conversation_id)
+                .bind(after_seq)
+                .bind(upper)
+                .bind(limit + 1)
+                .fetch_all(pool)
+                .await?;
+            let v = rows
+                .iter()
+                .map(message_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let last_seq: i64 =
+                sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = $1")
+                    .bind(conversation_id)
+                    .fetch_one(pool)
+                    .await?;
+            let first: Option<i64> =
+                sqlx::query_scalar("SELECT MIN(seq) FROM messages WHERE conversation_id = $1")
+                    .bind(conversation_id)
+                    .fetch_one(pool)
+                    .await?;
+            // No rows but a non-zero last_seq: retention removed them all.
+            (
+                v,
+                last_seq,
+                first.unwrap_or(if last_seq > 0 { last_seq + 1 } else { 0 }),
+            )
+        });
+        let mut has_more = take_page(&mut messages, limit);
+        has_more |= cut_to_text_budget(&mut messages);
+        if backward {
+            messages.reverse();
+        }
+        Ok(MessagePage {
+            messages,
+            has_more,
+            last_seq,
+            first_retained_seq: first,
+        })
+    }
+
+    /// Messages in any of `user_id`'s conversations after the event-stream cursor
+    /// `after_id` (a message id the client has), oldest id first, at most `limit`.
+    ///
+    /// Message ids are assigned before commit, so across conversations a smaller id can
+    /// commit (and be delivered live) after a larger one: "id > cursor" alone could skip a
+    /// message. Messages created up to `window_ms` before the cursor's message are
+    /// included too (transactions are far shorter than the window); the client drops
+    /// repeats by `message_id`. `scan_from` pages: pass the last id of the previous page.
+    pub(crate) async fn messages_since(
+        &self,
+        user_id: i64,
+        after_id: i64,
+        window_ms: i64,
+        scan_from: i64,
+        limit: u32,
+    ) -> Result<(Vec<ChatMessage>, bool), StoreError> {
+        let limit = i64::from(limit.clamp(1, SINCE_PAGE_MAX));
+        let mut messages = on_pool!(self, |pool, _begin| {
+            let anchor: Option<i64> =
+                sqlx::query_scalar("SELECT created_at_ms FROM messages WHERE id = $1")
+                    .bind(after_id)
+                    .fetch_optional(pool)
+                    .await?;
+            // An unknown cursor (pruned, or from another deployment): only newer ids.
+            let cutoff = anchor.map_or(i64::MAX, |t| t.saturating_sub(window_ms));
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                message_columns!("m."),
+                " FROM messages m
+                 JOIN participants p ON p.conversation_id = m.conversation_id AND p.user_id = $1
+                 WHERE m.id > $2 AND m.id <> $3 AND (m.id > $3 OR m.created_at_ms >= $4)
+                 ORDER BY m.id ASC LIMIT $5"
+            ))
+            .bind(user_id)
+            .bind(scan_from)
+            .bind(after_id)
+            .bind(cutoff)
+            .bind(limit + 1)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(message_from_row)
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        let has_more = take_page(&mut messages, limit);
+        Ok((messages, has_more))
+    }
+
+    /// Deletes up to `limit` messages created before `cutoff_ms` (retention). Returns how
+    /// many went. Their read marks and outbox rows go with them (ON DELETE CASCADE).
+    pub(crate) async fn prune_before(&self, cutoff_ms: i64, limit: i64) -> Result<u64, StoreError> {
+        Ok(on_pool!(self, |pool, _begin| {
+            sqlx::query(
+                "DELETE FROM messages WHERE id IN
+                 (SELECT id FROM messages WHERE created_at_ms < $1 ORDER BY id LIMIT $2)",
+            )
+            .bind(cutoff_ms)
+            .bind(limit)
+            .execute(pool)
+            .await?
+            .rows_affected()
+        }))
+    }
+
+    /// Counts messages with a given idempotency key (tests use it to prove one row).
+    pub async fn count_by_client_msg_id(
+        &self,
+        sender_id: i64,
+        key: &str,
+    ) -> Result<i64, StoreError> {
+        Ok(on_pool!(self, |pool, _begin| {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM messages WHERE sender_id = $1 AND client_msg_id = $2",
+            )
+            .bind(sender_id)
+            .bind(key)
+            .fetch_one(pool)
+            .await?
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(n: usize) -> ChatMessage {
+        ChatMessage {
+            text: "x".repeat(n),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pages_keep_at_least_one_message_and_cut_at_the_text_budget() {
+        let mut one = vec![text(PAGE_TEXT_BYTES * 2)];
+        assert!(!cut_to_text_budget(&mut one));
+        assert_eq!(one.len(), 1);
+        let mut many = vec![text(PAGE_TEXT_BYTES / 2); 3];
+        assert!(cut_to_text_budget(&mut many));
+        assert_eq!(
+            many.len(),
+            1,
+            "the second would pass the budget (64 B per row)"
+        );
+        let mut small = vec![text(10); 5];
+        assert!(!cut_to_text_budget(&mut small));
+        assert_eq!(small.len(), 5);
+    }
+}

@@ -1,0 +1,164 @@
+//! The SQL vocabulary every entity of the store shares, written once: the message column
+//! list and its decoding, the direct-pair key, the participant and existence lookups, and
+//! the conversation insert that makes concurrent creators of one pair converge.
+//!
+//! Macros where a function would need a different type per backend (a transaction of
+//! PostgreSQL is not one of SQLite) and [`on_pool!`] expands the caller once per backend;
+//! `concat!` where the text must stay a `&'static str` (sqlx takes only those as SQL).
+
+use proto::pb::ChatMessage;
+use proto::ErrorCode;
+use sqlx::Row;
+
+use super::{rejected, StoreError};
+
+/// The columns of a stored message, in [`message_from_row`]'s terms, optionally qualified
+/// (`message_columns!("m.")` for a join).
+macro_rules! message_columns {
+    () => {
+        message_columns!("")
+    };
+    ($p:literal) => {
+        concat!(
+            $p,
+            "id, ",
+            $p,
+            "conversation_id, ",
+            $p,
+            "seq, ",
+            $p,
+            "sender_id, ",
+            $p,
+            "receiver_id, ",
+            $p,
+            "text, ",
+            $p,
+            "client_msg_id, ",
+            $p,
+            "created_at_ms"
+        )
+    };
+}
+
+/// A conversation's participants, ascending.
+pub(super) const PARTICIPANTS: &str =
+    "SELECT user_id FROM participants WHERE conversation_id = $1 ORDER BY user_id";
+
+/// Whether a conversation exists (one without participants is still one).
+pub(super) const CONVERSATION_EXISTS: &str = "SELECT id FROM conversations WHERE id = $1";
+
+/// The direct conversation of a pair, by [`direct_key`].
+pub(super) const DIRECT_BY_KEY: &str = "SELECT id FROM conversations WHERE direct_key = $1";
+
+/// Inserts a conversation and its participants inside the open transaction `$tx` and
+/// evaluates to its id and `true`; when the direct key is taken (a concurrent creator of
+/// the same pair: `ON CONFLICT` waits for that insert, then skips), to the existing id
+/// and `false`. The one place a conversation is created one at a time.
+macro_rules! insert_conversation {
+    ($tx:expr, $kind:expr, $title:expr, $key:expr, $created_by:expr, $members:expr, $now:expr) => {{
+        let created: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO conversations (kind, title, direct_key, created_by, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (direct_key) DO NOTHING RETURNING id",
+        )
+        .bind($kind as i64)
+        .bind($title)
+        .bind($key)
+        .bind($created_by)
+        .bind($now)
+        .fetch_optional(&mut *$tx)
+        .await?;
+        match created {
+            Some(id) => {
+                for u in $members {
+                    sqlx::query(
+                        "INSERT INTO participants (conversation_id, user_id, joined_at_ms)
+                         VALUES ($1, $2, $3)",
+                    )
+                    .bind(id)
+                    .bind(u)
+                    .bind($now)
+                    .execute(&mut *$tx)
+                    .await?;
+                }
+                (id, true)
+            }
+            None => {
+                let id: i64 = sqlx::query_scalar($crate::store::rows::DIRECT_BY_KEY)
+                    .bind($key)
+                    .fetch_one(&mut *$tx)
+                    .await?;
+                (id, false)
+            }
+        }
+    }};
+}
+
+/// A message row (selected with [`message_columns!`]) as the wire type.
+pub(super) fn message_from_row<R: Row>(row: &R) -> Result<ChatMessage, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    Ok(ChatMessage {
+        id: row.try_get("id")?,
+        conversation_id: row.try_get("conversation_id")?,
+        seq: row.try_get("seq")?,
+        sender_id: row.try_get("sender_id")?,
+        receiver_id: row.try_get("receiver_id")?,
+        text: row.try_get("text")?,
+        client_msg_id: row
+            .try_get::<Option<String>, _>("client_msg_id")?
+            .unwrap_or_default(),
+        created_at_ms: row.try_get("created_at_ms")?,
+    })
+}
+
+/// The unique key of a pair's direct conversation (either order gives the same key).
+pub(super) fn direct_key(a: i64, b: i64) -> String {
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    format!("{lo}:{hi}")
+}
+
+/// `conversation_not_found` for `id` (every path that looks a conversation up says it alike).
+pub(super) fn conversation_not_found(id: i64) -> StoreError {
+    rejected(
+        ErrorCode::ConversationNotFound,
+        format!("conversation {id} does not exist"),
+    )
+}
+
+/// Whether `rows` (fetched with `LIMIT limit + 1`) reach past the page; cuts them to it.
+pub(super) fn take_page<T>(rows: &mut Vec<T>, limit: i64) -> bool {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    more
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_list_is_one_text_with_or_without_a_qualifier() {
+        assert_eq!(
+            message_columns!(),
+            "id, conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms"
+        );
+        assert!(message_columns!("m.").starts_with("m.id, m.conversation_id, "));
+        assert_eq!(message_columns!("m.").matches("m.").count(), 8);
+    }
+
+    #[test]
+    fn direct_keys_ignore_order_and_pages_cut_the_probe_row() {
+        assert_eq!(direct_key(7, 3), direct_key(3, 7));
+        assert_eq!(direct_key(3, 7), "3:7");
+        let mut v = vec![1, 2, 3];
+        assert!(take_page(&mut v, 2));
+        assert_eq!(v, vec![1, 2]);
+        assert!(!take_page(&mut v, 2));
+    }
+}

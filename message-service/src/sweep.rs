@@ -1,0 +1,66 @@
+//! The once-a-second housekeeping: republishes deliveries whose writer died before
+//! publishing (outbox rows past their lease), forgets gateways that stopped sending
+//! heartbeats and old catch-up entries, and applies message retention.
+//!
+//! It sits above [`crate::delivery`] because a republish is an ordinary delivery: the
+//! same routing, push job and outbox completion as the first attempt.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::delivery::deliver;
+use crate::metrics;
+use crate::state::Inner;
+
+/// Pause between sweeps.
+const EVERY: Duration = Duration::from_secs(1);
+/// Most outbox rows claimed per sweep.
+const CLAIM: i64 = 500;
+/// Most messages deleted for retention per sweep.
+const PRUNE: i64 = 1000;
+
+/// Sweeps every [`EVERY`] until aborted.
+pub(crate) async fn sweep(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        inner.recent.prune();
+        let dropped = inner.routes.expire();
+        if dropped > 0 {
+            tracing::warn!(dropped, "gateways stopped sending heartbeats");
+        }
+        if let Some(keep) = inner.settings.retention {
+            let cutoff =
+                proto::time::now_ms() - i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+            match inner.store.prune_before(cutoff, PRUNE).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(n, "pruned messages past retention"),
+                Err(e) => tracing::warn!(error = %e, "retention prune failed"),
+            }
+        }
+        // Until every gateway answered the resync, "nobody to deliver to" may be wrong.
+        if !inner.routes_warm() {
+            continue;
+        }
+        match inner.store.claim_expired_outbox(CLAIM).await {
+            Ok(pending) => {
+                if !pending.is_empty() {
+                    tracing::info!(n = pending.len(), "republishing orphaned deliveries");
+                    metrics::outbox_republished(pending.len());
+                }
+                for p in pending {
+                    deliver(
+                        &inner,
+                        &p.message,
+                        &p.participants,
+                        &p.meta,
+                        &p.origin_connection_id,
+                    )
+                    .await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "outbox sweep failed"),
+        }
+    }
+}
