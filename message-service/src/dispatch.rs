@@ -49,17 +49,28 @@ pub(crate) struct Route {
     pub(crate) received: Counter,
 }
 
-/// A request route running `$op` over NATS.
-macro_rules! request {
-    ($name:literal, $subject:expr, $op:path) => {
+/// A row of [`ROUTES`].
+macro_rules! route {
+    ($name:literal, $subject:expr, $handler:expr) => {
         Route {
             name: $name,
             subject: $subject,
-            handler: Handler::Request(|inner, payload| {
-                Box::pin(over_nats(payload, move |req| $op(inner, req)))
-            }),
+            handler: $handler,
             received: Counter::new(),
         }
+    };
+}
+
+/// A request route running `$op` over NATS.
+macro_rules! request {
+    ($name:literal, $subject:expr, $op:path) => {
+        route!(
+            $name,
+            $subject,
+            Handler::Request(|inner, payload| {
+                Box::pin(over_nats(payload, move |req| $op(inner, req)))
+            })
+        )
     };
 }
 
@@ -92,18 +103,12 @@ pub(crate) static ROUTES: [Route; 13] = [
     request!("get_message", subjects::MSG_GET, ops::get_message),
     request!("unread_counts", subjects::UNREAD, ops::unread_counts),
     request!("messages_since", subjects::MSG_SINCE, ops::messages_since),
-    Route {
-        name: "delivery_acks",
-        subject: subjects::DELIVERY_ACKS,
-        handler: Handler::DeliveryAcks,
-        received: Counter::new(),
-    },
-    Route {
-        name: "routing",
-        subject: subjects::ROUTING_ALL,
-        handler: Handler::Routing,
-        received: Counter::new(),
-    },
+    route!(
+        "delivery_acks",
+        subjects::DELIVERY_ACKS,
+        Handler::DeliveryAcks
+    ),
+    route!("routing", subjects::ROUTING_ALL, Handler::Routing),
 ];
 
 /// The `op` labels and counts of `indaba_requests_total`.

@@ -24,6 +24,11 @@ pub(crate) trait Answer: prost::Message + Default {
     fn failed(e: pb::Error) -> Self;
     /// The failure, if the request failed.
     fn error(&self) -> Option<&pb::Error>;
+
+    /// The response to an operation's outcome: `ok`'s answer, or the failure.
+    fn from_result<T>(res: Result<T, pb::Error>, ok: impl FnOnce(T) -> Self) -> Self {
+        res.map_or_else(Self::failed, ok)
+    }
 }
 
 macro_rules! answer_with_error_field {
@@ -238,15 +243,12 @@ pub(crate) async fn mark_read(inner: &Inner, req: pb::MarkReadRequest) -> pb::Ma
         Ok(marked)
     }
     .await;
-    match res {
-        Ok(m) => pb::MarkReadResponse {
-            accepted_ids: m.accepted,
-            rejected_ids: m.rejected,
-            read_at_ms: m.read_at_ms,
-            error: None,
-        },
-        Err(e) => pb::MarkReadResponse::failed(e),
-    }
+    pb::MarkReadResponse::from_result(res, |m| pb::MarkReadResponse {
+        accepted_ids: m.accepted,
+        rejected_ids: m.rejected,
+        read_at_ms: m.read_at_ms,
+        error: None,
+    })
 }
 
 /// Routes a typing indicator to the other members (never stored).
@@ -395,22 +397,19 @@ pub(crate) async fn list_conversations(
             .map_err(store_error)
     }
     .await;
-    match res {
-        Ok((list, next)) => pb::ListConversationsResponse {
-            conversations: list
-                .into_iter()
-                .map(|s| pb::ConversationSummary {
-                    conversation: Some(s.conversation),
-                    last_read_seq: s.last_read_seq,
-                    unread_count: s.unread_count,
-                    last_message: s.last_message,
-                })
-                .collect(),
-            error: None,
-            next_page_token: next.map(page_token).unwrap_or_default(),
-        },
-        Err(e) => pb::ListConversationsResponse::failed(e),
-    }
+    pb::ListConversationsResponse::from_result(res, |(list, next)| pb::ListConversationsResponse {
+        conversations: list
+            .into_iter()
+            .map(|s| pb::ConversationSummary {
+                conversation: Some(s.conversation),
+                last_read_seq: s.last_read_seq,
+                unread_count: s.unread_count,
+                last_message: s.last_message,
+            })
+            .collect(),
+        error: None,
+        next_page_token: next.map(page_token).unwrap_or_default(),
+    })
 }
 
 /// Unread counts of the user's most recently active conversations.
@@ -485,12 +484,9 @@ pub(crate) async fn update_participants(
         Ok(conv)
     }
     .await;
-    match res {
-        Ok(c) => pb::UpdateParticipantsResponse {
-            result: Some(R::Conversation(c)),
-        },
-        Err(e) => pb::UpdateParticipantsResponse::failed(e),
-    }
+    pb::UpdateParticipantsResponse::from_result(res, |c| pb::UpdateParticipantsResponse {
+        result: Some(R::Conversation(c)),
+    })
 }
 
 /// Creates a conversation (or returns the existing direct one of a pair).
@@ -553,13 +549,12 @@ pub(crate) async fn create_conversation(
             .map_err(store_error)
     }
     .await;
-    match res {
-        Ok((c, existing)) => pb::CreateConversationResponse {
+    pb::CreateConversationResponse::from_result(res, |(c, existing)| {
+        pb::CreateConversationResponse {
             result: Some(R::Conversation(c)),
             existing,
-        },
-        Err(e) => pb::CreateConversationResponse::failed(e),
-    }
+        }
+    })
 }
 
 /// One conversation, if `as_user_id` (when set) is a member.
@@ -589,12 +584,9 @@ pub(crate) async fn get_conversation(
         Ok(conv)
     }
     .await;
-    match res {
-        Ok(c) => pb::GetConversationResponse {
-            result: Some(R::Conversation(c)),
-        },
-        Err(e) => pb::GetConversationResponse::failed(e),
-    }
+    pb::GetConversationResponse::from_result(res, |c| pb::GetConversationResponse {
+        result: Some(R::Conversation(c)),
+    })
 }
 
 /// One message, if `as_user_id` (when set) is a member of its conversation.
@@ -632,12 +624,9 @@ pub(crate) async fn get_message(
         Ok(m)
     }
     .await;
-    match res {
-        Ok(m) => pb::GetMessageResponse {
-            result: Some(R::Message(m)),
-        },
-        Err(e) => pb::GetMessageResponse::failed(e),
-    }
+    pb::GetMessageResponse::from_result(res, |m| pb::GetMessageResponse {
+        result: Some(R::Message(m)),
+    })
 }
 
 #[cfg(test)]
