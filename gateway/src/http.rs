@@ -47,7 +47,7 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: Cancel
         // Open connections per client address. A trusted proxy carries everyone's
         // connections, so it is not counted (its clients' attempts still are, by address).
         let ip = peer.ip();
-        let slot = if ctx.settings.trusted_proxies.contains(&ip) {
+        let slot = if ctx.settings.trusted_proxies.iter().any(|n| n.contains(ip)) {
             None
         } else {
             match ctx

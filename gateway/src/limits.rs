@@ -188,16 +188,74 @@ impl Drop for OpenSlot {
     }
 }
 
+/// An IP network (`10.0.0.0/8`, `fd00::/8`) or a single address (`10.0.0.10`): how load
+/// balancers are named in `INDABA_TRUSTED_PROXIES` (a Kubernetes ingress has no fixed pod
+/// address, but its pod network is known).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<IpNet, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix must be 0 to {max}"))?,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+impl IpNet {
+    /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The client's address: the peer itself, or — when the peer is a trusted proxy — the
 /// rightmost `X-Forwarded-For` entry that is not a trusted proxy (entries to its left are
 /// whatever the client claimed, so they are not believed).
 pub fn client_ip(
     peer: Option<std::net::IpAddr>,
     forwarded_for: Option<&str>,
-    trusted: &[std::net::IpAddr],
+    trusted: &[IpNet],
 ) -> Option<std::net::IpAddr> {
     let peer = peer?;
-    if !trusted.contains(&peer) {
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(peer) {
         return Some(peer);
     }
     let Some(xff) = forwarded_for else {
@@ -205,7 +263,7 @@ pub fn client_ip(
     };
     for part in xff.rsplit(',') {
         match part.trim().parse::<std::net::IpAddr>() {
-            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) if is_trusted(ip) => continue,
             Ok(ip) => return Some(ip),
             Err(_) => return Some(peer),
         }
@@ -221,7 +279,7 @@ mod tests {
     #[test]
     fn client_ip_believes_only_trusted_proxies() {
         let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-        let lb = [ip("10.0.0.1")];
+        let lb = ["10.0.0.1".parse::<IpNet>().unwrap()];
         // Not from the proxy: the header is ignored.
         assert_eq!(
             client_ip(Some(ip("203.0.113.9")), Some("1.2.3.4"), &lb),
@@ -243,6 +301,27 @@ mod tests {
         assert_eq!(
             client_ip(Some(ip("10.0.0.1")), None, &lb),
             Some(ip("10.0.0.1"))
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_may_be_networks() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let net: IpNet = "10.244.0.0/16".parse().unwrap();
+        assert!(net.contains(ip("10.244.3.7")));
+        assert!(!net.contains(ip("10.245.0.1")));
+        assert!(net.contains(ip("::ffff:10.244.0.9")), "IPv4-mapped");
+        let v6: IpNet = "fd00::/8".parse().unwrap();
+        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
+        assert!("0.0.0.0/0"
+            .parse::<IpNet>()
+            .unwrap()
+            .contains(ip("203.0.113.1")));
+        assert!("10.0.0.0/33".parse::<IpNet>().is_err());
+        assert!("nope".parse::<IpNet>().is_err());
+        assert_eq!(
+            client_ip(Some(ip("10.244.1.1")), Some("198.51.100.7"), &[net]),
+            Some(ip("198.51.100.7"))
         );
     }
 

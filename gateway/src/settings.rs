@@ -70,7 +70,7 @@ pub struct Settings {
     pub connect_rate_per_ip_10s: u32,
     /// Load balancers whose `X-Forwarded-For` is believed: the client address is the
     /// rightmost address in that header not itself a trusted proxy.
-    pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub trusted_proxies: Vec<crate::limits::IpNet>,
     /// How long a socket opened without a token has to send `authenticate`.
     pub auth_timeout: Duration,
     /// Required `iss` of client tokens (`INDABA_JWT_ISSUER`), if any.
@@ -145,6 +145,12 @@ impl Settings {
     pub fn from_source(get: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
         let jwt = match (get(env::JWT_PUBLIC_KEY_FILE), get(env::JWT_SECRET)) {
             (Some(path), _) => KeySource::Rs256PublicKeyFile(PathBuf::from(path)),
+            (None, Some(secret)) if env::is_placeholder(&secret) => {
+                return Err(ConfigError(format!(
+                    "{} is the placeholder from the examples: use your auth system's secret",
+                    env::JWT_SECRET
+                )))
+            }
             (None, Some(secret)) if secret.len() >= 16 => KeySource::Hs256Secret(secret),
             (None, Some(_)) => {
                 return Err(ConfigError(format!(
@@ -258,7 +264,7 @@ impl Settings {
                 .map(|p| {
                     p.parse().map_err(|_| {
                         ConfigError(format!(
-                            "{} must list IP addresses, got {p:?}",
+                            "{} must list IP addresses or CIDR networks, got {p:?}",
                             env::TRUSTED_PROXIES
                         ))
                     })

@@ -140,6 +140,17 @@ where
     }
 }
 
+/// `true`: a gRPC server with no API key may listen beyond loopback (development only;
+/// logged loudly). Default false: such a server refuses to start.
+pub const GRPC_INSECURE: &str = "INDABA_GRPC_INSECURE";
+
+/// Whether a secret is one of the example values shipped in `deploy/` and `k8s/`
+/// (`CHANGE-ME…`, `PLACEHOLDER…`): an unedited deployment must not run with a public secret.
+pub fn is_placeholder(secret: &str) -> bool {
+    let s = secret.to_ascii_lowercase();
+    s.contains("change-me") || s.contains("changeme") || s.contains("placeholder")
+}
+
 /// Reads [`JETSTREAM_REPLICAS`]: 1 to 5 (JetStream's own limit), default 1.
 pub fn jetstream_replicas(get: &impl Fn(&str) -> Option<String>) -> Result<usize, String> {
     let n = integer(get, JETSTREAM_REPLICAS, 1usize, 1)?;

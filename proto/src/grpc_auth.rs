@@ -3,8 +3,13 @@
 //! Keys come from `INDABA_GRPC_API_KEYS` as `name:key[:ro|:rw],…` (or one full-access key
 //! in `INDABA_GRPC_API_KEY`). A caller sends `authorization: Bearer <key>`. A missing or
 //! unknown key is `UNAUTHENTICATED`; a read-only key calling a write method is
-//! `PERMISSION_DENIED`. With no key configured the API is open (development only; the
-//! services log a warning at start).
+//! `PERMISSION_DENIED`.
+//!
+//! With no key configured the API would be open to anyone who reaches the port, so a
+//! service refuses to start that way ([`ApiKeys::check_exposure`]) unless it listens on
+//! loopback only or the operator set `INDABA_GRPC_INSECURE=true` (then it logs loudly).
+//! Keys from either variable need at least [`MIN_KEY_LEN`] characters, and a shipped
+//! example value ([`crate::env::is_placeholder`]) is refused.
 
 use tonic::{Request, Status};
 
@@ -26,10 +31,15 @@ pub struct Caller {
     pub access: Access,
 }
 
+/// Shortest API key accepted (from either variable).
+pub const MIN_KEY_LEN: usize = 16;
+
 /// The configured keys.
 #[derive(Clone, Default)]
 pub struct ApiKeys {
     keys: Vec<(String, Caller)>,
+    /// `INDABA_GRPC_INSECURE`: an open API may listen beyond loopback.
+    insecure: bool,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -50,6 +60,7 @@ impl ApiKeys {
             _ => ApiKeys::default(),
         };
         if let Some(k) = get(crate::env::GRPC_API_KEY).filter(|k| !k.is_empty()) {
+            check_key(&k).map_err(|e| format!("{}: {e}", crate::env::GRPC_API_KEY))?;
             keys.keys.push((
                 k,
                 Caller {
@@ -58,7 +69,27 @@ impl ApiKeys {
                 },
             ));
         }
+        keys.insecure = crate::env::flag(get, crate::env::GRPC_INSECURE, false)?;
         Ok(keys)
+    }
+
+    /// Refuses to serve an open API (no key configured) on `listen` unless it is a
+    /// loopback address or `INDABA_GRPC_INSECURE=true` was set.
+    pub fn check_exposure(&self, listen: std::net::SocketAddr) -> Result<(), String> {
+        if !self.is_open() || listen.ip().is_loopback() {
+            return Ok(());
+        }
+        if self.insecure {
+            tracing_free_warning(listen);
+            return Ok(());
+        }
+        Err(format!(
+            "gRPC on {listen} would be open to anyone who reaches it: set {} (or {}), listen on \
+             loopback, or set {}=true to accept that (development only)",
+            crate::env::GRPC_API_KEYS,
+            crate::env::GRPC_API_KEY,
+            crate::env::GRPC_INSECURE
+        ))
     }
 
     /// Parses `name:key[:ro|:rw],…`.
@@ -74,11 +105,10 @@ impl ApiKeys {
                 Some("ro") => Access::ReadOnly,
                 Some(other) => return Err(format!("access must be ro or rw, got {other:?}")),
             };
-            if name.is_empty() || key.len() < 16 {
-                return Err(format!(
-                    "entry {name:?}: a name and a key of at least 16 characters are required"
-                ));
+            if name.is_empty() {
+                return Err("each entry needs a name".into());
             }
+            check_key(key).map_err(|e| format!("entry {name:?}: {e}"))?;
             keys.push((
                 key.to_owned(),
                 Caller {
@@ -87,7 +117,10 @@ impl ApiKeys {
                 },
             ));
         }
-        Ok(ApiKeys { keys })
+        Ok(ApiKeys {
+            keys,
+            insecure: false,
+        })
     }
 
     /// True when no key is configured (every caller has full access).
@@ -145,6 +178,26 @@ pub fn require_write<T>(req: &Request<T>) -> Result<(), Status> {
     }
 }
 
+/// A key long enough and not a shipped example.
+fn check_key(key: &str) -> Result<(), String> {
+    if key.len() < MIN_KEY_LEN {
+        return Err(format!("a key needs at least {MIN_KEY_LEN} characters"));
+    }
+    if crate::env::is_placeholder(key) {
+        return Err("the key is a placeholder from the examples; generate a random one".into());
+    }
+    Ok(())
+}
+
+/// `proto` does no logging of its own (no tracing dependency): the warning goes to stderr,
+/// where every service's logs go.
+fn tracing_free_warning(listen: std::net::SocketAddr) {
+    eprintln!(
+        "WARNING: gRPC on {listen} is open to anyone who reaches it ({}=true); never in production",
+        crate::env::GRPC_INSECURE
+    );
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -175,7 +228,33 @@ mod tests {
             tonic::Code::PermissionDenied
         );
         assert!(ApiKeys::parse("short:abc").is_err());
+        assert!(ApiKeys::parse("backend:CHANGE-ME-0123456789abcdef:rw").is_err());
         assert!(ApiKeys::parse("x:0123456789abcdef:admin").is_err());
         assert!(!format!("{keys:?}").contains("0123456789abcdef"));
+    }
+
+    #[test]
+    fn an_open_api_listens_on_loopback_only_unless_insecure() {
+        let any: std::net::SocketAddr = "0.0.0.0:50051".parse().unwrap();
+        let lo: std::net::SocketAddr = "127.0.0.1:50051".parse().unwrap();
+        let v6lo: std::net::SocketAddr = "[::1]:50051".parse().unwrap();
+        let open = ApiKeys::default();
+        assert!(open.check_exposure(any).is_err());
+        assert!(open.check_exposure(lo).is_ok() && open.check_exposure(v6lo).is_ok());
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+        };
+        let insecure = ApiKeys::from_source(&env(&[("INDABA_GRPC_INSECURE", "true")])).unwrap();
+        assert!(insecure.check_exposure(any).is_ok());
+        let keyed =
+            ApiKeys::from_source(&env(&[("INDABA_GRPC_API_KEY", "0123456789abcdef0123")])).unwrap();
+        assert!(keyed.check_exposure(any).is_ok());
+        // The single key has the same minimum length, and no placeholders.
+        assert!(ApiKeys::from_source(&env(&[("INDABA_GRPC_API_KEY", "short")])).is_err());
+        assert!(ApiKeys::from_source(&env(&[(
+            "INDABA_GRPC_API_KEY",
+            "PLACEHOLDER-replace-with-a-random-key"
+        )]))
+        .is_err());
     }
 }
