@@ -259,8 +259,7 @@ type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn open(addr: std::net::SocketAddr, user: i64) -> Ws {
-    let token =
-        gateway::auth::mint_hs256(cluster::SECRET, user, Duration::from_secs(3600)).expect("mint");
+    let token = traffic::token(user);
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("ws://{addr}/ws/chat/?token={token}"))
             .await

@@ -230,7 +230,8 @@ pub struct Traffic {
     receivers: tokio::task::JoinSet<()>,
 }
 
-fn token(user: i64) -> String {
+/// A token for `user`, valid for an hour, signed with the cluster's secret.
+pub fn token(user: i64) -> String {
     gateway::auth::mint_hs256(super::cluster::SECRET, user, Duration::from_secs(3600))
         .expect("mint token")
 }

@@ -25,10 +25,13 @@ async fn next_presence(w: &mut Client, user: i64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_online_away_offline() {
-    let nats = Nats::start();
-    let (_p, _, _) = spawn_presence(&nats.url(), |_| {}).await;
-    let (_g1, gw1) = spawn_gateway(&nats.url(), "pg-1").await;
-    let (_g2, gw2) = spawn_gateway(&nats.url(), "pg-2").await;
+    let c = TestCluster::builder()
+        .message_services(0)
+        .presence(true)
+        .gateways(2)
+        .build()
+        .await;
+    let (gw1, gw2) = (c.gw(0), c.gw(1));
     let mut w = Client::connect(gw1, 20).await;
     let initial = subscribe(&mut w, &[21]).await;
     assert_eq!(initial[0]["status"], "offline");
@@ -175,11 +178,8 @@ async fn two_instances_agree_and_watchers_hear_each_change_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwatched_users_cause_no_client_traffic_and_rooms_bring_statuses() {
-    let nats = Nats::start();
-    let db = fresh_database().await;
-    let (_m, _) = spawn_message_service(&nats.url(), &db).await;
-    let (_p, _, _) = spawn_presence(&nats.url(), |_| {}).await;
-    let (_g, gw) = spawn_gateway(&nats.url(), "pw-1").await;
+    let c = TestCluster::builder().presence(true).build().await;
+    let gw = c.gw(0);
     let mut bystander = Client::connect(gw, 70).await;
     let mut peer = Client::connect(gw, 71).await;
     let lonely = Client::connect(gw, 79).await;

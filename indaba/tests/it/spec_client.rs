@@ -15,10 +15,8 @@ async fn the_specs_javascript_client_works_unchanged() {
         "run `npm install` in {} (scripts/test.sh does)",
         dir.display()
     );
-    let nats = Nats::start();
-    let db = fresh_database().await;
-    let (_m, _) = spawn_message_service(&nats.url(), &db).await;
-    let (_g, gw) = spawn_gateway(&nats.url(), "gw-spec").await;
+    let c = TestCluster::builder().build().await;
+    let gw = c.gw(0);
     let out = tokio::process::Command::new("node")
         .current_dir(&dir)
         .arg("spec_test.js")
