@@ -147,6 +147,39 @@ pub fn load_or_create_secret(data_dir: &Path, configured: Option<&str>) -> anyho
     Ok(secret)
 }
 
+/// message-service's settings for the single-node program: read from the same variables a
+/// distributed message-service reads (`INDABA_MAX_GROUP_SIZE`, `INDABA_GROUP_COMMIT`,
+/// `INDABA_PUSH_JOBS`, …), then over the in-process bus and the SQLite file, with the
+/// listeners, keys, text limit and retention the single-node program decided itself.
+pub fn message_settings(
+    settings: &Settings,
+    bus: bus::Bus,
+) -> anyhow::Result<message_service::Settings> {
+    use proto::env;
+    let db = settings.data_dir.join(DB_FILE);
+    let get = |k: &str| match k {
+        // Required by the distributed reader; the store is replaced below.
+        env::DATABASE_URL => Some(format!("sqlite://{}", db.display())),
+        // Listeners are the single-node program's own (its operations port is the gateway's).
+        env::GRPC_LISTEN | env::HTTP_LISTEN => None,
+        k => settings.options.0.get(k).cloned(),
+    };
+    let mut s = message_service::Settings::from_source(get)?;
+    s.store = message_service::StoreSettings::Sqlite(db);
+    s.bus = message_service::BusSettings::Shared(bus);
+    // SQLite has one writer: a small pool.
+    s.pool_size = 4;
+    s.max_text_chars = settings.max_text_chars;
+    s.retention = settings.retention;
+    s.grpc_listen = settings.grpc_listen;
+    s.grpc_keys = settings.grpc_keys.clone();
+    s.http_listen = None;
+    // No JetStream in process; no fault injection outside the cluster tests.
+    s.jetstream_replicas = 1;
+    s.crash_after_commits = None;
+    Ok(s)
+}
+
 /// The assembled single-node server.
 #[derive(Debug)]
 pub struct SingleNode {
@@ -162,30 +195,15 @@ impl SingleNode {
     pub async fn build(settings: Settings) -> anyhow::Result<SingleNode> {
         let secret = load_or_create_secret(&settings.data_dir, settings.jwt_secret.as_deref())?;
         let bus = bus::Bus::local();
-        let messages = message_service::App::build(message_service::Settings {
-            store: message_service::StoreSettings::Sqlite(settings.data_dir.join(DB_FILE)),
-            bus: message_service::BusSettings::Shared(bus.clone()),
-            pool_size: 4,
-            max_text_chars: settings.max_text_chars,
-            max_group_size: proto::limits::DEFAULT_MAX_GROUP_SIZE,
-            max_in_flight: 1024,
-            retention: settings.retention,
-            grpc_listen: settings.grpc_listen,
-            grpc_keys: settings.grpc_keys.clone(),
-            // The single-node program reports through the gateway's port.
-            http_listen: None,
-            push_jobs: true,
-            group_commit: true,
-            crash_after_commits: None,
-            jetstream_replicas: 1,
-        })
-        .await?;
+        let messages =
+            message_service::App::build(message_settings(&settings, bus.clone())?).await?;
+        let get = |k: &str| settings.options.0.get(k).cloned();
         let mut presence_settings =
             presence_service::Settings::new(presence_service::BusSettings::Shared(bus.clone()));
         presence_settings.store =
             presence_service::StoreSettings::Sqlite(settings.data_dir.join(PRESENCE_DB_FILE));
+        presence_settings.apply_options(&get)?;
         let presence = presence_service::App::build(presence_settings).await?;
-        let get = |k: &str| settings.options.0.get(k).cloned();
         let mut push_settings = push_service::Settings::new(
             push_service::BusSettings::Shared(bus.clone()),
             push_service::StoreSettings::Sqlite(settings.data_dir.join(PUSH_DB_FILE)),
@@ -259,5 +277,53 @@ impl SingleNode {
         presence.await??;
         push.await??;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(options: &[(&str, &str)]) -> Settings {
+        Settings {
+            data_dir: PathBuf::from("/nonexistent"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            jwt_secret: None,
+            max_text_chars: 100,
+            retention: None,
+            grpc_listen: None,
+            grpc_keys: Default::default(),
+            options: Options(
+                options
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn message_service_reads_the_same_variables_as_a_distributed_one() {
+        let s = message_settings(&with(&[]), bus::Bus::local()).unwrap();
+        assert_eq!(s.max_group_size, proto::limits::DEFAULT_MAX_GROUP_SIZE);
+        assert!(s.group_commit && s.push_jobs);
+        assert!(
+            matches!(s.store, message_service::StoreSettings::Sqlite(ref p) if p.ends_with(DB_FILE))
+        );
+        assert_eq!((s.grpc_listen, s.http_listen, s.pool_size), (None, None, 4));
+        let s = message_settings(
+            &with(&[
+                ("INDABA_MAX_GROUP_SIZE", "3"),
+                ("INDABA_GROUP_COMMIT", "false"),
+                ("INDABA_DB_POOL_SIZE", "64"),
+            ]),
+            bus::Bus::local(),
+        )
+        .unwrap();
+        assert_eq!(s.max_group_size, 3);
+        assert!(!s.group_commit);
+        assert_eq!(s.pool_size, 4);
+        let e = message_settings(&with(&[("INDABA_MAX_GROUP_SIZE", "0")]), bus::Bus::local());
+        assert!(e.unwrap_err().to_string().contains("INDABA_MAX_GROUP_SIZE"));
     }
 }

@@ -17,6 +17,7 @@ mod presence;
 mod push;
 mod push_fakes;
 mod rest;
+mod single_node_settings;
 mod spec_client;
 mod store_suite;
 mod support;
