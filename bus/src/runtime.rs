@@ -23,7 +23,7 @@ impl Telemetry {
 /// inside a traced span carries its trace id (`span.trace_id`).
 ///
 /// Traces: spans always get W3C trace ids (they travel between services in `traceparent`
-/// headers, see [`crate::trace`]); they are exported over OTLP/gRPC only when
+/// headers, see the `trace` module); they are exported over OTLP/gRPC only when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, with `service.name` = `OTEL_SERVICE_NAME` or
 /// `service`, batched as the standard `OTEL_BSP_*` variables say.
 pub fn init_tracing(service: &str) -> Telemetry {

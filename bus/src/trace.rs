@@ -2,7 +2,7 @@
 //! the W3C `traceparent` header, and a receiver continues the trace from it. So one chat
 //! message is one trace: gateway (`chat_message`) → NATS → message-service (`request`,
 //! `store`, `deliver`) → NATS → gateway (`delivery`), exported over OTLP when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see [`crate::runtime::init_tracing`]), and its id is
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (see `runtime::init_tracing`), and its id is
 //! in every JSON log line written inside those spans (`span.trace_id`).
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};

@@ -219,13 +219,58 @@ async fn call_checked<Req: prost::Message, Resp: prost::Message + Default + Erro
     }
 }
 
-/// A result-or-error `oneof` answer as a `Result`.
-fn one_of<T>(r: Option<std::result::Result<T, pb::Error>>, service: Service) -> Result<T> {
-    match r {
+/// Answers whose result is a `oneof` of the value and an error.
+trait OneOf {
+    type Value;
+    /// Takes the result out (the answer's other fields stay readable).
+    fn take(&mut self) -> Option<std::result::Result<Self::Value, pb::Error>>;
+}
+
+macro_rules! one_of {
+    ($($t:ty => $module:ident :: $variant:ident ($value:ty)),* $(,)?) => {$(
+        impl OneOf for $t {
+            type Value = $value;
+            fn take(&mut self) -> Option<std::result::Result<$value, pb::Error>> {
+                self.result.take().map(|r| match r {
+                    pb::$module::Result::$variant(v) => Ok(v),
+                    pb::$module::Result::Error(e) => Err(e),
+                })
+            }
+        }
+    )*};
+}
+
+one_of!(
+    pb::SendMessageResponse => send_message_response::Message(pb::ChatMessage),
+    pb::GetMessageResponse => get_message_response::Message(pb::ChatMessage),
+    pb::GetConversationResponse => get_conversation_response::Conversation(pb::Conversation),
+    pb::CreateConversationResponse => create_conversation_response::Conversation(pb::Conversation),
+    pb::UpdateParticipantsResponse => update_participants_response::Conversation(pb::Conversation),
+    pb::RegisterDeviceResponse => register_device_response::Device(pb::Device),
+);
+
+/// A `oneof` answer's value; its error is a refusal, its absence a bad reply.
+fn value<R: OneOf>(r: &mut R, service: Service) -> Result<R::Value> {
+    match r.take() {
         Some(Ok(v)) => Ok(v),
         Some(Err(e)) => Err(BackendError::Refused(e)),
         None => Err(BackendError::BadReply(service)),
     }
+}
+
+/// [`call`] for `oneof` answers.
+async fn call_one_of<Req, Resp>(
+    ctx: &Ctx,
+    service: Service,
+    subject: &str,
+    req: &Req,
+) -> Result<Resp::Value>
+where
+    Req: prost::Message,
+    Resp: prost::Message + Default + OneOf,
+{
+    let mut r: Resp = call(ctx, service, subject, req).await?;
+    value(&mut r, service)
 }
 
 /// What a client asks to send, from any door.
@@ -271,17 +316,11 @@ pub(crate) async fn send(ctx: &Ctx, user_id: i64, s: Send) -> Result<(pb::ChatMe
     // carries it on to the delivery (see `bus::trace`).
     let span = tracing::info_span!("chat_message", user_id, trace_id = tracing::field::Empty);
     bus::trace::record_trace_id(&span);
-    let resp: pb::SendMessageResponse = call(ctx, Service::Message, subjects::MSG_SEND, &req)
+    let mut resp: pb::SendMessageResponse = call(ctx, Service::Message, subjects::MSG_SEND, &req)
         .instrument(span)
         .await?;
+    let m = value(&mut resp, Service::Message)?;
     let duplicate = resp.duplicate;
-    let m = one_of(
-        resp.result.map(|r| match r {
-            pb::send_message_response::Result::Message(m) => Ok(m),
-            pb::send_message_response::Result::Error(e) => Err(e),
-        }),
-        Service::Message,
-    )?;
     ctx.metrics.message_sent(started.elapsed());
     Ok((m, duplicate))
 }
@@ -349,14 +388,7 @@ pub(crate) async fn message(ctx: &Ctx, user_id: i64, message_id: i64) -> Result<
         message_id,
         as_user_id: user_id,
     };
-    let r: pb::GetMessageResponse = call(ctx, Service::Message, subjects::MSG_GET, &req).await?;
-    one_of(
-        r.result.map(|r| match r {
-            pb::get_message_response::Result::Message(m) => Ok(m),
-            pb::get_message_response::Result::Error(e) => Err(e),
-        }),
-        Service::Message,
-    )
+    call_one_of::<_, pb::GetMessageResponse>(ctx, Service::Message, subjects::MSG_GET, &req).await
 }
 
 /// A page of the user's conversations, most recently active first (page size 0: the
@@ -385,15 +417,8 @@ pub(crate) async fn conversation(
         conversation_id,
         as_user_id: user_id,
     };
-    let r: pb::GetConversationResponse =
-        call(ctx, Service::Message, subjects::CONV_GET, &req).await?;
-    one_of(
-        r.result.map(|r| match r {
-            pb::get_conversation_response::Result::Conversation(c) => Ok(c),
-            pb::get_conversation_response::Result::Error(e) => Err(e),
-        }),
-        Service::Message,
-    )
+    call_one_of::<_, pb::GetConversationResponse>(ctx, Service::Message, subjects::CONV_GET, &req)
+        .await
 }
 
 /// Creates a conversation (or finds the existing direct one: then `true`).
@@ -402,17 +427,10 @@ pub(crate) async fn create_conversation(
     req: pb::CreateConversationRequest,
 ) -> Result<(pb::Conversation, bool)> {
     spend(ctx, Budget::CreateConversation, req.creator_id)?;
-    let r: pb::CreateConversationResponse =
+    let mut r: pb::CreateConversationResponse =
         call(ctx, Service::Message, subjects::CONV_CREATE, &req).await?;
-    let existing = r.existing;
-    let c = one_of(
-        r.result.map(|r| match r {
-            pb::create_conversation_response::Result::Conversation(c) => Ok(c),
-            pb::create_conversation_response::Result::Error(e) => Err(e),
-        }),
-        Service::Message,
-    )?;
-    Ok((c, existing))
+    let c = value(&mut r, Service::Message)?;
+    Ok((c, r.existing))
 }
 
 /// Adds and removes members of a group.
@@ -420,15 +438,13 @@ pub(crate) async fn update_participants(
     ctx: &Ctx,
     req: pb::UpdateParticipantsRequest,
 ) -> Result<pb::Conversation> {
-    let r: pb::UpdateParticipantsResponse =
-        call(ctx, Service::Message, subjects::CONV_MEMBERS, &req).await?;
-    one_of(
-        r.result.map(|r| match r {
-            pb::update_participants_response::Result::Conversation(c) => Ok(c),
-            pb::update_participants_response::Result::Error(e) => Err(e),
-        }),
+    call_one_of::<_, pb::UpdateParticipantsResponse>(
+        ctx,
         Service::Message,
+        subjects::CONV_MEMBERS,
+        &req,
     )
+    .await
 }
 
 /// Unread counts of the user's conversations.
@@ -550,15 +566,8 @@ pub(crate) async fn register_device(
     ctx: &Ctx,
     req: pb::RegisterDeviceRequest,
 ) -> Result<pb::Device> {
-    let r: pb::RegisterDeviceResponse =
-        call(ctx, Service::Push, subjects::PUSH_REGISTER, &req).await?;
-    one_of(
-        r.result.map(|r| match r {
-            pb::register_device_response::Result::Device(d) => Ok(d),
-            pb::register_device_response::Result::Error(e) => Err(e),
-        }),
-        Service::Push,
-    )
+    call_one_of::<_, pb::RegisterDeviceResponse>(ctx, Service::Push, subjects::PUSH_REGISTER, &req)
+        .await
 }
 
 /// Forgets a push device; false when there was none.
