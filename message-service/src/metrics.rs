@@ -1,11 +1,13 @@
-//! Prometheus counters of message-service, served on the operations port.
+//! Prometheus counters of message-service, served on the operations port, each declared
+//! once with its help text and labels ([`bus::metrics`]).
 //!
-//! Process-wide atomics: one service per process in production, and recording stays a
-//! relaxed add wherever the event happens (store errors surface in many places).
+//! Process-wide: one service per process in production, and recording stays a relaxed
+//! add wherever the event happens (store errors surface in many places).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::LazyLock;
 
-use bus::ops::write_metric;
+use bus::metrics::Registry;
 
 /// A counter that lives with what it counts (the route table holds one per request route,
 /// so the `op` labels and their counters cannot fall out of step).
@@ -29,115 +31,134 @@ impl Counter {
     }
 }
 
-static MESSAGES_STORED: AtomicU64 = AtomicU64::new(0);
-static STORE_ERRORS: AtomicU64 = AtomicU64::new(0);
-static BUS_ERRORS: AtomicU64 = AtomicU64::new(0);
-static OUTBOX_REPUBLISHED: AtomicU64 = AtomicU64::new(0);
-static CAUGHT_UP: AtomicU64 = AtomicU64::new(0);
-static GROUP_COMMITS: AtomicU64 = AtomicU64::new(0);
-static GROUP_COMMIT_SENDS: AtomicU64 = AtomicU64::new(0);
-static PUSH_JOBS_SKIPPED: AtomicU64 = AtomicU64::new(0);
+/// The counters not kept by the route table.
+struct Metrics {
+    registry: Registry,
+    /// `indaba_messages_stored_total`.
+    messages_stored: bus::metrics::Counter,
+    /// `indaba_store_errors_total`.
+    store_errors: bus::metrics::Counter,
+    /// `indaba_bus_errors_total`.
+    bus_errors: bus::metrics::Counter,
+    /// `indaba_outbox_republished_total`.
+    outbox_republished: bus::metrics::Counter,
+    /// `indaba_catch_up_messages_total`.
+    caught_up: bus::metrics::Counter,
+    /// `indaba_group_commits_total`.
+    group_commits: bus::metrics::Counter,
+    /// `indaba_group_commit_sends_total`.
+    group_commit_sends: bus::metrics::Counter,
+    /// `indaba_push_jobs_skipped_total`.
+    push_jobs_skipped: bus::metrics::Counter,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut r = Registry::default();
+    Metrics {
+        messages_stored: r.counter("indaba_messages_stored_total", "Messages committed."),
+        store_errors: r.counter("indaba_store_errors_total", "Database failures."),
+        bus_errors: r.counter("indaba_bus_errors_total", "Failed NATS publishes."),
+        outbox_republished: r.counter(
+            "indaba_outbox_republished_total",
+            "Deliveries republished from the outbox after their writer died.",
+        ),
+        caught_up: r.counter(
+            "indaba_catch_up_messages_total",
+            "Recent messages published again to a gateway where a recipient's socket just opened.",
+        ),
+        group_commits: r.counter(
+            "indaba_group_commits_total",
+            "Group-commit transactions run.",
+        ),
+        group_commit_sends: r.counter(
+            "indaba_group_commit_sends_total",
+            "Sends stored through group commit (divided by indaba_group_commits_total: mean batch size).",
+        ),
+        push_jobs_skipped: r.counter(
+            "indaba_push_jobs_skipped_total",
+            "Messages that needed no push job: every recipient had a socket when the message was routed.",
+        ),
+        registry: r,
+    }
+});
+
+fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
 
 /// A new message was committed.
 pub(crate) fn message_stored() {
-    MESSAGES_STORED.fetch_add(1, Relaxed);
+    METRICS.messages_stored.inc();
 }
 
 /// The database failed (not a rejected request).
 pub(crate) fn store_error() {
-    STORE_ERRORS.fetch_add(1, Relaxed);
+    METRICS.store_errors.inc();
 }
 
 /// A publish to NATS failed.
 pub(crate) fn bus_error() {
-    BUS_ERRORS.fetch_add(1, Relaxed);
+    METRICS.bus_errors.inc();
 }
 
 /// Orphaned deliveries republished by the outbox sweeper.
 pub(crate) fn outbox_republished(n: usize) {
-    OUTBOX_REPUBLISHED.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Relaxed);
+    METRICS.outbox_republished.inc_by(count(n));
 }
 
 /// Recent messages published again to a gateway where a recipient's socket just opened.
 pub(crate) fn caught_up(n: usize) {
-    CAUGHT_UP.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Relaxed);
+    METRICS.caught_up.inc_by(count(n));
 }
 
 /// A group commit of `n` sends ran (their ratio is the mean batch size).
 pub(crate) fn group_commit(n: usize) {
-    GROUP_COMMITS.fetch_add(1, Relaxed);
-    GROUP_COMMIT_SENDS.fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Relaxed);
+    METRICS.group_commits.inc();
+    METRICS.group_commit_sends.inc_by(count(n));
 }
 
 /// A message needed no push job: every recipient had a socket when it was routed.
 pub(crate) fn push_job_skipped() {
-    PUSH_JOBS_SKIPPED.fetch_add(1, Relaxed);
+    METRICS.push_jobs_skipped.inc();
 }
 
 /// The Prometheus text exposition; `requests` are the `op` labels of
-/// `indaba_requests_total` with their counts (the route table's request routes, in order).
-pub(crate) fn render<'a>(requests: impl Iterator<Item = (&'a str, u64)>) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::new();
-    out.push_str("# HELP indaba_requests_total Requests answered, by operation.\n# TYPE indaba_requests_total counter\n");
-    for (op, n) in requests {
-        let _ = writeln!(out, "indaba_requests_total{{op=\"{op}\"}} {n}");
+/// `indaba_requests_total` with their counts (the route table's request routes, in order;
+/// the table keeps the counts, so the family is declared here and filled at each scrape).
+pub(crate) fn render(requests: impl Iterator<Item = (&'static str, u64)>) -> String {
+    let (ops, counts): (Vec<&'static str>, Vec<u64>) = requests.unzip();
+    let mut scrape = Registry::default();
+    let by_op = scrape.counter_list(
+        "indaba_requests_total",
+        "Requests answered, by operation.",
+        "op",
+        ops,
+    );
+    for (c, n) in by_op.iter().zip(counts) {
+        c.inc_by(n);
     }
-    write_metric(
-        &mut out,
-        "indaba_messages_stored_total",
-        "counter",
-        "Messages committed.",
-        MESSAGES_STORED.load(Relaxed),
-    );
-    write_metric(
-        &mut out,
-        "indaba_store_errors_total",
-        "counter",
-        "Database failures.",
-        STORE_ERRORS.load(Relaxed),
-    );
-    write_metric(
-        &mut out,
-        "indaba_bus_errors_total",
-        "counter",
-        "Failed NATS publishes.",
-        BUS_ERRORS.load(Relaxed),
-    );
-    write_metric(
-        &mut out,
-        "indaba_outbox_republished_total",
-        "counter",
-        "Deliveries republished from the outbox after their writer died.",
-        OUTBOX_REPUBLISHED.load(Relaxed),
-    );
-    write_metric(
-        &mut out,
-        "indaba_catch_up_messages_total",
-        "counter",
-        "Recent messages published again to a gateway where a recipient's socket just opened.",
-        CAUGHT_UP.load(Relaxed),
-    );
-    write_metric(
-        &mut out,
-        "indaba_group_commits_total",
-        "counter",
-        "Group-commit transactions run.",
-        GROUP_COMMITS.load(Relaxed),
-    );
-    write_metric(
-        &mut out,
-        "indaba_group_commit_sends_total",
-        "counter",
-        "Sends stored through group commit (divided by indaba_group_commits_total: mean batch size).",
-        GROUP_COMMIT_SENDS.load(Relaxed),
-    );
-    write_metric(
-        &mut out,
-        "indaba_push_jobs_skipped_total",
-        "counter",
-        "Messages that needed no push job: every recipient had a socket when the message was routed.",
-        PUSH_JOBS_SKIPPED.load(Relaxed),
-    );
-    out
+    scrape.render() + &METRICS.registry.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Dashboards and the integration tests read these names and labels.
+    #[test]
+    fn names_and_labels_are_stable() {
+        message_stored();
+        let text = render([("send", 2), ("history", 0)].into_iter());
+        for line in [
+            "# TYPE indaba_requests_total counter\n",
+            "indaba_requests_total{op=\"send\"} 2\n",
+            "indaba_requests_total{op=\"history\"} 0\n",
+            "# HELP indaba_messages_stored_total Messages committed.\n",
+            "indaba_catch_up_messages_total 0\n",
+            "indaba_push_jobs_skipped_total 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} not in\n{text}");
+        }
+        assert!(text.contains("indaba_messages_stored_total "), "{text}");
+    }
 }

@@ -2,7 +2,7 @@
 //! outbox.
 //!
 //! Two backends share every line of SQL: PostgreSQL (the distributed deployment) and
-//! SQLite (the single-node program). The [`on_pool!`] macro expands each method body once
+//! SQLite (the single-node program). The `on_pool!` macro expands each method body once
 //! per backend, so the compiler checks both and there is no per-backend copy to drift.
 //! The SQL sticks to what both understand: `$n` placeholders, `RETURNING`, partial
 //! indexes, `UPDATE ... RETURNING` for the per-conversation sequence. One exception, on

@@ -3,7 +3,7 @@
 //! the conversation insert that makes concurrent creators of one pair converge.
 //!
 //! Macros where a function would need a different type per backend (a transaction of
-//! PostgreSQL is not one of SQLite) and [`on_pool!`] expands the caller once per backend;
+//! PostgreSQL is not one of SQLite) and `on_pool!` expands the caller once per backend;
 //! `concat!` where the text must stay a `&'static str` (sqlx takes only those as SQL).
 
 use proto::pb::ChatMessage;

@@ -39,7 +39,7 @@ impl Store {
     }
 
     /// Stores a batch: one transaction when it can, one per message when that fails (see
-    /// [`Store::insert_messages`]). Results are in input order.
+    /// `insert_messages`). Results are in input order.
     pub async fn send_many(&self, ms: &[NewMessage]) -> Vec<Result<Sent, StoreError>> {
         if ms.len() > 1 {
             if let Ok(out) = self.insert_messages(ms).await {
