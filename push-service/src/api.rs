@@ -10,6 +10,8 @@ use prost::Message as _;
 use proto::pb::{self, DevicePlatform};
 use proto::{field_error, pb_error, subjects, ErrorCode};
 
+use crate::outbound;
+use crate::store::Registered;
 use crate::Inner;
 
 /// Longest token or URL accepted.
@@ -82,8 +84,33 @@ fn platform(inner: &Inner, p: i32) -> Result<DevicePlatform, pb::Error> {
     Ok(p)
 }
 
+/// Checks a user-chosen URL (webhook, Web Push endpoint) against the outbound policy: its
+/// form, and what its host resolves to now (the connector checks again at send time). A
+/// name that does not resolve is refused like one that resolves to a private address, and
+/// with the same words, so registration cannot be used to probe internal DNS names.
+async fn check_target(inner: &Inner, url: &str, what: &str) -> Result<(), pb::Error> {
+    let guard = inner.providers.guard();
+    let bad = |detail: String| {
+        field_error(
+            "token",
+            ErrorCode::InvalidField,
+            format!("{what} must be an https URL on port 443 whose host resolves only to public addresses{detail}"),
+        )
+    };
+    let uri: http::Uri = url.parse().map_err(|_| bad(String::new()))?;
+    // The form (scheme, port, literal address, localhost) may be named.
+    outbound::check_uri(guard.policy, &uri).map_err(|why| bad(format!(" ({why})")))?;
+    if !guard.policy.allow_private {
+        guard
+            .addresses(&uri)
+            .await
+            .map_err(|_| bad(String::new()))?;
+    }
+    Ok(())
+}
+
 /// Checks a registration's token (and Web Push keys) for its platform.
-fn validate(
+async fn validate(
     inner: &Inner,
     req: &pb::RegisterDeviceRequest,
     p: DevicePlatform,
@@ -101,11 +128,6 @@ fn validate(
             bad("token", "an APNs device token is hex")
         }
         DevicePlatform::Webpush => {
-            if !(t.starts_with("https://")
-                || (inner.settings.allow_http && t.starts_with("http://")))
-            {
-                return bad("token", "a Web Push endpoint is an https URL");
-            }
             let key = B64
                 .decode(req.p256dh.trim_end_matches('='))
                 .unwrap_or_default();
@@ -115,22 +137,15 @@ fn validate(
             if B64.decode(req.auth.trim_end_matches('=')).map(|a| a.len()) != Ok(16) {
                 return bad("auth", "auth must be 16 bytes, base64url");
             }
-            Ok(())
+            check_target(inner, t, "a Web Push endpoint").await
         }
-        DevicePlatform::Webhook
-            if !inner
-                .providers
-                .webhook
-                .as_ref()
-                .is_some_and(|w| w.accepts(t)) =>
-        {
-            bad("token", "a webhook is an https URL")
-        }
+        DevicePlatform::Webhook => check_target(inner, t, "a webhook").await,
         _ => Ok(()),
     }
 }
 
-/// Registers a device.
+/// Registers a device. The per-user limit and the one-owner rule are enforced by the store
+/// in one transaction, so they hold under concurrent registrations.
 pub(crate) async fn register(
     inner: &Inner,
     req: pb::RegisterDeviceRequest,
@@ -139,33 +154,37 @@ pub(crate) async fn register(
     let res = async {
         user(req.user_id)?;
         let p = platform(inner, req.platform)?;
-        validate(inner, &req, p)?;
-        let existing = inner
+        validate(inner, &req, p).await?;
+        match inner
             .store
-            .devices(req.user_id)
+            .register_device(
+                req.user_id,
+                p,
+                &req.token,
+                &req.p256dh,
+                &req.auth,
+                MAX_DEVICES_PER_USER,
+            )
             .await
-            .map_err(unavailable)?;
-        let known = existing
-            .iter()
-            .any(|(d, _)| d.platform == p && d.token == req.token);
-        if !known && existing.len() >= MAX_DEVICES_PER_USER {
-            return Err(pb_error(
+            .map_err(unavailable)?
+        {
+            Registered::Device { id, created_at_ms } => Ok(pb::Device {
+                id,
+                user_id: req.user_id,
+                platform: p as i32,
+                token: req.token.clone(),
+                created_at_ms,
+            }),
+            Registered::OwnedByOther => Err(field_error(
+                "token",
+                ErrorCode::Forbidden,
+                "this device is registered to another account; unregister it there first",
+            )),
+            Registered::TooMany => Err(pb_error(
                 ErrorCode::RateLimited,
                 format!("at most {MAX_DEVICES_PER_USER} devices per user; unregister old ones"),
-            ));
+            )),
         }
-        let (id, created) = inner
-            .store
-            .register_device(req.user_id, p, &req.token, &req.p256dh, &req.auth)
-            .await
-            .map_err(unavailable)?;
-        Ok(pb::Device {
-            id,
-            user_id: req.user_id,
-            platform: p as i32,
-            token: req.token.clone(),
-            created_at_ms: created,
-        })
     }
     .await;
     pb::RegisterDeviceResponse {

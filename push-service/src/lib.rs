@@ -21,6 +21,7 @@
 pub mod api;
 mod grpc;
 pub mod metrics;
+pub mod outbound;
 pub mod providers;
 pub mod settings;
 pub mod store;
@@ -75,7 +76,24 @@ impl std::fmt::Debug for App {
 impl App {
     /// Connects, migrates, builds the providers (a bad key stops the start), subscribes.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        let mut providers = Providers::new()?;
+        App::build_with_resolver(settings, Arc::new(providers::http::SystemResolver)).await
+    }
+
+    /// [`App::build`] resolving the names of user-chosen targets (webhooks, Web Push
+    /// endpoints) with `resolver` (tests substitute one that answers what they need).
+    pub async fn build_with_resolver(
+        settings: Settings,
+        resolver: Arc<dyn providers::http::Resolve>,
+    ) -> anyhow::Result<App> {
+        let policy = outbound::Policy {
+            allow_private: settings.outbound_allow_private,
+        };
+        if policy.allow_private {
+            tracing::warn!(
+                "outbound targets may be http:// and loopback/private addresses (development only)"
+            );
+        }
+        let mut providers = Providers::new(providers::http::Guard::new(policy, resolver))?;
         if let Some((json, base)) = &settings.fcm {
             providers.fcm = Some(providers::fcm::Fcm::new(json, base.clone())?);
         }
@@ -86,10 +104,7 @@ impl App {
             providers.webpush = Some(providers::webpush::WebPush::new(key, subject)?);
         }
         if let Some(secret) = &settings.webhook {
-            providers.webhook = Some(providers::webhook::Webhook::new(
-                secret,
-                settings.allow_http,
-            )?);
+            providers.webhook = Some(providers::webhook::Webhook::new(secret)?);
         }
         tracing::info!(?providers, "push providers");
         let store = match &settings.store {

@@ -45,8 +45,10 @@ pub struct Settings {
     pub vapid: Option<(String, String)>,
     /// Webhooks: the signing secret.
     pub webhook: Option<String>,
-    /// Allow `http://` webhook URLs and Web Push endpoints (development and tests).
-    pub allow_http: bool,
+    /// Development and tests only: webhook URLs and Web Push endpoints may be `http://`, on
+    /// any port, and on loopback/private addresses (`INDABA_OUTBOUND_ALLOW_PRIVATE`, or its
+    /// deprecated alias `INDABA_PUSH_ALLOW_HTTP`). See [`crate::outbound`].
+    pub outbound_allow_private: bool,
     /// Replicas of the push queue's stream when push-service creates it
     /// (`INDABA_JETSTREAM_REPLICAS`, default 1).
     pub jetstream_replicas: usize,
@@ -72,7 +74,7 @@ impl Settings {
             apns: None,
             vapid: None,
             webhook: None,
-            allow_http: false,
+            outbound_allow_private: false,
             jetstream_replicas: 1,
         }
     }
@@ -143,7 +145,9 @@ impl Settings {
             self.vapid = Some((key, subject));
         }
         self.webhook = get(env::WEBHOOK_SECRET);
-        self.allow_http = config::flag(get, env::PUSH_ALLOW_HTTP, false)?;
+        let deprecated_alias = config::flag(get, env::PUSH_ALLOW_HTTP, false)?;
+        self.outbound_allow_private =
+            config::flag(get, env::OUTBOUND_ALLOW_PRIVATE, false)? || deprecated_alias;
         Ok(())
     }
 }

@@ -67,6 +67,22 @@ pub struct Batch {
     pub attempt: i64,
 }
 
+/// What became of a device registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// Registered (or already the user's): its id and first registration time.
+    Device {
+        /// Registry id.
+        id: i64,
+        /// When it was first registered.
+        created_at_ms: i64,
+    },
+    /// The (platform, token) is another user's device.
+    OwnedByOther,
+    /// The user already has the most devices allowed.
+    TooMany,
+}
+
 /// What intake did with one (message, recipient).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Intake {
@@ -176,8 +192,12 @@ impl Store {
         Ok(())
     }
 
-    /// Registers (or re-registers) a device. A token is one device: registering it for
-    /// another user moves it (a shared phone after a re-login).
+    /// Registers (or re-registers) a device, atomically with the per-user limit: the
+    /// user's registrations are serialized (PostgreSQL: a transaction-scoped advisory lock
+    /// on the user; SQLite: `BEGIN IMMEDIATE`), so concurrent ones cannot pass `max` together.
+    /// A (platform, token) is one device and belongs to one user: registering another
+    /// user's is refused ([`Registered::OwnedByOther`]), never moved; the same user
+    /// registering it again updates its keys (idempotent).
     pub async fn register_device(
         &self,
         user_id: i64,
@@ -185,26 +205,95 @@ impl Store {
         token: &str,
         p256dh: &str,
         auth: &str,
-    ) -> Result<(i64, i64), StoreError> {
+        max: usize,
+    ) -> Result<Registered, StoreError> {
         let now = proto::time::now_ms();
-        Ok(on_pool!(self, |pool| {
-            let r = sqlx::query(
-                "INSERT INTO push_devices (user_id, platform, token, p256dh, auth, created_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6)
-                 ON CONFLICT (platform, token) DO UPDATE
-                   SET user_id = excluded.user_id, p256dh = excluded.p256dh, auth = excluded.auth
-                 RETURNING id, created_at_ms",
-            )
-            .bind(user_id)
-            .bind(platform as i64)
-            .bind(token)
-            .bind(p256dh)
-            .bind(auth)
-            .bind(now)
-            .fetch_one(pool)
-            .await?;
-            (r.try_get("id")?, r.try_get("created_at_ms")?)
-        }))
+        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        // The same statements on both backends, inside their transaction.
+        macro_rules! register_in {
+            ($tx:ident) => {{
+                let existing = sqlx::query(
+                    "SELECT id, user_id, created_at_ms FROM push_devices
+                     WHERE platform = $1 AND token = $2",
+                )
+                .bind(platform as i64)
+                .bind(token)
+                .fetch_optional(&mut *$tx)
+                .await?;
+                match existing {
+                    Some(r) if r.try_get::<i64, _>("user_id")? != user_id => {
+                        Registered::OwnedByOther
+                    }
+                    Some(r) => {
+                        let id: i64 = r.try_get("id")?;
+                        sqlx::query("UPDATE push_devices SET p256dh = $2, auth = $3 WHERE id = $1")
+                            .bind(id)
+                            .bind(p256dh)
+                            .bind(auth)
+                            .execute(&mut *$tx)
+                            .await?;
+                        Registered::Device {
+                            id,
+                            created_at_ms: r.try_get("created_at_ms")?,
+                        }
+                    }
+                    None => {
+                        let n: i64 = sqlx::query_scalar(
+                            "SELECT COUNT(*) FROM push_devices WHERE user_id = $1",
+                        )
+                        .bind(user_id)
+                        .fetch_one(&mut *$tx)
+                        .await?;
+                        if n >= max {
+                            Registered::TooMany
+                        } else {
+                            // A conflict here: another user registered the token meanwhile.
+                            let r = sqlx::query(
+                                "INSERT INTO push_devices
+                                     (user_id, platform, token, p256dh, auth, created_at_ms)
+                                 VALUES ($1, $2, $3, $4, $5, $6)
+                                 ON CONFLICT (platform, token) DO NOTHING
+                                 RETURNING id, created_at_ms",
+                            )
+                            .bind(user_id)
+                            .bind(platform as i64)
+                            .bind(token)
+                            .bind(p256dh)
+                            .bind(auth)
+                            .bind(now)
+                            .fetch_optional(&mut *$tx)
+                            .await?;
+                            match r {
+                                Some(r) => Registered::Device {
+                                    id: r.try_get("id")?,
+                                    created_at_ms: r.try_get("created_at_ms")?,
+                                },
+                                None => Registered::OwnedByOther,
+                            }
+                        }
+                    }
+                }
+            }};
+        }
+        Ok(match self {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                // Two-key form: its key space is apart from single-key advisory locks.
+                sqlx::query("SELECT pg_advisory_xact_lock(1886745448, hashint8($1))")
+                    .bind(user_id)
+                    .execute(&mut *tx)
+                    .await?;
+                let r = register_in!(tx);
+                tx.commit().await?;
+                r
+            }
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let r = register_in!(tx);
+                tx.commit().await?;
+                r
+            }
+        })
     }
 
     /// Forgets a user's device; false if there was none.

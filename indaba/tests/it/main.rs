@@ -15,6 +15,7 @@ mod grpc;
 mod http_api;
 mod presence;
 mod push;
+mod push_abuse;
 mod push_fakes;
 mod rest;
 mod single_node_settings;

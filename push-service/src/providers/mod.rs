@@ -132,15 +132,22 @@ impl std::fmt::Debug for Providers {
 }
 
 impl Providers {
-    /// Builds the HTTP clients; providers are added by the caller.
-    pub fn new() -> Result<Providers, ConfigError> {
+    /// Builds the HTTP clients (user-chosen targets checked by `guard`); providers are
+    /// added by the caller.
+    pub fn new(guard: http::Guard) -> Result<Providers, ConfigError> {
         Ok(Providers {
             fcm: None,
             apns: None,
             webpush: None,
             webhook: None,
-            http: http::Http::new()?,
+            http: http::Http::new(guard)?,
         })
+    }
+
+    /// The outbound policy and resolver webhook URLs and Web Push endpoints are checked
+    /// with (at registration, and by the connector at send time).
+    pub fn guard(&self) -> &http::Guard {
+        self.http.guard()
     }
 
     /// Whether a platform can be served (registration of others is refused).

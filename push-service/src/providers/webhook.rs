@@ -8,7 +8,7 @@ use hmac::{Hmac, Mac};
 use http_body_util::Full;
 use sha2::Sha256;
 
-use super::http::Http;
+use super::http::{CallError, Http};
 use super::{by_status, ConfigError, Notification, Outcome};
 
 /// The signature of a body at a timestamp.
@@ -29,13 +29,12 @@ pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
 /// Webhook sender.
 pub struct Webhook {
     secret: Vec<u8>,
-    allow_http: bool,
 }
 
 impl Webhook {
-    /// With the signing secret (≥ 16 bytes). `allow_http` admits plain `http://` URLs
-    /// (development and tests only).
-    pub fn new(secret: &str, allow_http: bool) -> Result<Webhook, ConfigError> {
+    /// With the signing secret (≥ 16 bytes). Which URLs may be called is the outbound
+    /// policy's business ([`crate::outbound`]).
+    pub fn new(secret: &str) -> Result<Webhook, ConfigError> {
         if secret.len() < 16 {
             return Err(ConfigError(
                 "webhook secret must be at least 16 characters".into(),
@@ -43,13 +42,7 @@ impl Webhook {
         }
         Ok(Webhook {
             secret: secret.as_bytes().to_vec(),
-            allow_http,
         })
-    }
-
-    /// Whether a URL may be registered.
-    pub fn accepts(&self, url: &str) -> bool {
-        url.starts_with("https://") || (self.allow_http && url.starts_with("http://"))
     }
 
     /// Calls one webhook.
@@ -60,8 +53,11 @@ impl Webhook {
         delivery_id: &str,
         n: &Notification,
     ) -> Outcome {
-        if !self.accepts(url) {
-            return Outcome::Gone("webhook URL must be https".into());
+        // Checked again here (the policy may have changed since registration) and, against
+        // the resolved address, by the connector. A refusal is dead-lettered, never
+        // "gone": deleting the device would tell the user something about the target.
+        if let Err(why) = crate::outbound::check_url(http.guard().policy, url) {
+            return Outcome::Failed(format!("webhook: refused by the outbound policy: {why}"));
         }
         let body = serde_json::json!({"event": "notification", "notification": n}).to_string();
         let ts = proto::time::now_ms() / 1000;
@@ -78,10 +74,11 @@ impl Webhook {
             Ok(r) => r,
             Err(e) => return Outcome::Gone(format!("webhook URL: {e}")),
         };
-        match http.call(req, false).await {
+        match http.call_guarded(req).await {
             Ok(r) if r.status == http::StatusCode::GONE => Outcome::Gone("webhook: 410".into()),
             Ok(r) => by_status(&r, "webhook"),
-            Err(e) => Outcome::Retry(None, format!("webhook: {e}")),
+            Err(CallError::Refused(why)) => Outcome::Failed(format!("webhook: {why}")),
+            Err(CallError::Failed(e)) => Outcome::Retry(None, format!("webhook: {e}")),
         }
     }
 }

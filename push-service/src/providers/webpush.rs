@@ -20,7 +20,7 @@ use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use p256::{PublicKey, SecretKey};
 use sha2::Sha256;
 
-use super::http::Http;
+use super::http::{CallError, Http};
 use super::{by_status, ConfigError, Notification, Outcome, Target};
 
 /// The record size we declare (one record always suffices for a notification).
@@ -159,6 +159,10 @@ impl WebPush {
 
     /// Sends to one subscription.
     pub async fn send(&self, http: &Http, t: &Target, n: &Notification) -> Outcome {
+        // See the webhook: checked here, and by the connector against the resolved address.
+        if let Err(why) = crate::outbound::check_url(http.guard().policy, &t.token) {
+            return Outcome::Failed(format!("Web Push: refused by the outbound policy: {why}"));
+        }
         let (Ok(p256dh), Ok(auth)) = (
             B64.decode(t.p256dh.trim_end_matches('=')),
             B64.decode(t.auth.trim_end_matches('=')),
@@ -192,9 +196,10 @@ impl WebPush {
             Ok(r) => r,
             Err(e) => return Outcome::Gone(format!("Web Push endpoint: {e}")),
         };
-        let r = match http.call(req, false).await {
+        let r = match http.call_guarded(req).await {
             Ok(r) => r,
-            Err(e) => return Outcome::Retry(None, format!("Web Push: {e}")),
+            Err(CallError::Refused(why)) => return Outcome::Failed(format!("Web Push: {why}")),
+            Err(CallError::Failed(e)) => return Outcome::Retry(None, format!("Web Push: {e}")),
         };
         match r.status.as_u16() {
             404 | 410 => Outcome::Gone(format!("Web Push: HTTP {}", r.status.as_u16())),
