@@ -17,6 +17,13 @@
 //! dead instance's batches are taken over), checks presence again, and sends one
 //! notification per device, recording each device reached; retries back off with jitter
 //! and honour `Retry-After`; dead tokens are pruned; hopeless sends are dead-lettered.
+//!
+//! Isolation: up to `IN_FLIGHT` (64) batches are sent at once, each in its own task, and the
+//! claim tops them up every tick (no sweep waits for its slowest batch). A batch sends to
+//! all its devices at once and gives up on a device at 60 % of its lease (retried later
+//! like a 5xx), so it never outlives the lease. User-chosen targets (webhooks, Web Push)
+//! go through [`outbound`]'s policy at registration and at connect time, and get at most
+//! `providers::http::PER_HOST` connections per host.
 
 pub mod api;
 mod grpc;
@@ -46,8 +53,15 @@ use providers::{Notification, Outcome, Providers};
 
 /// Most recipients asked about in one presence query.
 const PRESENCE_CHUNK: usize = 500;
-/// Batches claimed per sweep, and sent at once.
-const CLAIM: i64 = 64;
+/// Batches being sent at once by one instance (a semaphore: claiming tops it up on every
+/// tick, it never waits for a sweep to finish).
+const IN_FLIGHT: usize = 64;
+/// Part of the lease a batch may spend sending; the rest is for recording the outcome.
+/// A device not answered by then is retried later like a 5xx, so a batch never outlives
+/// its lease (another instance would take it over and send again).
+const SEND_SHARE: f64 = 0.6;
+/// Part of the lease after which a batch is abandoned outright (a stuck store call).
+const HARD_SHARE: f64 = 0.9;
 /// Longest retry delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -327,26 +341,48 @@ async fn send_loop(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(inner.settings.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_prune = tokio::time::Instant::now();
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    // Dropped (aborting every batch task) when the loop is: batches left are the lease's.
+    let mut running = JoinSet::new();
+    let lease = inner.settings.lease;
     loop {
         tick.tick().await;
-        let batches = match inner.store.claim_due(inner.settings.lease, CLAIM).await {
+        while running.try_join_next().is_some() {}
+        let free = slots.available_permits();
+        if free == 0 {
+            continue;
+        }
+        // Deadlines count from before the claim: the lease starts no earlier than this.
+        let claimed_at = tokio::time::Instant::now();
+        let batches = match inner
+            .store
+            .claim_due(lease, i64::try_from(free).unwrap_or(1))
+            .await
+        {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim push batches");
                 continue;
             }
         };
-        futures_util::stream::iter(batches)
-            .for_each_concurrent(16, |b| {
-                let inner = inner.clone();
-                async move {
-                    if let Err(e) = send_batch(&inner, &b).await {
-                        // The lease runs out and the batch is retried.
-                        tracing::warn!(error = %e, batch = b.id, "push batch failed");
-                    }
+        for b in batches {
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                // Cannot happen (only this loop takes permits); the lease runs out.
+                break;
+            };
+            let inner = inner.clone();
+            let send_by = claimed_at + lease.mul_f64(SEND_SHARE);
+            let hard = claimed_at + lease.mul_f64(HARD_SHARE);
+            running.spawn(async move {
+                let _permit = permit;
+                match tokio::time::timeout_at(hard, send_batch(&inner, &b, send_by)).await {
+                    Ok(Ok(())) => {}
+                    // The lease runs out and the batch is retried.
+                    Ok(Err(e)) => tracing::warn!(error = %e, batch = b.id, "push batch failed"),
+                    Err(_) => tracing::warn!(batch = b.id, "push batch abandoned at its deadline"),
                 }
-            })
-            .await;
+            });
+        }
         if last_prune.elapsed() > Duration::from_secs(600) {
             last_prune = tokio::time::Instant::now();
             let _ = inner
@@ -403,9 +439,20 @@ fn backoff(base: Duration, attempt: u32, retry_after: Option<Duration>) -> Durat
         .max(Duration::from_millis(100))
 }
 
-async fn send_batch(inner: &Inner, b: &store::Batch) -> Result<(), store::StoreError> {
-    // Back online since the batch opened: they will read it in the app.
-    if let Some(seen) = presence(&inner.bus, &[b.user_id]).await {
+/// Sends one batch to every device not yet reached, all at once (each call also limited
+/// per host by the guarded client); a device with no answer by `send_by` is retried later.
+async fn send_batch(
+    inner: &Inner,
+    b: &store::Batch,
+    send_by: tokio::time::Instant,
+) -> Result<(), store::StoreError> {
+    // Back online since the batch opened: they will read it in the app. (Presence that
+    // cannot answer before the deadline counts as offline, as elsewhere.)
+    let seen = tokio::time::timeout_at(send_by, presence(&inner.bus, &[b.user_id]))
+        .await
+        .ok()
+        .flatten();
+    if let Some(seen) = seen {
         if seen.get(&b.user_id).is_some_and(|s| s.connections > 0) {
             metrics::outcome(metrics::Kind::SkippedActive);
             return inner.store.finish(b.id).await;
@@ -428,8 +475,22 @@ async fn send_batch(inner: &Inner, b: &store::Batch) -> Result<(), store::StoreE
     let n = notification(b, hide);
     let mut retry: Option<Option<Duration>> = None;
     let mut waiting = Vec::new();
-    for d in &devices {
-        match inner.providers.send(d, &n).await {
+    let mut sends: futures_util::stream::FuturesUnordered<_> = devices
+        .iter()
+        .map(|d| {
+            let n = &n;
+            async move {
+                let outcome = tokio::time::timeout_at(send_by, inner.providers.send(d, n))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Outcome::Retry(None, "no answer before the batch deadline".into())
+                    });
+                (d, outcome)
+            }
+        })
+        .collect();
+    while let Some((d, outcome)) = sends.next().await {
+        match outcome {
             Outcome::Sent => {
                 metrics::outcome(metrics::Kind::Sent);
                 inner.store.mark_done(b.id, d.id).await?;

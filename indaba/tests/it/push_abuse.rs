@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -164,6 +165,206 @@ async fn devices(gw: SocketAddr, user: i64) -> Vec<Value> {
     let (status, v) = http(gw, "GET", "/api/v1/devices/", Some(&token(user)), None).await;
     assert_eq!(status, 200, "{v}");
     v["devices"].as_array().cloned().unwrap_or_default()
+}
+
+/// A TCP server that accepts every connection, reads what it is sent and never answers.
+/// Records how many are open at once and how long each lived. "Open" is the kernel's
+/// word, not a task's: on every accept (and every 10 ms) each connection is read without
+/// blocking, and one that reads end-of-file is closed, so a close is never counted late
+/// because a task had not run yet.
+#[derive(Clone, Default)]
+struct Tarpit {
+    conns: Arc<Mutex<Vec<(Instant, std::net::TcpStream)>>>,
+    max_open: Arc<AtomicUsize>,
+    accepted: Arc<AtomicUsize>,
+    lifetimes: Arc<Mutex<Vec<Duration>>>,
+}
+
+impl Tarpit {
+    /// Forgets closed connections; how many are open.
+    fn prune(&self) -> usize {
+        use std::io::Read;
+        let mut conns = self.conns.lock().unwrap();
+        let mut buf = [0u8; 4096];
+        let mut lifetimes = self.lifetimes.lock().unwrap();
+        conns.retain_mut(|(born, s)| loop {
+            match s.read(&mut buf) {
+                Ok(0) => {
+                    lifetimes.push(born.elapsed());
+                    return false;
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Err(_) => {
+                    lifetimes.push(born.elapsed());
+                    return false;
+                }
+            }
+        });
+        conns.len()
+    }
+
+    fn open(&self) -> usize {
+        self.prune()
+    }
+}
+
+async fn tarpit() -> (Tarpit, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let t = Tarpit::default();
+    let tp = t.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let born = Instant::now();
+            let stream = stream.into_std().unwrap();
+            stream.set_nonblocking(true).unwrap();
+            tp.accepted.fetch_add(1, Ordering::SeqCst);
+            let open = tp.prune() + 1;
+            tp.conns.lock().unwrap().push((born, stream));
+            tp.max_open.fetch_max(open, Ordering::SeqCst);
+        }
+    });
+    let tp = t.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tp.prune();
+        }
+    });
+    (t, addr)
+}
+
+/// Item 5: one user with 20 webhook devices on a tarpit, in five conversations (100 sends
+/// that never get an answer). Other users' notifications still arrive promptly; each
+/// tarpit connection is dropped before the lease runs out; the tarpit host never has more
+/// than the per-host limit of connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tarpit_webhooks_do_not_stall_other_users_notifications() {
+    let b = base().await;
+    let (pit, pit_addr) = tarpit().await;
+    let hook = push_fakes::webhook(WEBHOOK_SECRET).await;
+    let lease = Duration::from_secs(3);
+    let (_push, store) = spawn_push(
+        &b,
+        &[
+            ("INDABA_WEBHOOK_SECRET", WEBHOOK_SECRET.into()),
+            // The fakes are on loopback over http.
+            ("INDABA_OUTBOUND_ALLOW_PRIVATE", "true".into()),
+            ("INDABA_PUSH_COLLAPSE_MS", "200".into()),
+            ("INDABA_PUSH_SUPPRESS_ACTIVE_SECS", "0".into()),
+            ("INDABA_PUSH_RETRY_BASE_MS", "200".into()),
+            ("INDABA_PUSH_LEASE_SECS", lease.as_secs().to_string()),
+        ],
+        Names::with(&[]),
+    )
+    .await;
+    let attacker = 50;
+    for i in 0..20 {
+        let (status, v) = try_register(
+            b.gw,
+            attacker,
+            &json!({"platform": "webhook", "token": format!("http://{pit_addr}/t/{i}")}),
+        )
+        .await;
+        assert_eq!(status, 201, "{v}");
+    }
+    let healthy: Vec<i64> = (60..65).collect();
+    for u in &healthy {
+        let (status, v) = try_register(
+            b.gw,
+            *u,
+            &json!({"platform": "webhook", "token": format!("{}/h/{u}", hook.url())}),
+        )
+        .await;
+        assert_eq!(status, 201, "{v}");
+    }
+
+    // Five conversations with the attacker: five batches of 20 tarpit devices each.
+    let mut senders = Vec::new();
+    for s in 41..46 {
+        let mut c = Client::connect(b.gw, s).await;
+        let sent = c.chat(attacker, "tarpit me", None).await;
+        assert_eq!(sent["type"], "message_sent", "{sent}");
+        senders.push(c);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pit.open() < 16 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        pit.open() >= 16,
+        "the tarpit is not being called: {} open",
+        pit.open()
+    );
+
+    // While the tarpit holds its connections (and through retry rounds), the healthy
+    // users are notified, every one of them, promptly.
+    let mut alice = Client::connect(b.gw, 1).await;
+    let mut latencies = Vec::new();
+    for round in 0..4 {
+        let t0 = Instant::now();
+        for u in &healthy {
+            let sent = alice.chat(*u, &format!("round {round}"), None).await;
+            assert_eq!(sent["type"], "message_sent", "{sent}");
+        }
+        let want = healthy.len() * (round + 1);
+        let deadline = t0 + Duration::from_secs(20);
+        while hook.delivered().len() < want && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = t0.elapsed();
+        assert_eq!(
+            hook.delivered().len(),
+            want,
+            "round {round}: healthy notifications missing after {took:?}"
+        );
+        latencies.push(took);
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    eprintln!(
+        "healthy users' notification latency per round (message ack → all 5 delivered, collapse window 200 ms) during the tarpit: {latencies:?}; tarpit: {} connections accepted, at most {} open at once",
+        pit.accepted.load(Ordering::SeqCst),
+        pit.max_open.load(Ordering::SeqCst)
+    );
+    for (round, took) in latencies.iter().enumerate() {
+        // Before: a sweep waited for its slowest batch (15 s + 15 s per tarpit device).
+        assert!(
+            *took < Duration::from_secs(8),
+            "round {round} took {took:?}"
+        );
+    }
+    assert!(hook.rejected().is_empty(), "{:?}", hook.rejected());
+    let per_user: HashMap<i64, usize> = hook.delivered().iter().fold(HashMap::new(), |mut m, g| {
+        *m.entry(g.payload["notification"]["user_id"].as_i64().unwrap())
+            .or_default() += 1;
+        m
+    });
+    for u in &healthy {
+        assert_eq!(per_user.get(u), Some(&4), "{per_user:?}");
+    }
+
+    // The batch never outlives its lease: every tarpit connection was given up before it.
+    let lifetimes = pit.lifetimes.lock().unwrap().clone();
+    assert!(
+        !lifetimes.is_empty(),
+        "no tarpit connection was ever given up"
+    );
+    let longest = lifetimes.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "tarpit connections closed by push-service: {}, longest lived {longest:?} (lease {lease:?})",
+        lifetimes.len()
+    );
+    assert!(longest < lease, "a send outlived the lease: {longest:?}");
+    // One host gets at most the per-host limit of connections at once.
+    assert!(
+        pit.max_open.load(Ordering::SeqCst) <= push_service::providers::http::PER_HOST,
+        "{} connections to one host at once",
+        pit.max_open.load(Ordering::SeqCst)
+    );
+    // The attacker's notifications are not lost either: they wait for their retry.
+    assert!(store.pending_batches().await.unwrap() > 0);
+    drop(senders);
 }
 
 /// Item 5: 40 registrations for one user at once; exactly 20 succeed, the rest are
