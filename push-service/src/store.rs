@@ -632,3 +632,63 @@ impl Store {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The single-node store (SQLite): 40 registrations of one user at once give exactly
+    /// `max` devices; another user's token is refused, not moved; re-registering is
+    /// idempotent. (PostgreSQL: `device_limit_holds_under_concurrent_registrations` and
+    /// `another_users_device_is_not_taken_over` in indaba's integration tests.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_registration_is_atomic_and_owned() {
+        let path = std::env::temp_dir().join(format!(
+            "push-store-test-{}-{}.db",
+            std::process::id(),
+            proto::time::now_ms()
+        ));
+        let store = Store::open_sqlite(&path).await.unwrap();
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .register_device(7, DevicePlatform::Fcm, &format!("t{i}"), "", "", 20)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut added = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Registered::Device { .. } => added += 1,
+                Registered::TooMany => {}
+                Registered::OwnedByOther => panic!("no other owner here"),
+            }
+        }
+        assert_eq!(added, 20);
+        assert_eq!(store.devices(7).await.unwrap().len(), 20);
+        let first = store.devices(7).await.unwrap()[0].0.clone();
+        assert_eq!(
+            store
+                .register_device(8, DevicePlatform::Fcm, &first.token, "", "", 20)
+                .await
+                .unwrap(),
+            Registered::OwnedByOther
+        );
+        assert!(matches!(
+            store
+                .register_device(7, DevicePlatform::Fcm, &first.token, "", "", 20)
+                .await
+                .unwrap(),
+            Registered::Device { id, .. } if id == first.id
+        ));
+        assert!(store.devices(8).await.unwrap().is_empty());
+        drop(store);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+}
