@@ -1,5 +1,6 @@
 //! The operations port of the worker services: `GET /livez`, `GET /readyz` and
-//! `GET /metrics` (Prometheus text) on `INDABA_HTTP_LISTEN`.
+//! `GET /metrics` (Prometheus text, from a [`crate::metrics::Registry`]) on
+//! `INDABA_HTTP_LISTEN`.
 //!
 //! Deliberately tiny (one request per connection, GET only, 8 KiB head, 5 s to send it):
 //! it serves probes and scrapers inside the cluster, never clients, so it needs none of
@@ -82,7 +83,7 @@ async fn answer(mut stream: TcpStream, probe: &dyn Probe) -> std::io::Result<()>
                 serde_like_error("unavailable", &why),
             ),
         },
-        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", probe.metrics()),
+        ("GET", "/metrics") => ("200 OK", crate::metrics::CONTENT_TYPE, probe.metrics()),
         (_, "/livez" | "/readyz" | "/metrics") => (
             "405 Method Not Allowed",
             "application/json",
@@ -116,21 +117,6 @@ fn serde_like_error(code: &str, message: &str) -> String {
     format!(r#"{{"error":{{"code":"{code}","message":"{escaped}"}}}}"#)
 }
 
-/// Writes one counter or gauge in Prometheus text format.
-pub fn write_metric(
-    out: &mut String,
-    name: &str,
-    kind: &str,
-    help: &str,
-    value: impl std::fmt::Display,
-) {
-    use std::fmt::Write as _;
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,9 +134,9 @@ mod tests {
             })
         }
         fn metrics(&self) -> String {
-            let mut s = String::new();
-            write_metric(&mut s, "indaba_x_total", "counter", "x", 3);
-            s
+            let mut r = crate::metrics::Registry::default();
+            r.counter("indaba_x_total", "x").inc_by(3);
+            r.render()
         }
     }
 

@@ -163,6 +163,7 @@ impl App {
                 Arc::new(Readiness {
                     bus: bus.clone(),
                     tracker: tracker.clone(),
+                    metrics: Metrics::new(),
                 }),
             ))
         });
@@ -265,6 +266,33 @@ impl App {
 struct Readiness {
     bus: Bus,
     tracker: Arc<Mutex<Tracker>>,
+    metrics: Metrics,
+}
+
+/// presence-service's metrics, declared once each ([`bus::metrics`]). Both are gauges read
+/// from the tracker at each scrape.
+struct Metrics {
+    registry: bus::metrics::Registry,
+    /// `indaba_presence_users_online`.
+    users_online: bus::metrics::Gauge,
+    /// `indaba_presence_sockets`.
+    sockets: bus::metrics::Gauge,
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = bus::metrics::Registry::default();
+        let users_online = registry.gauge(
+            "indaba_presence_users_online",
+            "Users with at least one socket.",
+        );
+        let sockets = registry.gauge("indaba_presence_sockets", "Sockets across all gateways.");
+        Metrics {
+            registry,
+            users_online,
+            sockets,
+        }
+    }
 }
 
 impl bus::ops::Probe for Readiness {
@@ -285,22 +313,10 @@ impl bus::ops::Probe for Readiness {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .counts();
-        let mut out = String::new();
-        bus::ops::write_metric(
-            &mut out,
-            "indaba_presence_users_online",
-            "gauge",
-            "Users with at least one socket.",
-            online,
-        );
-        bus::ops::write_metric(
-            &mut out,
-            "indaba_presence_sockets",
-            "gauge",
-            "Sockets across all gateways.",
-            sockets,
-        );
-        out
+        let gauge = |n| i64::try_from(n).unwrap_or(i64::MAX);
+        self.metrics.users_online.set(gauge(online));
+        self.metrics.sockets.set(gauge(sockets));
+        self.metrics.registry.render()
     }
 }
 

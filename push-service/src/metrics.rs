@@ -1,6 +1,9 @@
-//! Prometheus counters of push-service (process-wide atomics).
+//! Prometheus metrics of push-service, declared once each ([`bus::metrics`]); one set per
+//! process (one service per process in production).
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::LazyLock;
+
+use bus::metrics::{Counter, Registry};
 
 /// What happened to a notification (the `outcome` label; bounded).
 #[derive(Debug, Clone, Copy)]
@@ -21,7 +24,8 @@ pub enum Kind {
     DeadLettered,
 }
 
-const LABELS: [&str; 7] = [
+/// The `outcome` label values, in the order of [`Kind`].
+const OUTCOMES: [&str; 7] = [
     "queued",
     "skipped_active",
     "skipped_muted",
@@ -31,38 +35,44 @@ const LABELS: [&str; 7] = [
     "dead_lettered",
 ];
 
-static OUTCOMES: [AtomicU64; 7] = [const { AtomicU64::new(0) }; 7];
-static JOBS: AtomicU64 = AtomicU64::new(0);
+struct Metrics {
+    registry: Registry,
+    /// `indaba_push_notifications_total{outcome}`, indexed by [`Kind`].
+    outcomes: [Counter; 7],
+    /// `indaba_push_jobs_total`.
+    jobs: Counter,
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut registry = Registry::default();
+    let outcomes = registry.counters(
+        "indaba_push_notifications_total",
+        "Notifications by outcome.",
+        "outcome",
+        OUTCOMES,
+    );
+    let jobs = registry.counter(
+        "indaba_push_jobs_total",
+        "Push jobs received (redeliveries included).",
+    );
+    Metrics {
+        registry,
+        outcomes,
+        jobs,
+    }
+});
 
 /// Counts an outcome.
 pub fn outcome(k: Kind) {
-    OUTCOMES[k as usize].fetch_add(1, Relaxed);
+    METRICS.outcomes[k as usize].inc();
 }
 
 /// A job was delivered to this instance.
 pub fn job() {
-    JOBS.fetch_add(1, Relaxed);
+    METRICS.jobs.inc();
 }
 
 /// The Prometheus text exposition.
 pub fn render() -> String {
-    use std::fmt::Write as _;
-    let mut out = String::from(
-        "# HELP indaba_push_notifications_total Notifications by outcome.\n# TYPE indaba_push_notifications_total counter\n",
-    );
-    for (label, c) in LABELS.iter().zip(&OUTCOMES) {
-        let _ = writeln!(
-            out,
-            "indaba_push_notifications_total{{outcome=\"{label}\"}} {}",
-            c.load(Relaxed)
-        );
-    }
-    bus::ops::write_metric(
-        &mut out,
-        "indaba_push_jobs_total",
-        "counter",
-        "Push jobs received (redeliveries included).",
-        JOBS.load(Relaxed),
-    );
-    out
+    METRICS.registry.render()
 }
