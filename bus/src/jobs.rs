@@ -97,7 +97,7 @@ impl Bus {
             Bus::Nats(c, _) => {
                 let js = jetstream::new(c.clone());
                 let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Nats-Msg-Id", id);
+                headers.insert(proto::headers::NATS_MSG_ID, id);
                 let ack = tokio::time::timeout(timeout, async {
                     js.publish_with_headers(q.subject.to_owned(), headers, payload)
                         .await
@@ -111,8 +111,13 @@ impl Bus {
                 Ok(())
             }
             Bus::Local(_) => {
-                self.request_with_headers(q.subject, &[("Nats-Msg-Id", id)], payload, timeout)
-                    .await?;
+                self.request_with_headers(
+                    q.subject,
+                    &[(proto::headers::NATS_MSG_ID, id)],
+                    payload,
+                    timeout,
+                )
+                .await?;
                 Ok(())
             }
         }
@@ -238,7 +243,7 @@ impl Stream for Jobs {
                         let id = m
                             .headers
                             .as_ref()
-                            .and_then(|h| h.get("Nats-Msg-Id"))
+                            .and_then(|h| h.get(proto::headers::NATS_MSG_ID))
                             .map(|v| v.to_string());
                         Poll::Ready(Some(Job {
                             payload: m.payload.clone(),
@@ -258,7 +263,7 @@ impl Stream for Jobs {
                 JobsInner::Local(s) => match s.poll_next_unpin(cx) {
                     Poll::Ready(Some(m)) => Poll::Ready(Some(Job {
                         payload: m.payload.clone(),
-                        id: m.header("Nats-Msg-Id").map(str::to_owned),
+                        id: m.header(proto::headers::NATS_MSG_ID).map(str::to_owned),
                         delivered: 1,
                         ack: JobAck::Local(Box::new((bus, m))),
                     })),

@@ -6,6 +6,9 @@ pub const AUTHORIZATION: &str = "authorization";
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// NATS: W3C trace context, propagated from gateway to services.
 pub const TRACEPARENT: &str = "traceparent";
+/// NATS JetStream: a published job's id; the stream drops a repeat within its duplicate
+/// window (push jobs carry the message id).
+pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
 /// HTTP: the client address as seen by a trusted proxy in front of the gateway.
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 /// HTTP/SSE: the id of the last event a reconnecting `EventSource` received.
