@@ -9,7 +9,8 @@ use std::time::Duration;
 use bus::Bus;
 use tokio_util::sync::CancellationToken;
 
-use crate::{auth, hub, limits, metrics, Settings};
+use crate::settings::Settings;
+use crate::{auth, hub, limits, metrics};
 
 /// State shared by every connection of one gateway.
 #[derive(Debug)]

@@ -121,6 +121,11 @@ pub fn load_or_create_secret(data_dir: &Path, configured: Option<&str>) -> anyho
             "{} must be at least 16 characters",
             proto::env::JWT_SECRET
         );
+        anyhow::ensure!(
+            !proto::env::is_placeholder(s),
+            "{} is the placeholder from the examples: use a random secret",
+            proto::env::JWT_SECRET
+        );
         return Ok(s.to_owned());
     }
     std::fs::create_dir_all(data_dir)

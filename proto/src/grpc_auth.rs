@@ -242,7 +242,12 @@ mod tests {
         assert!(open.check_exposure(any).is_err());
         assert!(open.check_exposure(lo).is_ok() && open.check_exposure(v6lo).is_ok());
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
         };
         let insecure = ApiKeys::from_source(&env(&[("INDABA_GRPC_INSECURE", "true")])).unwrap();
         assert!(insecure.check_exposure(any).is_ok());

@@ -80,7 +80,8 @@ mod tests {
             Some("empty_text")
         );
         assert_eq!(
-            d.bad_request().map(|b| b.field_violations[0].field.as_str()),
+            d.bad_request()
+                .map(|b| b.field_violations[0].field.as_str()),
             Some("text")
         );
     }

@@ -56,6 +56,7 @@ impl Cluster {
             ("INDABA_LOG".into(), "info".into()),
             // Every client of these tests comes from 127.0.0.1, as if behind one proxy.
             ("INDABA_CONNECT_RATE_PER_IP_10S".into(), "0".into()),
+            ("INDABA_MAX_CONNECTIONS_PER_IP".into(), "0".into()),
         ];
         env.extend(
             extra_env

@@ -1,0 +1,437 @@
+//! Attacks by an ordinary logged-in user, or by anyone who can reach the gateway's port,
+//! performed against the real server: each is refused, and where the point is that others
+//! keep working, a second client's sends are measured while the attack runs (latency is
+//! printed, never asserted).
+//!
+//! The event-stream connection cap and the address budget under any path spelling are in
+//! `connection_limits`.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// One raw HTTP/1.1 exchange on its own connection: status, lower-cased headers, body.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&str>,
+) -> (u16, Vec<(String, String)>, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, rest.to_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A SimpleJWT refresh token: same key, same `user_id`, days of validity.
+fn refresh_token(user: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"user_id": user, "token_type": "refresh", "jti": "x", "exp": now + 7 * 86_400}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// p50/p99 of a second user's sends while an attack runs (printed, not asserted).
+struct Bystander {
+    client: Client,
+    receiver: i64,
+    latencies: Vec<Duration>,
+}
+
+impl Bystander {
+    async fn new(gw: SocketAddr, user: i64, receiver: i64) -> Bystander {
+        Bystander {
+            client: Client::connect(gw, user).await,
+            receiver,
+            latencies: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self) {
+        let started = Instant::now();
+        let ack = self.client.chat(self.receiver, "still here", None).await;
+        assert_eq!(ack["type"], "message_sent", "bystander refused: {ack}");
+        self.latencies.push(started.elapsed());
+    }
+
+    fn report(mut self, attack: &str) {
+        self.latencies.sort();
+        let at = |q: f64| {
+            let i = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
+            self.latencies[i]
+        };
+        println!(
+            "{attack}: bystander sent {} messages during the attack, p50 {:?}, p99 {:?}",
+            self.latencies.len(),
+            at(0.5),
+            at(0.99)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_tokens_are_not_access_tokens() {
+    let nats = Nats::start();
+    let (_g, gw) = spawn_gateway(&nats.url(), "gw-refresh").await;
+    let refresh = refresh_token(5);
+    // A socket with it is refused before the upgrade…
+    let err = tokio_tungstenite::connect_async(format!("ws://{gw}/ws/chat/?token={refresh}"))
+        .await
+        .expect_err("refresh token opened a socket");
+    assert!(err.to_string().contains("401"), "{err}");
+    // …and so are the REST API and the event stream.
+    let (status, _, body) = request(gw, "GET", "/api/v1/conversations/", &refresh, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("refresh token"), "{body}");
+    let (status, _, _) = request(gw, "GET", "/api/v1/events/", &refresh, None).await;
+    assert_eq!(status, 401);
+    // First-message authentication too (closed with 4001).
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{gw}/ws/chat/"))
+        .await
+        .unwrap();
+    use futures_util::{SinkExt, StreamExt};
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        json!({"type": "authenticate", "token": refresh})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let close = tokio::time::timeout(WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f))) => return f,
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(4001));
+    // The access token of the same user still works.
+    let _ok = Client::connect(gw, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rest_read_loop_is_budgeted_while_others_keep_sending() {
+    let cluster = TestCluster::builder()
+        .gateway_settings(|s| s.rest_rate_per_10s = 20)
+        .build()
+        .await;
+    let gw = cluster.gw(0);
+    let mut bystander = Bystander::new(gw, 2, 3).await;
+    let attacker = token(1);
+    let mut refused = None;
+    let mut served = 0;
+    for _ in 0..60 {
+        let (status, headers, body) =
+            request(gw, "GET", "/api/v1/messages/unread/", &attacker, None).await;
+        match status {
+            200 => served += 1,
+            429 => {
+                refused = Some((headers, body));
+                break;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+        bystander.send().await;
+    }
+    let (headers, body) = refused.expect("the read loop was never refused");
+    assert_eq!(served, 20, "exactly the budget was served");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let retry: u64 = header(&headers, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=10).contains(&retry), "retry-after {retry}");
+    assert_eq!(
+        header(&headers, "ratelimit-policy"),
+        Some("\"rest\";q=20;w=10")
+    );
+    assert!(header(&headers, "ratelimit")
+        .unwrap()
+        .starts_with("\"rest\";r=0;t="));
+    // The event stream spends the same budget.
+    let (status, _, _) = request(gw, "GET", "/api/v1/events/", &attacker, None).await;
+    assert_eq!(status, 429);
+    // Another user's REST calls have their own budget.
+    let (status, _, _) = request(gw, "GET", "/api/v1/messages/unread/", &token(4), None).await;
+    assert_eq!(status, 200);
+    for _ in 0..20 {
+        bystander.send().await;
+    }
+    bystander.report("REST read loop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversation_creation_is_rate_limited() {
+    let cluster = TestCluster::builder()
+        .gateway_settings(|s| s.conversation_create_rate_per_min = 3)
+        .build()
+        .await;
+    let gw = cluster.gw(0);
+    let t = token(1);
+    for other in 2..5 {
+        let body = json!({"participant_ids": [other, other + 100], "title": "g"}).to_string();
+        let (status, _, b) = request(gw, "POST", "/api/v1/conversations/", &t, Some(&body)).await;
+        assert_eq!(status, 201, "{b}");
+    }
+    let body = json!({"participant_ids": [9, 10], "title": "g"}).to_string();
+    let (status, headers, b) = request(gw, "POST", "/api/v1/conversations/", &t, Some(&body)).await;
+    assert_eq!(status, 429, "{b}");
+    assert_eq!(
+        header(&headers, "ratelimit-policy"),
+        Some("\"conversations\";q=3;w=60")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_typing_and_receipts_spend_the_same_budget_as_the_socket() {
+    let cluster = TestCluster::builder().build().await;
+    let gw = cluster.gw(0);
+    let mut a = Client::connect(gw, 1).await;
+    let ack = a.chat(2, "hi", None).await;
+    let conv = ack["conversation_id"].as_i64().unwrap();
+    // Six state changes on the socket spend the burst of the typing budget…
+    for i in 0..6 {
+        a.send(
+            json!({"type": "typing_indicator", "conversation_id": conv, "is_typing": i % 2 == 0}),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // …so the same user's REST typing is refused: one budget per user, both doors.
+    let (status, headers, body) = request(
+        gw,
+        "POST",
+        &format!("/api/v1/conversations/{conv}/typing/"),
+        &token(1),
+        Some(r#"{"is_typing": true}"#),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(
+        header(&headers, "ratelimit-policy"),
+        Some("\"typing\";q=6;w=3")
+    );
+    // Read receipts: a burst of socket frames spends the receipt budget (30, refilled at
+    // 10/s), and the same user's REST submissions right after are refused.
+    let mid = ack["message_id"].as_i64().unwrap();
+    let mut b = Client::connect(gw, 2).await;
+    for _ in 0..40 {
+        b.send(json!({"type": "read_receipt", "message_ids": [mid]}))
+            .await;
+    }
+    let err = b.recv_type("error").await;
+    assert_eq!(err["code"], "rate_limited", "{err}");
+    assert!(err["retry_after_ms"].as_u64().is_some(), "{err}");
+    let receipt = json!({"message_ids": [mid]}).to_string();
+    let mut refused = false;
+    for _ in 0..3 {
+        let (status, headers, body) = request(
+            gw,
+            "POST",
+            "/api/v1/messages/read/",
+            &token(2),
+            Some(&receipt),
+        )
+        .await;
+        if status == 429 {
+            assert_eq!(
+                header(&headers, "ratelimit-policy"),
+                Some("\"receipts\";q=30;w=3")
+            );
+            refused = true;
+            break;
+        }
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(
+        refused,
+        "REST receipts were not refused after the socket spent the budget"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_idle_connections_and_connection_hoarding_are_cut() {
+    let nats = Nats::start();
+    let (_g, gw) = spawn_gateway_with(&nats.url(), "gw-slow", |s| {
+        s.body_timeout = Duration::from_secs(1);
+        s.header_timeout = Duration::from_secs(1);
+        s.max_connections_per_ip = 4;
+    })
+    .await;
+    // A body that never finishes arriving: 408, not a task held forever.
+    let mut slow = TcpStream::connect(gw).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /api/v1/messages/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"text\":",
+            token(1)
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .expect("answered within the body timeout")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    drop(slow);
+
+    // An idle keep-alive connection is closed once the header timeout passes.
+    let mut idle = TcpStream::connect(gw).await.unwrap();
+    idle.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    let eof = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match idle.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(eof.is_ok(), "idle keep-alive connection was never closed");
+    println!(
+        "idle keep-alive connection closed after {:?}",
+        started.elapsed()
+    );
+
+    // Open connections per address: the fifth is refused at once while four are open.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut hoard = Vec::new();
+    for _ in 0..4 {
+        hoard.push(TcpStream::connect(gw).await.unwrap());
+    }
+    let mut fifth = TcpStream::connect(gw).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(2), fifth.read(&mut buf))
+        .await
+        .expect("refused at once")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    // The hoarded connections are idle: the header timeout frees their places.
+    drop(hoard);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = http_text(gw, "/livez").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_that_stops_reading_is_cut_and_others_keep_receiving() {
+    let cluster = TestCluster::builder()
+        .gateway_settings(|s| {
+            s.outbound_queue_bytes = 65_536;
+            s.socket_send_buffer = Some(4096);
+        })
+        .build()
+        .await;
+    let gw = cluster.gw(0);
+    // The attacker's stream: a tiny receive window, and it never reads.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = sock.connect(gw).await.unwrap();
+    stalled
+        .write_all(
+            format!(
+                "GET /api/v1/events/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+                token(7)
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut watcher = Client::connect(gw, 8).await;
+    let mut sender = Client::connect(gw, 9).await;
+    let (_, metrics) = http_text(gw, "/metrics").await;
+    let active = |m: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with("indaba_connections_active "))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    assert_eq!(active(&metrics), 3.0);
+    // Flood the stalled stream's user while another user keeps receiving.
+    let text = "x".repeat(100);
+    let started = Instant::now();
+    let mut worst = Duration::ZERO;
+    for i in 0..600 {
+        let ack = sender.chat(7, &text, None).await;
+        assert_eq!(ack["type"], "message_sent");
+        if i % 20 == 0 {
+            let t = Instant::now();
+            sender.chat(8, "to the watcher", None).await;
+            let _ = watcher.recv_type("new_message").await;
+            worst = worst.max(t.elapsed());
+        }
+    }
+    println!(
+        "flood of 600 to a stalled stream took {:?}; a reading user's worst delivery {worst:?}",
+        started.elapsed()
+    );
+    // The stalled stream's connection is cut from outside (nothing polls it) and leaves.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, metrics) = http_text(gw, "/metrics").await;
+        if active(&metrics) == 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stalled stream was never cut"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "stalled stream cut {:?} after the flood began",
+        started.elapsed()
+    );
+    drop(stalled);
+}
