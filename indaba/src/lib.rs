@@ -72,29 +72,21 @@ pub const DEMO_FILES: [gateway::settings::StaticFile; 3] = [
 impl Settings {
     /// Reads `INDABA_DATA_DIR`, `INDABA_LISTEN`, `INDABA_JWT_SECRET`, `INDABA_MAX_TEXT_CHARS`.
     pub fn from_env() -> anyhow::Result<Settings> {
+        use bus::config;
         use proto::env;
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let listen = match get(env::LISTEN) {
-            Some(l) => l
-                .parse()
-                .with_context(|| format!("{} must be host:port, got {l:?}", env::LISTEN))?,
-            None => SocketAddr::from(([0, 0, 0, 0], 8000)),
-        };
-        let max_text_chars = env::integer(
+        let listen = config::addr(&get, env::LISTEN, "0.0.0.0:8000")?;
+        let max_text_chars = config::integer(
             &get,
             env::MAX_TEXT_CHARS,
             proto::limits::DEFAULT_MAX_TEXT_CHARS,
             1,
-        )
-        .map_err(anyhow::Error::msg)?;
+        )?;
         let retention = message_service::settings::retention_from(&get)?;
-        let grpc_listen =
-            match get(env::GRPC_LISTEN) {
-                Some(l) => Some(l.parse().with_context(|| {
-                    format!("{} must be host:port, got {l:?}", env::GRPC_LISTEN)
-                })?),
-                None => None,
-            };
+        let grpc_listen = match get(env::GRPC_LISTEN) {
+            Some(_) => Some(config::addr(&get, env::GRPC_LISTEN, "")?),
+            None => None,
+        };
         Ok(Settings {
             data_dir: PathBuf::from(get(env::DATA_DIR).unwrap_or_else(|| "./data".into())),
             listen,
