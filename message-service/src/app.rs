@@ -56,6 +56,13 @@ impl App {
     /// Connects to the store and the bus, runs migrations, subscribes. Tests build the
     /// service exactly this way.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        // Before anything else: an open gRPC API must not start beyond loopback.
+        if let Some(addr) = settings.grpc_listen {
+            settings
+                .grpc_keys
+                .check_exposure(addr)
+                .map_err(anyhow::Error::msg)?;
+        }
         let store = match &settings.store {
             StoreSettings::Postgres(url) => {
                 Store::connect_postgres(url, settings.pool_size).await?

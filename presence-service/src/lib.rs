@@ -84,6 +84,13 @@ impl Handle {
 impl App {
     /// Connects, subscribes and asks the gateways to report.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        // Before anything else: an open gRPC API must not start beyond loopback.
+        if let Some(addr) = settings.grpc_listen {
+            settings
+                .grpc_keys
+                .check_exposure(addr)
+                .map_err(anyhow::Error::msg)?;
+        }
         let bus = settings.bus.connect("presence-service").await?;
         let store = match &settings.store {
             StoreSettings::Memory => {

@@ -99,6 +99,13 @@ impl App {
         settings: Settings,
         resolver: Arc<dyn providers::http::Resolve>,
     ) -> anyhow::Result<App> {
+        // Before anything else: an open gRPC API must not start beyond loopback.
+        if let Some(addr) = settings.grpc_listen {
+            settings
+                .grpc_keys
+                .check_exposure(addr)
+                .map_err(anyhow::Error::msg)?;
+        }
         let policy = outbound::Policy {
             allow_private: settings.outbound_allow_private,
         };
@@ -191,16 +198,18 @@ impl App {
         if let Some(l) = self.ops {
             tasks.spawn(bus::ops::serve(l, Arc::new(Readiness(self.inner.clone()))));
         }
-        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        let stop = tokio_util::sync::CancellationToken::new();
         if let Some(l) = self.grpc {
-            tasks.spawn(grpc::serve(l, self.inner.clone(), async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            }));
+            tasks.spawn(grpc::serve(
+                l,
+                self.inner.clone(),
+                stop.clone().cancelled_owned(),
+            ));
         }
         tracing::info!("push-service running");
         shutdown.await;
         tracing::info!("push-service stopping");
-        let _ = stop_tx.send(true);
+        stop.cancel();
         tasks.abort_all();
         Ok(())
     }

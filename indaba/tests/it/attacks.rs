@@ -435,3 +435,30 @@ async fn an_event_stream_that_stops_reading_is_cut_and_others_keep_receiving() {
     );
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_grpc_api_does_not_start_beyond_loopback() {
+    let nats = Nats::start();
+    let db = fresh_database().await;
+    let mut s = message_service_settings(&nats.url(), &db);
+    s.grpc_listen = Some("0.0.0.0:0".parse().unwrap());
+    s.grpc_keys = Default::default();
+    let err = message_service::App::build(s)
+        .await
+        .expect_err("an open gRPC API started on 0.0.0.0");
+    assert!(err.to_string().contains("INDABA_GRPC_INSECURE"), "{err}");
+    // The same for presence-service and push-service.
+    let mut p = presence_service::Settings::new(presence_service::BusSettings::Nats(nats.url()));
+    p.grpc_listen = Some("0.0.0.0:0".parse().unwrap());
+    assert!(presence_service::App::build(p).await.is_err());
+    let mut push = push_service::Settings::new(
+        push_service::BusSettings::Nats(nats.url()),
+        push_service::StoreSettings::Postgres(db.clone()),
+    );
+    push.grpc_listen = Some("0.0.0.0:0".parse().unwrap());
+    assert!(push_service::App::build(push).await.is_err());
+    // Loopback, or a key, is fine.
+    let mut s = message_service_settings(&nats.url(), &db);
+    s.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
+    let _app = message_service::App::build(s).await.expect("loopback");
+}
