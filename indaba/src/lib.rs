@@ -254,22 +254,14 @@ impl SingleNode {
 
     /// Serves until `shutdown` resolves: the gateway drains first, then message-service.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let mut rx2 = rx.clone();
-        let messages = tokio::spawn(self.messages.run(async move {
-            let _ = rx2.wait_for(|v| *v).await;
-        }));
-        let mut rx3 = rx.clone();
-        let presence = tokio::spawn(self.presence.run(async move {
-            let _ = rx3.wait_for(|v| *v).await;
-        }));
-        let mut rx4 = rx.clone();
-        let push = tokio::spawn(self.push.run(async move {
-            let _ = rx4.wait_for(|v| *v).await;
-        }));
+        // Cancelled when the gateway has drained, or when this returns early (the guard).
+        let stop = tokio_util::sync::CancellationToken::new();
+        let _stop_on_return = stop.clone().drop_guard();
+        let messages = tokio::spawn(self.messages.run(stop.clone().cancelled_owned()));
+        let presence = tokio::spawn(self.presence.run(stop.clone().cancelled_owned()));
+        let push = tokio::spawn(self.push.run(stop.clone().cancelled_owned()));
         self.gateway.run(shutdown).await?;
-        let _ = tx.send(true);
-        drop(rx);
+        stop.cancel();
         messages.await??;
         presence.await??;
         push.await??;
