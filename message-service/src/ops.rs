@@ -15,8 +15,9 @@ use crate::metrics;
 use crate::state::Inner;
 use crate::store::{self, ConversationCursor, StoreError, SYSTEM_SENDER_ID};
 
-/// Conversations one unread summary covers (most recently active first).
-const UNREAD_CONVERSATIONS: u32 = 500;
+/// Conversations one unread summary covers (most recently active first): the largest
+/// conversation page, so the summary and a full first page of the list agree.
+const UNREAD_CONVERSATIONS: u32 = CONVERSATION_PAGE.max;
 
 /// A response type: it can carry a failure, and say whether it does.
 pub(crate) trait Answer: prost::Message + Default {
