@@ -99,6 +99,13 @@ impl App {
         settings: Settings,
         resolver: Arc<dyn providers::http::Resolve>,
     ) -> anyhow::Result<App> {
+        // Before anything else: an open gRPC API must not start beyond loopback.
+        if let Some(addr) = settings.grpc_listen {
+            settings
+                .grpc_keys
+                .check_exposure(addr)
+                .map_err(anyhow::Error::msg)?;
+        }
         let policy = outbound::Policy {
             allow_private: settings.outbound_allow_private,
         };
