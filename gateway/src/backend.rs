@@ -203,6 +203,7 @@ error_field!(
     pb::UnregisterDeviceResponse,
     pb::SetMuteResponse,
     pb::SetPushPreferencesResponse,
+    pb::SharedContactsResponse,
 );
 
 /// [`call`] for answers with an `error` field: a set error is a refusal.
@@ -531,22 +532,97 @@ async fn publish_typing(
     Ok(())
 }
 
-/// Current presence of 1 to [`MAX_PRESENCE_IDS`] users.
-pub(crate) async fn presence(ctx: &Ctx, user_ids: Vec<i64>) -> Result<Vec<pb::UserPresence>> {
+/// One user's presence as a viewer may see it.
+#[derive(Debug, Clone)]
+pub(crate) struct SeenPresence {
+    pub(crate) user: pb::UserPresence,
+    /// False: the viewer may not see this user, and `user` is the stand-in every such
+    /// user reads as (offline, no `last_seen`), indistinguishable from a real offline one.
+    pub(crate) visible: bool,
+}
+
+/// Which of `user_ids` `viewer` may see the presence of: themselves, and with
+/// `INDABA_PRESENCE_VISIBILITY=shared` (the default) only users who share a conversation
+/// with them (one query to message-service, however many are asked about).
+pub(crate) async fn visible_to(
+    ctx: &Ctx,
+    viewer: i64,
+    user_ids: &[i64],
+) -> Result<std::collections::HashSet<i64>> {
+    if ctx.settings.presence_visibility == crate::settings::PresenceVisibility::Everyone {
+        return Ok(user_ids.iter().copied().collect());
+    }
+    let others: Vec<i64> = user_ids.iter().copied().filter(|u| *u != viewer).collect();
+    let mut visible: std::collections::HashSet<i64> = if others.is_empty() {
+        Default::default()
+    } else {
+        let r: pb::SharedContactsResponse = call_checked(
+            ctx,
+            Service::Message,
+            subjects::CONV_SHARED,
+            &pb::SharedContactsRequest {
+                user_id: viewer,
+                user_ids: others,
+            },
+        )
+        .await?;
+        r.user_ids.into_iter().collect()
+    };
+    if user_ids.contains(&viewer) {
+        visible.insert(viewer);
+    }
+    Ok(visible)
+}
+
+/// Current presence of 1 to [`MAX_PRESENCE_IDS`] users, as `viewer` may see it, in the
+/// order asked.
+pub(crate) async fn presence(
+    ctx: &Ctx,
+    viewer: i64,
+    user_ids: Vec<i64>,
+) -> Result<Vec<SeenPresence>> {
     if user_ids.is_empty() || user_ids.len() > MAX_PRESENCE_IDS {
         return Err(BackendError::refused(
             ErrorCode::InvalidField,
             format!("user_ids must name 1 to {MAX_PRESENCE_IDS} users"),
         ));
     }
-    let r: pb::GetPresenceResponse = call_checked(
-        ctx,
-        Service::Presence,
-        subjects::PRESENCE_GET,
-        &pb::GetPresenceRequest { user_ids },
-    )
-    .await?;
-    Ok(r.users)
+    let visible = visible_to(ctx, viewer, &user_ids).await?;
+    let asked: Vec<i64> = user_ids
+        .iter()
+        .copied()
+        .filter(|u| visible.contains(u))
+        .collect();
+    let mut known: std::collections::HashMap<i64, pb::UserPresence> = if asked.is_empty() {
+        Default::default()
+    } else {
+        let r: pb::GetPresenceResponse = call_checked(
+            ctx,
+            Service::Presence,
+            subjects::PRESENCE_GET,
+            &pb::GetPresenceRequest { user_ids: asked },
+        )
+        .await?;
+        r.users.into_iter().map(|u| (u.user_id, u)).collect()
+    };
+    Ok(user_ids
+        .into_iter()
+        .map(|id| match known.remove(&id) {
+            Some(user) if visible.contains(&id) => SeenPresence {
+                user,
+                visible: true,
+            },
+            _ => SeenPresence {
+                user: pb::UserPresence {
+                    user_id: id,
+                    status: "offline".into(),
+                    last_seen_ms: 0,
+                    connections: 0,
+                },
+                visible: visible.contains(&id),
+            },
+        })
+        .collect())
 }
 
 /// The user's push devices.

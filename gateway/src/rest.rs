@@ -460,7 +460,7 @@ async fn mark_read(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
 }
 
 async fn presence(query: &str, headers: &HeaderMap, ctx: &Ctx) -> Answer {
-    user(headers, ctx)?;
+    let viewer = user(headers, ctx)?;
     let raw = single_param(query, "user_ids")?.unwrap_or_default();
     let mut ids = Vec::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -473,10 +473,10 @@ async fn presence(query: &str, headers: &HeaderMap, ctx: &Ctx) -> Answer {
             }
         }
     }
-    let users = backend::presence(ctx, ids).await?;
+    let users = backend::presence(ctx, viewer, ids).await?;
     let presence: Vec<frames::Presence> = users
         .iter()
-        .map(|u| views::presence(u.user_id, &u.status, u.last_seen_ms))
+        .map(|s| views::presence(s.user.user_id, &s.user.status, s.user.last_seen_ms))
         .collect();
     Ok(json(
         StatusCode::OK,

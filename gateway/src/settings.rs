@@ -11,6 +11,16 @@ use crate::auth::KeySource;
 
 pub use bus::config::{BusSettings, ConfigError};
 
+/// Whose presence a user may see (`INDABA_PRESENCE_VISIBILITY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceVisibility {
+    /// Only users who share a conversation with them (default): a stranger's id tells
+    /// nothing about when they are online.
+    Shared,
+    /// Anyone's.
+    Everyone,
+}
+
 /// Everything the gateway needs to start.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -48,6 +58,8 @@ pub struct Settings {
     pub allowed_origins: Vec<String>,
     /// Chat messages per user per 10 s on this gateway.
     pub chat_rate_per_10s: u32,
+    /// Whose presence a user may see.
+    pub presence_visibility: PresenceVisibility,
     /// REST requests and event-stream opens per user per 10 s on this gateway (0: no limit).
     pub rest_rate_per_10s: u32,
     /// Conversations a user may create per minute on this gateway (0: no limit).
@@ -115,6 +127,7 @@ impl Settings {
             idle_away: Duration::from_secs(300),
             allowed_origins: Vec::new(),
             chat_rate_per_10s: 30,
+            presence_visibility: PresenceVisibility::Shared,
             rest_rate_per_10s: 100,
             conversation_create_rate_per_min: 20,
             jwt_token_type: (
@@ -212,6 +225,16 @@ impl Settings {
         )?;
         s.chat_rate_per_10s = config::integer(get, env::CHAT_RATE_PER_10S, s.chat_rate_per_10s, 1)?;
         s.rest_rate_per_10s = config::integer(get, env::REST_RATE_PER_10S, s.rest_rate_per_10s, 0)?;
+        s.presence_visibility = match get(env::PRESENCE_VISIBILITY).as_deref().map(str::trim) {
+            None | Some("") | Some("shared") => PresenceVisibility::Shared,
+            Some("everyone") => PresenceVisibility::Everyone,
+            Some(other) => {
+                return Err(ConfigError(format!(
+                    "{} must be shared or everyone, got {other:?}",
+                    env::PRESENCE_VISIBILITY
+                )))
+            }
+        };
         s.conversation_create_rate_per_min = config::integer(
             get,
             env::CONVERSATION_CREATE_RATE_PER_MIN,

@@ -75,7 +75,7 @@ macro_rules! request {
 }
 
 /// Every route of message-service, requests in the order `/metrics` lists them.
-pub(crate) static ROUTES: [Route; 13] = [
+pub(crate) static ROUTES: [Route; 14] = [
     request!("send", subjects::MSG_SEND, ops::send),
     request!(
         "create_conversation",
@@ -103,6 +103,11 @@ pub(crate) static ROUTES: [Route; 13] = [
     request!("get_message", subjects::MSG_GET, ops::get_message),
     request!("unread_counts", subjects::UNREAD, ops::unread_counts),
     request!("messages_since", subjects::MSG_SINCE, ops::messages_since),
+    request!(
+        "shared_contacts",
+        subjects::CONV_SHARED,
+        ops::shared_contacts
+    ),
     route!(
         "delivery_acks",
         subjects::DELIVERY_ACKS,

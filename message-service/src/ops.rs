@@ -52,6 +52,7 @@ answer_with_error_field!(
     pb::ListMessagesResponse,
     pb::ListConversationsResponse,
     pb::GetUnreadCountsResponse,
+    pb::SharedContactsResponse,
 );
 
 macro_rules! answer_with_result_oneof {
@@ -351,6 +352,39 @@ pub(crate) async fn messages_since(
         },
         Err(e) => pb::ListMessagesResponse::failed(store_error(e)),
     }
+}
+
+/// Most users one shared-contacts question may name (a presence query's bound).
+pub(crate) const MAX_SHARED_CONTACTS: usize = 500;
+
+/// Which of the named users share a conversation with the asking user.
+pub(crate) async fn shared_contacts(
+    inner: &Inner,
+    req: pb::SharedContactsRequest,
+) -> pb::SharedContactsResponse {
+    let res = async {
+        positive("user_id", req.user_id)?;
+        if req.user_ids.len() > MAX_SHARED_CONTACTS {
+            return Err(field_error(
+                "user_ids",
+                ErrorCode::InvalidField,
+                format!("user_ids names at most {MAX_SHARED_CONTACTS} users"),
+            ));
+        }
+        if req.user_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        inner
+            .store
+            .shared_contacts(req.user_id, &req.user_ids)
+            .await
+            .map_err(store_error)
+    }
+    .await;
+    pb::SharedContactsResponse::from_result(res, |user_ids| pb::SharedContactsResponse {
+        user_ids,
+        error: None,
+    })
 }
 
 /// Encodes a conversation-list cursor as an opaque page token.

@@ -12,6 +12,8 @@ pub const CONV_CREATE: &str = "indaba.v1.conv.create";
 /// Request/reply: fetch one conversation. `pb::GetConversationRequest` →
 /// `pb::GetConversationResponse`.
 pub const CONV_GET: &str = "indaba.v1.conv.get";
+/// Request: which of some users share a conversation with a user (presence visibility).
+pub const CONV_SHARED: &str = "indaba.v1.conv.shared";
 
 /// Request/reply: mark messages read. `pb::MarkReadRequest` → `pb::MarkReadResponse`.
 pub const RECEIPTS_MARK: &str = "indaba.v1.receipts.mark";

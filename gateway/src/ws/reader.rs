@@ -307,7 +307,14 @@ impl Conn {
                 None,
             );
         }
-        self.explicit_watch.extend(ids.iter().copied());
+        // Only users this socket's user may see are watched; the others read as offline
+        // (once, below) and never change.
+        match backend::visible_to(&self.ctx, self.session.user_id, &ids).await {
+            Ok(visible) => self
+                .explicit_watch
+                .extend(ids.iter().copied().filter(|u| visible.contains(u))),
+            Err(e) => return self.send_backend_error(&e, None),
+        }
         self.update_watch();
         self.send_current_presence(&ids).await;
     }
@@ -338,10 +345,13 @@ impl Conn {
         if users.is_empty() {
             return;
         }
-        match backend::presence(&self.ctx, users).await {
+        match backend::presence(&self.ctx, self.session.user_id, users).await {
             Ok(users) => {
-                for u in users {
-                    self.ctx.hub.note_presence(u.user_id, &u.status);
+                for seen in users {
+                    let u = seen.user;
+                    if seen.visible {
+                        self.ctx.hub.note_presence(u.user_id, &u.status);
+                    }
                     self.send(ServerFrame::Presence(views::presence(
                         u.user_id,
                         &u.status,

@@ -448,11 +448,12 @@ async fn an_open_grpc_api_does_not_start_beyond_loopback() {
         .expect_err("an open gRPC API started on 0.0.0.0");
     assert!(err.to_string().contains("INDABA_GRPC_INSECURE"), "{err}");
     // The same for presence-service and push-service.
-    let mut p = presence_service::Settings::new(presence_service::BusSettings::Nats(nats.url()));
+    let mut p =
+        presence_service::Settings::new(presence_service::BusSettings::Nats(nats.url().into()));
     p.grpc_listen = Some("0.0.0.0:0".parse().unwrap());
     assert!(presence_service::App::build(p).await.is_err());
     let mut push = push_service::Settings::new(
-        push_service::BusSettings::Nats(nats.url()),
+        push_service::BusSettings::Nats(nats.url().into()),
         push_service::StoreSettings::Postgres(db.clone()),
     );
     push.grpc_listen = Some("0.0.0.0:0".parse().unwrap());
@@ -461,4 +462,79 @@ async fn an_open_grpc_api_does_not_start_beyond_loopback() {
     let mut s = message_service_settings(&nats.url(), &db);
     s.grpc_listen = Some("127.0.0.1:0".parse().unwrap());
     let _app = message_service::App::build(s).await.expect("loopback");
+}
+
+/// Waits for the next `presence` frame about `user`.
+async fn presence_of(c: &mut Client, user: i64) -> serde_json::Value {
+    loop {
+        let f = c.recv_type("presence").await;
+        if f["user_id"] == user {
+            return f;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_see_presence() {
+    let cluster = TestCluster::builder().presence(true).build().await;
+    let gw = cluster.gw(0);
+    let mut target = Client::connect(gw, 1).await;
+    let mut friend = Client::connect(gw, 3).await;
+    // The friend shares a conversation with the target; the stranger shares none.
+    assert_eq!(friend.chat(1, "hi", None).await["type"], "message_sent");
+    let _ = target.recv_type("new_message").await;
+    let mut stranger = Client::connect(gw, 2).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, _, body) =
+            request(gw, "GET", "/api/v1/presence/?user_ids=1", &token(3), None).await;
+        if body.contains("online") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the friend never saw the target online"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // REST: the stranger reads offline with no last_seen — exactly what a real offline
+    // user with no last_seen looks like (user 999 has never connected).
+    let (status, _, body) = request(
+        gw,
+        "GET",
+        "/api/v1/presence/?user_ids=1,999",
+        &token(2),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (mut hidden, mut absent) = (v["presence"][0].clone(), v["presence"][1].clone());
+    assert_eq!(hidden["status"], "offline", "{body}");
+    assert!(
+        hidden.get("last_seen").is_none_or(|l| l.is_null()),
+        "{body}"
+    );
+    hidden["user_id"] = json!(0);
+    absent["user_id"] = json!(0);
+    assert_eq!(
+        hidden, absent,
+        "a hidden user reads exactly like one never seen"
+    );
+    // WebSocket: the same, and no change is ever forwarded to the stranger.
+    stranger
+        .send(json!({"type": "presence_subscribe", "user_ids": [1]}))
+        .await;
+    assert_eq!(presence_of(&mut stranger, 1).await["status"], "offline");
+    friend
+        .send(json!({"type": "presence_subscribe", "user_ids": [1]}))
+        .await;
+    assert_eq!(presence_of(&mut friend, 1).await["status"], "online");
+    target
+        .send(json!({"type": "set_status", "status": "away"}))
+        .await;
+    assert_eq!(presence_of(&mut friend, 1).await["status"], "away");
+    stranger
+        .expect_none_of("presence", Duration::from_millis(800))
+        .await;
 }

@@ -1,11 +1,21 @@
 //! presence-service with real NATS: transitions, grace, gateway crashes, restarts, several
 //! instances, and fan-out only to watchers.
+//!
+//! The watchers here share no conversation with the users they watch (most clusters run no
+//! message-service), so the gateways show everyone's presence
+//! (`INDABA_PRESENCE_VISIBILITY=everyone`); the default, strangers see nothing, is checked in
+//! `attacks::strangers_cannot_see_presence`.
 
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::support::*;
+
+/// Gateways of these tests show everyone's presence (see the module docs).
+fn everyone(s: &mut gateway::Settings) {
+    s.presence_visibility = gateway::settings::PresenceVisibility::Everyone;
+}
 
 async fn subscribe(w: &mut Client, users: &[i64]) -> Vec<serde_json::Value> {
     w.send(json!({"type": "presence_subscribe", "user_ids": users}))
@@ -26,6 +36,7 @@ async fn next_presence(w: &mut Client, user: i64) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_online_away_offline() {
     let c = TestCluster::builder()
+        .gateway_settings(everyone)
         .message_services(0)
         .presence(true)
         .gateways(2)
@@ -65,8 +76,8 @@ async fn two_devices_online_away_offline() {
 async fn reconnect_within_grace_does_not_flap() {
     let nats = Nats::start();
     let (_p, _, _) = spawn_presence(&nats.url(), |s| s.grace = Duration::from_secs(1)).await;
-    let (_g1, gw1) = spawn_gateway(&nats.url(), "pf-1").await;
-    let (_g2, gw2) = spawn_gateway(&nats.url(), "pf-2").await;
+    let (_g1, gw1) = spawn_gateway_with(&nats.url(), "pf-1", everyone).await;
+    let (_g2, gw2) = spawn_gateway_with(&nats.url(), "pf-2", everyone).await;
     let mut w = Client::connect(gw1, 30).await;
     let u = Client::connect(gw1, 31).await;
     assert_eq!(subscribe(&mut w, &[31]).await[0]["status"], "online");
@@ -82,7 +93,7 @@ async fn reconnect_within_grace_does_not_flap() {
 async fn killed_gateway_users_go_offline_within_the_ttl() {
     let nats = Nats::start();
     let (_p, handle, _) = spawn_presence(&nats.url(), |_| {}).await;
-    let (_g, gw) = spawn_gateway(&nats.url(), "pk-ok").await;
+    let (_g, gw) = spawn_gateway_with(&nats.url(), "pk-ok", everyone).await;
     let mut doomed = GatewayProcess::start(&nats.url(), "pk-doomed", 300);
     let mut w = Client::connect(gw, 40).await;
     let _u = Client::connect(doomed.addr, 41).await;
@@ -109,7 +120,7 @@ async fn killed_gateway_users_go_offline_within_the_ttl() {
 async fn restarted_presence_service_announces_no_one_offline() {
     let nats = Nats::start();
     let (p1, _, _) = spawn_presence(&nats.url(), |_| {}).await;
-    let (_g, gw) = spawn_gateway(&nats.url(), "pr-1").await;
+    let (_g, gw) = spawn_gateway_with(&nats.url(), "pr-1", everyone).await;
     let mut w = Client::connect(gw, 50).await;
     let _u = Client::connect(gw, 51).await;
     assert_eq!(subscribe(&mut w, &[51]).await[0]["status"], "online");
@@ -126,8 +137,8 @@ async fn two_instances_agree_and_watchers_hear_each_change_once() {
     let nats = Nats::start();
     let (_p1, h1, _) = spawn_presence(&nats.url(), |_| {}).await;
     let (_p2, h2, _) = spawn_presence(&nats.url(), |_| {}).await;
-    let (_g1, gw1) = spawn_gateway(&nats.url(), "pa-1").await;
-    let (_g2, gw2) = spawn_gateway(&nats.url(), "pa-2").await;
+    let (_g1, gw1) = spawn_gateway_with(&nats.url(), "pa-1", everyone).await;
+    let (_g2, gw2) = spawn_gateway_with(&nats.url(), "pa-2", everyone).await;
     let mut w = Client::connect(gw2, 60).await;
     subscribe(&mut w, &[61, 62, 63]).await;
     // Let the instances hear each other (they announce every second), so one publishes.
@@ -178,7 +189,11 @@ async fn two_instances_agree_and_watchers_hear_each_change_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwatched_users_cause_no_client_traffic_and_rooms_bring_statuses() {
-    let c = TestCluster::builder().presence(true).build().await;
+    let c = TestCluster::builder()
+        .gateway_settings(everyone)
+        .presence(true)
+        .build()
+        .await;
     let gw = c.gw(0);
     let mut bystander = Client::connect(gw, 70).await;
     let mut peer = Client::connect(gw, 71).await;
@@ -217,7 +232,7 @@ async fn last_seen_survives_a_presence_restart() {
         s.store = presence_service::StoreSettings::Postgres(url)
     })
     .await;
-    let (_g, gw) = spawn_gateway(&nats.url(), "pl-1").await;
+    let (_g, gw) = spawn_gateway_with(&nats.url(), "pl-1", everyone).await;
     let mut w = Client::connect(gw, 80).await;
     let u = Client::connect(gw, 81).await;
     subscribe(&mut w, &[81]).await;
@@ -249,7 +264,7 @@ async fn grpc_get_presence_with_api_key() {
         s.grpc_keys = proto::grpc_auth::ApiKeys::parse("backend:backend-key-0123456789").unwrap();
     })
     .await;
-    let (_g, gw) = spawn_gateway(&nats.url(), "pg-grpc").await;
+    let (_g, gw) = spawn_gateway_with(&nats.url(), "pg-grpc", everyone).await;
     let _a = Client::connect(gw, 91).await;
     let _a2 = Client::connect(gw, 91).await;
     let mut client = PresenceServiceClient::connect(format!("http://{}", grpc.unwrap()))

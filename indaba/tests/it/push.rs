@@ -556,7 +556,7 @@ async fn push_service_grpc_registers_devices_with_keys() {
     let nats = Nats::start();
     let db = fresh_database().await;
     let mut s = push_service::Settings::new(
-        push_service::BusSettings::Nats(nats.url()),
+        push_service::BusSettings::Nats(nats.url().into()),
         push_service::StoreSettings::Postgres(db),
     );
     s.webhook = Some(WEBHOOK_SECRET.into());

@@ -122,7 +122,7 @@ async fn spawn_push(
         .map(|(k, v)| ((*k).to_owned(), v.clone()))
         .collect();
     let mut s = push_service::Settings::new(
-        push_service::BusSettings::Nats(b.nats.clone()),
+        push_service::BusSettings::Nats(b.nats.clone().into()),
         push_service::StoreSettings::Postgres(b.db.clone()),
     );
     s.apply_common(&|k: &str| map.get(k).cloned())

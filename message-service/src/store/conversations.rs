@@ -123,6 +123,47 @@ impl Store {
         Ok((conv, !created))
     }
 
+    /// Which of `others` share at least one conversation with `user_id` (who may see whose
+    /// presence). One query, however many users are asked about.
+    pub(crate) async fn shared_contacts(
+        &self,
+        user_id: i64,
+        others: &[i64],
+    ) -> Result<Vec<i64>, StoreError> {
+        // Both backends walk `participants_by_user` for the asker, then the primary key.
+        const PG: &str = "SELECT DISTINCT o.user_id FROM participants me \
+             JOIN participants o ON o.conversation_id = me.conversation_id \
+             WHERE me.user_id = $1 AND o.user_id = ANY($2)";
+        // SQLite has no arrays: the list travels as JSON, like the batch statements'.
+        const SQLITE: &str = "SELECT DISTINCT o.user_id FROM participants me \
+             JOIN participants o ON o.conversation_id = me.conversation_id \
+             WHERE me.user_id = $1 AND o.user_id IN (SELECT value FROM json_each($2))";
+        Ok(match self {
+            Store::Postgres(pool) => {
+                sqlx::query_scalar(PG)
+                    .bind(user_id)
+                    .bind(others)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Store::Sqlite(pool) => {
+                let list = format!(
+                    "[{}]",
+                    others
+                        .iter()
+                        .map(i64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                );
+                sqlx::query_scalar(SQLITE)
+                    .bind(user_id)
+                    .bind(list)
+                    .fetch_all(pool)
+                    .await?
+            }
+        })
+    }
+
     /// One conversation with its participants, if it exists.
     pub async fn get_conversation(&self, id: i64) -> Result<Option<Conversation>, StoreError> {
         let row = on_pool!(self, |pool, _begin| {
