@@ -247,6 +247,7 @@ one_of!(
     pb::GetConversationResponse => get_conversation_response::Conversation(pb::Conversation),
     pb::CreateConversationResponse => create_conversation_response::Conversation(pb::Conversation),
     pb::UpdateParticipantsResponse => update_participants_response::Conversation(pb::Conversation),
+    pb::SetParticipantRoleResponse => set_participant_role_response::Conversation(pb::Conversation),
     pb::RegisterDeviceResponse => register_device_response::Device(pb::Device),
 );
 
@@ -434,15 +435,67 @@ pub(crate) async fn create_conversation(
     Ok((c, r.existing))
 }
 
-/// Adds and removes members of a group.
+/// `actor_id` adds and removes members of a group (message-service's group rules decide
+/// whether they may; a door never acts as the system).
 pub(crate) async fn update_participants(
     ctx: &Ctx,
-    req: pb::UpdateParticipantsRequest,
+    actor_id: i64,
+    conversation_id: i64,
+    add_user_ids: Vec<i64>,
+    remove_user_ids: Vec<i64>,
 ) -> Result<pb::Conversation> {
+    let req = pb::UpdateParticipantsRequest {
+        actor_id,
+        conversation_id,
+        add_user_ids,
+        remove_user_ids,
+        as_system: false,
+    };
     call_one_of::<_, pb::UpdateParticipantsResponse>(
         ctx,
         Service::Message,
         subjects::CONV_MEMBERS,
+        &req,
+    )
+    .await
+}
+
+/// `user_id` leaves a group: removes themselves (an owner must transfer ownership first).
+/// The answer is the group without them.
+pub(crate) async fn leave_group(
+    ctx: &Ctx,
+    user_id: i64,
+    conversation_id: i64,
+) -> Result<pb::Conversation> {
+    update_participants(ctx, user_id, conversation_id, Vec::new(), vec![user_id]).await
+}
+
+/// `actor_id` gives participant `user_id` a role; `owner` transfers ownership (the old
+/// owner becomes an admin).
+pub(crate) async fn set_role(
+    ctx: &Ctx,
+    actor_id: i64,
+    conversation_id: i64,
+    user_id: i64,
+    role: proto::frames::RoleName,
+) -> Result<pb::Conversation> {
+    use proto::frames::RoleName;
+    let role = match role {
+        RoleName::Member => pb::ParticipantRole::Member,
+        RoleName::Admin => pb::ParticipantRole::Admin,
+        RoleName::Owner => pb::ParticipantRole::Owner,
+    };
+    let req = pb::SetParticipantRoleRequest {
+        actor_id,
+        conversation_id,
+        user_id,
+        role: role as i32,
+        as_system: false,
+    };
+    call_one_of::<_, pb::SetParticipantRoleResponse>(
+        ctx,
+        Service::Message,
+        subjects::CONV_ROLE,
         &req,
     )
     .await

@@ -424,11 +424,7 @@ impl Hub {
             }
             Event::Membership(ev) => {
                 let f = text(&ServerFrame::ParticipantsChanged(
-                    frames::ParticipantsChanged {
-                        conversation_id: ev.conversation_id,
-                        added_user_ids: ev.added_user_ids.clone(),
-                        removed_user_ids: ev.removed_user_ids.clone(),
-                    },
+                    crate::views::participants_changed(ev),
                 ));
                 let left = text(&ServerFrame::LeftConversation(frames::Left {
                     conversation_id: ev.conversation_id,

@@ -25,7 +25,7 @@ use crate::reply::{
     segments, single_param, Answer, HttpError,
 };
 use crate::session::{PeerAddr, Transport};
-use crate::views::{self, ConversationJson, DeviceJson};
+use crate::views::{self, DeviceJson};
 
 /// The OpenAPI 3 document of this API (kept true by the test suite).
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
@@ -84,6 +84,12 @@ async fn route(req: Request, ctx: Arc<Ctx>) -> Answer {
         ["conversations", id, "participants"] if m == Method::POST => {
             update_participants(path_id(id)?, headers, body, ctx).await
         }
+        ["conversations", id, "participants", user_id] if m == Method::PUT => {
+            set_role(id, user_id, headers, body, ctx).await
+        }
+        ["conversations", id, "leave"] if m == Method::POST => {
+            leave_group(path_id(id)?, headers, ctx).await
+        }
         ["conversations", id, "messages"] if m == Method::GET => {
             list_messages(path_id(id)?, query, headers, ctx).await
         }
@@ -132,9 +138,10 @@ async fn route(req: Request, ctx: Arc<Ctx>) -> Answer {
 fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     Some(match segments {
         ["conversations"] => "GET, POST",
-        ["conversations", _, "participants" | "typing"] | ["messages"] | ["messages", "read"] => {
-            "POST"
-        }
+        ["conversations", _, "participants" | "typing" | "leave"]
+        | ["messages"]
+        | ["messages", "read"] => "POST",
+        ["conversations", _, "participants", _] => "PUT",
         ["conversations", _, "messages"] => "GET, POST",
         ["devices"] => "GET, POST, DELETE",
         ["conversations", _, "mute"] => "POST, DELETE",
@@ -233,13 +240,13 @@ async fn create_conversation(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Ans
     } else {
         StatusCode::CREATED
     };
-    Ok(json(status, &ConversationJson::from(c)))
+    Ok(json(status, &views::conversation(c)))
 }
 
 async fn get_conversation(id: i64, headers: &HeaderMap, ctx: &Ctx) -> Answer {
     let user_id = user(headers, ctx)?;
     let c = backend::conversation(ctx, user_id, id).await?;
-    Ok(json(StatusCode::OK, &ConversationJson::from(c)))
+    Ok(json(StatusCode::OK, &views::conversation(c)))
 }
 
 /// `POST /api/v1/conversations/{id}/participants/` body.
@@ -260,14 +267,45 @@ async fn update_participants(
 ) -> Answer {
     let user_id = user(headers, ctx)?;
     let b: ParticipantsBody = parse_body(body)?;
-    let req = pb::UpdateParticipantsRequest {
-        actor_id: user_id,
+    let c = backend::update_participants(
+        ctx,
+        user_id,
         conversation_id,
-        add_user_ids: b.add.iter().map(|i| i.0).collect(),
-        remove_user_ids: b.remove.iter().map(|i| i.0).collect(),
-    };
-    let c = backend::update_participants(ctx, req).await?;
-    Ok(json(StatusCode::OK, &ConversationJson::from(c)))
+        b.add.iter().map(|i| i.0).collect(),
+        b.remove.iter().map(|i| i.0).collect(),
+    )
+    .await?;
+    Ok(json(StatusCode::OK, &views::conversation(c)))
+}
+
+/// `PUT /api/v1/conversations/{id}/participants/{user_id}/` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleBody {
+    role: frames::RoleName,
+}
+
+/// Appoints or demotes an admin, or (`owner`) transfers ownership. The caller is
+/// authenticated before the path's ids are read, like every route's.
+async fn set_role(
+    conversation_id: &str,
+    user_id: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    ctx: &Ctx,
+) -> Answer {
+    let actor = user(headers, ctx)?;
+    let (conversation_id, user_id) = (path_id(conversation_id)?, path_id(user_id)?);
+    let b: RoleBody = parse_body(body)?;
+    let c = backend::set_role(ctx, actor, conversation_id, user_id, b.role).await?;
+    Ok(json(StatusCode::OK, &views::conversation(c)))
+}
+
+/// Leaves a group; the answer is the group without the caller.
+async fn leave_group(conversation_id: i64, headers: &HeaderMap, ctx: &Ctx) -> Answer {
+    let user_id = user(headers, ctx)?;
+    let c = backend::leave_group(ctx, user_id, conversation_id).await?;
+    Ok(json(StatusCode::OK, &views::conversation(c)))
 }
 
 /// A page of messages.

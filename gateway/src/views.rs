@@ -4,38 +4,32 @@
 
 use proto::frames::{self, NewMessage};
 use proto::pb;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// A conversation as the REST API shows it.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct ConversationJson {
-    /// Id.
-    pub(crate) id: i64,
-    /// `direct` or `group`.
-    pub(crate) kind: String,
-    /// Title (empty for direct chats).
-    pub(crate) title: String,
-    /// Members.
-    pub(crate) participant_ids: Vec<i64>,
-    /// Newest message's seq.
-    pub(crate) last_seq: i64,
-    /// Creator.
-    pub(crate) created_by: i64,
-    /// Creation time, RFC 3339.
-    pub(crate) created_at: String,
+/// A conversation as every door shows it (REST bodies, `conversation_updated`).
+pub(crate) fn conversation(c: pb::Conversation) -> frames::ConversationView {
+    frames::ConversationView {
+        id: c.id,
+        kind: kind_name(c.kind).to_owned(),
+        title: c.title,
+        participant_ids: c.participant_ids,
+        owner_id: (c.owner_id > 0).then_some(c.owner_id),
+        admin_ids: c.admin_ids,
+        last_seq: c.last_seq,
+        created_by: c.created_by,
+        created_at: proto::time::rfc3339_ms(c.created_at_ms),
+    }
 }
 
-impl From<pb::Conversation> for ConversationJson {
-    fn from(c: pb::Conversation) -> Self {
-        ConversationJson {
-            id: c.id,
-            kind: kind_name(c.kind).to_owned(),
-            title: c.title,
-            participant_ids: c.participant_ids,
-            last_seq: c.last_seq,
-            created_by: c.created_by,
-            created_at: proto::time::rfc3339_ms(c.created_at_ms),
-        }
+/// `participants_changed` for a membership event.
+pub(crate) fn participants_changed(ev: &pb::MembershipEvent) -> frames::ParticipantsChanged {
+    frames::ParticipantsChanged {
+        conversation_id: ev.conversation_id,
+        added_user_ids: ev.added_user_ids.clone(),
+        removed_user_ids: ev.removed_user_ids.clone(),
+        actor_id: (ev.actor_id > 0).then_some(ev.actor_id),
+        owner_id: (ev.owner_id > 0).then_some(ev.owner_id),
+        admin_ids: ev.admin_ids.clone(),
     }
 }
 
@@ -60,6 +54,8 @@ pub(crate) fn conversation_list(
                 kind: kind_name(c.kind).to_owned(),
                 title: c.title,
                 participant_ids: c.participant_ids,
+                owner_id: (c.owner_id > 0).then_some(c.owner_id),
+                admin_ids: c.admin_ids,
                 last_seq: c.last_seq,
                 last_read_seq: s.last_read_seq,
                 unread_count: s.unread_count,
@@ -124,6 +120,26 @@ mod tests {
         assert!(presence(7, "offline", 1_700_000_000_000)
             .last_seen
             .is_some());
+    }
+
+    #[test]
+    fn roles_show_only_when_there_are_some() {
+        let direct = conversation(pb::Conversation {
+            id: 1,
+            kind: pb::ConversationKind::Direct as i32,
+            participant_ids: vec![1, 2],
+            ..Default::default()
+        });
+        let v = serde_json::to_value(&direct).unwrap();
+        assert!(v.get("owner_id").is_none());
+        assert_eq!(v["admin_ids"], serde_json::json!([]));
+        let ev = participants_changed(&pb::MembershipEvent {
+            conversation_id: 3,
+            owner_id: 1,
+            admin_ids: vec![2],
+            ..Default::default()
+        });
+        assert_eq!((ev.actor_id, ev.owner_id), (None, Some(1)));
     }
 
     #[test]

@@ -8,7 +8,7 @@ def ok(desc, schema): return {"description": desc, "content": {"application/json
 E = {
  "400": err("Invalid request (`invalid_json`, `invalid_field`, `empty_text`, `text_too_long`, `invalid_receiver`, …)"),
  "401": err("Missing, invalid or expired token (`unauthorized`)"),
- "403": err("Not a participant (`forbidden`)"),
+ "403": err("Not a participant, or the group's rules do not allow it (`forbidden`)"),
  "404": err("Not found (`not_found`, `conversation_not_found`, `message_not_found`)"),
  "405": err("Method not allowed"),
  "413": err("Body larger than 64 KiB (`payload_too_large`)"),
@@ -29,10 +29,13 @@ msg = {"type":"object","required":["message_id","conversation_id","sender_id","t
 conv = {"type":"object","required":["id","kind","title","participant_ids","last_seq","created_by","created_at"],"properties":{
   "id":{"type":"integer","format":"int64"},"kind":{"type":"string","enum":["direct","group"]},"title":{"type":"string"},
   "participant_ids":{"type":"array","items":{"type":"integer","format":"int64"}},"last_seq":{"type":"integer","format":"int64"},
+  "owner_id":{"type":"integer","format":"int64","description":"The group's owner; absent for direct conversations (no roles) and ownerless groups"},
+  "admin_ids":{"type":"array","items":{"type":"integer","format":"int64"},"description":"The group's admins (never the owner)"},
   "created_by":{"type":"integer","format":"int64"},"created_at":{"type":"string","format":"date-time"}}}
 summary = {"type":"object","required":["id","kind","title","participant_ids","last_seq","last_read_seq","unread_count"],"properties":{
   "id":{"type":"integer","format":"int64"},"kind":{"type":"string","enum":["direct","group"]},"title":{"type":"string"},
   "participant_ids":{"type":"array","items":{"type":"integer","format":"int64"}},"last_seq":{"type":"integer","format":"int64"},
+  "owner_id":{"type":"integer","format":"int64"},"admin_ids":{"type":"array","items":{"type":"integer","format":"int64"}},
   "last_read_seq":{"type":"integer","format":"int64"},"unread_count":{"type":"integer","format":"int64","maximum":1000},
   "last_message":{"oneOf":[ref("Message"),{"type":"null"}]}}}
 sent = {"type":"object","required":["message_id","conversation_id","seq","created_at"],"properties":{
@@ -76,6 +79,12 @@ doc = {
   "/api/v1/conversations/{id}/participants/":{"post":{"operationId":"updateParticipants","summary":"Add or remove group members","parameters":[idp],
       "requestBody":json_body({"type":"object","additionalProperties":False,"properties":{"add":{"type":"array","items":Id},"remove":{"type":"array","items":Id}}}),
       "responses":{"200":ok("The updated group",ref("Conversation")),**errs(*common)}}},
+  "/api/v1/conversations/{id}/participants/{user_id}/":{"put":{"operationId":"setParticipantRole","summary":"Appoint or demote an admin, or transfer ownership (role owner: the old owner becomes an admin); owner only","parameters":[idp,
+      {"name":"user_id","in":"path","required":True,"schema":{"type":"integer","format":"int64","minimum":1}}],
+      "requestBody":json_body({"type":"object","required":["role"],"additionalProperties":False,"properties":{"role":{"type":"string","enum":["member","admin","owner"]}}}),
+      "responses":{"200":ok("The group with its new roles",ref("Conversation")),**errs(*common)}}},
+  "/api/v1/conversations/{id}/leave/":{"post":{"operationId":"leaveGroup","summary":"Leave a group (the owner must transfer ownership first: 403 forbidden)","parameters":[idp],
+      "responses":{"200":ok("The group without you",ref("Conversation")),**errs(*common)}}},
   "/api/v1/conversations/{id}/messages/":{
    "get":{"operationId":"listMessages","summary":"A page of messages, oldest first: the newest page, or after/before a seq","parameters":[idp,
       {"name":"after_seq","in":"query","schema":{"type":"integer","format":"int64","minimum":0}},

@@ -75,7 +75,7 @@ macro_rules! request {
 }
 
 /// Every route of message-service, requests in the order `/metrics` lists them.
-pub(crate) static ROUTES: [Route; 14] = [
+pub(crate) static ROUTES: [Route; 15] = [
     request!("send", subjects::MSG_SEND, ops::send),
     request!(
         "create_conversation",
@@ -99,6 +99,11 @@ pub(crate) static ROUTES: [Route; 14] = [
         "update_participants",
         subjects::CONV_MEMBERS,
         ops::update_participants
+    ),
+    request!(
+        "set_participant_role",
+        subjects::CONV_ROLE,
+        ops::set_participant_role
     ),
     request!("get_message", subjects::MSG_GET, ops::get_message),
     request!("unread_counts", subjects::UNREAD, ops::unread_counts),
@@ -266,9 +271,12 @@ mod tests {
     #[test]
     fn metrics_list_the_request_routes_in_table_order() {
         let ops: Vec<&str> = request_counts().map(|(op, _)| op).collect();
-        assert_eq!(ops.len(), 11);
+        // Every route but the delivery acks and the routing streams.
+        assert_eq!(ops.len(), ROUTES.len() - 2);
         assert_eq!(ops[0], "send");
-        assert_eq!(ops[10], "messages_since");
+        let at = |name| ops.iter().position(|op| *op == name);
+        assert_eq!(at("set_participant_role"), Some(8));
+        assert_eq!(at("messages_since"), Some(11));
         assert!(!ops.contains(&"routing") && !ops.contains(&"delivery_acks"));
         // Only the routing route listens without a queue group.
         let plain: Vec<&str> = ROUTES

@@ -93,9 +93,18 @@ impl MessageService for MessageGrpc {
     ) -> Result<Response<pb::UpdateParticipantsResponse>, Status> {
         require_write(&request)?;
         let req = request.into_inner();
-        require_id("actor_id", req.actor_id)?;
+        // `actor_id` is 0 for the system: ops checks it against `as_system`.
         require_id("conversation_id", req.conversation_id)?;
         answer(ops::update_participants(&self.inner, req).await)
+    }
+
+    async fn set_participant_role(
+        &self,
+        request: Request<pb::SetParticipantRoleRequest>,
+    ) -> Result<Response<pb::SetParticipantRoleResponse>, Status> {
+        require_write(&request)?;
+        let _pass = self.admit(gates::SET_PARTICIPANT_ROLE)?;
+        answer(ops::set_participant_role(&self.inner, request.into_inner()).await)
     }
 
     async fn get_message(

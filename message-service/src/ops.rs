@@ -13,7 +13,7 @@ use proto::{field_error, pb_error, ErrorCode};
 use crate::delivery::{deliver, publish_event};
 use crate::metrics;
 use crate::state::Inner;
-use crate::store::{self, ConversationCursor, StoreError, SYSTEM_SENDER_ID};
+use crate::store::{self, ConversationCursor, Role, Roster, StoreError, SYSTEM_SENDER_ID};
 
 /// Conversations one unread summary covers (most recently active first): the largest
 /// conversation page, so the summary and a full first page of the list agree.
@@ -77,6 +77,7 @@ answer_with_result_oneof!(
     pb::CreateConversationResponse => create_conversation_response,
     pb::GetConversationResponse => get_conversation_response,
     pb::UpdateParticipantsResponse => update_participants_response,
+    pb::SetParticipantRoleResponse => set_participant_role_response,
     pb::GetMessageResponse => get_message_response,
 );
 
@@ -481,13 +482,208 @@ pub(crate) async fn unread_counts(
     }
 }
 
-/// Adds or removes group members; everyone affected hears it at once.
+/// Who asks for a membership or role change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Actor {
+    /// A backend over gRPC with `as_system` (`actor_id` 0): no role rule applies.
+    System,
+    /// A user: the group's rules apply.
+    User(i64),
+}
+
+impl Actor {
+    /// The actor a request names; `as_system` needs `actor_id` 0, a user a positive id.
+    fn of(actor_id: i64, as_system: bool) -> Result<Actor, pb::Error> {
+        if as_system {
+            if actor_id != SYSTEM_SENDER_ID {
+                return Err(field_error(
+                    "actor_id",
+                    ErrorCode::InvalidField,
+                    "a system change has actor_id 0",
+                ));
+            }
+            return Ok(Actor::System);
+        }
+        positive("actor_id", actor_id)?;
+        Ok(Actor::User(actor_id))
+    }
+
+    /// The id events name (0: the system).
+    fn id(self) -> i64 {
+        match self {
+            Actor::System => SYSTEM_SENDER_ID,
+            Actor::User(u) => u,
+        }
+    }
+}
+
+/// A refusal by the group rules.
+fn refuse(code: ErrorCode, message: impl Into<String>) -> StoreError {
+    StoreError::Rejected {
+        code,
+        message: message.into(),
+    }
+}
+
+/// The actor's role, or `forbidden` for a user who is not a participant; `None` for the
+/// system.
+fn actor_role(actor: Actor, roster: &Roster) -> Result<Option<Role>, StoreError> {
+    match actor {
+        Actor::System => Ok(None),
+        Actor::User(u) => roster.role(u).map(Some).ok_or_else(|| {
+            refuse(
+                ErrorCode::Forbidden,
+                "you are not a participant of this conversation",
+            )
+        }),
+    }
+}
+
+/// The group rules for adding and removing members, judged on the roster under the
+/// conversation's lock. Every door (WebSocket, REST, gRPC) reaches them through
+/// [`update_participants`]:
+/// - direct conversations never change (`invalid_field`), whoever asks;
+/// - the system may do anything else; a user must be a participant (`forbidden`);
+/// - only the owner and admins add members, or remove someone else (`forbidden`);
+/// - nobody removes the owner (`forbidden`), and only the owner removes an admin;
+/// - anyone may remove themselves (leave), except the owner of a group with other members,
+///   who must transfer ownership first (`forbidden`).
+///
+/// Names in `remove` who are not participants are ignored (nothing to remove).
+pub(crate) fn may_update_participants(
+    actor: Actor,
+    roster: &Roster,
+    add: &[i64],
+    remove: &[i64],
+) -> Result<(), StoreError> {
+    let role = actor_role(actor, roster)?;
+    if roster.is_direct() {
+        return Err(refuse(
+            ErrorCode::InvalidField,
+            "members of a direct conversation cannot change",
+        ));
+    }
+    let (Actor::User(me), Some(role)) = (actor, role) else {
+        return Ok(());
+    };
+    let manages = matches!(role, Role::Owner | Role::Admin);
+    if !add.is_empty() && !manages {
+        return Err(refuse(
+            ErrorCode::Forbidden,
+            "only the group's owner and admins add members",
+        ));
+    }
+    for &u in remove {
+        match roster.role(u) {
+            None => {}
+            // The last member may go, owner or not: there is nobody to hand the group to.
+            Some(Role::Owner) if u == me && roster.members.len() > 1 => {
+                return Err(refuse(
+                    ErrorCode::Forbidden,
+                    "the owner cannot leave the group: transfer ownership first \
+                     (give another member the owner role)",
+                ));
+            }
+            Some(_) if u == me => {}
+            Some(Role::Owner) => {
+                return Err(refuse(
+                    ErrorCode::Forbidden,
+                    "nobody removes the group's owner",
+                ))
+            }
+            Some(Role::Admin) if role != Role::Owner => {
+                return Err(refuse(
+                    ErrorCode::Forbidden,
+                    "only the group's owner removes an admin",
+                ))
+            }
+            Some(_) if !manages => {
+                return Err(refuse(
+                    ErrorCode::Forbidden,
+                    "only the group's owner and admins remove members",
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The group rules for roles, judged on the roster under the conversation's lock:
+/// - direct conversations have no roles (`invalid_field`);
+/// - a user must be a participant, and only the owner appoints or demotes admins and
+///   transfers ownership (`forbidden`); the system may do all of it;
+/// - the target must be a participant and the role member, admin or owner
+///   (`invalid_field`);
+/// - the owner's own role changes only by a transfer to someone else (`invalid_field`):
+///   a group never loses its owner to a role change.
+pub(crate) fn may_set_role(
+    actor: Actor,
+    roster: &Roster,
+    user: i64,
+    role: Role,
+) -> Result<(), StoreError> {
+    let actor_role = actor_role(actor, roster)?;
+    if roster.is_direct() {
+        return Err(refuse(
+            ErrorCode::InvalidField,
+            "a direct conversation has no roles",
+        ));
+    }
+    if actor_role.is_some_and(|r| r != Role::Owner) {
+        return Err(refuse(
+            ErrorCode::Forbidden,
+            "only the group's owner appoints admins and transfers ownership",
+        ));
+    }
+    if role == Role::Unspecified {
+        return Err(refuse(
+            ErrorCode::InvalidField,
+            "role must be member, admin or owner",
+        ));
+    }
+    match roster.role(user) {
+        None => Err(refuse(
+            ErrorCode::InvalidField,
+            format!("user {user} is not a participant of this conversation"),
+        )),
+        Some(Role::Owner) if role != Role::Owner => Err(refuse(
+            ErrorCode::InvalidField,
+            "the owner's role changes only by transferring ownership to another member",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Tells `audience` that a group's members or roles changed, and who changed them.
+async fn publish_membership(
+    inner: &Inner,
+    actor: Actor,
+    conv: &pb::Conversation,
+    added: Vec<i64>,
+    removed: Vec<i64>,
+    audience: &[i64],
+) {
+    let ev = pb::delivery::Event::Membership(pb::MembershipEvent {
+        conversation_id: conv.id,
+        added_user_ids: added,
+        removed_user_ids: removed,
+        actor_id: actor.id(),
+        owner_id: conv.owner_id,
+        admin_ids: conv.admin_ids.clone(),
+    });
+    publish_event(inner, ev, audience, "").await;
+}
+
+/// Adds or removes group members (a member removing themselves leaves), under the group
+/// rules of [`may_update_participants`]; everyone affected hears it at once.
 pub(crate) async fn update_participants(
     inner: &Inner,
     req: pb::UpdateParticipantsRequest,
 ) -> pb::UpdateParticipantsResponse {
     use pb::update_participants_response::Result as R;
     let res = async {
+        let actor = Actor::of(req.actor_id, req.as_system)?;
         for u in &req.add_user_ids {
             positive("add_user_ids", *u)?;
         }
@@ -497,11 +693,13 @@ pub(crate) async fn update_participants(
         let (conv, added, removed) = inner
             .store
             .update_participants(
-                req.actor_id,
                 req.conversation_id,
                 &req.add_user_ids,
                 &req.remove_user_ids,
                 inner.settings.max_group_size,
+                |roster| {
+                    may_update_participants(actor, roster, &req.add_user_ids, &req.remove_user_ids)
+                },
             )
             .await
             .map_err(store_error)?;
@@ -509,17 +707,63 @@ pub(crate) async fn update_participants(
             // Current members and the removed.
             let mut audience = conv.participant_ids.clone();
             audience.extend(&removed);
-            let ev = pb::delivery::Event::Membership(pb::MembershipEvent {
-                conversation_id: conv.id,
-                added_user_ids: added,
-                removed_user_ids: removed,
-            });
-            publish_event(inner, ev, &audience, "").await;
+            publish_membership(inner, actor, &conv, added, removed, &audience).await;
         }
         Ok(conv)
     }
     .await;
     pb::UpdateParticipantsResponse::from_result(res, |c| pb::UpdateParticipantsResponse {
+        result: Some(R::Conversation(c)),
+    })
+}
+
+/// Appoints or demotes an admin, or transfers ownership, under the rules of
+/// [`may_set_role`]; the members hear the new roles as `participants_changed` with no one
+/// added or removed.
+pub(crate) async fn set_participant_role(
+    inner: &Inner,
+    req: pb::SetParticipantRoleRequest,
+) -> pb::SetParticipantRoleResponse {
+    use pb::set_participant_role_response::Result as R;
+    let res = async {
+        let actor = Actor::of(req.actor_id, req.as_system)?;
+        positive("conversation_id", req.conversation_id)?;
+        positive("user_id", req.user_id)?;
+        let role = Role::try_from(req.role)
+            .ok()
+            .filter(|r| *r != Role::Unspecified)
+            .ok_or_else(|| {
+                field_error(
+                    "role",
+                    ErrorCode::InvalidField,
+                    "role must be PARTICIPANT_ROLE_MEMBER, _ADMIN or _OWNER",
+                )
+            })?;
+        let mut before = None;
+        let conv = inner
+            .store
+            .set_role(req.conversation_id, req.user_id, role, |roster| {
+                may_set_role(actor, roster, req.user_id, role)?;
+                before = Some((roster.owner().unwrap_or_default(), roster.admins()));
+                Ok(())
+            })
+            .await
+            .map_err(store_error)?;
+        if before != Some((conv.owner_id, conv.admin_ids.clone())) {
+            publish_membership(
+                inner,
+                actor,
+                &conv,
+                Vec::new(),
+                Vec::new(),
+                &conv.participant_ids,
+            )
+            .await;
+        }
+        Ok(conv)
+    }
+    .await;
+    pb::SetParticipantRoleResponse::from_result(res, |c| pb::SetParticipantRoleResponse {
         result: Some(R::Conversation(c)),
     })
 }
@@ -714,6 +958,134 @@ mod tests {
         let mut r = req("hi");
         r.sender_id = 0;
         assert_eq!(validate_send(&r, 100).unwrap_err().field, "sender_id");
+    }
+
+    /// A group: 1 owner, 2 and 3 admins, 4 and 5 members.
+    fn group() -> Roster {
+        Roster {
+            kind: ConversationKind::Group,
+            members: [
+                (1, Role::Owner),
+                (2, Role::Admin),
+                (3, Role::Admin),
+                (4, Role::Member),
+                (5, Role::Member),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    fn refusal(r: Result<(), StoreError>) -> Option<ErrorCode> {
+        match r {
+            Ok(()) => None,
+            Err(StoreError::Rejected { code, .. }) => Some(code),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn only_the_owner_and_admins_add_or_remove_others() {
+        let g = group();
+        let upd = |a, add: &[i64], rm: &[i64]| refusal(may_update_participants(a, &g, add, rm));
+        assert_eq!(upd(Actor::User(1), &[9], &[4]), None);
+        assert_eq!(upd(Actor::User(2), &[9], &[4]), None);
+        assert_eq!(upd(Actor::User(4), &[9], &[]), Some(ErrorCode::Forbidden));
+        assert_eq!(upd(Actor::User(4), &[], &[5]), Some(ErrorCode::Forbidden));
+        assert_eq!(upd(Actor::User(9), &[], &[]), Some(ErrorCode::Forbidden));
+    }
+
+    #[test]
+    fn nobody_removes_the_owner_and_only_the_owner_removes_admins() {
+        let g = group();
+        let upd = |a, rm: &[i64]| refusal(may_update_participants(a, &g, &[], rm));
+        assert_eq!(upd(Actor::User(2), &[1]), Some(ErrorCode::Forbidden));
+        assert_eq!(upd(Actor::User(4), &[1]), Some(ErrorCode::Forbidden));
+        assert_eq!(upd(Actor::User(2), &[3]), Some(ErrorCode::Forbidden));
+        assert_eq!(upd(Actor::User(1), &[3]), None);
+    }
+
+    #[test]
+    fn anyone_may_leave_but_the_owner_transfers_first() {
+        let g = group();
+        let upd = |a, rm: &[i64]| refusal(may_update_participants(a, &g, &[], rm));
+        assert_eq!(upd(Actor::User(4), &[4]), None);
+        assert_eq!(upd(Actor::User(2), &[2]), None);
+        assert_eq!(upd(Actor::User(1), &[1]), Some(ErrorCode::Forbidden));
+        let alone = Roster {
+            kind: ConversationKind::Group,
+            members: [(1, Role::Owner)].into_iter().collect(),
+        };
+        assert_eq!(
+            refusal(may_update_participants(Actor::User(1), &alone, &[], &[1])),
+            None
+        );
+    }
+
+    #[test]
+    fn only_the_owner_sets_roles_and_the_owner_changes_only_by_transfer() {
+        let g = group();
+        let set = |a, u, r| refusal(may_set_role(a, &g, u, r));
+        assert_eq!(set(Actor::User(1), 4, Role::Admin), None);
+        assert_eq!(set(Actor::User(1), 2, Role::Member), None);
+        assert_eq!(set(Actor::User(1), 4, Role::Owner), None);
+        assert_eq!(
+            set(Actor::User(2), 4, Role::Admin),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            set(Actor::User(2), 2, Role::Owner),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            set(Actor::User(4), 4, Role::Owner),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            set(Actor::User(1), 1, Role::Member),
+            Some(ErrorCode::InvalidField)
+        );
+        assert_eq!(
+            set(Actor::User(1), 9, Role::Admin),
+            Some(ErrorCode::InvalidField)
+        );
+        assert_eq!(
+            set(Actor::System, 1, Role::Admin),
+            Some(ErrorCode::InvalidField)
+        );
+    }
+
+    #[test]
+    fn the_system_may_do_anything_but_change_a_direct_conversation() {
+        let g = group();
+        assert_eq!(
+            refusal(may_update_participants(Actor::System, &g, &[9], &[1, 2])),
+            None
+        );
+        assert_eq!(
+            refusal(may_set_role(Actor::System, &g, 4, Role::Owner)),
+            None
+        );
+        let direct = Roster {
+            kind: ConversationKind::Direct,
+            members: [(1, Role::Member), (2, Role::Member)].into_iter().collect(),
+        };
+        assert_eq!(
+            refusal(may_update_participants(Actor::System, &direct, &[3], &[])),
+            Some(ErrorCode::InvalidField)
+        );
+        assert_eq!(
+            refusal(may_set_role(Actor::User(1), &direct, 2, Role::Admin)),
+            Some(ErrorCode::InvalidField)
+        );
+    }
+
+    #[test]
+    fn actors_are_users_or_the_system_with_actor_zero() {
+        assert_eq!(Actor::of(0, true).unwrap(), Actor::System);
+        assert_eq!(Actor::of(7, false).unwrap(), Actor::User(7));
+        assert_eq!(Actor::of(7, true).unwrap_err().field, "actor_id");
+        assert_eq!(Actor::of(0, false).unwrap_err().field, "actor_id");
     }
 
     #[test]

@@ -184,6 +184,42 @@ pub struct RefreshToken {
     pub token: String,
 }
 
+/// `update_participants`: add or remove group members (the group rules decide who may).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpdateParticipants {
+    /// The group.
+    pub conversation_id: Id,
+    /// Users to add.
+    #[serde(default)]
+    pub add: Vec<Id>,
+    /// Users to remove.
+    #[serde(default)]
+    pub remove: Vec<Id>,
+}
+
+/// A participant's role in a group, as clients name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleName {
+    /// A plain member.
+    Member,
+    /// Adds and removes members; appointed by the owner.
+    Admin,
+    /// The one owner: giving someone this role transfers ownership.
+    Owner,
+}
+
+/// `set_role`: appoint or demote an admin, or (`owner`) transfer ownership.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetRole {
+    /// The group.
+    pub conversation_id: Id,
+    /// The participant whose role changes.
+    pub user_id: Id,
+    /// The new role.
+    pub role: RoleName,
+}
+
 /// Every frame a client may send. Closed: an unknown `type` is an `unknown_type` error.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -214,6 +250,12 @@ pub enum ClientFrame {
     RefreshToken(RefreshToken),
     /// First-message authentication: the first frame of a socket opened without a token.
     Authenticate(RefreshToken),
+    /// Add or remove group members.
+    UpdateParticipants(UpdateParticipants),
+    /// Change a participant's role (or transfer ownership).
+    SetRole(SetRole),
+    /// Leave a group (remove yourself).
+    LeaveGroup(ConversationRef),
 }
 
 /// Why a client frame was rejected: the error frame to send back.
@@ -236,7 +278,7 @@ impl FrameError {
 }
 
 /// The client frame types this server understands, in protocol order.
-pub const CLIENT_FRAME_TYPES: [&str; 13] = [
+pub const CLIENT_FRAME_TYPES: [&str; 16] = [
     "chat_message",
     "typing_indicator",
     "read_receipt",
@@ -250,6 +292,9 @@ pub const CLIENT_FRAME_TYPES: [&str; 13] = [
     "presence_subscribe",
     "refresh_token",
     "authenticate",
+    "update_participants",
+    "set_role",
+    "leave_group",
 ];
 
 /// Parses one client text frame, telling apart: not JSON (`invalid_json`), no `type`
@@ -442,7 +487,8 @@ pub struct Left {
     pub reason: Option<String>,
 }
 
-/// `participants_changed`: members were added to or removed from a group.
+/// `participants_changed`: members were added to or removed from a group, or roles
+/// changed (both lists empty).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParticipantsChanged {
     /// The group.
@@ -451,6 +497,48 @@ pub struct ParticipantsChanged {
     pub added_user_ids: Vec<i64>,
     /// Former members.
     pub removed_user_ids: Vec<i64>,
+    /// Who made the change; absent when the system did (a backend over gRPC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_id: Option<i64>,
+    /// The group's owner after the change; absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: Option<i64>,
+    /// The group's admins after the change.
+    #[serde(default)]
+    pub admin_ids: Vec<i64>,
+}
+
+/// A conversation as every door shows it (a REST body, a `conversation_updated` frame).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationView {
+    /// Id.
+    pub id: i64,
+    /// `direct` or `group`.
+    pub kind: String,
+    /// Title (empty for direct chats).
+    pub title: String,
+    /// Members.
+    pub participant_ids: Vec<i64>,
+    /// The group's owner; absent for direct conversations (no roles) and ownerless groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: Option<i64>,
+    /// The group's admins (never the owner).
+    #[serde(default)]
+    pub admin_ids: Vec<i64>,
+    /// Newest message's seq.
+    pub last_seq: i64,
+    /// Creator.
+    pub created_by: i64,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+/// `conversation_updated`: the answer to `update_participants`, `set_role` and
+/// `leave_group`, the conversation after the change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationUpdated {
+    /// The conversation.
+    pub conversation: ConversationView,
 }
 
 /// `message_delivered`: a recipient's device received your message.
@@ -499,6 +587,12 @@ pub struct ConversationInfo {
     pub title: String,
     /// Members.
     pub participant_ids: Vec<i64>,
+    /// The group's owner (absent: a direct conversation, or no owner).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_id: Option<i64>,
+    /// The group's admins.
+    #[serde(default)]
+    pub admin_ids: Vec<i64>,
     /// Newest seq.
     pub last_seq: i64,
     /// Your read watermark.
@@ -564,6 +658,8 @@ pub enum ServerFrame {
     Presence(Presence),
     /// The socket's authentication was extended.
     TokenRefreshed(TokenRefreshed),
+    /// A membership or role change you asked for is done.
+    ConversationUpdated(ConversationUpdated),
 }
 
 /// `token_refreshed`: the socket now stays open until `valid_until`.

@@ -28,6 +28,9 @@ pub const CONV_LIST: &str = "indaba.v1.conv.list";
 /// Request/reply: add/remove group members. `pb::UpdateParticipantsRequest` →
 /// `pb::UpdateParticipantsResponse`.
 pub const CONV_MEMBERS: &str = "indaba.v1.conv.members";
+/// Request/reply: appoint or demote an admin, or transfer ownership.
+/// `pb::SetParticipantRoleRequest` → `pb::SetParticipantRoleResponse`.
+pub const CONV_ROLE: &str = "indaba.v1.conv.role";
 /// Request/reply: one message. `pb::GetMessageRequest` → `pb::GetMessageResponse`.
 pub const MSG_GET: &str = "indaba.v1.msg.get";
 /// Request/reply: a user's unread counts. `pb::GetUnreadCountsRequest` →

@@ -250,6 +250,25 @@ impl Conn {
                 self.update_away().await;
             }
             Ok(ClientFrame::PresenceSubscribe(p)) => self.presence_subscribe(p).await,
+            Ok(ClientFrame::UpdateParticipants(u)) => {
+                let (id, user) = (u.conversation_id.0, self.session.user_id);
+                let add = u.add.iter().map(|i| i.0).collect();
+                let remove = u.remove.iter().map(|i| i.0).collect();
+                let res = backend::update_participants(&self.ctx, user, id, add, remove).await;
+                self.conversation_updated(res, id);
+            }
+            Ok(ClientFrame::SetRole(r)) => {
+                let id = r.conversation_id.0;
+                let res =
+                    backend::set_role(&self.ctx, self.session.user_id, id, r.user_id.0, r.role)
+                        .await;
+                self.conversation_updated(res, id);
+            }
+            Ok(ClientFrame::LeaveGroup(r)) => {
+                let id = r.conversation_id.0;
+                let res = backend::leave_group(&self.ctx, self.session.user_id, id).await;
+                self.conversation_updated(res, id);
+            }
             Ok(ClientFrame::Authenticate(_)) => self.send_error(
                 ErrorCode::InvalidField,
                 "already authenticated; use refresh_token to extend".into(),
@@ -269,6 +288,23 @@ impl Conn {
                 ),
                 Err(e) => self.send_error(ErrorCode::Unauthorized, e.to_string(), None),
             },
+        }
+    }
+
+    /// Answers a membership or role change: the conversation after it, or the refusal
+    /// (naming the conversation).
+    fn conversation_updated(
+        &self,
+        res: Result<proto::pb::Conversation, BackendError>,
+        conversation_id: i64,
+    ) {
+        match res {
+            Ok(c) => self.send(ServerFrame::ConversationUpdated(
+                frames::ConversationUpdated {
+                    conversation: views::conversation(c),
+                },
+            )),
+            Err(e) => self.send_backend_error(&e, Some(conversation_id)),
         }
     }
 

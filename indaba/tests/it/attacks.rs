@@ -538,3 +538,81 @@ async fn strangers_cannot_see_presence() {
         .expect_none_of("presence", Duration::from_millis(800))
         .await;
 }
+
+/// A plain member tries to take a group over: remove the owner and the others, make
+/// themselves owner or admin, add an accomplice, over every door. Each step is refused
+/// with `forbidden`, and the group is exactly as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_member_cannot_take_over_a_group() {
+    let cluster = TestCluster::builder().build().await;
+    let gw = cluster.gw(0);
+    let (status, _, body) = request(
+        gw,
+        "POST",
+        "/api/v1/conversations/",
+        &token(1),
+        Some(r#"{"participant_ids":[2,3],"title":"club"}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let before: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let group = before["id"].as_i64().unwrap();
+    let mut attacker = Client::connect(gw, 3).await;
+    let mut owner = Client::connect(gw, 1).await;
+
+    let members = format!("/api/v1/conversations/{group}/participants/");
+    for (method, path, body) in [
+        ("POST", members.clone(), r#"{"remove":[1,2]}"#.to_owned()),
+        (
+            "POST",
+            members.clone(),
+            r#"{"remove":[1],"add":[66]}"#.to_owned(),
+        ),
+        ("POST", members.clone(), r#"{"add":[66]}"#.to_owned()),
+        (
+            "PUT",
+            format!("{members}3/"),
+            r#"{"role":"owner"}"#.to_owned(),
+        ),
+        (
+            "PUT",
+            format!("{members}3/"),
+            r#"{"role":"admin"}"#.to_owned(),
+        ),
+        (
+            "PUT",
+            format!("{members}1/"),
+            r#"{"role":"member"}"#.to_owned(),
+        ),
+    ] {
+        let (status, _, answer) = request(gw, method, &path, &token(3), Some(&body)).await;
+        assert_eq!(status, 403, "{method} {path} {body}: {answer}");
+        assert!(answer.contains("forbidden"), "{answer}");
+    }
+    for frame in [
+        json!({"type": "update_participants", "conversation_id": group, "remove": [1, 2]}),
+        json!({"type": "update_participants", "conversation_id": group, "add": [66]}),
+        json!({"type": "set_role", "conversation_id": group, "user_id": 3, "role": "owner"}),
+    ] {
+        attacker.send(frame.clone()).await;
+        assert_eq!(
+            attacker.recv_type("error").await["code"],
+            "forbidden",
+            "{frame}"
+        );
+    }
+    // Nothing changed, and nobody was told anything did.
+    let (_, _, now) = request(
+        gw,
+        "GET",
+        &format!("/api/v1/conversations/{group}/"),
+        &token(1),
+        None,
+    )
+    .await;
+    let now: serde_json::Value = serde_json::from_str(&now).unwrap();
+    assert_eq!(now, before, "the group is as the owner made it");
+    owner
+        .expect_none_of("participants_changed", Duration::from_millis(300))
+        .await;
+}

@@ -229,12 +229,13 @@ async fn rooms_and_group_membership_changes_apply_live() {
     }
     assert_eq!(readers, HashSet::from([2, 3]));
 
-    // Add 4, remove 3: both hear it at once; 3 leaves the room it had joined.
+    // The owner adds 4 and removes 3: both hear it at once; 3 leaves the room it had
+    // joined.
     let (s, v) = http(
         c.gw(1),
         "POST",
         &format!("/api/v1/conversations/{group}/participants/"),
-        Some(&token(2)),
+        Some(&token(1)),
         Some(r#"{"add":[4],"remove":[3]}"#),
     )
     .await;

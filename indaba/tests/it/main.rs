@@ -12,6 +12,7 @@ mod conversations;
 mod delivery;
 mod gateway_limits;
 mod gateway_operations;
+mod group_roles;
 mod grpc;
 mod http_api;
 mod presence;

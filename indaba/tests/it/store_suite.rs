@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use message_service::store::{NewMessage, Store, StoreError};
+use message_service::store::{NewMessage, Role, Roster, Store, StoreError};
 use proto::pb::{ChatMessage, ConversationKind};
 use proto::ErrorCode;
 
@@ -413,6 +413,104 @@ async fn crossing_batches_neither_deadlock_nor_skip_or_repeat_seqs(store: Store)
     }
 }
 
+/// Group roles as stored: the creator owns a group, a direct chat has no roles, new
+/// members are members, a transfer leaves exactly one owner (the old one an admin) even
+/// when many race, and a change the rules refuse leaves nothing behind.
+async fn group_roles_are_stored_and_transferred(store: Store) {
+    let group = group_of_three(&store).await;
+    let roles = |c: &proto::pb::Conversation| (c.owner_id, c.admin_ids.clone());
+    let g = store.get_conversation(group).await.unwrap().unwrap();
+    assert_eq!(roles(&g), (1, vec![]));
+    let (direct, _) = store
+        .create_conversation(1, &[2], "", ConversationKind::Direct)
+        .await
+        .unwrap();
+    assert_eq!(roles(&direct), (0, vec![]));
+
+    let ok = |_: &Roster| Ok(());
+    let g = store.set_role(group, 2, Role::Admin, ok).await.unwrap();
+    assert_eq!(roles(&g), (1, vec![2]));
+    let (g, added, _) = store
+        .update_participants(group, &[4, 5], &[], 1000, ok)
+        .await
+        .unwrap();
+    assert_eq!(
+        (g.participant_ids.clone(), added),
+        (vec![1, 2, 3, 4, 5], vec![4, 5])
+    );
+    // The rules see the roster: roles of everyone, under the lock.
+    let mut seen = None;
+    store
+        .update_participants(group, &[], &[], 1000, |r: &Roster| {
+            seen = Some(r.clone());
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let seen = seen.unwrap();
+    assert_eq!(
+        (seen.owner(), seen.admins(), seen.role(4)),
+        (Some(1), vec![2], Some(Role::Member))
+    );
+
+    // A refused change writes nothing.
+    let refuse = |_: &Roster| {
+        Err(StoreError::Rejected {
+            code: ErrorCode::Forbidden,
+            message: "no".into(),
+        })
+    };
+    let e = store
+        .update_participants(group, &[6], &[1], 1000, refuse)
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), ErrorCode::Forbidden);
+    let e = store
+        .set_role(group, 3, Role::Owner, refuse)
+        .await
+        .unwrap_err();
+    assert_eq!(code(e), ErrorCode::Forbidden);
+    let g = store.get_conversation(group).await.unwrap().unwrap();
+    assert_eq!((g.participant_ids.len(), roles(&g)), (5, (1, vec![2])));
+    // Only participants get roles.
+    let e = store.set_role(group, 9, Role::Admin, ok).await.unwrap_err();
+    assert_eq!(code(e), ErrorCode::InvalidField);
+
+    // A transfer: the old owner becomes an admin.
+    let g = store.set_role(group, 3, Role::Owner, ok).await.unwrap();
+    assert_eq!(roles(&g), (3, vec![1, 2]));
+    // Racing transfers: exactly one owner at the end, everyone else who was involved an
+    // admin.
+    let mut tasks = Vec::new();
+    for u in [1, 2, 4, 5] {
+        let s = store.clone();
+        tasks.push(tokio::spawn(async move {
+            s.set_role(group, u, Role::Owner, |_: &Roster| Ok(())).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let g = store.get_conversation(group).await.unwrap().unwrap();
+    assert!([1, 2, 4, 5].contains(&g.owner_id), "{g:?}");
+    let mut all: Vec<i64> = g.admin_ids.clone();
+    all.push(g.owner_id);
+    all.sort_unstable();
+    assert_eq!(all, vec![1, 2, 3, 4, 5]);
+    // A member removed and added again is a plain member.
+    store
+        .update_participants(group, &[], &[2], 1000, ok)
+        .await
+        .unwrap();
+    if g.owner_id != 2 {
+        let (g, _, _) = store
+            .update_participants(group, &[2], &[], 1000, ok)
+            .await
+            .unwrap();
+        assert!(!g.admin_ids.contains(&2) && g.owner_id != 2, "{g:?}");
+    }
+}
+
 async fn postgres() -> Store {
     let url = fresh_database().await;
     Store::connect_postgres(&url, 8).await.expect("connect")
@@ -462,4 +560,5 @@ store_cases!(
     a_batch_commits_together_and_refuses_per_message,
     direct_messages_and_any_text_survive_the_batch_paths,
     crossing_batches_neither_deadlock_nor_skip_or_repeat_seqs,
+    group_roles_are_stored_and_transferred,
 );

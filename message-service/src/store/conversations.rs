@@ -6,6 +6,7 @@ use proto::pb::{ChatMessage, Conversation, ConversationKind};
 use proto::ErrorCode;
 use sqlx::Row;
 
+use super::roles::{role_name, Role, Roster, ROSTER};
 use super::rows::{
     conversation_not_found, direct_key, message_from_row, take_page, CONVERSATION_EXISTS,
     PARTICIPANTS,
@@ -187,15 +188,20 @@ impl Store {
         let Some((kind, title, last_seq, created_by, created_at_ms)) = row else {
             return Ok(None);
         };
-        let participant_ids = self.participants(id).await?;
+        let rows: Vec<(i64, String)> = on_pool!(self, |pool, _begin| {
+            sqlx::query_as(ROSTER).bind(id).fetch_all(pool).await?
+        });
+        let roster = Roster::from_rows(kind, rows);
         Ok(Some(Conversation {
             id,
             kind: i32::try_from(kind).unwrap_or_default(),
             title,
-            participant_ids,
+            participant_ids: roster.members.keys().copied().collect(),
             last_seq,
             created_at_ms,
             created_by,
+            owner_id: roster.owner().unwrap_or_default(),
+            admin_ids: roster.admins(),
         }))
     }
 
@@ -313,47 +319,28 @@ impl Store {
         Ok((out, next))
     }
 
-    /// Adds and removes members of a group the actor belongs to. Returns the updated
-    /// conversation and the users actually added and removed.
-    pub(crate) async fn update_participants(
+    /// Adds and removes members of a conversation, if `allow` (the caller's rules, run
+    /// under the conversation's row lock) accepts the change on its current roster. New
+    /// members are plain members. Returns the updated conversation and the users actually
+    /// added and removed.
+    pub async fn update_participants(
         &self,
-        actor: i64,
         conversation_id: i64,
         add: &[i64],
         remove: &[i64],
         max_group_size: usize,
+        allow: impl FnOnce(&Roster) -> Result<(), StoreError>,
     ) -> Result<(Conversation, Vec<i64>, Vec<i64>), StoreError> {
         let now = proto::time::now_ms();
         let (added, removed): (Vec<i64>, Vec<i64>) = on_pool!(self, |pool, begin| {
             let mut tx = pool.begin_with(begin).await?;
-            // Lock the conversation row first: concurrent edits then see each other's
-            // result, so the size limit and the actor's membership hold.
-            let kind: Option<i64> = sqlx::query_scalar(
-                "UPDATE conversations SET last_seq = last_seq WHERE id = $1 RETURNING kind",
-            )
-            .bind(conversation_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(kind) = kind else {
+            // Locked first: concurrent edits then see each other's result, so the size
+            // limit and the rules hold.
+            let Some(roster) = lock_roster!(tx, conversation_id) else {
                 return Err(conversation_not_found(conversation_id));
             };
-            let members: Vec<i64> = sqlx::query_scalar(PARTICIPANTS)
-                .bind(conversation_id)
-                .fetch_all(&mut *tx)
-                .await?;
-            if !members.contains(&actor) {
-                return Err(rejected(
-                    ErrorCode::Forbidden,
-                    "you are not a participant of this conversation",
-                ));
-            }
-            if kind == ConversationKind::Direct as i64 {
-                return Err(rejected(
-                    ErrorCode::InvalidField,
-                    "members of a direct conversation cannot change",
-                ));
-            }
-            let current: std::collections::BTreeSet<i64> = members.iter().copied().collect();
+            allow(&roster)?;
+            let current: std::collections::BTreeSet<i64> = roster.members.keys().copied().collect();
             let added: Vec<i64> = add
                 .iter()
                 .copied()
@@ -400,5 +387,61 @@ impl Store {
             .await?
             .ok_or_else(vanished)?;
         Ok((conv, added, removed))
+    }
+
+    /// Gives participant `user_id` `role`, if `allow` (the caller's rules, run under the
+    /// conversation's row lock) accepts it on the current roster. [`Role::Owner`]
+    /// transfers ownership: the previous owner becomes an admin, in the same transaction
+    /// (a partial unique index keeps one owner per conversation).
+    pub async fn set_role(
+        &self,
+        conversation_id: i64,
+        user_id: i64,
+        role: Role,
+        allow: impl FnOnce(&Roster) -> Result<(), StoreError>,
+    ) -> Result<Conversation, StoreError> {
+        if role == Role::Unspecified {
+            return Err(rejected(
+                ErrorCode::InvalidField,
+                "role must be member, admin or owner",
+            ));
+        }
+        on_pool!(self, |pool, begin| {
+            let mut tx = pool.begin_with(begin).await?;
+            let Some(roster) = lock_roster!(tx, conversation_id) else {
+                return Err(conversation_not_found(conversation_id));
+            };
+            allow(&roster)?;
+            if roster.role(user_id).is_none() {
+                return Err(rejected(
+                    ErrorCode::InvalidField,
+                    format!("user {user_id} is not a participant of this conversation"),
+                ));
+            }
+            if role == Role::Owner {
+                sqlx::query(
+                    "UPDATE participants SET role = $3
+                     WHERE conversation_id = $1 AND role = $4 AND user_id <> $2",
+                )
+                .bind(conversation_id)
+                .bind(user_id)
+                .bind(role_name(Role::Admin))
+                .bind(role_name(Role::Owner))
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(
+                "UPDATE participants SET role = $3 WHERE conversation_id = $1 AND user_id = $2",
+            )
+            .bind(conversation_id)
+            .bind(user_id)
+            .bind(role_name(role))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        self.get_conversation(conversation_id)
+            .await?
+            .ok_or_else(vanished)
     }
 }

@@ -13,6 +13,8 @@
 //! above it in this list):
 //! - `rows`: the SQL vocabulary every entity shares (the message column list, row
 //!   decoding, the direct-pair key, the conversation insert).
+//! - `roles`: group roles (owner, admins, members) as stored, and the roster a rule check
+//!   sees, read under the conversation's row lock.
 //! - `conversations`: conversations and their participants.
 //! - `messages`: what a send is, the rules of who may speak where, every message read.
 //! - `receipts`: read marks and watermarks.
@@ -50,6 +52,8 @@ macro_rules! on_pool {
 
 #[macro_use]
 mod rows;
+#[macro_use]
+mod roles;
 mod conversations;
 mod messages;
 mod outbox;
@@ -59,6 +63,7 @@ mod send;
 mod sqlite_batch;
 
 pub use conversations::ConversationMeta;
+pub use roles::{Role, Roster};
 pub use messages::{NewMessage, Sent};
 pub use outbox::PendingDelivery;
 

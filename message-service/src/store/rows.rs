@@ -69,14 +69,22 @@ macro_rules! insert_conversation {
         .await?;
         match created {
             Some(id) => {
+                // A group's creator owns it; everyone else (and both of a pair) is a member.
+                let group = $kind as i64 == proto::pb::ConversationKind::Group as i64;
                 for u in $members {
+                    let role = if group && u == $created_by {
+                        $crate::store::roles::role_name(proto::pb::ParticipantRole::Owner)
+                    } else {
+                        $crate::store::roles::role_name(proto::pb::ParticipantRole::Member)
+                    };
                     sqlx::query(
-                        "INSERT INTO participants (conversation_id, user_id, joined_at_ms)
-                         VALUES ($1, $2, $3)",
+                        "INSERT INTO participants (conversation_id, user_id, joined_at_ms, role)
+                         VALUES ($1, $2, $3, $4)",
                     )
                     .bind(id)
                     .bind(u)
                     .bind($now)
+                    .bind(role)
                     .execute(&mut *$tx)
                     .await?;
                 }
