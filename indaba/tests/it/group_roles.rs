@@ -538,3 +538,84 @@ async fn grpc_follows_the_group_rules_and_the_system_may_do_anything() {
         .expect_err("owner leaves");
     assert_eq!(e.code(), Code::PermissionDenied);
 }
+
+/// The migrations of `backend` from before roles existed, in a directory of their own.
+fn migrations_before_roles(backend: &str) -> tempfile::TempDir {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../message-service/migrations")
+        .join(backend);
+    let dir = tempfile::tempdir().expect("tempdir");
+    for entry in std::fs::read_dir(src).expect("migrations") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.as_str() < "0004" {
+            std::fs::copy(&path, dir.path().join(&name)).expect("copy");
+        }
+    }
+    dir
+}
+
+/// Data written before roles existed: group 1 made by 1 (members 1, 2, 3), group 2 made by
+/// 5 who has left (members 6, 7), the direct conversation of 1 and 2.
+const LEGACY_ROWS: [&str; 2] = [
+    "INSERT INTO conversations (id, kind, title, direct_key, created_by, created_at_ms)
+     VALUES (1, 2, 'kept', NULL, 1, 0), (2, 2, 'taken', NULL, 5, 0), (3, 1, '', '1:2', 1, 0)",
+    "INSERT INTO participants (conversation_id, user_id, joined_at_ms)
+     VALUES (1, 1, 0), (1, 2, 0), (1, 3, 0), (2, 6, 0), (2, 7, 0), (3, 1, 0), (3, 2, 0)",
+];
+
+/// After the roles migration: a group's creator owns it, a group whose creator had left
+/// has no owner, a direct conversation has no roles, nobody is an admin.
+async fn assert_legacy_roles(store: &message_service::Store) {
+    let roles = |c: pb::Conversation| (c.participant_ids, c.owner_id, c.admin_ids);
+    let get = |id| async move { store.get_conversation(id).await.unwrap().unwrap() };
+    assert_eq!(roles(get(1).await), (vec![1, 2, 3], 1, vec![]));
+    assert_eq!(roles(get(2).await), (vec![6, 7], 0, vec![]));
+    assert_eq!(roles(get(3).await), (vec![1, 2], 0, vec![]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_groups_are_owned_by_their_creator_after_migrating_postgres() {
+    let url = fresh_database().await;
+    let before = migrations_before_roles("postgres");
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    sqlx::migrate::Migrator::new(before.path())
+        .await
+        .expect("migrator")
+        .run(&pool)
+        .await
+        .expect("old migrations");
+    for sql in LEGACY_ROWS {
+        sqlx::query(sql).execute(&pool).await.expect("legacy rows");
+    }
+    pool.close().await;
+    let store = message_service::Store::connect_postgres(&url, 2)
+        .await
+        .expect("migrate to roles");
+    assert_legacy_roles(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_groups_are_owned_by_their_creator_after_migrating_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("old.db");
+    let before = migrations_before_roles("sqlite");
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&file)
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.expect("open");
+    sqlx::migrate::Migrator::new(before.path())
+        .await
+        .expect("migrator")
+        .run(&pool)
+        .await
+        .expect("old migrations");
+    for sql in LEGACY_ROWS {
+        sqlx::query(sql).execute(&pool).await.expect("legacy rows");
+    }
+    pool.close().await;
+    let store = message_service::Store::open_sqlite(&file, 2)
+        .await
+        .expect("migrate to roles");
+    assert_legacy_roles(&store).await;
+}
