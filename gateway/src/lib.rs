@@ -128,6 +128,7 @@ impl App {
             let c = ctx.clone();
             tokio::spawn(async move {
                 while changes.changed().await.is_ok() {
+                    c.metrics.bus_resync();
                     let sockets = c.hub.all();
                     tracing::warn!(
                         n = sockets.len(),

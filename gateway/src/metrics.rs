@@ -79,6 +79,8 @@ pub struct Metrics {
     resumes: Counter,
     /// `indaba_bus_errors_total`.
     bus_errors: Counter,
+    /// `indaba_bus_resyncs_total`.
+    bus_resyncs: Counter,
     /// `indaba_send_latency_seconds`.
     send_latency: Histogram,
 }
@@ -119,6 +121,10 @@ impl Default for Metrics {
                 "indaba_bus_errors_total",
                 "Failed requests to backend services over the bus.",
             ),
+            bus_resyncs: r.counter(
+                "indaba_bus_resyncs_total",
+                "Times the bus may have dropped deliveries (reconnect or slow consumer) and every socket was asked to resync.",
+            ),
             send_latency: r.histogram(
                 "indaba_send_latency_seconds",
                 "From a chat_message arriving to its message_sent (store commit included).",
@@ -130,6 +136,11 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// The bus may have dropped deliveries; every socket is being closed with 1012.
+    pub fn bus_resync(&self) {
+        self.bus_resyncs.inc();
+    }
+
     /// A socket opened.
     pub fn socket_opened(&self) {
         self.connections_active.inc();
@@ -207,6 +218,7 @@ mod tests {
             "indaba_slow_consumer_closes_total 0\n",
             "indaba_resumes_total 0\n",
             "indaba_bus_errors_total 0\n",
+            "indaba_bus_resyncs_total 0\n",
             "indaba_send_latency_seconds_bucket{le=\"0.002\"} 0\n",
             "indaba_send_latency_seconds_bucket{le=\"0.005\"} 1\n",
             "indaba_send_latency_seconds_bucket{le=\"+Inf\"} 1\n",
