@@ -17,13 +17,15 @@ use prost::Message as _;
 use proto::{pb, pb_error, subjects, ErrorCode};
 use tracing::Instrument;
 
+use crate::admission;
 use crate::delivery::{catch_up, tell_delivered};
 use crate::metrics::Counter;
 use crate::ops::{self, Answer};
 use crate::state::Inner;
 
-/// Runs one request: the payload in, the encoded response out.
-type Op = for<'a> fn(&'a Inner, &'a [u8]) -> BoxFuture<'a, Bytes>;
+/// Runs one request: the payload in, the encoded response out. With a refusal (the
+/// request was not admitted) it answers that refusal in the route's response type instead.
+type Op = for<'a> fn(&'a Inner, &'a [u8], Option<pb::Error>) -> BoxFuture<'a, Bytes>;
 
 /// What handles a route's messages.
 #[derive(Clone, Copy)]
@@ -67,8 +69,8 @@ macro_rules! request {
         route!(
             $name,
             $subject,
-            Handler::Request(|inner, payload| {
-                Box::pin(over_nats(payload, move |req| $op(inner, req)))
+            Handler::Request(|inner, payload, refusal| {
+                Box::pin(over_nats(payload, refusal, move |req| $op(inner, req)))
             })
         )
     };
@@ -149,13 +151,21 @@ pub(crate) async fn subscribe(
 }
 
 /// Decodes a NATS request, runs `op`, encodes the answer; an undecodable request is an
-/// `invalid_field` failure of the expected response type.
-async fn over_nats<Req, Resp, Fut>(payload: &[u8], op: impl FnOnce(Req) -> Fut) -> Bytes
+/// `invalid_field` failure of the expected response type, and so is a `refusal` (a request
+/// that was not admitted: nothing runs).
+async fn over_nats<Req, Resp, Fut>(
+    payload: &[u8],
+    refusal: Option<pb::Error>,
+    op: impl FnOnce(Req) -> Fut,
+) -> Bytes
 where
     Req: prost::Message + Default,
     Resp: Answer,
     Fut: std::future::Future<Output = Resp>,
 {
+    if let Some(e) = refusal {
+        return Bytes::from(Resp::failed(e).encode_to_vec());
+    }
     let resp = match Req::decode(payload) {
         Ok(req) => op(req).await,
         Err(e) => Resp::failed(pb_error(
@@ -181,13 +191,30 @@ pub(crate) async fn serve(inner: Arc<Inner>, route: &'static Route, mut sub: bus
                 Err(e) => tracing::warn!(error = %e, "undecodable delivery ack"),
             },
             Handler::Request(op) => {
+                let arrived = tokio::time::Instant::now();
+                route.received.add();
+                // This kind's own bound (`admission`): over it, refused at once, and the
+                // loop keeps reading.
+                let gate = admission::gates::named(route.name);
+                let pass = match inner.admission.enter(gate) {
+                    Ok(pass) => pass,
+                    Err(refusal) => {
+                        let inner = inner.clone();
+                        tokio::spawn(async move {
+                            let reply = op(&inner, &msg.payload, Some(refusal)).await;
+                            if let Err(e) = inner.bus.respond(&msg, reply).await {
+                                tracing::warn!(error = %e, "could not send reply");
+                            }
+                        });
+                        continue;
+                    }
+                };
                 // Bounded concurrency: when saturated we stop reading, and NATS buffers
                 // (then times the requester out, who retries with the same key).
                 let Ok(permit) = inner.in_flight.clone().acquire_owned().await else {
                     return;
                 };
                 let inner = inner.clone();
-                route.received.add();
                 // Continues the caller's trace (its `traceparent` header).
                 let span = tracing::info_span!(
                     "request",
@@ -195,13 +222,19 @@ pub(crate) async fn serve(inner: Arc<Inner>, route: &'static Route, mut sub: bus
                     trace_id = tracing::field::Empty
                 );
                 bus::trace::follow(&span, &msg);
+                // Nobody reads an answer after the requester's timeout: work still waiting
+                // then is dropped, a page read still running is cancelled.
+                let deadline = admission::deadline(arrived);
                 tokio::spawn(
                     async move {
-                        let reply = op(&inner, &msg.payload).await;
-                        if let Err(e) = inner.bus.respond(&msg, reply).await {
-                            tracing::warn!(error = %e, "could not send reply");
+                        let work = op(&inner, &msg.payload, None);
+                        if let Some(reply) = admission::before_deadline(gate, deadline, work).await
+                        {
+                            if let Err(e) = inner.bus.respond(&msg, reply).await {
+                                tracing::warn!(error = %e, "could not send reply");
+                            }
                         }
-                        drop(permit);
+                        drop((pass, permit));
                     }
                     .instrument(span),
                 );
@@ -265,6 +298,19 @@ mod tests {
                 "{}",
                 r.name
             );
+        }
+    }
+
+    #[test]
+    fn every_request_route_has_its_own_bound() {
+        for r in &ROUTES {
+            if matches!(r.handler, Handler::Request(_)) {
+                assert!(
+                    admission::gates::ALL.iter().any(|g| g.name == r.name),
+                    "{} has no gate in admission::gates",
+                    r.name
+                );
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use proto::pb;
 use proto::pb::message_service_server::{MessageService, MessageServiceServer};
 use tonic::{Request, Response, Status};
 
+use crate::admission::{gates, Gate, Pass};
 use crate::ops::{self, Answer};
 use crate::state::Inner;
 
@@ -32,6 +33,15 @@ pub(crate) struct MessageGrpc {
     pub(crate) inner: Arc<Inner>,
 }
 
+impl MessageGrpc {
+    /// Takes `gate`'s slots, the bound the NATS door applies too, or refuses with
+    /// `unavailable` at once. (A call whose client leaves or whose `grpc-timeout` passes
+    /// is dropped by the transport, its work with it.)
+    fn admit(&self, gate: Gate) -> Result<Pass, Status> {
+        self.inner.admission.enter(gate).map_err(|e| status(&e))
+    }
+}
+
 #[tonic::async_trait]
 impl MessageService for MessageGrpc {
     async fn send_message(
@@ -42,6 +52,7 @@ impl MessageService for MessageGrpc {
         let mut req = request.into_inner();
         // Only gateways name a socket to skip.
         req.origin_connection_id.clear();
+        let _pass = self.admit(gates::SEND)?;
         answer(ops::send(&self.inner, req).await)
     }
 
@@ -50,6 +61,7 @@ impl MessageService for MessageGrpc {
         request: Request<pb::CreateConversationRequest>,
     ) -> Result<Response<pb::CreateConversationResponse>, Status> {
         require_write(&request)?;
+        let _pass = self.admit(gates::CREATE_CONVERSATION)?;
         answer(ops::create_conversation(&self.inner, request.into_inner()).await)
     }
 
@@ -59,6 +71,7 @@ impl MessageService for MessageGrpc {
     ) -> Result<Response<pb::GetConversationResponse>, Status> {
         let req = request.into_inner();
         require_id("conversation_id", req.conversation_id)?;
+        let _pass = self.admit(gates::GET_CONVERSATION)?;
         answer(ops::get_conversation(&self.inner, req).await)
     }
 
@@ -67,6 +80,7 @@ impl MessageService for MessageGrpc {
         request: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
         require_write(&request)?;
+        let _pass = self.admit(gates::MARK_READ)?;
         answer(ops::mark_read(&self.inner, request.into_inner()).await)
     }
 
@@ -77,6 +91,7 @@ impl MessageService for MessageGrpc {
         let req = request.into_inner();
         require_id("user_id", req.user_id)?;
         require_id("conversation_id", req.conversation_id)?;
+        let _pass = self.admit(gates::LIST_MESSAGES)?;
         answer(ops::list_messages(&self.inner, req).await)
     }
 
@@ -84,6 +99,7 @@ impl MessageService for MessageGrpc {
         &self,
         request: Request<pb::ListConversationsRequest>,
     ) -> Result<Response<pb::ListConversationsResponse>, Status> {
+        let _pass = self.admit(gates::LIST_CONVERSATIONS)?;
         answer(ops::list_conversations(&self.inner, request.into_inner()).await)
     }
 
@@ -95,6 +111,7 @@ impl MessageService for MessageGrpc {
         let req = request.into_inner();
         // `actor_id` is 0 for the system: ops checks it against `as_system`.
         require_id("conversation_id", req.conversation_id)?;
+        let _pass = self.admit(gates::UPDATE_PARTICIPANTS)?;
         answer(ops::update_participants(&self.inner, req).await)
     }
 
@@ -111,6 +128,7 @@ impl MessageService for MessageGrpc {
         &self,
         request: Request<pb::GetMessageRequest>,
     ) -> Result<Response<pb::GetMessageResponse>, Status> {
+        let _pass = self.admit(gates::GET_MESSAGE)?;
         answer(ops::get_message(&self.inner, request.into_inner()).await)
     }
 
@@ -118,6 +136,7 @@ impl MessageService for MessageGrpc {
         &self,
         request: Request<pb::GetUnreadCountsRequest>,
     ) -> Result<Response<pb::GetUnreadCountsResponse>, Status> {
+        let _pass = self.admit(gates::UNREAD_COUNTS)?;
         answer(ops::unread_counts(&self.inner, request.into_inner()).await)
     }
 }

@@ -16,6 +16,8 @@
 //!   the last seconds, for sockets that open meanwhile.
 //! - `outbox`: batched cleanup of published deliveries; `commit`: group commit;
 //!   `push_jobs`: durable jobs for push-service.
+//! - `admission`: each request kind's bound and the deadline past which work is
+//!   abandoned (both doors apply it).
 //! - `state`: what the instance's tasks share (`Inner`).
 //! - `delivery`: every publish to gateways (new messages, events, catch-up, delivered
 //!   notices).
@@ -24,6 +26,7 @@
 //!   (republishing, expiry, retention).
 //! - `app`: [`App`], building and running all of the above.
 
+mod admission;
 mod app;
 mod commit;
 mod delivery;

@@ -458,10 +458,10 @@ pub(crate) async fn unread_counts(
     }
     match inner
         .store
-        .list_conversations(req.user_id, UNREAD_CONVERSATIONS, None)
+        .unread_summaries(req.user_id, UNREAD_CONVERSATIONS)
         .await
     {
-        Ok((list, _)) => {
+        Ok(list) => {
             let conversations: Vec<pb::ConversationUnread> = list
                 .into_iter()
                 .filter(|s| s.unread_count > 0)

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bus::Bus;
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::admission::Admission;
 use crate::commit::{PendingSend, Sends};
 use crate::outbox::Completions;
 use crate::push_jobs::{PushQueue, PushWork};
@@ -45,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) push: PushQueue,
     /// Requests being worked on (bounded by `settings.max_in_flight`).
     pub(crate) in_flight: Arc<Semaphore>,
+    /// Each request kind's own bound (`admission`), shared by the NATS and gRPC doors.
+    pub(crate) admission: Admission,
     /// Message ids already acknowledged as delivered.
     acked: Mutex<FirstAcks>,
     /// Until the routing table has heard from the gateways (their answer to our resync),
@@ -77,6 +80,7 @@ impl Inner {
             store,
             routes: Routes::default(),
             in_flight: Arc::new(Semaphore::new(settings.max_in_flight)),
+            admission: Admission::new(settings.pool_size),
             settings,
             sends,
             completions,

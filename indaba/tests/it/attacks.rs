@@ -616,3 +616,248 @@ async fn a_plain_member_cannot_take_over_a_group() {
         .expect_none_of("participants_changed", Duration::from_millis(300))
         .await;
 }
+
+/// An HTTP/1.1 connection kept alive across GETs, as a flooding client holds one.
+struct KeepAlive {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    async fn connect(addr: SocketAddr) -> KeepAlive {
+        KeepAlive {
+            stream: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// One GET on this connection: the status and the body (`Content-Length` framed).
+    async fn get(&mut self, path: &str, token: &str) -> (u16, String) {
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+        self.stream.write_all(req.as_bytes()).await.unwrap();
+        let head_end = loop {
+            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p;
+            }
+            self.fill().await;
+        };
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_ascii_lowercase();
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status line");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .expect("a content-length answer");
+        while self.buf.len() < head_end + 4 + len {
+            self.fill().await;
+        }
+        let body =
+            String::from_utf8_lossy(&self.buf[head_end + 4..head_end + 4 + len]).into_owned();
+        self.buf.drain(..head_end + 4 + len);
+        (status, body)
+    }
+
+    async fn fill(&mut self) {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "connection closed");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Item 2 of the issue: one user loops over keep-alive connections reading their unread
+/// summary and a full conversation page (300 conversations: 1,201 statements each before
+/// the list became one statement), with no REST budget in the way. Each kind of read has
+/// its own bound in message-service, so the flood gets `unavailable` (retry hint
+/// included) beyond it, and another user's sends keep every slot they need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_conversation_reads_leaves_others_sends_their_slots() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let cluster = TestCluster::builder()
+        .gateway_settings(|s| s.rest_rate_per_10s = 0)
+        .build()
+        .await;
+    let gw = cluster.gw(0);
+    let seeds: Vec<message_service::store::NewMessage> = (0..300)
+        .map(|i| message_service::store::NewMessage {
+            sender_id: 10_000 + i,
+            conversation_id: None,
+            receiver_id: Some(1),
+            text: "hello".into(),
+            client_msg_id: None,
+            origin_connection_id: String::new(),
+        })
+        .collect();
+    for chunk in seeds.chunks(100) {
+        for r in cluster.store().send_many(chunk).await {
+            r.expect("seed");
+        }
+    }
+    let attacker = token(1);
+    let (status, body) = KeepAlive::connect(gw)
+        .await
+        .get("/api/v1/messages/unread/", &attacker)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let unread: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(unread["total_unread"], 300, "{unread}");
+
+    let mut bystander = Bystander::new(gw, 2, 3).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let mut flood = Vec::new();
+    for i in 0..24 {
+        let (stop, served, refused, attacker) = (
+            stop.clone(),
+            served.clone(),
+            refused.clone(),
+            attacker.clone(),
+        );
+        flood.push(tokio::spawn(async move {
+            let mut conn = KeepAlive::connect(gw).await;
+            let mut n = i;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let path = if n % 2 == 0 {
+                    "/api/v1/messages/unread/"
+                } else {
+                    "/api/v1/conversations/?page_size=500"
+                };
+                let (status, body) = conn.get(path, &attacker).await;
+                match status {
+                    200 => {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                    503 => {
+                        assert!(body.contains("unavailable"), "{body}");
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => panic!("unexpected {other}: {body}"),
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        // Asserts every send is acknowledged: no `unavailable` for the bystander.
+        bystander.send().await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in flood {
+        t.await.expect("flood task");
+    }
+    let (served, refused) = (
+        served.load(Ordering::Relaxed),
+        refused.load(Ordering::Relaxed),
+    );
+    println!("read flood: {served} pages served, {refused} refused as unavailable in 5 s");
+    assert!(
+        served > 0,
+        "the attacker's reads are served up to the bound"
+    );
+    assert!(refused > 0, "24 loops at once pass the per-kind bound");
+    bystander.report("conversation read flood");
+    // Once the flood stops, the same user reads again.
+    let (status, _) = KeepAlive::connect(gw)
+        .await
+        .get("/api/v1/messages/unread/", &attacker)
+        .await;
+    assert_eq!(status, 200);
+}
+
+/// Item 3 of the issue: 300 messages of 4,000 three-byte characters (12 kB each; one
+/// replay page of 100 was 1.2 MB, over NATS's 1 MiB, and the stream failed with "resume
+/// failed"). Every page that crosses the bus is cut at the byte budget with `has_more`, so
+/// the event stream's replay from `Last-Event-ID: 0` pages through all of them, and a
+/// history page asked for 200 comes back shorter, saying there is more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_messages_replay_and_page_under_the_bus_limit() {
+    let cluster = TestCluster::builder()
+        .gateway_settings(|s| s.max_text_chars = 4000)
+        .message_service_settings(|s| s.max_text_chars = 4000)
+        .build()
+        .await;
+    let gw = cluster.gw(0);
+    let long = "€".repeat(4000);
+    let mut sender = Client::connect(gw, 21).await;
+    let mut sent = Vec::new();
+    let mut conversation = 0;
+    for _ in 0..300 {
+        let ack = sender.chat(22, &long, None).await;
+        assert_eq!(ack["type"], "message_sent", "{ack}");
+        sent.push(ack["message_id"].as_i64().unwrap());
+        conversation = ack["conversation_id"].as_i64().unwrap();
+    }
+
+    let started = Instant::now();
+    let mut sse = SseClient::open(
+        gw,
+        &format!("/api/v1/events/?token={}", token(22)),
+        &[("Last-Event-ID", "0")],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    let mut got = Vec::new();
+    while got.len() < sent.len() {
+        let e = sse.next().await;
+        match e.data["type"].as_str() {
+            Some("new_message") => {
+                assert_eq!(
+                    e.data["text"].as_str().map(|t| t.chars().count()),
+                    Some(4000)
+                );
+                got.push(e.data["message_id"].as_i64().unwrap());
+            }
+            Some("error") => panic!("replay failed: {}", e.data),
+            _ => {}
+        }
+    }
+    got.dedup();
+    assert_eq!(got, sent, "every message once, in order");
+    println!(
+        "replayed 300 messages of 12 kB from Last-Event-ID 0 in {:?}",
+        started.elapsed()
+    );
+
+    // History: 200 asked for, fewer fit the budget; paging on reaches the first message.
+    let mut before = 0;
+    let mut pages = 0;
+    let mut seen = 0;
+    loop {
+        let path = if before == 0 {
+            format!("/api/v1/conversations/{conversation}/messages/?limit=200")
+        } else {
+            format!("/api/v1/conversations/{conversation}/messages/?limit=200&before_seq={before}")
+        };
+        let (status, page) = http(gw, "GET", &path, Some(&token(22)), None).await;
+        assert_eq!(status, 200, "{page}");
+        let messages = page["messages"].as_array().unwrap();
+        pages += 1;
+        seen += messages.len();
+        if pages == 1 {
+            assert!(
+                messages.len() < 200,
+                "{} messages in one page",
+                messages.len()
+            );
+            assert_eq!(page["has_more"], true);
+        }
+        if page["has_more"] != true {
+            break;
+        }
+        before = messages[0]["seq"].as_i64().unwrap();
+    }
+    assert_eq!(seen, 300);
+    println!("history of 300 long messages: {pages} pages of at most 128 kB");
+}

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use message_service::store::{NewMessage, Role, Roster, Store, StoreError};
+use message_service::store::{NewMessage, Role, Roster, Store, StoreError, Summary, UNREAD_CAP};
 use proto::pb::{ChatMessage, ConversationKind};
 use proto::ErrorCode;
 
@@ -511,6 +511,212 @@ async fn group_roles_are_stored_and_transferred(store: Store) {
     }
 }
 
+/// A watermark set the way a read receipt sets it (`mark_read` is internal to the crate).
+async fn set_watermark(store: &Store, conversation: i64, user: i64, seq: i64) {
+    let sql =
+        "UPDATE participants SET last_read_seq = $1 WHERE conversation_id = $2 AND user_id = $3";
+    match store {
+        Store::Postgres(pool) => {
+            sqlx::query(sql)
+                .bind(seq)
+                .bind(conversation)
+                .bind(user)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+        Store::Sqlite(pool) => {
+            sqlx::query(sql)
+                .bind(seq)
+                .bind(conversation)
+                .bind(user)
+                .execute(pool)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Every page of user `user`'s conversation list, `size` at a time.
+async fn all_pages(store: &Store, user: i64, size: u32) -> Vec<Summary> {
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, next) = store
+            .list_conversations(user, size, after)
+            .await
+            .expect("list");
+        all.extend(page);
+        match next {
+            Some(c) => after = Some(c),
+            None => return all,
+        }
+    }
+}
+
+/// The conversation list is one statement now; it says what the per-conversation reads
+/// said: each conversation as `get_conversation` reads it (roles included), unread counts
+/// that skip the user's own messages, follow the watermark and stop at `UNREAD_CAP`, the
+/// newest message; pages that cover everything once; long last messages cut a page at the
+/// byte budget, with a cursor to the rest.
+async fn the_one_statement_conversation_list_matches_the_per_conversation_reads(store: Store) {
+    let group = group_of_three(&store).await;
+    let ok = |_: &Roster| Ok(());
+    store.set_role(group, 2, Role::Admin, ok).await.unwrap();
+    let send = |sender: i64, conv: i64, text: &str| msg(sender, Some(conv), None, text, None);
+    for m in [
+        send(2, group, "a"),
+        send(1, group, "mine"),
+        send(3, group, "b"),
+        send(2, group, "c"),
+        send(1, group, "mine again"),
+        send(3, group, "d"),
+    ] {
+        store.send_message(&m).await.expect("send");
+    }
+    let (to_2, _) = store
+        .create_conversation(1, &[2], "", ConversationKind::Direct)
+        .await
+        .unwrap();
+    store
+        .send_message(&send(1, to_2.id, "only mine"))
+        .await
+        .unwrap();
+    let (from_4, _) = store
+        .create_conversation(1, &[4], "", ConversationKind::Direct)
+        .await
+        .unwrap();
+    // More than the cap from user 4, in batches.
+    let flood: Vec<NewMessage> = (0..UNREAD_CAP + 5)
+        .map(|i| send(4, from_4.id, &format!("n{i}")))
+        .collect();
+    for chunk in flood.chunks(200) {
+        for r in store.send_many(chunk).await {
+            r.expect("flood");
+        }
+    }
+    let (quiet, _) = store
+        .create_conversation(1, &[5], "Quiet", ConversationKind::Group)
+        .await
+        .unwrap();
+
+    let check = |list: &[Summary], expected: &[(i64, i64, Option<&str>)]| {
+        let got: Vec<(i64, i64, Option<String>)> = list
+            .iter()
+            .map(|s| {
+                (
+                    s.conversation.id,
+                    s.unread_count,
+                    s.last_message.as_ref().map(|m| m.text.clone()),
+                )
+            })
+            .collect();
+        let mut got = got;
+        got.sort();
+        let mut want: Vec<(i64, i64, Option<String>)> = expected
+            .iter()
+            .map(|(c, n, t)| (*c, *n, t.map(str::to_owned)))
+            .collect();
+        want.sort();
+        assert_eq!(got, want);
+    };
+    let list = all_pages(&store, 1, 2).await;
+    check(
+        &list,
+        &[
+            (group, 4, Some("d")),
+            (to_2.id, 0, Some("only mine")),
+            (from_4.id, UNREAD_CAP, Some(&format!("n{}", UNREAD_CAP + 4))),
+            (quiet.id, 0, None),
+        ],
+    );
+    // Most recently active first; every row as the per-conversation read sees it.
+    let at: Vec<i64> = list.iter().map(|s| s.conversation.id).collect();
+    assert_eq!(at.last(), Some(&quiet.id), "never active: last");
+    for s in &list {
+        let one = store
+            .get_conversation(s.conversation.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.conversation, one);
+        if let Some(m) = &s.last_message {
+            assert_eq!(m.seq, one.last_seq);
+            assert_stored(&store, m).await;
+        }
+    }
+    let g = list.iter().find(|s| s.conversation.id == group).unwrap();
+    assert_eq!(
+        (g.conversation.owner_id, g.conversation.admin_ids.clone()),
+        (1, vec![2])
+    );
+    // One page of everything says the same.
+    let (one_page, next) = store.list_conversations(1, 0, None).await.unwrap();
+    assert_eq!(next, None);
+    assert_eq!(one_page.len(), 4);
+
+    // After reads: the watermark counts.
+    set_watermark(&store, group, 1, 4).await;
+    set_watermark(&store, from_4.id, 1, UNREAD_CAP).await;
+    let list = all_pages(&store, 1, 3).await;
+    check(
+        &list,
+        &[
+            (group, 1, Some("d")),
+            (to_2.id, 0, Some("only mine")),
+            (from_4.id, 5, Some(&format!("n{}", UNREAD_CAP + 4))),
+            (quiet.id, 0, None),
+        ],
+    );
+    assert_eq!(
+        list.iter()
+            .find(|s| s.conversation.id == group)
+            .unwrap()
+            .last_read_seq,
+        4
+    );
+    // Another member's view: their own messages are not unread.
+    let list = all_pages(&store, 2, 10).await;
+    check(
+        &list,
+        &[(group, 4, Some("d")), (to_2.id, 1, Some("only mine"))],
+    );
+    // The unread summary reads the same rows.
+    let unread = store.unread_summaries(1, 500).await.unwrap();
+    check(
+        &unread,
+        &[
+            (group, 1, Some("d")),
+            (to_2.id, 0, Some("only mine")),
+            (from_4.id, 5, Some(&format!("n{}", UNREAD_CAP + 4))),
+            (quiet.id, 0, None),
+        ],
+    );
+
+    // Long last messages: a page stops at the byte budget and points at the rest.
+    let long = "€".repeat(4000);
+    for other in 100..130 {
+        store
+            .send_message(&msg(other, None, Some(9), &long, None))
+            .await
+            .unwrap();
+    }
+    let (page, next) = store.list_conversations(9, 100, None).await.unwrap();
+    assert!(
+        page.len() < 30,
+        "{} conversations of 12 kB each",
+        page.len()
+    );
+    assert!(page.len() >= 5, "{}", page.len());
+    assert!(next.is_some(), "a cut page has a next page");
+    let all = all_pages(&store, 9, 100).await;
+    assert_eq!(all.len(), 30);
+    let ids: HashSet<i64> = all.iter().map(|s| s.conversation.id).collect();
+    assert_eq!(ids.len(), 30, "each conversation once");
+    // The unread summary is not cut: it carries counts only.
+    assert_eq!(store.unread_summaries(9, 500).await.unwrap().len(), 30);
+}
+
 async fn postgres() -> Store {
     let url = fresh_database().await;
     Store::connect_postgres(&url, 8).await.expect("connect")
@@ -561,4 +767,5 @@ store_cases!(
     direct_messages_and_any_text_survive_the_batch_paths,
     crossing_batches_neither_deadlock_nor_skip_or_repeat_seqs,
     group_roles_are_stored_and_transferred,
+    the_one_statement_conversation_list_matches_the_per_conversation_reads,
 );

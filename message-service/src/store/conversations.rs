@@ -2,19 +2,20 @@
 //! once, however many create it at the same time), reading, listing with unread counts,
 //! membership checks and changes.
 
+use prost::Message as _;
 use proto::pb::{ChatMessage, Conversation, ConversationKind};
 use proto::ErrorCode;
 use sqlx::Row;
 
 use super::roles::{role_name, Role, Roster, ROSTER};
 use super::rows::{
-    conversation_not_found, direct_key, message_from_row, take_page, CONVERSATION_EXISTS,
+    conversation_not_found, cut_by, direct_key, message_from_row, take_page, CONVERSATION_EXISTS,
     PARTICIPANTS,
 };
 use super::{rejected, Store, StoreError};
 
 /// Unread counts stop at this (a "999+" badge); counting further is wasted work.
-pub(crate) const UNREAD_CAP: i64 = 1000;
+pub const UNREAD_CAP: i64 = 1000;
 
 /// What a notification says about a conversation.
 #[derive(Debug, Clone, Default)]
@@ -42,24 +43,63 @@ impl ConversationMeta {
 
 /// One row of a user's conversation list.
 #[derive(Debug, Clone)]
-pub(crate) struct Summary {
+pub struct Summary {
     /// The conversation.
-    pub(crate) conversation: Conversation,
+    pub conversation: Conversation,
     /// The user's read watermark.
-    pub(crate) last_read_seq: i64,
-    /// Messages after the watermark not written by the user.
-    pub(crate) unread_count: i64,
+    pub last_read_seq: i64,
+    /// Messages after the watermark not written by the user (at most [`UNREAD_CAP`]).
+    pub unread_count: i64,
     /// The newest message, if any.
-    pub(crate) last_message: Option<ChatMessage>,
+    pub last_message: Option<ChatMessage>,
 }
 
 /// Where a page of [`Store::list_conversations`] ends (the sort key of its last row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct ConversationCursor {
+pub struct ConversationCursor {
     /// The conversation's last activity.
-    pub(crate) last_message_at_ms: i64,
+    pub last_message_at_ms: i64,
     /// Its id (ties).
-    pub(crate) id: i64,
+    pub id: i64,
+}
+
+/// A page of a user's conversation list in one statement, the same text on PostgreSQL and
+/// SQLite ($1 user, $2 rows, $3/$4 the cursor, $5 [`UNREAD_CAP`]). The page itself is a
+/// derived table with its own `LIMIT` (the keyset through `participants_by_user` and the
+/// conversations' primary key), so the per-row work runs for the page's rows only: the
+/// capped unread count (a range of the `(conversation_id, seq)` key, the user's own
+/// messages excluded), the roster (`participants`' primary key; `string_agg` is
+/// PostgreSQL's and SQLite's since 3.44) and the last message (`seq = last_seq` on the same
+/// key). Before this, a page cost four statements per conversation.
+const CONVERSATION_PAGE_SQL: &str = concat!(
+    "SELECT pg.id AS c_id, pg.kind AS c_kind, pg.title AS c_title, pg.last_seq AS c_last_seq,
+            pg.created_by AS c_created_by, pg.created_at_ms AS c_created_at_ms,
+            pg.last_message_at_ms AS c_last_message_at_ms, pg.last_read_seq AS p_last_read_seq,
+            (SELECT COUNT(*) FROM (SELECT 1 FROM messages u
+                WHERE u.conversation_id = pg.id AND u.seq > pg.last_read_seq AND u.sender_id <> $1
+                LIMIT $5) AS uc) AS unread_count,
+            (SELECT string_agg(CAST(r.user_id AS TEXT) || ':' || r.role, ',')
+                FROM participants r WHERE r.conversation_id = pg.id) AS c_roster, ",
+    message_columns!("m."),
+    " FROM (SELECT c.id, c.kind, c.title, c.last_seq, c.created_by, c.created_at_ms,
+                   c.last_message_at_ms, p.last_read_seq
+            FROM participants p JOIN conversations c ON c.id = p.conversation_id
+            WHERE p.user_id = $1
+              AND (c.last_message_at_ms < $3 OR (c.last_message_at_ms = $3 AND c.id < $4))
+            ORDER BY c.last_message_at_ms DESC, c.id DESC LIMIT $2) AS pg
+     LEFT JOIN messages m ON m.conversation_id = pg.id AND m.seq = pg.last_seq
+     ORDER BY pg.last_message_at_ms DESC, pg.id DESC"
+);
+
+/// The `user:role,…` list [`CONVERSATION_PAGE_SQL`] aggregates, as roster rows.
+fn parse_roster(list: Option<&str>) -> Vec<(i64, String)> {
+    list.unwrap_or_default()
+        .split(',')
+        .filter_map(|entry| {
+            let (user, role) = entry.split_once(':')?;
+            Some((user.parse().ok()?, role.to_owned()))
+        })
+        .collect()
 }
 
 /// A conversation that was just written but cannot be read back (a concurrent delete).
@@ -235,13 +275,46 @@ impl Store {
 
     /// The user's conversations, most recently active first, with unread counts. `limit`
     /// follows [`proto::limits::CONVERSATION_PAGE`] (0: its default; above its maximum:
-    /// the maximum, since callers check the request first).
-    pub(crate) async fn list_conversations(
+    /// the maximum, since callers check the request first). One statement
+    /// ([`CONVERSATION_PAGE_SQL`]), whatever the page size; the page is cut to
+    /// [`PAGE_BYTES`](super::rows::PAGE_BYTES) (last messages can be long), and the cursor
+    /// then points after the last row kept.
+    pub async fn list_conversations(
         &self,
         user_id: i64,
         limit: u32,
         after: Option<ConversationCursor>,
     ) -> Result<(Vec<Summary>, Option<ConversationCursor>), StoreError> {
+        let (mut rows, mut more) = self.conversation_page(user_id, limit, after).await?;
+        more |= cut_by(&mut rows, |(s, _)| {
+            s.conversation.encoded_len() + s.last_message.as_ref().map_or(0, |m| m.encoded_len())
+        });
+        let next = if more {
+            rows.last().map(|(_, c)| *c)
+        } else {
+            None
+        };
+        Ok((rows.into_iter().map(|(s, _)| s).collect(), next))
+    }
+
+    /// The first `limit` rows of [`Store::list_conversations`], not cut to the byte budget
+    /// (for the unread summary, which keeps only the counts).
+    pub async fn unread_summaries(
+        &self,
+        user_id: i64,
+        limit: u32,
+    ) -> Result<Vec<Summary>, StoreError> {
+        let (rows, _) = self.conversation_page(user_id, limit, None).await?;
+        Ok(rows.into_iter().map(|(s, _)| s).collect())
+    }
+
+    /// One page of the conversation list with each row's cursor, and whether more follow.
+    async fn conversation_page(
+        &self,
+        user_id: i64,
+        limit: u32,
+        after: Option<ConversationCursor>,
+    ) -> Result<(Vec<(Summary, ConversationCursor)>, bool), StoreError> {
         let page = proto::limits::CONVERSATION_PAGE;
         let limit = i64::from(page.check(limit).unwrap_or(page.max));
         // Keyset paging on the sort key: stable while new messages reorder the list
@@ -250,73 +323,54 @@ impl Store {
             last_message_at_ms: i64::MAX,
             id: i64::MAX,
         });
-        let mut rows: Vec<(i64, i64, i64)> = on_pool!(self, |pool, _begin| {
-            let rows = sqlx::query(
-                "SELECT c.id, p.last_read_seq, c.last_message_at_ms FROM participants p
-                 JOIN conversations c ON c.id = p.conversation_id
-                 WHERE p.user_id = $1
-                   AND (c.last_message_at_ms < $3 OR (c.last_message_at_ms = $3 AND c.id < $4))
-                 ORDER BY c.last_message_at_ms DESC, c.id DESC LIMIT $2",
-            )
-            .bind(user_id)
-            .bind(limit + 1)
-            .bind(after.last_message_at_ms)
-            .bind(after.id)
-            .fetch_all(pool)
-            .await?;
+        let mut rows = on_pool!(self, |pool, _begin| {
+            let rows = sqlx::query(CONVERSATION_PAGE_SQL)
+                .bind(user_id)
+                .bind(limit + 1)
+                .bind(after.last_message_at_ms)
+                .bind(after.id)
+                .bind(UNREAD_CAP)
+                .fetch_all(pool)
+                .await?;
             let mut v = Vec::with_capacity(rows.len());
             for r in &rows {
-                v.push((
-                    r.try_get::<i64, _>("id")?,
-                    r.try_get::<i64, _>("last_read_seq")?,
-                    r.try_get::<i64, _>("last_message_at_ms")?,
-                ));
+                let id: i64 = r.try_get("c_id")?;
+                let kind: i64 = r.try_get("c_kind")?;
+                let roster = Roster::from_rows(
+                    kind,
+                    parse_roster(r.try_get::<Option<String>, _>("c_roster")?.as_deref()),
+                );
+                let last_message = match r.try_get::<Option<i64>, _>("id")? {
+                    Some(_) => Some(message_from_row(r)?),
+                    None => None,
+                };
+                let conversation = Conversation {
+                    id,
+                    kind: i32::try_from(kind).unwrap_or_default(),
+                    title: r.try_get("c_title")?,
+                    participant_ids: roster.members.keys().copied().collect(),
+                    last_seq: r.try_get("c_last_seq")?,
+                    created_at_ms: r.try_get("c_created_at_ms")?,
+                    created_by: r.try_get("c_created_by")?,
+                    owner_id: roster.owner().unwrap_or_default(),
+                    admin_ids: roster.admins(),
+                };
+                let cursor = ConversationCursor {
+                    last_message_at_ms: r.try_get("c_last_message_at_ms")?,
+                    id,
+                };
+                let summary = Summary {
+                    conversation,
+                    last_read_seq: r.try_get("p_last_read_seq")?,
+                    unread_count: r.try_get("unread_count")?,
+                    last_message,
+                };
+                v.push((summary, cursor));
             }
             v
         });
-        let next = if take_page(&mut rows, limit) {
-            rows.last().map(|(id, _, at)| ConversationCursor {
-                last_message_at_ms: *at,
-                id: *id,
-            })
-        } else {
-            None
-        };
-        let mut out = Vec::with_capacity(rows.len());
-        for (id, last_read_seq, _) in rows {
-            let Some(conversation) = self.get_conversation(id).await? else {
-                continue;
-            };
-            let (unread_count, last_message) = on_pool!(self, |pool, _begin| {
-                let unread: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM (SELECT 1 FROM messages
-                     WHERE conversation_id = $1 AND seq > $2 AND sender_id <> $3 LIMIT $4) AS u",
-                )
-                .bind(id)
-                .bind(last_read_seq)
-                .bind(user_id)
-                .bind(UNREAD_CAP)
-                .fetch_one(pool)
-                .await?;
-                let row = sqlx::query(concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    " FROM messages WHERE conversation_id = $1 AND seq = $2"
-                ))
-                .bind(id)
-                .bind(conversation.last_seq)
-                .fetch_optional(pool)
-                .await?;
-                (unread, row.as_ref().map(message_from_row).transpose()?)
-            });
-            out.push(Summary {
-                conversation,
-                last_read_seq,
-                unread_count,
-                last_message,
-            });
-        }
-        Ok((out, next))
+        let more = take_page(&mut rows, limit);
+        Ok((rows, more))
     }
 
     /// Adds and removes members of a conversation, if `allow` (the caller's rules, run

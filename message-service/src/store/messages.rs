@@ -8,12 +8,8 @@ use proto::pb::ChatMessage;
 use proto::ErrorCode;
 
 use super::conversations::ConversationMeta;
-use super::rows::{message_from_row, take_page};
+use super::rows::{cut_to_page_budget, message_from_row, take_page};
 use super::{rejected, Store, StoreError};
-
-/// Most message text one page carries (JSON escaping can grow it ~6×; still under the
-/// 1 MiB WebSocket write limit and NATS's 1 MB payload).
-pub(crate) const PAGE_TEXT_BYTES: usize = 128 * 1024;
 
 /// `sender_id` of system messages (sent by a backend through gRPC `as_system`). Never a
 /// user: user ids are positive.
@@ -109,23 +105,6 @@ pub(super) fn check_membership(m: &NewMessage, id: i64, members: &[i64]) -> Resu
         }
     }
     Ok(())
-}
-
-/// Cuts a page to [`PAGE_TEXT_BYTES`] of text (at least one message), so it fits a NATS
-/// message (1 MB by default) and, as JSON, a WebSocket write. Returns whether it cut.
-fn cut_to_text_budget(messages: &mut Vec<ChatMessage>) -> bool {
-    let mut bytes = 0;
-    let mut keep = 0;
-    for m in messages.iter() {
-        bytes += m.text.len() + 64;
-        if keep > 0 && bytes > PAGE_TEXT_BYTES {
-            break;
-        }
-        keep += 1;
-    }
-    let cut = keep < messages.len();
-    messages.truncate(keep);
-    cut
 }
 
 impl Store {
@@ -225,7 +204,7 @@ impl Store {
             )
         });
         let mut has_more = take_page(&mut messages, limit);
-        has_more |= cut_to_text_budget(&mut messages);
+        has_more |= cut_to_page_budget(&mut messages);
         if backward {
             messages.reverse();
         }
@@ -238,7 +217,8 @@ impl Store {
     }
 
     /// Messages in any of `user_id`'s conversations after the event-stream cursor
-    /// `after_id` (a message id the client has), oldest id first, at most `limit`.
+    /// `after_id` (a message id the client has), oldest id first, at most `limit` and at
+    /// most [`PAGE_BYTES`](super::rows::PAGE_BYTES) (then `true`: more follow).
     ///
     /// Message ids are assigned before commit, so across conversations a smaller id can
     /// commit (and be delivered live) after a larger one: "id > cursor" alone could skip a
@@ -281,7 +261,9 @@ impl Store {
                 .map(message_from_row)
                 .collect::<Result<Vec<_>, _>>()?
         });
-        let has_more = take_page(&mut messages, limit);
+        let mut has_more = take_page(&mut messages, limit);
+        // Bounded in bytes like every page: the stream pages on from the last id kept.
+        has_more |= cut_to_page_budget(&mut messages);
         Ok((messages, has_more))
     }
 
@@ -330,20 +312,22 @@ mod tests {
         }
     }
 
+    use super::super::rows::PAGE_BYTES;
+
     #[test]
-    fn pages_keep_at_least_one_message_and_cut_at_the_text_budget() {
-        let mut one = vec![text(PAGE_TEXT_BYTES * 2)];
-        assert!(!cut_to_text_budget(&mut one));
+    fn pages_keep_at_least_one_message_and_cut_at_the_byte_budget() {
+        let mut one = vec![text(PAGE_BYTES * 2)];
+        assert!(!cut_to_page_budget(&mut one));
         assert_eq!(one.len(), 1);
-        let mut many = vec![text(PAGE_TEXT_BYTES / 2); 3];
-        assert!(cut_to_text_budget(&mut many));
+        let mut many = vec![text(PAGE_BYTES / 2); 3];
+        assert!(cut_to_page_budget(&mut many));
         assert_eq!(
             many.len(),
             1,
             "the second would pass the budget (64 B per row)"
         );
         let mut small = vec![text(10); 5];
-        assert!(!cut_to_text_budget(&mut small));
+        assert!(!cut_to_page_budget(&mut small));
         assert_eq!(small.len(), 5);
     }
 }

@@ -67,7 +67,7 @@ pub use roles::{Role, Roster};
 pub use messages::{NewMessage, Sent};
 pub use outbox::PendingDelivery;
 
-pub(crate) use conversations::ConversationCursor;
+pub use conversations::{ConversationCursor, Summary, UNREAD_CAP};
 pub(crate) use messages::SYSTEM_SENDER_ID;
 
 /// Why a store operation failed. `Rejected` carries a client-facing code; `Database` is

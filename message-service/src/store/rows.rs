@@ -138,6 +138,37 @@ pub(super) fn conversation_not_found(id: i64) -> StoreError {
     )
 }
 
+/// Most bytes one page of answers carries, whatever it lists (messages of a history or
+/// resume page, conversations with their last messages): far below NATS's 1 MiB payload,
+/// and as JSON (escaping can grow text ~6×) still under the 1 MiB WebSocket write limit.
+pub(crate) const PAGE_BYTES: usize = 128 * 1024;
+
+/// What one item of a page costs against [`PAGE_BYTES`] beyond its encoded size: room
+/// for its JSON field names.
+const PAGE_ITEM_OVERHEAD: usize = 64;
+
+/// Cuts a page to [`PAGE_BYTES`] (keeping at least one item, so paging always advances);
+/// returns whether it cut. The one byte rule of every page that crosses the bus.
+pub(super) fn cut_to_page_budget<T: prost::Message>(items: &mut Vec<T>) -> bool {
+    cut_by(items, |item| item.encoded_len())
+}
+
+/// [`cut_to_page_budget`] for items whose encoded size `size` tells.
+pub(super) fn cut_by<T>(items: &mut Vec<T>, size: impl Fn(&T) -> usize) -> bool {
+    let mut bytes = 0;
+    let mut keep = 0;
+    for item in items.iter() {
+        bytes += size(item) + PAGE_ITEM_OVERHEAD;
+        if keep > 0 && bytes > PAGE_BYTES {
+            break;
+        }
+        keep += 1;
+    }
+    let cut = keep < items.len();
+    items.truncate(keep);
+    cut
+}
+
 /// Whether `rows` (fetched with `LIMIT limit + 1`) reach past the page; cuts them to it.
 pub(super) fn take_page<T>(rows: &mut Vec<T>, limit: i64) -> bool {
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);

@@ -1,0 +1,250 @@
+//! Admission: which requests this instance starts, and which work it abandons.
+//!
+//! Two rules, applied alike by the NATS door (`dispatch`) and the gRPC door (`grpc`), since
+//! both run the same operations:
+//!
+//! - **One kind of request cannot take every slot.** Besides the instance-wide bound
+//!   (`max_in_flight`), every request kind but `send` has a bound of its own, and all of
+//!   them together one more, both sized from the database pool: a flood of conversation
+//!   lists holds at most a quarter of the connections, everything but sends together at
+//!   most three quarters, so sends (whose group commit holds at most two connections)
+//!   always find one. A request over its bound is answered `unavailable` at once, with a
+//!   retry hint, rather than queued for seconds behind the flood.
+//! - **Work whose requester gave up is abandoned.** A gateway waits
+//!   [`REQUEST_DEADLINE`] (its `request_timeout`) for an answer, then tells its client the
+//!   service is unavailable; nobody reads an answer after that. Requests carry no deadline
+//!   of their own on the bus, so the deadline is computed here from the moment the request
+//!   was read off its subscription (the gateway sent it a little earlier, so this deadline
+//!   is, if anything, late). A request still waiting for a slot at its deadline is dropped
+//!   without touching the store; a read (no side effects) still running at its deadline is
+//!   cancelled. Writes that started run to the end: a send may be committed already, and
+//!   its delivery and answer (read from the outbox on a retry) must follow. On gRPC the
+//!   transport does the same: a call whose client disconnects or whose `grpc-timeout`
+//!   passes is dropped, and with it its future.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::{pb, pb_error, ErrorCode};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::time::Instant;
+
+/// How long a requester waits for an answer: the gateway's `request_timeout`.
+pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How soon a refused request may try again (said in the refusal).
+const RETRY_HINT_MS: u64 = 250;
+
+/// What a request costs, which decides its bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Cost {
+    /// A send: only the instance-wide bound; sends keep the slots the others leave.
+    Send,
+    /// A page read that may scan many rows (conversation lists, unread counts, history,
+    /// the event stream's resume): a quarter of the pool, and cancelled at its deadline.
+    Page,
+    /// Any other request (one row or a few): half the pool.
+    Other,
+}
+
+/// One request kind's bound: its route name (the metric label) and cost.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Gate {
+    /// The route's name, as `dispatch::ROUTES` and the refusal name it.
+    pub(crate) name: &'static str,
+    /// What it costs.
+    pub(crate) cost: Cost,
+}
+
+/// Every bounded request kind, by the route name `dispatch::ROUTES` gives it.
+pub(crate) mod gates {
+    use super::{Cost, Gate};
+
+    macro_rules! gates {
+        ($($id:ident = $name:literal, $cost:ident;)*) => {
+            $(pub(crate) const $id: Gate = Gate { name: $name, cost: Cost::$cost };)*
+            /// Every gate (one semaphore each).
+            pub(crate) const ALL: &[Gate] = &[$($id),*];
+
+            /// The gate of the route named `name`; a route without one of its own costs
+            /// [`Cost::Other`](super::Cost::Other) under its own name.
+            pub(crate) fn named(name: &'static str) -> Gate {
+                ALL.iter()
+                    .copied()
+                    .find(|g| g.name == name)
+                    .unwrap_or(Gate { name, cost: Cost::Other })
+            }
+        };
+    }
+
+    gates! {
+        SEND = "send", Send;
+        CREATE_CONVERSATION = "create_conversation", Other;
+        GET_CONVERSATION = "get_conversation", Other;
+        MARK_READ = "mark_read", Other;
+        TYPING = "typing", Other;
+        LIST_MESSAGES = "list_messages", Page;
+        LIST_CONVERSATIONS = "list_conversations", Page;
+        UPDATE_PARTICIPANTS = "update_participants", Other;
+        SET_PARTICIPANT_ROLE = "set_participant_role", Other;
+        GET_MESSAGE = "get_message", Other;
+        UNREAD_COUNTS = "unread_counts", Page;
+        MESSAGES_SINCE = "messages_since", Page;
+        SHARED_CONTACTS = "shared_contacts", Other;
+    }
+}
+
+/// The bounds of one instance (see the module documentation).
+#[derive(Debug)]
+pub(crate) struct Admission {
+    /// Per gate, in [`gates::ALL`] order (`None`: unbounded beyond the instance).
+    own: Vec<Option<Arc<Semaphore>>>,
+    /// Everything but sends, together.
+    shared: Arc<Semaphore>,
+}
+
+/// A started request's slots; dropping it frees them.
+#[derive(Debug)]
+pub(crate) struct Pass {
+    _own: Option<OwnedSemaphorePermit>,
+    _shared: Option<OwnedSemaphorePermit>,
+}
+
+impl Admission {
+    /// Bounds for a database pool of `pool_size` connections.
+    pub(crate) fn new(pool_size: u32) -> Admission {
+        let pool = usize::try_from(pool_size).unwrap_or(usize::MAX).max(1);
+        let own = gates::ALL
+            .iter()
+            .map(|g| Self::bound(g.cost, pool).map(|n| Arc::new(Semaphore::new(n))))
+            .collect();
+        Admission {
+            own,
+            shared: Arc::new(Semaphore::new((pool * 3 / 4).max(2))),
+        }
+    }
+
+    /// A gate's own bound for a pool of `pool` connections (`None`: none).
+    fn bound(cost: Cost, pool: usize) -> Option<usize> {
+        match cost {
+            Cost::Send => None,
+            Cost::Page => Some((pool / 4).max(1)),
+            Cost::Other => Some((pool / 2).max(2)),
+        }
+    }
+
+    /// Takes `gate`'s slots, or refuses at once with `unavailable` and a retry hint.
+    pub(crate) fn enter(&self, gate: Gate) -> Result<Pass, pb::Error> {
+        if gate.cost == Cost::Send {
+            return Ok(Pass {
+                _own: None,
+                _shared: None,
+            });
+        }
+        let busy = |_: TryAcquireError| {
+            pb_error(
+                ErrorCode::Unavailable,
+                format!(
+                    "too many {} requests in progress on this instance; retry in {RETRY_HINT_MS} ms",
+                    gate.name
+                ),
+            )
+        };
+        let own = match gates::ALL
+            .iter()
+            .position(|g| g.name == gate.name)
+            .and_then(|at| self.own[at].clone())
+        {
+            Some(s) => Some(s.try_acquire_owned().map_err(busy)?),
+            None => None,
+        };
+        let shared = self.shared.clone().try_acquire_owned().map_err(busy)?;
+        Ok(Pass {
+            _own: own,
+            _shared: Some(shared),
+        })
+    }
+}
+
+/// When the requester of a request read at `arrived` stops waiting for its answer.
+pub(crate) fn deadline(arrived: Instant) -> Instant {
+    arrived + REQUEST_DEADLINE
+}
+
+/// Runs `work` for a request of `gate` due by `deadline`: `None` when it was abandoned
+/// (the deadline passed before it started, or, for a page read, while it ran).
+pub(crate) async fn before_deadline<T>(
+    gate: Gate,
+    deadline: Instant,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    if Instant::now() >= deadline {
+        tracing::debug!(op = gate.name, "abandoned: its requester gave up waiting");
+        return None;
+    }
+    if gate.cost != Cost::Page {
+        return Some(work.await);
+    }
+    match tokio::time::timeout_at(deadline, work).await {
+        Ok(v) => Some(v),
+        Err(_) => {
+            tracing::debug!(op = gate.name, "cancelled: its requester gave up waiting");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sends_are_unbounded_and_one_kind_takes_a_fraction() {
+        let a = Admission::new(16);
+        let mut lists = Vec::new();
+        while let Ok(p) = a.enter(gates::LIST_CONVERSATIONS) {
+            lists.push(p);
+        }
+        assert_eq!(lists.len(), 4, "a quarter of the pool");
+        let e = a.enter(gates::LIST_CONVERSATIONS).unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unavailable.as_str());
+        assert!(e.message.contains("retry in"), "{}", e.message);
+        // Other kinds still get in, up to the shared bound (12 of 16)…
+        let mut others = Vec::new();
+        for g in [gates::MARK_READ, gates::TYPING] {
+            while let Ok(p) = a.enter(g) {
+                others.push(p);
+            }
+        }
+        assert_eq!(lists.len() + others.len(), 12);
+        // …and sends always do.
+        for _ in 0..100 {
+            a.enter(gates::SEND).expect("sends are not refused");
+        }
+        drop(lists);
+        a.enter(gates::LIST_CONVERSATIONS).expect("freed");
+    }
+
+    #[test]
+    fn every_gate_has_its_own_name() {
+        let names: std::collections::HashSet<&str> = gates::ALL.iter().map(|g| g.name).collect();
+        assert_eq!(names.len(), gates::ALL.len());
+    }
+
+    #[tokio::test]
+    async fn late_requests_are_dropped_and_slow_reads_cancelled() {
+        let past = Instant::now();
+        assert_eq!(before_deadline(gates::SEND, past, async { 1 }).await, None);
+        let soon = Instant::now() + Duration::from_millis(20);
+        let slow = tokio::time::sleep(Duration::from_secs(5));
+        assert_eq!(
+            before_deadline(gates::LIST_MESSAGES, soon, slow).await,
+            None
+        );
+        let later = Instant::now() + Duration::from_secs(5);
+        assert_eq!(
+            before_deadline(gates::MARK_READ, later, async { 2 }).await,
+            Some(2)
+        );
+    }
+}
