@@ -268,6 +268,18 @@ async fn rest_routes_follow_the_group_rules() {
     assert_eq!((s, v["admin_ids"].clone()), (200, json!([])), "{v}");
     let (s, v) = rest(gw, "GET", &format!("/api/v1/conversations/{group}/"), 4, "").await;
     assert_eq!((s, v["owner_id"].clone()), (200, json!(3)), "{v}");
+    // The conversation list shows them too.
+    let (s, v) = rest(gw, "GET", "/api/v1/conversations/", 4, "").await;
+    assert_eq!(s, 200, "{v}");
+    let row = &v["conversations"][0];
+    assert_eq!(
+        (
+            row["id"].as_i64(),
+            row["owner_id"].clone(),
+            row["admin_ids"].clone()
+        ),
+        (Some(group), json!(3), json!([]))
+    );
 
     // Bad requests: a stranger as target, an unknown role, the owner demoting themselves,
     // roles in a direct conversation.
