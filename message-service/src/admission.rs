@@ -8,8 +8,10 @@
 //!   them together one more, both sized from the database pool: a flood of conversation
 //!   lists holds at most a quarter of the connections, everything but sends together at
 //!   most three quarters, so sends (whose group commit holds at most two connections)
-//!   always find one. A request over its bound is answered `unavailable` at once, with a
-//!   retry hint, rather than queued for seconds behind the flood.
+//!   always find one. A request over its bound waits a quarter of a second at most, in a
+//!   queue of a few places per slot (a burst is smoothed), then is answered `unavailable`
+//!   with a retry hint, rather than queued for seconds behind the flood; with the queue
+//!   full it is answered at once.
 //! - **Work whose requester gave up is abandoned.** A gateway waits
 //!   [`REQUEST_DEADLINE`] (its `request_timeout`) for an answer, then tells its client the
 //!   service is unavailable; nobody reads an answer after that. Requests carry no deadline
@@ -26,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proto::{pb, pb_error, ErrorCode};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 /// How long a requester waits for an answer: the gateway's `request_timeout`.
@@ -94,13 +96,51 @@ pub(crate) mod gates {
     }
 }
 
+/// One bound: its slots, and the few places where a request may wait for one.
+#[derive(Debug)]
+struct Bound {
+    /// Requests running.
+    slots: Arc<Semaphore>,
+    /// Requests waiting for a slot ([`QUEUE_PLACES_PER_SLOT`] per slot).
+    places: Semaphore,
+}
+
+impl Bound {
+    fn new(slots: usize) -> Bound {
+        Bound {
+            slots: Arc::new(Semaphore::new(slots)),
+            places: Semaphore::new(slots * QUEUE_PLACES_PER_SLOT),
+        }
+    }
+
+    /// A slot: at once if one is free, else after a wait in one of the places until
+    /// `until`; `None` when every place is taken or the wait ran out.
+    async fn take(&self, until: Instant) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        let _place = self.places.try_acquire().ok()?;
+        tokio::time::timeout_at(until, self.slots.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+}
+
+/// How long a request waits for a slot of its kind before it is refused: a burst (every
+/// socket of a restarted gateway resuming at once) is smoothed, a flood refused fast.
+const QUEUE_WAIT: Duration = Duration::from_millis(250);
+
+/// Places to wait per slot of a bound; beyond them a request is refused at once.
+const QUEUE_PLACES_PER_SLOT: usize = 4;
+
 /// The bounds of one instance (see the module documentation).
 #[derive(Debug)]
 pub(crate) struct Admission {
     /// Per gate, in [`gates::ALL`] order (`None`: unbounded beyond the instance).
-    own: Vec<Option<Arc<Semaphore>>>,
+    own: Vec<Option<Bound>>,
     /// Everything but sends, together.
-    shared: Arc<Semaphore>,
+    shared: Bound,
 }
 
 /// A started request's slots; dropping it frees them.
@@ -116,11 +156,11 @@ impl Admission {
         let pool = usize::try_from(pool_size).unwrap_or(usize::MAX).max(1);
         let own = gates::ALL
             .iter()
-            .map(|g| Self::bound(g.cost, pool).map(|n| Arc::new(Semaphore::new(n))))
+            .map(|g| Self::bound(g.cost, pool).map(Bound::new))
             .collect();
         Admission {
             own,
-            shared: Arc::new(Semaphore::new((pool * 3 / 4).max(2))),
+            shared: Bound::new((pool * 3 / 4).max(2)),
         }
     }
 
@@ -133,15 +173,16 @@ impl Admission {
         }
     }
 
-    /// Takes `gate`'s slots, or refuses at once with `unavailable` and a retry hint.
-    pub(crate) fn enter(&self, gate: Gate) -> Result<Pass, pb::Error> {
+    /// Takes `gate`'s slots (waiting [`QUEUE_WAIT`] at most, in a bounded queue), or
+    /// refuses with `unavailable` and a retry hint.
+    pub(crate) async fn enter(&self, gate: Gate) -> Result<Pass, pb::Error> {
         if gate.cost == Cost::Send {
             return Ok(Pass {
                 _own: None,
                 _shared: None,
             });
         }
-        let busy = |_: TryAcquireError| {
+        let busy = || {
             pb_error(
                 ErrorCode::Unavailable,
                 format!(
@@ -150,15 +191,16 @@ impl Admission {
                 ),
             )
         };
+        let until = Instant::now() + QUEUE_WAIT;
         let own = match gates::ALL
             .iter()
             .position(|g| g.name == gate.name)
-            .and_then(|at| self.own[at].clone())
+            .and_then(|at| self.own[at].as_ref())
         {
-            Some(s) => Some(s.try_acquire_owned().map_err(busy)?),
+            Some(b) => Some(b.take(until).await.ok_or_else(busy)?),
             None => None,
         };
-        let shared = self.shared.clone().try_acquire_owned().map_err(busy)?;
+        let shared = self.shared.take(until).await.ok_or_else(busy)?;
         Ok(Pass {
             _own: own,
             _shared: Some(shared),
@@ -198,31 +240,39 @@ pub(crate) async fn before_deadline<T>(
 mod tests {
     use super::*;
 
-    #[test]
-    fn sends_are_unbounded_and_one_kind_takes_a_fraction() {
+    #[tokio::test]
+    async fn sends_are_unbounded_and_one_kind_takes_a_fraction() {
         let a = Admission::new(16);
         let mut lists = Vec::new();
-        while let Ok(p) = a.enter(gates::LIST_CONVERSATIONS) {
-            lists.push(p);
+        for _ in 0..4 {
+            lists.push(a.enter(gates::LIST_CONVERSATIONS).await.expect("a slot"));
         }
-        assert_eq!(lists.len(), 4, "a quarter of the pool");
-        let e = a.enter(gates::LIST_CONVERSATIONS).unwrap_err();
+        // A quarter of the pool: the fifth waits, then is refused with a hint.
+        let started = Instant::now();
+        let e = a.enter(gates::LIST_CONVERSATIONS).await.unwrap_err();
+        assert!(started.elapsed() >= QUEUE_WAIT);
         assert_eq!(e.code, ErrorCode::Unavailable.as_str());
         assert!(e.message.contains("retry in"), "{}", e.message);
         // Other kinds still get in, up to the shared bound (12 of 16)…
         let mut others = Vec::new();
-        for g in [gates::MARK_READ, gates::TYPING] {
-            while let Ok(p) = a.enter(g) {
-                others.push(p);
-            }
+        for _ in 0..8 {
+            others.push(a.enter(gates::MARK_READ).await.expect("a slot"));
         }
-        assert_eq!(lists.len() + others.len(), 12);
+        assert!(a.enter(gates::TYPING).await.is_err(), "12 taken");
         // …and sends always do.
         for _ in 0..100 {
-            a.enter(gates::SEND).expect("sends are not refused");
+            a.enter(gates::SEND).await.expect("sends are not refused");
         }
-        drop(lists);
-        a.enter(gates::LIST_CONVERSATIONS).expect("freed");
+        // A waiter gets the slot freed meanwhile.
+        let first = lists.pop();
+        let waiter = a.enter(gates::LIST_CONVERSATIONS);
+        let free = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(first);
+            drop(others.pop());
+        };
+        let (got, ()) = tokio::join!(waiter, free);
+        got.expect("the freed slot");
     }
 
     #[test]

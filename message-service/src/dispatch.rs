@@ -192,29 +192,13 @@ pub(crate) async fn serve(inner: Arc<Inner>, route: &'static Route, mut sub: bus
             },
             Handler::Request(op) => {
                 let arrived = tokio::time::Instant::now();
-                route.received.add();
-                // This kind's own bound (`admission`): over it, refused at once, and the
-                // loop keeps reading.
-                let gate = admission::gates::named(route.name);
-                let pass = match inner.admission.enter(gate) {
-                    Ok(pass) => pass,
-                    Err(refusal) => {
-                        let inner = inner.clone();
-                        tokio::spawn(async move {
-                            let reply = op(&inner, &msg.payload, Some(refusal)).await;
-                            if let Err(e) = inner.bus.respond(&msg, reply).await {
-                                tracing::warn!(error = %e, "could not send reply");
-                            }
-                        });
-                        continue;
-                    }
-                };
                 // Bounded concurrency: when saturated we stop reading, and NATS buffers
                 // (then times the requester out, who retries with the same key).
                 let Ok(permit) = inner.in_flight.clone().acquire_owned().await else {
                     return;
                 };
                 let inner = inner.clone();
+                route.received.add();
                 // Continues the caller's trace (its `traceparent` header).
                 let span = tracing::info_span!(
                     "request",
@@ -222,19 +206,28 @@ pub(crate) async fn serve(inner: Arc<Inner>, route: &'static Route, mut sub: bus
                     trace_id = tracing::field::Empty
                 );
                 bus::trace::follow(&span, &msg);
-                // Nobody reads an answer after the requester's timeout: work still waiting
-                // then is dropped, a page read still running is cancelled.
+                // This kind's own bound (`admission`): over it, refused quickly. Nobody
+                // reads an answer after the requester's timeout: work still waiting then
+                // is dropped, a page read still running is cancelled.
+                let gate = admission::gates::named(route.name);
                 let deadline = admission::deadline(arrived);
                 tokio::spawn(
                     async move {
-                        let work = op(&inner, &msg.payload, None);
-                        if let Some(reply) = admission::before_deadline(gate, deadline, work).await
-                        {
+                        let reply = match inner.admission.enter(gate).await {
+                            Err(refusal) => Some(op(&inner, &msg.payload, Some(refusal)).await),
+                            Ok(pass) => {
+                                let work = op(&inner, &msg.payload, None);
+                                let reply = admission::before_deadline(gate, deadline, work).await;
+                                drop(pass);
+                                reply
+                            }
+                        };
+                        if let Some(reply) = reply {
                             if let Err(e) = inner.bus.respond(&msg, reply).await {
                                 tracing::warn!(error = %e, "could not send reply");
                             }
                         }
-                        drop((pass, permit));
+                        drop(permit);
                     }
                     .instrument(span),
                 );

@@ -35,10 +35,14 @@ pub(crate) struct MessageGrpc {
 
 impl MessageGrpc {
     /// Takes `gate`'s slots, the bound the NATS door applies too, or refuses with
-    /// `unavailable` at once. (A call whose client leaves or whose `grpc-timeout` passes
+    /// `unavailable` quickly. (A call whose client leaves or whose `grpc-timeout` passes
     /// is dropped by the transport, its work with it.)
-    fn admit(&self, gate: Gate) -> Result<Pass, Status> {
-        self.inner.admission.enter(gate).map_err(|e| status(&e))
+    async fn admit(&self, gate: Gate) -> Result<Pass, Status> {
+        self.inner
+            .admission
+            .enter(gate)
+            .await
+            .map_err(|e| status(&e))
     }
 }
 
@@ -52,7 +56,7 @@ impl MessageService for MessageGrpc {
         let mut req = request.into_inner();
         // Only gateways name a socket to skip.
         req.origin_connection_id.clear();
-        let _pass = self.admit(gates::SEND)?;
+        let _pass = self.admit(gates::SEND).await?;
         answer(ops::send(&self.inner, req).await)
     }
 
@@ -61,7 +65,7 @@ impl MessageService for MessageGrpc {
         request: Request<pb::CreateConversationRequest>,
     ) -> Result<Response<pb::CreateConversationResponse>, Status> {
         require_write(&request)?;
-        let _pass = self.admit(gates::CREATE_CONVERSATION)?;
+        let _pass = self.admit(gates::CREATE_CONVERSATION).await?;
         answer(ops::create_conversation(&self.inner, request.into_inner()).await)
     }
 
@@ -71,7 +75,7 @@ impl MessageService for MessageGrpc {
     ) -> Result<Response<pb::GetConversationResponse>, Status> {
         let req = request.into_inner();
         require_id("conversation_id", req.conversation_id)?;
-        let _pass = self.admit(gates::GET_CONVERSATION)?;
+        let _pass = self.admit(gates::GET_CONVERSATION).await?;
         answer(ops::get_conversation(&self.inner, req).await)
     }
 
@@ -80,7 +84,7 @@ impl MessageService for MessageGrpc {
         request: Request<pb::MarkReadRequest>,
     ) -> Result<Response<pb::MarkReadResponse>, Status> {
         require_write(&request)?;
-        let _pass = self.admit(gates::MARK_READ)?;
+        let _pass = self.admit(gates::MARK_READ).await?;
         answer(ops::mark_read(&self.inner, request.into_inner()).await)
     }
 
@@ -91,7 +95,7 @@ impl MessageService for MessageGrpc {
         let req = request.into_inner();
         require_id("user_id", req.user_id)?;
         require_id("conversation_id", req.conversation_id)?;
-        let _pass = self.admit(gates::LIST_MESSAGES)?;
+        let _pass = self.admit(gates::LIST_MESSAGES).await?;
         answer(ops::list_messages(&self.inner, req).await)
     }
 
@@ -99,7 +103,7 @@ impl MessageService for MessageGrpc {
         &self,
         request: Request<pb::ListConversationsRequest>,
     ) -> Result<Response<pb::ListConversationsResponse>, Status> {
-        let _pass = self.admit(gates::LIST_CONVERSATIONS)?;
+        let _pass = self.admit(gates::LIST_CONVERSATIONS).await?;
         answer(ops::list_conversations(&self.inner, request.into_inner()).await)
     }
 
@@ -111,7 +115,7 @@ impl MessageService for MessageGrpc {
         let req = request.into_inner();
         // `actor_id` is 0 for the system: ops checks it against `as_system`.
         require_id("conversation_id", req.conversation_id)?;
-        let _pass = self.admit(gates::UPDATE_PARTICIPANTS)?;
+        let _pass = self.admit(gates::UPDATE_PARTICIPANTS).await?;
         answer(ops::update_participants(&self.inner, req).await)
     }
 
@@ -120,7 +124,7 @@ impl MessageService for MessageGrpc {
         request: Request<pb::SetParticipantRoleRequest>,
     ) -> Result<Response<pb::SetParticipantRoleResponse>, Status> {
         require_write(&request)?;
-        let _pass = self.admit(gates::SET_PARTICIPANT_ROLE)?;
+        let _pass = self.admit(gates::SET_PARTICIPANT_ROLE).await?;
         answer(ops::set_participant_role(&self.inner, request.into_inner()).await)
     }
 
@@ -128,7 +132,7 @@ impl MessageService for MessageGrpc {
         &self,
         request: Request<pb::GetMessageRequest>,
     ) -> Result<Response<pb::GetMessageResponse>, Status> {
-        let _pass = self.admit(gates::GET_MESSAGE)?;
+        let _pass = self.admit(gates::GET_MESSAGE).await?;
         answer(ops::get_message(&self.inner, request.into_inner()).await)
     }
 
@@ -136,7 +140,7 @@ impl MessageService for MessageGrpc {
         &self,
         request: Request<pb::GetUnreadCountsRequest>,
     ) -> Result<Response<pb::GetUnreadCountsResponse>, Status> {
-        let _pass = self.admit(gates::UNREAD_COUNTS)?;
+        let _pass = self.admit(gates::UNREAD_COUNTS).await?;
         answer(ops::unread_counts(&self.inner, request.into_inner()).await)
     }
 }
