@@ -23,6 +23,8 @@
 //!   its delivery and answer (read from the outbox on a retry) must follow. On gRPC the
 //!   transport does the same: a call whose client disconnects or whose `grpc-timeout`
 //!   passes is dropped, and with it its future.
+//!
+//! Both are counted: `indaba_requests_shed_total{reason="over_bound"|"past_deadline"}`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,8 @@ use std::time::Duration;
 use proto::{pb, pb_error, ErrorCode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+use crate::metrics;
 
 /// How long a requester waits for an answer: the gateway's `request_timeout`.
 pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
@@ -183,6 +187,7 @@ impl Admission {
             });
         }
         let busy = || {
+            metrics::shed_over_bound();
             pb_error(
                 ErrorCode::Unavailable,
                 format!(
@@ -221,6 +226,7 @@ pub(crate) async fn before_deadline<T>(
     work: impl std::future::Future<Output = T>,
 ) -> Option<T> {
     if Instant::now() >= deadline {
+        metrics::shed_past_deadline();
         tracing::debug!(op = gate.name, "abandoned: its requester gave up waiting");
         return None;
     }
@@ -230,6 +236,7 @@ pub(crate) async fn before_deadline<T>(
     match tokio::time::timeout_at(deadline, work).await {
         Ok(v) => Some(v),
         Err(_) => {
+            metrics::shed_past_deadline();
             tracing::debug!(op = gate.name, "cancelled: its requester gave up waiting");
             None
         }

@@ -50,6 +50,8 @@ struct Metrics {
     group_commit_sends: bus::metrics::Counter,
     /// `indaba_push_jobs_skipped_total`.
     push_jobs_skipped: bus::metrics::Counter,
+    /// `indaba_requests_shed_total{reason="over_bound"|"past_deadline"}`.
+    requests_shed: [bus::metrics::Counter; 2],
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -77,6 +79,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         push_jobs_skipped: r.counter(
             "indaba_push_jobs_skipped_total",
             "Messages that needed no push job: every recipient had a socket when the message was routed.",
+        ),
+        requests_shed: r.counters(
+            "indaba_requests_shed_total",
+            "Requests not run: over their kind's bound (answered unavailable), or past their requester's deadline (dropped).",
+            "reason",
+            ["over_bound", "past_deadline"],
         ),
         registry: r,
     }
@@ -122,6 +130,16 @@ pub(crate) fn push_job_skipped() {
     METRICS.push_jobs_skipped.inc();
 }
 
+/// A request was refused: its kind's bound was full.
+pub(crate) fn shed_over_bound() {
+    METRICS.requests_shed[0].inc();
+}
+
+/// A request was dropped or cancelled: its requester had stopped waiting.
+pub(crate) fn shed_past_deadline() {
+    METRICS.requests_shed[1].inc();
+}
+
 /// The Prometheus text exposition; `requests` are the `op` labels of
 /// `indaba_requests_total` with their counts (the route table's request routes, in order;
 /// the table keeps the counts, so the family is declared here and filled at each scrape).
@@ -156,6 +174,9 @@ mod tests {
             "# HELP indaba_messages_stored_total Messages committed.\n",
             "indaba_catch_up_messages_total 0\n",
             "indaba_push_jobs_skipped_total 0\n",
+            // (other tests of this process shed requests: the series, not their value)
+            "indaba_requests_shed_total{reason=\"over_bound\"} ",
+            "indaba_requests_shed_total{reason=\"past_deadline\"} ",
         ] {
             assert!(text.contains(line), "{line:?} not in\n{text}");
         }
