@@ -16,6 +16,7 @@ mod local;
 pub mod metrics;
 mod nats;
 pub mod ops;
+pub mod permissions;
 pub mod runtime;
 pub mod trace;
 
@@ -105,10 +106,11 @@ pub enum Bus {
 }
 
 impl Bus {
-    /// Connects to NATS (`url` may list several servers, comma separated). The client
-    /// reconnects forever in the background; `name` shows up in the server's monitoring.
-    pub async fn connect_nats(url: &str, name: &str) -> Result<Bus, BusError> {
-        nats::connect(url, name)
+    /// Connects to NATS (`nats.url` may list several servers, comma separated) with the
+    /// settings' credentials and TLS. The client reconnects forever in the background;
+    /// `name` shows up in the server's monitoring.
+    pub async fn connect_nats(nats: &config::NatsSettings, name: &str) -> Result<Bus, BusError> {
+        nats::connect(nats, name)
             .await
             .map(|(client, reconnects)| Bus::Nats(client, reconnects))
     }

@@ -4,16 +4,56 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+use proto::env;
+
+use crate::config::{NatsAuth, NatsSettings};
 use crate::{BusError, Message, Subscriber, SubscriberInner};
 
+/// The client options for `nats`: credentials, TLS and reply prefix. Files (NKey seed,
+/// `.creds`) are read here; an unusable one fails the start with its variable's name.
+async fn options(nats: &NatsSettings) -> Result<async_nats::ConnectOptions, BusError> {
+    if let Some(problem) = &nats.invalid {
+        return Err(BusError::Connect(format!("configuration: {problem}")));
+    }
+    let mut o = async_nats::ConnectOptions::new();
+    o = match &nats.auth {
+        NatsAuth::None => o,
+        NatsAuth::UserPassword { user, password } => {
+            o.user_and_password(user.clone(), password.clone())
+        }
+        NatsAuth::Token(t) => o.token(t.clone()),
+        NatsAuth::NKeySeedFile(p) => {
+            let seed = std::fs::read_to_string(p).map_err(|e| {
+                BusError::Connect(format!("{} {p:?}: {e}", env::NATS_NKEY_SEED_FILE))
+            })?;
+            o.nkey(seed.trim().to_owned())
+        }
+        NatsAuth::CredsFile(p) => o
+            .credentials_file(p)
+            .await
+            .map_err(|e| BusError::Connect(format!("{} {p:?}: {e}", env::NATS_CREDS_FILE)))?,
+    };
+    if let Some(ca) = &nats.ca_file {
+        o = o.add_root_certificates(ca.clone()).require_tls(true);
+    }
+    if let Some((cert, key)) = &nats.client_cert {
+        o = o.add_client_certificate(cert.clone(), key.clone());
+    }
+    if let Some(prefix) = &nats.inbox_prefix {
+        o = o.custom_inbox_prefix(prefix);
+    }
+    Ok(o)
+}
+
 pub(crate) async fn connect(
-    url: &str,
+    nats: &NatsSettings,
     name: &str,
 ) -> Result<(async_nats::Client, tokio::sync::watch::Receiver<u64>), BusError> {
     let (tx, rx) = tokio::sync::watch::channel(0u64);
     let tx = std::sync::Arc::new(tx);
     let connected_once = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let client = async_nats::ConnectOptions::new()
+    let client = options(nats)
+        .await?
         .name(name)
         // Reconnect forever: a gateway without NATS fails readiness but keeps its sockets,
         // and recovers by itself when NATS comes back.
@@ -32,6 +72,11 @@ pub(crate) async fn connect(
                         }
                     }
                     async_nats::Event::Disconnected => tracing::warn!("nats disconnected"),
+                    // Permission violations and authorization errors land here: a service
+                    // whose user lacks a subject it uses is misconfigured, so say it loudly.
+                    async_nats::Event::ServerError(e) => {
+                        tracing::error!(error = %e, "nats server error")
+                    }
                     // The client dropped messages for a subscriber that fell behind: as
                     // after a reconnect, whoever holds client state may have missed
                     // deliveries and must say so (a gateway asks its clients to resync).
@@ -43,7 +88,7 @@ pub(crate) async fn connect(
                 }
             }
         })
-        .connect(servers(url)?)
+        .connect(servers(&nats.url)?)
         .await
         .map_err(|e| BusError::Connect(e.to_string()))?;
     Ok((client, rx))

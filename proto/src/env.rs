@@ -58,6 +58,26 @@ pub const JWT_TOKEN_TYPE_CLAIM: &str = "INDABA_JWT_TOKEN_TYPE_CLAIM";
 pub const JWT_ACCESS_TOKEN_TYPE: &str = "INDABA_JWT_ACCESS_TOKEN_TYPE";
 /// NATS server URL(s), comma separated (distributed mode).
 pub const NATS_URL: &str = "NATS_URL";
+/// NATS user name (with [`NATS_PASSWORD`]): one user per service, whose subject
+/// permissions allow only what that service uses (`bus::permissions`).
+pub const NATS_USER: &str = "NATS_USER";
+/// Password of [`NATS_USER`].
+pub const NATS_PASSWORD: &str = "NATS_PASSWORD";
+/// NATS authentication token (instead of a user).
+pub const NATS_TOKEN: &str = "NATS_TOKEN";
+/// File holding a NATS NKey seed (`SU…`), instead of a user or token.
+pub const NATS_NKEY_SEED_FILE: &str = "NATS_NKEY_SEED_FILE";
+/// NATS `.creds` file (JWT and NKey seed, decentralized auth), instead of the others.
+pub const NATS_CREDS_FILE: &str = "NATS_CREDS_FILE";
+/// PEM CA certificate(s) the NATS server's certificate must chain to; set, TLS is required.
+pub const NATS_CA_FILE: &str = "NATS_CA_FILE";
+/// PEM client certificate for mutual TLS with NATS (with [`NATS_CLIENT_KEY_FILE`]).
+pub const NATS_CLIENT_CERT_FILE: &str = "NATS_CLIENT_CERT_FILE";
+/// PEM private key of [`NATS_CLIENT_CERT_FILE`].
+pub const NATS_CLIENT_KEY_FILE: &str = "NATS_CLIENT_KEY_FILE";
+/// Prefix of this client's reply subjects (default `_INBOX`). Per service
+/// (`_INBOX.gateway`, …), so a service may subscribe only to its own replies.
+pub const NATS_INBOX_PREFIX: &str = "NATS_INBOX_PREFIX";
 /// PostgreSQL connection string (message-service, distributed mode).
 pub const DATABASE_URL: &str = "DATABASE_URL";
 /// Directory for the single-node program's SQLite file and generated secret. Default `./data`.

@@ -15,6 +15,7 @@ mod gateway_operations;
 mod group_roles;
 mod grpc;
 mod http_api;
+mod nats_auth;
 mod presence;
 mod push;
 mod push_abuse;

@@ -62,6 +62,42 @@ impl Nats {
         }
     }
 
+    /// Starts nats-server (JetStream, a free port) with `conf` added to its configuration
+    /// file (e.g. an `authorization` block); the server logs to [`Nats::log`].
+    pub fn start_with_config(conf: &str) -> Nats {
+        let bin = std::env::var("INDABA_NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let path = dir.path().join("nats.conf");
+        let store = dir.path().join("jetstream");
+        let log = dir.path().join("nats.log");
+        std::fs::write(
+            &path,
+            format!(
+                "listen: 127.0.0.1:{port}\nlog_file: {log:?}\njetstream {{ store_dir: {store:?} }}\n{conf}"
+            ),
+        )
+        .expect("write nats.conf");
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        wait_for_port(port, "nats-server");
+        Nats {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// The server's log, when started with [`Nats::start_with_config`].
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("nats.log")).unwrap_or_default()
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
