@@ -2,6 +2,8 @@
 # A local Indaba cluster of real processes on loopback, for development and fault tests:
 # a 3-node NATS cluster with JetStream, a throwaway PostgreSQL, two gateways, two
 # message-services, presence-service and push-service (skipped while its binary does not exist).
+# NATS runs with the shipped authorization (deploy/nats/auth.conf: one user per service, each
+# allowed only its subjects); every `up` draws new passwords into $INDABA_CLUSTER_DIR/nats-users/.
 #
 #   scripts/cluster.sh up [--infra]   start everything (--infra: only NATS and PostgreSQL),
 #                                     print the URLs, write the state file
@@ -25,6 +27,10 @@
 #                         base+6222.., monitoring base+8222.., PostgreSQL base+5432, gateways
 #                         base+8001/8002, gRPC base+5051.. and HTTP base+9051.. for the workers
 #   INDABA_*              any other setting is passed to the services (README, Configuration)
+#
+# A service of your own against an `up --infra` cluster connects as one of the users:
+#   NATS_USER=gateway NATS_PASSWORD="$(cat target/cluster/nats-users/gateway)" \
+#   NATS_INBOX_PREFIX=_INBOX.gateway NATS_URL=... target/release/gateway
 #
 # Everything listens on 127.0.0.1 only. Binaries are not built here: run `cargo build --release`
 # (or --bin ...) first.
@@ -185,6 +191,25 @@ spawn() {
   echo $! >"$RUN/$name.pid"
 }
 
+# --- NATS users ------------------------------------------------------------------------------
+# nats_user NAME: the NATS user a process connects as (deploy/nats/auth.conf, bus::permissions).
+nats_user() { role_of "$1"; }
+NATS_USERS=(gateway message-service presence-service push-service)
+# The server-side variable auth.conf reads a user's password from, its value in double quotes
+# (bus::permissions, Role::quoted_password_var: nats-server parses the value, and an unquoted
+# password starting with a digit would be a number).
+nats_password_var() { echo "INDABA_NATS_$(echo "$1" | tr 'a-z-' 'A-Z_')_PASSWORD_QUOTED"; }
+
+make_nats_passwords() {
+  local u
+  mkdir -p "$WORK/nats-users"
+  chmod 700 "$WORK/nats-users"
+  for u in "${NATS_USERS[@]}"; do
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/nats-users/$u"
+    chmod 600 "$WORK/nats-users/$u"
+  done
+}
+
 # --- components ------------------------------------------------------------------------------
 NATS_SERVER=""
 
@@ -193,6 +218,8 @@ start_nats() {
   [ -n "$NATS_SERVER" ] || NATS_SERVER="$(find_nats_server)"
   for n in "${NATS_NODES[@]}"; do routes+=("\"nats-route://127.0.0.1:$(nats_route_port "$n")\""); done
   mkdir -p "$dir/jetstream"
+  # nats-server resolves an include relative to the including file: a copy sits beside it.
+  cp "$REPO/deploy/nats/auth.conf" "$dir/auth.conf"
   cat >"$dir/nats.conf" <<EOF
 server_name: $name
 listen: 127.0.0.1:$(nats_client_port "$name")
@@ -207,8 +234,11 @@ cluster {
   listen: 127.0.0.1:$(nats_route_port "$name")
   routes: [$(IFS=,; echo "${routes[*]}")]
 }
+include auth.conf
 EOF
-  spawn "$name" "$NATS_SERVER" -c "$dir/nats.conf"
+  local pw=() u
+  for u in "${NATS_USERS[@]}"; do pw+=("$(nats_password_var "$u")=\"$(cat "$WORK/nats-users/$u")\""); done
+  spawn "$name" env "${pw[@]}" "$NATS_SERVER" -c "$dir/nats.conf"
 }
 
 nats_ready() { http_ok "http://127.0.0.1:$(nats_http_port "$1")/healthz"; }
@@ -242,8 +272,13 @@ start_service() {
   local name="$1" bin
   bin="$(binary_of "$name")"
   [ -x "$bin" ] || die "$bin not found (build it: cargo build --release, or set INDABA_BIN_DIR)"
+  local user
+  user="$(nats_user "$name")"
   local env=(
     "NATS_URL=$(nats_url)"
+    "NATS_USER=$user"
+    "NATS_PASSWORD=$(cat "$WORK/nats-users/$user")"
+    "NATS_INBOX_PREFIX=_INBOX.$user"
     "INDABA_LOG=${INDABA_LOG:-info}"
     # Three NATS nodes: the push queue's stream keeps a copy on each (survives a node).
     "INDABA_JETSTREAM_REPLICAS=${INDABA_JETSTREAM_REPLICAS:-3}"
@@ -334,6 +369,7 @@ write_state() {
     echo "NATS_URL='$(nats_url)'"
     echo "DATABASE_URL='$(database_url)'"
     echo "INDABA_JWT_SECRET_FILE='$WORK/jwt-secret'"
+    echo "INDABA_NATS_USERS_DIR='$WORK/nats-users'"
     echo "GATEWAY_URLS='$(for g in "${GATEWAYS[@]}"; do printf 'http://127.0.0.1:%s ' "$(gateway_port "$g")"; done | sed 's/ $//')'"
     for n in "${ALL[@]}"; do
       key="$(echo "$n" | tr 'a-z-' 'A-Z_')"
@@ -394,6 +430,7 @@ cmd_up() {
     head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$WORK/jwt-secret"
   fi
   chmod 600 "$WORK/jwt-secret"
+  make_nats_passwords
 
   # NATS nodes start together (each waits for its routes), then must all report healthy.
   for n in "${NATS_NODES[@]}"; do start_nats "$n"; done
