@@ -28,6 +28,8 @@ class FakeServer {
   sseUrls: string[] = [];
   posts: { path: string; body: any }[] = [];
   nextMessageId = 100;
+  urlTokens: string[] = []; // tokens clients put in the URL (the SDK must not)
+  refuseTokens: string[] = []; // tokens whose `authenticate` is answered with close 4001
 
   constructor() {
     this.http = createServer((req, res) => this.onHttp(req, res));
@@ -38,17 +40,28 @@ class FakeServer {
         socket.end('HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
         return;
       }
-      const token = new URL(req.url!, 'http://x').searchParams.get('token') ?? '';
+      const urlToken = new URL(req.url!, 'http://x').searchParams.get('token');
+      if (urlToken !== null) this.urlTokens.push(urlToken);
       this.wss.handleUpgrade(req, socket, head, (ws) => {
-        const c: Conn = { ws, token, frames: [] };
+        const c: Conn = { ws, token: urlToken ?? '', frames: [] };
         this.conns.push(c);
+        const establish = () =>
+          this.send(c, { type: 'connection_established', user_id: 1, connection_id: `fake/${this.conns.length}`, server_time: new Date().toISOString() });
+        // Like the gateway: a socket without a token in its URL authenticates with its first frame.
+        let authenticated = urlToken !== null;
         ws.on('message', (d) => {
           const f = JSON.parse(String(d));
+          if (!authenticated) {
+            if (f.type !== 'authenticate' || this.refuseTokens.includes(f.token)) return ws.close(4001, 'unauthorized');
+            authenticated = true;
+            c.token = f.token;
+            return establish();
+          }
           c.frames.push(f);
           if (f.type === 'list_conversations') return this.send(c, { type: 'conversations', conversations: this.conversations });
           this.onFrame(c, f);
         });
-        this.send(c, { type: 'connection_established', user_id: 1, connection_id: `fake/${this.conns.length}`, server_time: new Date().toISOString() });
+        if (authenticated) establish();
       });
     });
   }
@@ -173,6 +186,25 @@ describe('connection state machine', () => {
     await until(() => fake.conns.length === 2 && c.state === 'open', 'reconnect');
     expect(getToken.mock.calls.map((x) => x[0])).toEqual(['initial', 'expired']);
     expect(fake.last.token).toBe('t2');
+  });
+
+  it('authenticates with its first frame, never with the token in the URL', async () => {
+    const c = client();
+    c.connect();
+    await waitState(c, 'open');
+    expect(fake.last.token).toBe('t1');
+    expect(fake.urlTokens).toEqual([]);
+  });
+
+  it('a token refused at authentication: getToken("rejected"), with backoff, then open', async () => {
+    fake.refuseTokens = ['bad'];
+    const getToken = vi.fn(async (reason: string) => (reason === 'rejected' ? 'good' : 'bad'));
+    const c = client({ token: undefined, getToken });
+    c.connect();
+    await waitState(c, 'open');
+    expect(getToken.mock.calls.map((x) => x[0])).toEqual(['initial', 'rejected']);
+    expect(fake.last.token).toBe('good');
+    expect(fake.conns.length).toBe(2);
   });
 
   it('close 1008: waits the long abuse delay instead of hammering the server', async () => {

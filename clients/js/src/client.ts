@@ -176,6 +176,8 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
   private token: string | undefined;
 
   private ws: WebSocketLike | null = null;
+  /** The token the current socket authenticated (or is authenticating) with. */
+  private wsToken: string | undefined;
   private wsEstablished = false;
   private establishedAt = 0;
   private wsIsProbe = false;
@@ -567,7 +569,10 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
     if (this.isClosed()) return;
     let ws: WebSocketLike;
     try {
-      ws = new Ctor(`${this.wsUrl}?token=${encodeURIComponent(token)}`);
+      // No token in the URL (URLs end up in proxy and server logs): the token goes in the
+      // first frame, `authenticate`, and the server answers `connection_established` or
+      // closes with 4001.
+      ws = new Ctor(this.wsUrl);
     } catch (e) {
       this.log('WebSocket constructor threw', e);
       this.afterWsFailure(probe, 0, false);
@@ -588,6 +593,15 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
         this.onWsClose(ws, 1006);
       }
     }, this.opts.connectTimeoutMs ?? 15_000);
+    this.wsToken = token;
+    ws.onopen = () => {
+      if (this.ws !== ws) return;
+      try {
+        ws.send(JSON.stringify({ type: 'authenticate', token }));
+      } catch (e) {
+        this.log('authenticate frame not sent', e);
+      }
+    };
     ws.onmessage = (ev) => {
       if (this.ws !== ws) return;
       const data = typeof ev.data === 'string' ? ev.data : new TextDecoder().decode(ev.data as ArrayBuffer);
@@ -633,7 +647,7 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
     if (this.ws !== ws) return;
     this.emit('socket_closed', code, reason);
     this.ws = null;
-    ws.onmessage = ws.onclose = ws.onerror = null;
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     const wasEstablished = this.wsEstablished;
     const wasProbe = this.wsIsProbe;
     this.wsEstablished = false;
@@ -656,10 +670,24 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
     if (this._state === 'closed') return;
     const jitter = (max: number) => Math.floor(this.random() * max);
     let delay: number;
-    if (code === 4001) {
+    const expired = (t: string | undefined) => {
+      const exp = t === undefined ? undefined : tokenExpiry(t);
+      return exp !== undefined && exp * 1000 <= Date.now();
+    };
+    if (code === 4001 && (wasEstablished || expired(this.wsToken))) {
       // Token expired: a new one, then straight back.
       this.nextTokenReason = 'expired';
       delay = jitter(250);
+    } else if (code === 4001) {
+      // The first frame's token was refused (bad signature, wrong audience, …): ask for
+      // another one, and back off like any failed attempt so a token that stays bad is not
+      // retried in a tight loop.
+      this.nextTokenReason = this.opts.getToken ? 'rejected' : null;
+      this.failures++;
+      const base = this.opts.reconnect?.baseDelayMs ?? 500;
+      const max = this.opts.reconnect?.maxDelayMs ?? 30_000;
+      delay = jitter(Math.min(max, base * 2 ** Math.min(this.attempt, 30)) + 1);
+      this.attempt++;
     } else if (code === 1012) {
       delay = jitter(this.opts.restartDelayMs ?? 1000);
     } else if (code === 1008) {
