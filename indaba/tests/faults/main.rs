@@ -310,7 +310,9 @@ async fn snapshot(ws: &mut Ws, users: &[i64]) -> Vec<(i64, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_presence_service_restarted() {
     let _one = SERIAL.lock().await;
-    let cluster = blocking(|| Cluster::up(&[]));
+    // The watcher shares no conversation with the users it watches: with the default
+    // visibility (`shared`) they would all read offline whatever presence-service does.
+    let cluster = blocking(|| Cluster::up(&[("INDABA_PRESENCE_VISIBILITY", "everyone")]));
     let gws = cluster.gateways();
     let users: Vec<i64> = (1..=60).collect();
     // User 61 is watched too, and goes away at the end: proof that the watcher still hears
