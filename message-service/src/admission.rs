@@ -8,10 +8,11 @@
 //!   them together one more, both sized from the database pool: a flood of conversation
 //!   lists holds at most a quarter of the connections, everything but sends together at
 //!   most three quarters, so sends (whose group commit holds at most two connections)
-//!   always find one. A request over its bound waits a quarter of a second at most, in a
-//!   queue of a few places per slot (a burst is smoothed), then is answered `unavailable`
-//!   with a retry hint, rather than queued for seconds behind the flood; with the queue
-//!   full it is answered at once.
+//!   always find one. A request over its bound waits for a slot up to 2 s (below the
+//!   gateway's request timeout), in a queue of 64 places per slot: a reconnect storm (a
+//!   killed gateway's clients all listing and resuming) is served, not shed — shedding it
+//!   made resuming clients miss the first messages of conversations they did not know yet.
+//!   Past the wait, or with the queue full, it is answered `unavailable` with a retry hint.
 //! - **Work whose requester gave up is abandoned.** A gateway waits
 //!   [`REQUEST_DEADLINE`] (its `request_timeout`) for an answer, then tells its client the
 //!   service is unavailable; nobody reads an answer after that. Requests carry no deadline
@@ -131,12 +132,18 @@ impl Bound {
     }
 }
 
-/// How long a request waits for a slot of its kind before it is refused: a burst (every
-/// socket of a restarted gateway resuming at once) is smoothed, a flood refused fast.
-const QUEUE_WAIT: Duration = Duration::from_millis(250);
+/// How long a request waits for a slot of its kind before it is refused. A reconnect storm
+/// (every socket of a killed gateway, or of every gateway after a NATS failover, listing its
+/// conversations and resuming at once) is legitimate work that must be served, not shed:
+/// it waits, below the gateway's 5 s request timeout so the client still gets an answer.
+/// The per-kind bound limits how many run at once (so one kind cannot take every
+/// database connection); the places bound how many wait.
+const QUEUE_WAIT: Duration = Duration::from_millis(2_000);
 
-/// Places to wait per slot of a bound; beyond them a request is refused at once.
-const QUEUE_PLACES_PER_SLOT: usize = 4;
+/// Places to wait per slot of a bound; beyond them a request is refused at once. A few
+/// hundred per instance: a thousand resuming clients over two instances wait, a flood from
+/// one user (already bounded per user by the gateway's REST budget) is still refused.
+const QUEUE_PLACES_PER_SLOT: usize = 64;
 
 /// The bounds of one instance (see the module documentation).
 #[derive(Debug)]

@@ -107,6 +107,9 @@ pub const GRPC_API_KEY: &str = "INDABA_GRPC_API_KEY";
 pub const ALLOWED_ORIGINS: &str = "INDABA_ALLOWED_ORIGINS";
 /// Chat messages one user may send per 10 s on one gateway (default 30).
 pub const CHAT_RATE_PER_10S: &str = "INDABA_CHAT_RATE_PER_10S";
+/// Whose presence a user may see: `shared` (default; users who share a conversation with
+/// them, everyone else reads as offline without `last_seen`) or `everyone`.
+pub const PRESENCE_VISIBILITY: &str = "INDABA_PRESENCE_VISIBILITY";
 /// REST requests and event-stream opens one user may make per 10 s on one gateway
 /// (default 100; 0: no limit). Over it: 429 with `Retry-After` and `RateLimit` headers.
 pub const REST_RATE_PER_10S: &str = "INDABA_REST_RATE_PER_10S";
@@ -127,9 +130,6 @@ pub const OUTBOUND_QUEUE_BYTES: &str = "INDABA_OUTBOUND_QUEUE_BYTES";
 /// kernel autotunes, up to 4 MiB per socket on default Linux settings).
 pub const SOCKET_SEND_BUFFER: &str = "INDABA_SOCKET_SEND_BUFFER";
 /// Seconds over which a stopping gateway closes its sockets, in batches (default 10); keep
-/// Whose presence a user may see: `shared` (default; users who share a conversation with
-/// them, everyone else reads as offline without `last_seen`) or `everyone`.
-pub const PRESENCE_VISIBILITY: &str = "INDABA_PRESENCE_VISIBILITY";
 /// `terminationGracePeriodSeconds` above it.
 pub const DRAIN_SECS: &str = "INDABA_DRAIN_SECS";
 /// Log format: `json` (default in distributed binaries) or `pretty`.

@@ -472,6 +472,34 @@ async fn receiver(
                         Some(Ok(_)) => continue,
                     };
                     let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
+                    // A resume refused for load is retried, as the SDK does: without the
+                    // list, a conversation created while we were away is never synced.
+                    if v["type"] == "error"
+                        && v["conversation_id"].is_null()
+                        && v["ref"].is_null()
+                        && RETRYABLE.contains(&v["code"].as_str().unwrap_or(""))
+                    {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        let f = json!({"type": "list_conversations"});
+                        if ws.send(Message::text(f.to_string())).await.is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    // Likewise one conversation's resume.
+                    if v["type"] == "error"
+                        && RETRYABLE.contains(&v["code"].as_str().unwrap_or(""))
+                    {
+                        if let Some(id) = v["conversation_id"].as_i64() {
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                            let have = seqs.get(&id).map_or(0, |s| s.contiguous);
+                            let f = json!({"type": "sync", "conversations": {id.to_string(): have}});
+                            if ws.send(Message::text(f.to_string())).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
+                    }
                     if v["type"] == "conversations" {
                         let mut since = serde_json::Map::new();
                         for c in v["conversations"].as_array().into_iter().flatten() {
