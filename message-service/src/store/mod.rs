@@ -63,9 +63,9 @@ mod send;
 mod sqlite_batch;
 
 pub use conversations::ConversationMeta;
-pub use roles::{Role, Roster};
 pub use messages::{NewMessage, Sent};
 pub use outbox::PendingDelivery;
+pub use roles::{Role, Roster};
 
 pub use conversations::{ConversationCursor, Summary, UNREAD_CAP};
 pub(crate) use messages::SYSTEM_SENDER_ID;
