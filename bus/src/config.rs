@@ -77,6 +77,9 @@ pub struct NatsSettings {
     /// A setting that cannot be used, found by [`BusSettings::nats_from`] (which cannot
     /// fail): connecting fails at start with this message, naming the variable.
     pub invalid: Option<String>,
+    /// Messages a subscriber may hold before the client drops them (a slow-consumer event);
+    /// 0: [`crate::SUBSCRIBER_CAPACITY`]. Tests set it small to provoke that event.
+    pub subscription_capacity: usize,
 }
 
 impl NatsSettings {

@@ -59,7 +59,10 @@ pub(crate) async fn connect(
         // and recovers by itself when NATS comes back.
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
-        .subscription_capacity(crate::SUBSCRIBER_CAPACITY)
+        .subscription_capacity(match nats.subscription_capacity {
+            0 => crate::SUBSCRIBER_CAPACITY,
+            n => n,
+        })
         .event_callback(move |event| {
             let tx = tx.clone();
             let connected_once = connected_once.clone();

@@ -682,8 +682,8 @@ impl KeepAlive {
 /// Item 2 of the issue: one user loops over keep-alive connections reading their unread
 /// summary and a full conversation page (300 conversations: 1,201 statements each before
 /// the list became one statement), with no REST budget in the way. Each kind of read has
-/// its own bound in message-service, so the flood gets `unavailable` (retry hint
-/// included) beyond it, and another user's sends keep every slot they need.
+/// its own bound in message-service, so the flood waits for its slots (and past 2 s gets
+/// `unavailable` with a retry hint), and another user's sends keep every slot they need.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_conversation_reads_leaves_others_sends_their_slots() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -772,7 +772,10 @@ async fn a_flood_of_conversation_reads_leaves_others_sends_their_slots() {
         served > 0,
         "the attacker's reads are served up to the bound"
     );
-    assert!(refused > 0, "24 loops at once pass the per-kind bound");
+    // 24 loops at once pass the per-kind bound (a quarter of the pool): the reads over it
+    // wait for a slot (up to 2 s) rather than take the connections sends need — whether
+    // any is refused depends on the machine's speed, so it is reported, not asserted (the
+    // bound itself is unit-tested in message-service's admission).
     bystander.report("conversation read flood");
     // Once the flood stops, the same user reads again.
     let (status, _) = KeepAlive::connect(gw)
@@ -866,4 +869,60 @@ async fn long_messages_replay_and_page_under_the_bus_limit() {
     }
     assert_eq!(seen, 300);
     println!("history of 300 long messages: {pages} pages of at most 128 kB");
+}
+
+/// Item 7: deliveries published faster than a gateway drains them overflow its NATS
+/// client's subscription buffer, and the client drops them (a slow-consumer event). The
+/// gateway must not go on as if nothing happened: every socket is closed with 1012 so its
+/// client reconnects and syncs, and the event is counted. The buffer is made tiny here to
+/// provoke the event on purpose.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_slow_consumer_makes_the_gateway_resync_its_sockets() {
+    use prost::Message as _;
+    let nats = Nats::start();
+    let (_g, gw) = spawn_gateway_with(&nats.url(), "gw-slow-bus", |s| {
+        if let gateway::BusSettings::Nats(n) = &mut s.bus {
+            n.subscription_capacity = 4;
+        }
+    })
+    .await;
+    let mut c = Client::connect(gw, 5).await;
+    // As a message-service would, but far faster: deliveries for a user not on this
+    // gateway (so only the bus buffer fills, not the socket's queue).
+    let flood = bus::Bus::connect_nats(&nats.url().into(), "flood")
+        .await
+        .unwrap();
+    let payload = bytes::Bytes::from(
+        proto::pb::Delivery {
+            event: Some(proto::pb::delivery::Event::Message(
+                proto::pb::ChatMessage {
+                    id: 1,
+                    conversation_id: 1,
+                    sender_id: 2,
+                    text: "x".repeat(500),
+                    seq: 1,
+                    ..Default::default()
+                },
+            )),
+            recipient_ids: vec![999],
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    );
+    let subject = proto::subjects::gateway_delivery("gw-slow-bus");
+    for _ in 0..20_000 {
+        flood.publish(&subject, payload.clone()).await.unwrap();
+    }
+    flood.flush().await.unwrap();
+    assert_eq!(c.expect_close().await, 1012, "sockets are asked to resync");
+    let (_, metrics) = http_text(gw, "/metrics").await;
+    let resyncs: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("indaba_bus_resyncs_total "))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(resyncs >= 1.0, "{metrics}");
+    // The client comes back and works.
+    let _again = Client::connect(gw, 5).await;
 }
