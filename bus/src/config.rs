@@ -241,6 +241,16 @@ pub fn addr(
     })
 }
 
+/// A key → value source over fixed pairs, for `Settings::from_source` in tests (and for
+/// embedding a service without an environment).
+pub fn source(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: std::collections::HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
 /// An integer setting of at least `min`, or `default` when absent ([`env::integer`]).
 pub fn integer<T>(
     get: &impl Fn(&str) -> Option<String>,

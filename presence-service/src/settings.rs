@@ -91,14 +91,9 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn from(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Settings::from_source(|k| m.get(k).cloned())
+        Settings::from_source(bus::config::source(pairs))
     }
 
     #[test]
