@@ -3,19 +3,29 @@ import { openSse, type EventSourceConstructor, type SseHandle } from './sse.js';
 import { memoryStorage, type OutboxStorage } from './storage.js';
 import {
   IndabaError,
+  MESSAGE_CHANGE_TYPES,
   type ConnectionEstablished,
   type ConnectionState,
   type ConversationInfo,
+  type ConversationUpdated,
   type ErrorFrame,
   type HistoryPage,
   type Id,
   type JoinedConversation,
+  type MessageChange,
+  type MessageDeleted,
+  type MessageReads,
   type MessageSent,
+  type MessageUpdated,
   type NewMessage,
   type OutboxItem,
+  type PinChanged,
+  type PinsList,
   type Presence,
+  type ReactionChanged,
   type SendResult,
   type ServerFrame,
+  type ThreadPage,
   type Transport,
   type UnreadSummary,
 } from './types.js';
@@ -86,6 +96,10 @@ export interface SendMessageInput {
   text: string;
   /** Your own idempotency key (1–64 printable ASCII). Default: a random one. */
   clientMsgId?: string;
+  /** Reply to this message (a reply to a reply joins the root's thread). */
+  replyTo?: Id | null;
+  /** Users mentioned (participants of the conversation). */
+  mentions?: Id[];
 }
 
 /** Events: every server frame type (after de-duplication for `new_message`), plus the client's own. */
@@ -101,6 +115,18 @@ export interface IndabaClientEvents {
   joined_conversation: [frame: JoinedConversation];
   left_conversation: [frame: Extract<ServerFrame, { type: 'left_conversation' }>];
   participants_changed: [frame: Extract<ServerFrame, { type: 'participants_changed' }>];
+  conversation_updated: [frame: ConversationUpdated];
+  message_updated: [frame: MessageUpdated];
+  message_deleted: [frame: MessageDeleted];
+  reaction_added: [frame: ReactionChanged];
+  reaction_removed: [frame: ReactionChanged];
+  message_pinned: [frame: PinChanged];
+  message_unpinned: [frame: PinChanged];
+  /** Any of the six change events above (once each, live or replayed by a resume). */
+  message_changed: [frame: MessageChange];
+  thread: [frame: ThreadPage];
+  pins: [frame: PinsList];
+  message_reads: [frame: MessageReads];
   sync_complete: [frame: Extract<ServerFrame, { type: 'sync_complete' }>];
   history: [frame: HistoryPage];
   conversations: [frame: Extract<ServerFrame, { type: 'conversations' }>];
@@ -116,14 +142,35 @@ export interface IndabaClientEvents {
   frame: [frame: ServerFrame, transport: Transport];
 }
 
+type PendingKind = 'conversations' | 'history' | 'join' | 'thread' | 'pins' | 'reads' | MessageOp;
+/** Requests answered by a change event. */
+type MessageOp = 'edit' | 'delete' | 'react' | 'unreact' | 'pin' | 'unpin';
+
 interface Pending<T> {
-  kind: 'conversations' | 'history' | 'join';
+  kind: PendingKind;
   conversationId?: number;
+  messageId?: number;
+  emoji?: string;
   frame: Record<string, unknown>;
   resolve(v: T): void;
   reject(e: IndabaError): void;
   timer: ReturnType<typeof setTimeout>;
+  /** The same request over REST (when the client falls back while it waits). */
+  rest?: () => Promise<T>;
 }
+
+/** Which pending request a change event answers. */
+const OP_OF: Record<MessageChange['type'], MessageOp> = {
+  message_updated: 'edit',
+  message_deleted: 'delete',
+  reaction_added: 'react',
+  reaction_removed: 'unreact',
+  message_pinned: 'pin',
+  message_unpinned: 'unpin',
+};
+const CHANGE_TYPES: ReadonlySet<string> = new Set(MESSAGE_CHANGE_TYPES);
+/** Requests about one message, which an `error` with `message_ids` refuses. */
+const MESSAGE_KINDS: ReadonlySet<PendingKind> = new Set<PendingKind>(['thread', 'reads', 'edit', 'delete', 'react', 'unreact', 'pin', 'unpin']);
 
 const OPEN = 1;
 const RETRYABLE = new Set(['unavailable', 'rate_limited', 'internal', 'timeout']);
@@ -151,6 +198,28 @@ export function tokenExpiry(token: string): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+function isChange(frame: { type: string }): frame is MessageChange {
+  return CHANGE_TYPES.has(frame.type);
+}
+
+function checkEmoji(emoji: string): void {
+  if (typeof emoji !== 'string' || emoji.trim() === '') throw new IndabaError('invalid_field', 'emoji is empty');
+  if (new TextEncoder().encode(emoji).length > 32) throw new IndabaError('invalid_field', 'emoji is longer than 32 bytes');
+}
+
+function rejected<T>(e: unknown): Promise<T> {
+  const p = Promise.reject(e);
+  p.catch(() => {});
+  return p as Promise<T>;
+}
+
+/** An id that must be there. */
+function needId(id: Id | null | undefined, what = 'id'): number {
+  const n = toInt(id);
+  if (n === undefined) throw new IndabaError('invalid_field', `${what} is missing`);
+  return n;
 }
 
 function toInt(id: Id | null | undefined): number | undefined {
@@ -201,6 +270,8 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
   private hasBaseline = false;
   private syncing = 0;
   private seen = new Set<number>();
+  /** Change events seen, as `conversation:seq`. */
+  private seenChanges = new Set<string>();
 
   private outbox: OutboxItem[] = [];
   private waiters = new Map<string, { resolve(r: SendResult): void; reject(e: IndabaError): void }[]>();
@@ -359,6 +430,9 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
       item = { client_msg_id: id, text: input.text, queued_at: Date.now(), attempts: 0 };
       if (conversation_id !== undefined) item.conversation_id = conversation_id;
       if (receiver_id !== undefined) item.receiver_id = receiver_id;
+      const reply_to = toInt(input.replyTo);
+      if (reply_to !== undefined) item.reply_to = reply_to;
+      if (input.mentions?.length) item.mentions = [...new Set(input.mentions.map((u) => toInt(u)!))];
     } catch (e) {
       const p = Promise.reject(e);
       p.catch(() => {});
@@ -495,6 +569,159 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
   /** Unread counts over REST. */
   unread(): Promise<UnreadSummary> {
     return this.api('GET', '/api/v1/messages/unread/');
+  }
+
+  // ---------------------------------------------------------------- rich messages
+
+  /** Replaces the text of your message. Resolves with the `message_updated` every member gets. */
+  editMessage(messageId: Id, text: string): Promise<MessageUpdated> {
+    try {
+      const id = needId(messageId, 'messageId');
+      if (typeof text !== 'string' || text.trim() === '') throw new IndabaError('empty_text', 'text is empty');
+      return this.messageRequest('edit', { type: 'edit_message', message_id: id, text }, id, () =>
+        this.restChange<MessageUpdated>('message_updated', 'PATCH', `/api/v1/messages/${id}/`, { text }),
+      );
+    } catch (e) {
+      return rejected(e);
+    }
+  }
+
+  /** Deletes a message for everyone (it stays as a tombstone). Resolves with `message_deleted`. */
+  deleteMessage(messageId: Id): Promise<MessageDeleted> {
+    try {
+      const id = needId(messageId, 'messageId');
+      return this.messageRequest('delete', { type: 'delete_message', message_id: id }, id, () =>
+        this.restChange<MessageDeleted>('message_deleted', 'DELETE', `/api/v1/messages/${id}/`),
+      );
+    } catch (e) {
+      return rejected(e);
+    }
+  }
+
+  /** Reacts with one emoji (a Unicode emoji sequence or `:short_code:`, ≤ 32 bytes).
+   *  Resolves with your `reaction_added`. */
+  addReaction(messageId: Id, emoji: string): Promise<ReactionChanged> {
+    return this.reaction('react', messageId, emoji);
+  }
+
+  /** Takes your reaction back. Resolves with your `reaction_removed`. */
+  removeReaction(messageId: Id, emoji: string): Promise<ReactionChanged> {
+    return this.reaction('unreact', messageId, emoji);
+  }
+
+  /** Pins a message in its conversation. Resolves with `message_pinned`. */
+  pinMessage(messageId: Id): Promise<PinChanged> {
+    return this.pin('pin', messageId);
+  }
+
+  /** Unpins a message. Resolves with `message_unpinned`. */
+  unpinMessage(messageId: Id): Promise<PinChanged> {
+    return this.pin('unpin', messageId);
+  }
+
+  /** A page of a thread: the root first (without `afterSeq`), then replies oldest first.
+   *  `messageId` may be the root or any reply in its thread. */
+  getThread(messageId: Id, opts: { afterSeq?: number; limit?: number } = {}): Promise<ThreadPage> {
+    try {
+      const id = needId(messageId, 'messageId');
+      const rest = async (): Promise<ThreadPage> => {
+        const q = new URLSearchParams();
+        if (opts.afterSeq) q.set('after_seq', String(opts.afterSeq));
+        if (opts.limit) q.set('limit', String(opts.limit));
+        const r = await this.api<Partial<ThreadPage> & { messages: NewMessage[]; has_more?: boolean }>('GET', `/api/v1/messages/${id}/thread/?${q}`);
+        const messages = r.messages.map((m) => ({ ...m, type: 'new_message' as const }));
+        const root = messages.find((m) => m.reply_to === null || m.reply_to === undefined);
+        const page: ThreadPage = {
+          type: 'thread',
+          message_id: r.message_id ?? root?.message_id ?? messages[0]?.reply_to ?? id,
+          conversation_id: r.conversation_id ?? messages[0]?.conversation_id ?? 0,
+          messages,
+          has_more: !!r.has_more,
+        };
+        this.emit('thread', page);
+        return page;
+      };
+      const frame: Record<string, unknown> = { type: 'thread', message_id: id };
+      if (opts.afterSeq) frame.after_seq = opts.afterSeq;
+      if (opts.limit) frame.limit = opts.limit;
+      return this.messageRequest('thread', frame, id, rest);
+    } catch (e) {
+      return rejected(e);
+    }
+  }
+
+  /** A conversation's pinned messages, most recently pinned first. */
+  listPins(conversationId: Id): Promise<PinsList> {
+    try {
+      const conv = needId(conversationId, 'conversationId');
+      const rest = async (): Promise<PinsList> => {
+        const r = await this.api<{ messages: NewMessage[] }>('GET', `/api/v1/conversations/${conv}/pins/`);
+        const page: PinsList = { type: 'pins', conversation_id: conv, messages: r.messages.map((m) => ({ ...m, type: 'new_message' as const })) };
+        this.emit('pins', page);
+        return page;
+      };
+      if (this._state === 'fallback') return rest();
+      return this.request<PinsList>('pins', { type: 'list_pins', conversation_id: conv }, conv, { rest });
+    } catch (e) {
+      return rejected(e);
+    }
+  }
+
+  /** Who read a message ("seen by"), earliest first. */
+  getReads(messageId: Id): Promise<MessageReads> {
+    try {
+      const id = needId(messageId, 'messageId');
+      return this.messageRequest('reads', { type: 'message_reads', message_id: id }, id, async () => {
+        const r = await this.api<Partial<MessageReads> & { reads: MessageReads['reads'] }>('GET', `/api/v1/messages/${id}/reads/`);
+        const f: MessageReads = { type: 'message_reads', message_id: r.message_id ?? id, conversation_id: r.conversation_id ?? 0, reads: r.reads };
+        this.emit('message_reads', f);
+        return f;
+      });
+    } catch (e) {
+      return rejected(e);
+    }
+  }
+
+  private reaction(kind: 'react' | 'unreact', messageId: Id, emoji: string): Promise<ReactionChanged> {
+    try {
+      const id = needId(messageId, 'messageId');
+      checkEmoji(emoji);
+      const type = kind === 'react' ? 'add_reaction' : 'remove_reaction';
+      return this.messageRequest(
+        kind,
+        { type, message_id: id, emoji },
+        id,
+        () => this.restChange<ReactionChanged>(kind === 'react' ? 'reaction_added' : 'reaction_removed', kind === 'react' ? 'POST' : 'DELETE', `/api/v1/messages/${id}/reactions/`, { emoji }),
+        emoji,
+      );
+    } catch (e) {
+      return rejected(e);
+    }
+  }
+
+  private pin(kind: 'pin' | 'unpin', messageId: Id): Promise<PinChanged> {
+    try {
+      const id = needId(messageId, 'messageId');
+      return this.messageRequest(kind, { type: kind === 'pin' ? 'pin_message' : 'unpin_message', message_id: id }, id, () =>
+        this.restChange<PinChanged>(kind === 'pin' ? 'message_pinned' : 'message_unpinned', kind === 'pin' ? 'POST' : 'DELETE', `/api/v1/messages/${id}/pin/`),
+      );
+    } catch (e) {
+      return rejected(e);
+    }
+  }
+
+  /** A request about one message: over the socket, or REST in fallback. */
+  private messageRequest<T>(kind: PendingKind, frame: Record<string, unknown>, messageId: number, rest: () => Promise<T>, emoji?: string): Promise<T> {
+    if (this._state === 'fallback') return rest();
+    return this.request<T>(kind, frame, undefined, { messageId, emoji, rest });
+  }
+
+  /** A change over REST: its answer is the change event, applied like one from the stream. */
+  private async restChange<T extends MessageChange>(type: T['type'], method: string, path: string, body?: unknown): Promise<T> {
+    const r = await this.api<Record<string, unknown> | undefined>(method, path, body);
+    const ev = { ...(r ?? {}), type: typeof r?.type === 'string' ? r.type : type } as unknown as T;
+    if (typeof ev.seq === 'number' && typeof ev.message_id === 'number' && typeof ev.conversation_id === 'number') this.dispatch(ev, this._transport ?? 'sse');
+    return ev;
   }
 
   /** Sends any frame as is (escape hatch). Returns false when no socket is open. */
@@ -822,6 +1049,11 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
           if (newest !== undefined) this.lastSeq.set(t, Math.max(newest, this.lastSeq.get(t) ?? 0));
           this.ahead.delete(t);
         }
+        // The resume streamed everything up to these seqs: a change to a message it carried
+        // is folded into that message's state, so its seq never comes and is no gap.
+        for (const [conv, newest] of Object.entries(frame.conversations ?? {})) {
+          if (typeof newest === 'number' && this.lastSeq.has(Number(conv))) this.advanceTo(Number(conv), newest);
+        }
         this.emit('sync_complete', frame);
         this.checkGaps();
         return;
@@ -856,7 +1088,26 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
       case 'error':
         this.onErrorFrame(frame);
         return;
+      case 'thread': {
+        const ids = new Set(frame.messages.map((m) => m.message_id));
+        const p =
+          this.takeWhere((x) => x.kind === 'thread' && x.messageId === frame.message_id) ??
+          this.takeWhere((x) => x.kind === 'thread' && ids.has(x.messageId!)) ??
+          this.takePending('thread');
+        p?.resolve(frame);
+        this.emit('thread', frame);
+        return;
+      }
+      case 'pins':
+        this.takePending('pins', frame.conversation_id)?.resolve(frame);
+        this.emit('pins', frame);
+        return;
+      case 'message_reads':
+        this.takeWhere((x) => x.kind === 'reads' && x.messageId === frame.message_id)?.resolve(frame);
+        this.emit('message_reads', frame);
+        return;
       default:
+        if (isChange(frame)) return this.onChange(frame);
         (this.emit as (e: string, f: ServerFrame) => void)(frame.type, frame);
     }
   }
@@ -872,8 +1123,12 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
       } else {
         this.failItem(item, new IndabaError(frame.code, frame.message));
       }
+    } else if (frame.message_ids?.length && this.pending.some((p) => MESSAGE_KINDS.has(p.kind) && frame.message_ids!.includes(p.messageId!))) {
+      // A refused edit, delete, reaction, pin, thread or reads request.
+      const p = this.takeWhere((x) => MESSAGE_KINDS.has(x.kind) && frame.message_ids!.includes(x.messageId!));
+      p?.reject(new IndabaError(frame.code, frame.message));
     } else if (frame.conversation_id !== undefined && (frame.code === 'forbidden' || frame.code === 'conversation_not_found' || frame.code === 'not_found')) {
-      const p = this.takePending('history', frame.conversation_id) ?? this.takePending('join', frame.conversation_id);
+      const p = this.takePending('history', frame.conversation_id) ?? this.takePending('join', frame.conversation_id) ?? this.takePending('pins', frame.conversation_id);
       if (p) {
         if (p.kind === 'join') this.joined.delete(frame.conversation_id);
         p.reject(new IndabaError(frame.code, frame.message));
@@ -888,6 +1143,36 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
       const it = this.seen.values();
       for (let i = 0; i < SEEN_CAP / 4; i++) this.seen.delete(it.next().value as number);
     }
+  }
+
+  /** A change event: it moves the cursor like a message, and is emitted once. */
+  private onChange(frame: MessageChange): void {
+    const known = typeof frame.seq === 'number' && frame.seq > 0;
+    if (known) this.observeSeq(frame.conversation_id, frame.seq);
+    this.answerChange(frame);
+    if (known) {
+      const key = `${frame.conversation_id}:${frame.seq}`;
+      if (this.seenChanges.has(key)) return;
+      this.seenChanges.add(key);
+      if (this.seenChanges.size > SEEN_CAP) {
+        const it = this.seenChanges.values();
+        for (let i = 0; i < SEEN_CAP / 4; i++) this.seenChanges.delete(it.next().value as string);
+      }
+    }
+    (this.emit as (e: string, f: MessageChange) => void)(frame.type, frame);
+    this.emit('message_changed', frame);
+  }
+
+  /** Everything up to `seq` is here (a completed resume): moves the cursor past it. */
+  private advanceTo(conv: number, seq: number): void {
+    let n = Math.max(seq, this.lastSeq.get(conv) ?? 0);
+    const ahead = this.ahead.get(conv);
+    if (ahead) {
+      for (const s of ahead) if (s <= n) ahead.delete(s);
+      while (ahead.delete(n + 1)) n++;
+      if (!ahead.size) this.ahead.delete(conv);
+    }
+    this.lastSeq.set(conv, n);
   }
 
   /** Tracks the newest gap-free seq per conversation; a gap that stays open is synced. */
@@ -990,6 +1275,8 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
         const frame: Record<string, unknown> = { type: 'chat_message', text: item.text, client_msg_id: item.client_msg_id };
         if (item.conversation_id !== undefined) frame.conversation_id = item.conversation_id;
         if (item.receiver_id !== undefined) frame.receiver_id = item.receiver_id;
+        if (item.reply_to !== undefined) frame.reply_to = item.reply_to;
+        if (item.mentions?.length) frame.mentions = item.mentions;
         if (!this.sendFrame(frame)) break;
         this.inflight.add(item.client_msg_id);
         item.attempts++;
@@ -1011,6 +1298,8 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
           const body: Record<string, unknown> = { text: item.text, client_msg_id: item.client_msg_id };
           if (item.conversation_id === undefined) body.receiver_id = item.receiver_id;
           else if (item.receiver_id !== undefined) body.receiver_id = item.receiver_id;
+          if (item.reply_to !== undefined) body.reply_to = item.reply_to;
+          if (item.mentions?.length) body.mentions = item.mentions;
           const r = await this.api<SendResult>('POST', path, body);
           this.remember(r.message_id);
           this.observeSeq(r.conversation_id, r.seq);
@@ -1066,12 +1355,18 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
     }
   }
 
-  private request<T>(kind: Pending<T>['kind'], frame: Record<string, unknown>, conversationId?: number): Promise<T> {
+  private request<T>(
+    kind: Pending<T>['kind'],
+    frame: Record<string, unknown>,
+    conversationId?: number,
+    extra: Pick<Pending<T>, 'messageId' | 'emoji' | 'rest'> = {},
+  ): Promise<T> {
     if (this._state === 'closed' || this._state === 'idle') {
       return Promise.reject(new IndabaError('closed', 'not connected: call connect() first'));
     }
     return new Promise<T>((resolve, reject) => {
       const p: Pending<T> = {
+        ...extra,
         kind,
         conversationId,
         frame,
@@ -1095,9 +1390,31 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
   }
 
   private takePending(kind: Pending<unknown>['kind'], conversationId?: number): Pending<any> | undefined {
-    const i = this.pending.findIndex((p) => p.kind === kind && (conversationId === undefined || p.conversationId === conversationId));
+    return this.takeWhere((p) => p.kind === kind && (conversationId === undefined || p.conversationId === conversationId));
+  }
+
+  /** The oldest pending request that `match` accepts, taken out of the list. */
+  private takeWhere(match: (p: Pending<any>) => boolean): Pending<any> | undefined {
+    const i = this.pending.findIndex(match);
     if (i < 0) return undefined;
     return this.pending.splice(i, 1)[0];
+  }
+
+  /** The request a change event answers: the actor's own, same message (and emoji). */
+  private answerChange(frame: MessageChange): void {
+    const kind = OP_OF[frame.type];
+    const actor = frame.type === 'message_deleted' ? frame.deleted_by : frame.user_id;
+    const mine = this._userId === null || actor === this._userId;
+    const same = (p: Pending<any>) => p.kind === kind && p.messageId === frame.message_id;
+    let p: Pending<any> | undefined;
+    if (frame.type === 'reaction_added' || frame.type === 'reaction_removed') {
+      if (!mine) return;
+      // The server may spell an emoji differently (a normalized form): then the oldest.
+      p = this.takeWhere((x) => same(x) && x.emoji === frame.emoji) ?? this.takeWhere(same);
+    } else {
+      p = this.takeWhere(same);
+    }
+    p?.resolve(frame);
   }
 
   // ---------------------------------------------------------------- fallback: SSE + REST
@@ -1113,7 +1430,13 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
     for (const p of this.pending.splice(0)) {
       clearTimeout(p.timer);
       const conv = p.conversationId;
-      const done = p.kind === 'conversations' ? this.listConversations() : p.kind === 'history' ? this.history(conv!, { beforeSeq: p.frame.before_seq as number | undefined, limit: p.frame.limit as number | undefined }) : this.joinConversation(conv!);
+      const done = p.rest
+        ? p.rest()
+        : p.kind === 'conversations'
+          ? this.listConversations()
+          : p.kind === 'history'
+            ? this.history(conv!, { beforeSeq: p.frame.before_seq as number | undefined, limit: p.frame.limit as number | undefined })
+            : this.joinConversation(conv!);
       (done as Promise<unknown>).then(p.resolve as (v: unknown) => void, p.reject);
     }
   }
@@ -1224,6 +1547,8 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
           this.dispatch({ ...m, type: 'new_message' }, 'sse');
         }
         if (!r.has_more || !r.messages.length) {
+          // Change events have seqs of their own, which this REST page does not list.
+          this.advanceTo(Number(conv), after);
           done[conv] = after;
           break;
         }

@@ -1,7 +1,8 @@
 export { IndabaClient, tokenExpiry } from './client.js';
 export type { IndabaClientOptions, IndabaClientEvents, SendMessageInput, TokenReason, WebSocketConstructor, WebSocketLike } from './client.js';
 export { ChatStore } from './store.js';
-export type { ChatMessage, ChatSnapshot, ChatStoreOptions, ConversationState, MessageStatus, PresenceInfo } from './store.js';
+export type { ChatMessage, ChatSnapshot, ChatStoreOptions, ConversationState, MessageStatus, PresenceInfo, ThreadState } from './store.js';
+export { addReply, applyChange, ChangeVersions, richDefaults, setReaction, tombstone } from './changes.js';
 export { memoryStorage, webStorage } from './storage.js';
 export type { OutboxStorage } from './storage.js';
 export type { EventSourceConstructor, EventSourceLike } from './sse.js';

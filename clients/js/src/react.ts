@@ -1,8 +1,11 @@
 // React bindings: useChat (the spec's useChatWebSocket, done right) and usePresence.
 import { useCallback, useEffect, useMemo, useRef, useState, useSyncExternalStore } from 'react';
-import { IndabaClient, type IndabaClientOptions } from './client.js';
-import { ChatStore, type ChatMessage, type ChatSnapshot, type ChatStoreOptions, type PresenceInfo } from './store.js';
-import type { Id, SendResult } from './types.js';
+import { IndabaClient, type IndabaClientOptions, type SendMessageInput } from './client.js';
+import { ChatStore, type ChatMessage, type ChatSnapshot, type ChatStoreOptions, type PresenceInfo, type ThreadState } from './store.js';
+import type { Id, MessageDeleted, MessageRead, MessageReads, MessageUpdated, PinChanged, PinsList, ReactionChanged, SendResult, ThreadPage } from './types.js';
+
+/** Options of a message sent with `sendMessage(text, options)`. */
+export type SendOptions = Pick<SendMessageInput, 'replyTo' | 'mentions'>;
 
 export interface UseChatOptions extends IndabaClientOptions, ChatStoreOptions {
   /** An existing client to use instead of creating one (it is not disconnected on unmount). */
@@ -20,14 +23,38 @@ export interface UseChatResult extends Omit<ChatSnapshot, 'messages'> {
   /** Messages of `conversationId`, or of every conversation (by time) without one. */
   messages: ChatMessage[];
   messagesByConversation: Record<number, ChatMessage[]>;
-  /** Spec-compatible: sendMessage(conversationId, receiverId, text); or sendMessage(text) for the open conversation. */
-  sendMessage(conversationIdOrText: Id | null | undefined, receiverId?: Id | null, text?: string): Promise<SendResult>;
+  /** Spec-compatible: sendMessage(conversationId, receiverId, text); sendMessage(text) or
+   *  sendMessage(text, { replyTo, mentions }) for the open conversation; or sendMessage({ … }). */
+  sendMessage(conversationIdOrText: Id | null | undefined | SendMessageInput, receiverIdOrOptions?: Id | null | SendOptions, text?: string): Promise<SendResult>;
   sendTypingIndicator(conversationId?: Id | null, receiverId?: Id | null, isTyping?: boolean): void;
   sendReadReceipt(messageIds: Id[]): void;
   markRead(conversationId?: number): void;
   open(conversationId: number | null): Promise<void>;
   loadOlder(conversationId?: number): Promise<void>;
   startDirect(userId: number): Promise<number>;
+
+  // Rich messages (resolve with the change event every member gets; reject when refused).
+  editMessage(messageId: Id, text: string): Promise<MessageUpdated>;
+  deleteMessage(messageId: Id): Promise<MessageDeleted>;
+  addReaction(messageId: Id, emoji: string): Promise<ReactionChanged>;
+  removeReaction(messageId: Id, emoji: string): Promise<ReactionChanged>;
+  /** Adds your reaction, or takes it back if you reacted with that emoji already. */
+  toggleReaction(messageId: number, emoji: string): Promise<ReactionChanged>;
+  pinMessage(messageId: Id): Promise<PinChanged>;
+  unpinMessage(messageId: Id): Promise<PinChanged>;
+  /** A thread page, as the server sends it (`openThread` also keeps it in `threads`). */
+  getThread(messageId: Id, opts?: { afterSeq?: number; limit?: number }): Promise<ThreadPage>;
+  /** Opens the thread of a message (root or reply) as `thread`; `null` closes it. */
+  openThread(messageId: number | null): Promise<number | null>;
+  loadMoreReplies(rootId?: number): Promise<void>;
+  /** The open thread (root, replies, has_more), or null. */
+  thread: ThreadState | null;
+  /** Pinned messages of `conversationId` (after `listPins`/`loadPins`), most recent first. */
+  pinned: ChatMessage[];
+  listPins(conversationId?: Id): Promise<PinsList>;
+  getReads(messageId: Id): Promise<MessageReads>;
+  /** "Seen by" of a message (after `getReads`, and from live read receipts). */
+  readsOf(messageId: number): MessageRead[] | undefined;
 }
 
 const IDLE: ChatSnapshot = {
@@ -41,7 +68,13 @@ const IDLE: ChatSnapshot = {
   presence: {},
   totalUnread: 0,
   activeConversationId: null,
+  threads: {},
+  activeThreadId: null,
+  pins: {},
+  reads: {},
 };
+const NONE: ChatMessage[] = [];
+const notYet = () => Promise.reject(new Error('not connected yet'));
 const noopSubscribe = () => () => {};
 const idleSnapshot = () => IDLE;
 
@@ -93,13 +126,14 @@ export function useChat(options: UseChatOptions): UseChatResult {
   }, [snap.messages, active]);
 
   const sendMessage = useCallback(
-    (a: Id | null | undefined, b?: Id | null, c?: string): Promise<SendResult> => {
-      if (!client) return Promise.reject(new Error('not connected yet'));
-      if (c === undefined && typeof a === 'string' && b === undefined) {
+    (a: Id | null | undefined | SendMessageInput, b?: Id | null | SendOptions, c?: string): Promise<SendResult> => {
+      if (!client) return notYet();
+      if (a !== null && typeof a === 'object') return client.sendMessage(a);
+      if (c === undefined && typeof a === 'string' && (b === undefined || (b !== null && typeof b === 'object'))) {
         if (active === null) return Promise.reject(new Error('no conversationId: use sendMessage(conversationId, receiverId, text)'));
-        return client.sendMessage({ conversationId: active, text: a });
+        return client.sendMessage({ conversationId: active, text: a, ...(b as SendOptions | undefined) });
       }
-      return client.sendMessage(a, b, c as string);
+      return client.sendMessage(a, b as Id | null | undefined, c as string);
     },
     [client, active],
   );
@@ -134,6 +168,39 @@ export function useChat(options: UseChatOptions): UseChatResult {
     [store],
   );
 
+  const rich = useMemo(
+    () => ({
+      editMessage: (id: Id, text: string) => (client ? client.editMessage(id, text) : notYet()),
+      deleteMessage: (id: Id) => (client ? client.deleteMessage(id) : notYet()),
+      addReaction: (id: Id, emoji: string) => (client ? client.addReaction(id, emoji) : notYet()),
+      removeReaction: (id: Id, emoji: string) => (client ? client.removeReaction(id, emoji) : notYet()),
+      toggleReaction: (id: number, emoji: string) => (store ? store.toggleReaction(id, emoji) : notYet()),
+      pinMessage: (id: Id) => (client ? client.pinMessage(id) : notYet()),
+      unpinMessage: (id: Id) => (client ? client.unpinMessage(id) : notYet()),
+      getThread: (id: Id, opts?: { afterSeq?: number; limit?: number }) => (client ? client.getThread(id, opts) : notYet()),
+      openThread: (id: number | null) => (store ? store.openThread(id) : notYet()),
+      getReads: (id: Id) => (client ? client.getReads(id) : notYet()),
+    }),
+    [client, store],
+  );
+  const listPins = useCallback(
+    (conv?: Id) => {
+      const id = conv ?? active;
+      if (!client) return notYet();
+      if (id === null || id === undefined) return Promise.reject(new Error('no conversationId'));
+      return client.listPins(id);
+    },
+    [client, active],
+  );
+  const loadMoreReplies = useCallback(
+    async (root?: number) => {
+      const id = root ?? snap.activeThreadId;
+      if (store && id !== null) await store.loadMoreReplies(id);
+    },
+    [store, snap.activeThreadId],
+  );
+  const readsOf = useCallback((id: number) => snap.reads[id], [snap.reads]);
+
   return {
     ...snap,
     client,
@@ -148,6 +215,12 @@ export function useChat(options: UseChatOptions): UseChatResult {
     open,
     loadOlder,
     startDirect,
+    ...rich,
+    listPins,
+    loadMoreReplies,
+    readsOf,
+    thread: snap.activeThreadId !== null ? snap.threads[snap.activeThreadId] ?? null : null,
+    pinned: active !== null ? snap.pins[active] ?? NONE : NONE,
   };
 }
 

@@ -1,9 +1,25 @@
 // ChatStore: the state a chat screen shows (conversations with unread counts, messages with
-// ticks, who is typing, presence), kept up to date from an IndabaClient. Framework-free:
-// subscribe()/getSnapshot() fit React's useSyncExternalStore, and anything else.
+// ticks, edits, reactions, replies, threads, pins, who is typing, presence), kept up to date
+// from an IndabaClient. Framework-free: subscribe()/getSnapshot() fit React's
+// useSyncExternalStore, and anything else.
 
-import type { IndabaClient } from './client.js';
-import type { ConnectionState, ConversationInfo, NewMessage, OutboxItem, PresenceStatus, Transport } from './types.js';
+import { addReply, applyChange, ChangeVersions, richDefaults } from './changes.js';
+import type { IndabaClient, SendMessageInput } from './client.js';
+import type {
+  ConnectionState,
+  ConversationInfo,
+  Id,
+  MessageChange,
+  MessageRead,
+  MessageView,
+  NewMessage,
+  OutboxItem,
+  PresenceStatus,
+  ReactionSummary,
+  SendResult,
+  ThreadPage,
+  Transport,
+} from './types.js';
 
 export type MessageStatus = 'pending' | 'sent' | 'delivered' | 'read' | 'failed';
 
@@ -22,6 +38,34 @@ export interface ChatMessage {
   /** Your own messages: pending (in the outbox) → sent → delivered → read, or failed. */
   status?: MessageStatus;
   error?: string;
+  /** The thread root this replies to, or null. */
+  reply_to: number | null;
+  /** Users mentioned. */
+  mentions: number[];
+  /** Last edit, or null. */
+  edited_at: string | null;
+  /** A tombstone: `text` is "", no reactions. */
+  deleted: boolean;
+  deleted_at: string | null;
+  deleted_by: number | null;
+  /** Emoji → `{count, me}`. */
+  reactions: Record<string, ReactionSummary>;
+  reply_count: number;
+  last_reply_at: string | null;
+  pinned_at: string | null;
+  pinned_by: number | null;
+}
+
+/** A thread: its root and replies (loaded ones and those that arrived live, yours pending last). */
+export interface ThreadState {
+  root_id: number;
+  conversation_id: number;
+  /** Absent until the first page arrives (unless the root is already loaded). */
+  root?: ChatMessage;
+  replies: ChatMessage[];
+  /** More replies exist on the server than the pages loaded. */
+  has_more: boolean;
+  loading: boolean;
 }
 
 export interface ConversationState {
@@ -32,6 +76,11 @@ export interface ConversationState {
   last_seq: number;
   last_read_seq: number;
   unread_count: number;
+  /** Of the unread messages, those mentioning you. */
+  unread_mentions: number;
+  /** Groups: owner and admins. */
+  owner_id?: number;
+  admin_ids?: number[];
   last_message?: ChatMessage;
   /** Users typing right now. */
   typing: number[];
@@ -58,6 +107,14 @@ export interface ChatSnapshot {
   presence: Record<number, PresenceInfo>;
   totalUnread: number;
   activeConversationId: number | null;
+  /** Threads opened (by root id), kept current by live events. */
+  threads: Record<number, ThreadState>;
+  /** The thread open on screen (`openThread`). */
+  activeThreadId: number | null;
+  /** Pinned messages per conversation, most recently pinned first (once `loadPins` ran). */
+  pins: Record<number, ChatMessage[]>;
+  /** Who read a message ("seen by"), per message id: from `loadReads` and live read receipts. */
+  reads: Record<number, MessageRead[]>;
 }
 
 export interface ChatStoreOptions {
@@ -89,6 +146,11 @@ export class ChatStore {
   private offs: (() => void)[] = [];
   private listTimer: ReturnType<typeof setTimeout> | null = null;
   private disposeVisibility: (() => void) | null = null;
+  private threads = new Map<number, ThreadState>();
+  private activeThread: number | null = null;
+  private pinsOf = new Map<number, ChatMessage[]>();
+  private readsOf = new Map<number, MessageRead[]>();
+  private versions = new ChangeVersions();
 
   constructor(client: IndabaClient, options: ChatStoreOptions = {}) {
     this.client = client;
@@ -110,6 +172,8 @@ export class ChatStore {
       c.on('message_sent', (s) => {
         const m = this.findByClientId(s.client_msg_id);
         if (!this.convs.has(s.conversation_id)) this.refreshListSoon();
+        // Your own reply: the root has one more (unless this message was already known).
+        if (m?.reply_to != null && !this.getMessage(s.message_id, s.conversation_id)) this.countReply(s.conversation_id, m.reply_to, s.created_at);
         if (m) {
           // A delivery or read notice can overtake the sender's own message_sent.
           const early = this.early.get(s.message_id);
@@ -132,7 +196,7 @@ export class ChatStore {
         else if (!m) this.noteEarly(d.message_id, 'delivered');
         this.changed();
       }),
-      c.on('read_receipt', (r) => this.onReadReceipt(r.conversation_id, r.reader_id, r.message_ids)),
+      c.on('read_receipt', (r) => this.onReadReceipt(r.conversation_id, r.reader_id, r.message_ids, r.read_at)),
       c.on('typing_indicator', (t) => this.onTyping(t.conversation_id, t.user_id, t.is_typing)),
       c.on('presence', (p) => {
         this.presence = { ...this.presence, [p.user_id]: { status: p.status, last_seen: p.last_seen } };
@@ -143,9 +207,25 @@ export class ChatStore {
         if (conv) {
           const ids = conv.participant_ids.filter((u) => !p.removed_user_ids.includes(u));
           for (const u of p.added_user_ids) if (!ids.includes(u)) ids.push(u);
-          this.setConv({ ...conv, participant_ids: ids });
+          const next: ConversationState = { ...conv, participant_ids: ids };
+          if (p.admin_ids !== undefined) {
+            next.admin_ids = p.admin_ids;
+            next.owner_id = p.owner_id;
+          }
+          this.setConv(next);
           this.changed();
         }
+      }),
+      c.on('conversation_updated', (f) => this.onConversations([f.conversation], true)),
+      c.on('message_changed', (ev) => this.onChange(ev)),
+      c.on('thread', (t) => this.onThread(t)),
+      c.on('pins', (f) => {
+        this.pinsOf.set(f.conversation_id, f.messages.map((m) => this.fromWire(m)));
+        this.changed();
+      }),
+      c.on('message_reads', (f) => {
+        this.mergeReads(f.message_id, f.reads);
+        this.changed();
       }),
     );
     const doc = (globalThis as { document?: { addEventListener?: Function; removeEventListener?: Function } }).document;
@@ -169,6 +249,30 @@ export class ChatStore {
 
   messagesOf(conversationId: number): ChatMessage[] {
     return this.snapshot.messages[conversationId] ?? EMPTY;
+  }
+
+  /** A message this store holds (in a conversation, a thread, the pins), by id. */
+  getMessage(messageId: number, conversationId?: number): ChatMessage | undefined {
+    const lists = conversationId !== undefined ? [this.msgs.get(conversationId) ?? EMPTY] : [...this.msgs.values()];
+    for (const list of lists) {
+      const m = list.find((x) => x.message_id === messageId);
+      if (m) return m;
+    }
+    for (const t of this.threads.values()) {
+      if (conversationId !== undefined && t.conversation_id !== conversationId) continue;
+      if (t.root?.message_id === messageId) return t.root;
+      const m = t.replies.find((x) => x.message_id === messageId);
+      if (m) return m;
+    }
+    for (const [conv, list] of this.pinsOf) {
+      if (conversationId !== undefined && conv !== conversationId) continue;
+      const m = list.find((x) => x.message_id === messageId);
+      if (m) return m;
+    }
+    for (const c of this.convs.values()) {
+      if (c.last_message?.message_id === messageId && (conversationId === undefined || c.id === conversationId)) return c.last_message;
+    }
+    return undefined;
   }
 
   // ---------------------------------------------------------------- actions
@@ -199,8 +303,78 @@ export class ChatStore {
     await this.client.history(conversationId, { beforeSeq: first?.seq, limit: this.opts.pageSize });
   }
 
-  send(conversationId: number, text: string): Promise<unknown> {
-    return this.client.sendMessage({ conversationId, text });
+  /** Sends a message; `replyTo` files it in that message's thread. */
+  send(conversationId: number, text: string, opts: Pick<SendMessageInput, 'replyTo' | 'mentions'> = {}): Promise<SendResult> {
+    return this.client.sendMessage({ conversationId, text, ...opts });
+  }
+
+  edit(messageId: Id, text: string) {
+    return this.client.editMessage(messageId, text);
+  }
+
+  delete(messageId: Id) {
+    return this.client.deleteMessage(messageId);
+  }
+
+  /** Adds your reaction with `emoji`, or takes it back if you reacted with it already. */
+  toggleReaction(messageId: number, emoji: string) {
+    const m = this.getMessage(messageId);
+    return m?.reactions[emoji]?.me ? this.client.removeReaction(messageId, emoji) : this.client.addReaction(messageId, emoji);
+  }
+
+  pin(messageId: Id) {
+    return this.client.pinMessage(messageId);
+  }
+
+  unpin(messageId: Id) {
+    return this.client.unpinMessage(messageId);
+  }
+
+  /** Opens the thread of a message (the root, or any reply in it) and loads its first page;
+   *  `null` closes it. Resolves with the root's id. */
+  async openThread(messageId: number | null): Promise<number | null> {
+    if (messageId === null) {
+      this.activeThread = null;
+      this.changed();
+      return null;
+    }
+    const known = this.getMessage(messageId);
+    const rootId = known?.reply_to ?? messageId;
+    const conv = known?.conversation_id;
+    this.activeThread = rootId;
+    const t = this.threads.get(rootId);
+    if (!t && conv !== undefined) this.threads.set(rootId, { root_id: rootId, conversation_id: conv, replies: [], has_more: false, loading: true });
+    else if (t) this.threads.set(rootId, { ...t, loading: true });
+    this.changed();
+    try {
+      const page = await this.client.getThread(rootId, { limit: this.opts.pageSize });
+      if (page.message_id !== rootId && this.activeThread === rootId) this.activeThread = page.message_id;
+      return page.message_id;
+    } catch (e) {
+      const cur = this.threads.get(rootId);
+      if (cur) this.threads.set(rootId, { ...cur, loading: false });
+      this.changed();
+      throw e;
+    }
+  }
+
+  /** Loads the thread's replies after the newest one loaded. */
+  async loadMoreReplies(rootId: number): Promise<void> {
+    const t = this.threads.get(rootId);
+    const last = t?.replies.reduce((n, r) => Math.max(n, r.seq ?? 0), 0) ?? 0;
+    await this.client.getThread(rootId, { afterSeq: last || undefined, limit: this.opts.pageSize });
+  }
+
+  /** Loads a conversation's pinned messages into `pins` (then kept current by live events). */
+  async loadPins(conversationId: number): Promise<ChatMessage[]> {
+    await this.client.listPins(conversationId);
+    return this.pinsOf.get(conversationId) ?? [];
+  }
+
+  /** Loads who read a message into `reads`. */
+  async loadReads(messageId: number): Promise<MessageRead[]> {
+    await this.client.getReads(messageId);
+    return this.readsOf.get(messageId) ?? [];
   }
 
   /** Starts (or finds) the direct conversation with a user. */
@@ -229,8 +403,8 @@ export class ChatStore {
       }
     }
     if (ids.length) this.client.sendReadReceipt(ids);
-    if (conv && (ids.length || conv.unread_count)) {
-      this.setConv({ ...conv, last_read_seq: Math.max(conv.last_read_seq, maxSeq), unread_count: 0 });
+    if (conv && (ids.length || conv.unread_count || conv.unread_mentions)) {
+      this.setConv({ ...conv, last_read_seq: Math.max(conv.last_read_seq, maxSeq), unread_count: 0, unread_mentions: 0 });
       this.changed();
     }
   }
@@ -258,6 +432,9 @@ export class ChatStore {
         last_seq: Math.max(c.last_seq ?? 0, prev?.last_seq ?? 0),
         last_read_seq: Math.max(c.last_read_seq ?? 0, prev?.last_read_seq ?? 0),
         unread_count: merge && prev ? prev.unread_count : this.active === c.id && this.visible() ? 0 : c.unread_count ?? 0,
+        unread_mentions: merge && prev ? prev.unread_mentions : this.active === c.id && this.visible() ? 0 : c.unread_mentions ?? 0,
+        owner_id: c.owner_id ?? (c.admin_ids !== undefined ? undefined : prev?.owner_id),
+        admin_ids: c.admin_ids ?? prev?.admin_ids,
         last_message: last,
         typing: prev?.typing ?? [],
         has_more: prev?.has_more,
@@ -269,6 +446,8 @@ export class ChatStore {
 
   private onNewMessage(w: NewMessage): void {
     const m = this.fromWire(w);
+    // A reply the store has not seen: its root (if held) has one more. A repeat counts nothing.
+    if (m.reply_to !== null && !this.getMessage(w.message_id, w.conversation_id)) this.countReply(w.conversation_id, m.reply_to, m.created_at);
     const existed = this.findById(w.conversation_id, w.message_id) ?? (m.mine && m.client_msg_id ? this.findByClientId(m.client_msg_id) : undefined);
     if (existed) {
       this.remove(existed);
@@ -297,6 +476,9 @@ export class ChatStore {
           created_at: new Date(it.queued_at).toISOString(),
           mine: true,
           status: 'pending',
+          ...richDefaults(),
+          reply_to: it.reply_to ?? null,
+          mentions: it.mentions ?? [],
         },
         false,
       );
@@ -304,7 +486,7 @@ export class ChatStore {
     this.changed();
   }
 
-  private onReadReceipt(convId: number, readerId: number, ids: number[]): void {
+  private onReadReceipt(convId: number, readerId: number, ids: number[], readAt: string): void {
     const list = this.msgs.get(convId) ?? [];
     if (readerId === this.client.userId) {
       // Read on another device of ours.
@@ -312,12 +494,15 @@ export class ChatStore {
       let maxSeq = 0;
       for (const m of list) if (m.message_id !== undefined && ids.includes(m.message_id)) maxSeq = Math.max(maxSeq, m.seq ?? 0);
       if (conv && maxSeq > conv.last_read_seq) {
-        const unread = list.filter((m) => !m.mine && (m.seq ?? 0) > maxSeq).length;
-        this.setConv({ ...conv, last_read_seq: maxSeq, unread_count: unread });
+        const after = list.filter((m) => !m.mine && !m.deleted && (m.seq ?? 0) > maxSeq);
+        const mentions = after.filter((m) => m.mentions.includes(readerId)).length;
+        this.setConv({ ...conv, last_read_seq: maxSeq, unread_count: after.length, unread_mentions: Math.min(conv.unread_mentions, mentions) });
       }
       this.changed();
       return;
     }
+    // "Seen by": the reader, on each message it read.
+    for (const id of ids) this.mergeReads(id, [{ user_id: readerId, read_at: readAt ?? new Date().toISOString() }]);
     for (const id of ids) if (!list.some((m) => m.message_id === id)) this.noteEarly(id, 'read');
     // The reader has seen everything up to the newest message it read.
     let upTo = 0;
@@ -354,6 +539,123 @@ export class ChatStore {
     if (conv?.typing.includes(userId)) this.onTyping(convId, userId, false);
   }
 
+  /** An edit, delete, reaction or pin: applied to every copy of the message held. */
+  private onChange(ev: MessageChange): void {
+    const conv = this.convs.get(ev.conversation_id);
+    if (conv && ev.seq > conv.last_seq) this.setConv({ ...conv, last_seq: ev.seq });
+    if (!this.versions.accept(ev)) return this.changed();
+    const before = this.getMessage(ev.message_id, ev.conversation_id);
+    const me = this.client.userId;
+    this.patchMessage(ev.conversation_id, ev.message_id, (m) => applyChange(m, ev, me));
+    const pins = this.pinsOf.get(ev.conversation_id);
+    if (ev.type === 'message_deleted' || ev.type === 'message_unpinned') {
+      if (pins?.some((m) => m.message_id === ev.message_id))
+        this.pinsOf.set(
+          ev.conversation_id,
+          pins.filter((m) => m.message_id !== ev.message_id),
+        );
+    } else if (ev.type === 'message_pinned' && pins && !pins.some((m) => m.message_id === ev.message_id)) {
+      const m = this.getMessage(ev.message_id, ev.conversation_id);
+      if (m && !m.deleted) this.pinsOf.set(ev.conversation_id, [m, ...pins]);
+      else if (!m) this.client.listPins(ev.conversation_id).catch(() => {});
+    }
+    // An unread message deleted is no longer unread.
+    if (ev.type === 'message_deleted' && before && !before.deleted && conv && !before.mine && (before.seq ?? 0) > conv.last_read_seq) {
+      const cur = this.convs.get(ev.conversation_id)!;
+      const mentioned = me !== null && before.mentions.includes(me);
+      this.setConv({ ...cur, unread_count: Math.max(0, cur.unread_count - 1), unread_mentions: Math.max(0, cur.unread_mentions - (mentioned ? 1 : 0)) });
+    }
+    this.changed();
+  }
+
+  private onThread(t: ThreadPage): void {
+    const rootId = t.message_id;
+    const wire = t.messages.map((m) => this.fromWire(m));
+    const root = wire.find((m) => m.message_id === rootId);
+    const replies = wire.filter((m) => m.message_id !== rootId);
+    const convId = t.conversation_id || root?.conversation_id || replies[0]?.conversation_id || 0;
+    const prev = this.threads.get(rootId);
+    const merged = new Map<number, ChatMessage>();
+    for (const r of prev?.replies ?? []) if (r.message_id !== undefined) merged.set(r.message_id, r);
+    for (const r of replies) merged.set(r.message_id!, r);
+    this.threads.set(rootId, {
+      root_id: rootId,
+      conversation_id: convId,
+      root: root ?? prev?.root,
+      replies: [...merged.values()].sort((a, b) => (a.seq ?? 0) - (b.seq ?? 0)),
+      has_more: t.has_more,
+      loading: false,
+    });
+    // Fresher copies of messages the conversation's list holds (never new ones: that would
+    // leave holes in its pages).
+    const list = this.msgs.get(convId);
+    if (list) {
+      const byId = new Map(wire.map((m) => [m.message_id!, m]));
+      if (list.some((m) => m.message_id !== undefined && byId.has(m.message_id)))
+        this.msgs.set(
+          convId,
+          list.map((m) => {
+            const w = m.message_id !== undefined ? byId.get(m.message_id) : undefined;
+            return w ? { ...w, key: m.key, status: m.status } : m;
+          }),
+        );
+    }
+    this.changed();
+  }
+
+  /** A new reply to `rootId`: counted on the root wherever the store holds it. */
+  private countReply(convId: number, rootId: number, createdAt: string): void {
+    this.patchMessage(convId, rootId, (m) => addReply(m, { created_at: createdAt }));
+  }
+
+  private mergeReads(messageId: number, reads: readonly MessageRead[]): void {
+    const prev = this.readsOf.get(messageId) ?? [];
+    const byUser = new Map(prev.map((r) => [r.user_id, r]));
+    let changed = false;
+    for (const r of reads) {
+      const old = byUser.get(r.user_id);
+      if (!old || (r.read_at && r.read_at < old.read_at)) {
+        byUser.set(r.user_id, r);
+        changed = true;
+      }
+    }
+    if (!changed && prev.length) return;
+    this.readsOf.set(messageId, [...byUser.values()].sort((a, b) => a.read_at.localeCompare(b.read_at)));
+  }
+
+  /** Applies `fn` to every copy of a message: the conversation's list, threads, pins and the
+   *  conversation's last message. Returns whether any copy was found. */
+  private patchMessage(convId: number, messageId: number, fn: (m: ChatMessage) => ChatMessage): boolean {
+    let found = false;
+    const each = (list: ChatMessage[]): ChatMessage[] => {
+      const i = list.findIndex((m) => m.message_id === messageId);
+      if (i < 0) return list;
+      found = true;
+      const next = fn(list[i]!);
+      if (next === list[i]) return list;
+      const copy = list.slice();
+      copy[i] = next;
+      return copy;
+    };
+    const list = this.msgs.get(convId);
+    if (list) this.msgs.set(convId, each(list));
+    for (const [id, t] of this.threads) {
+      if (t.conversation_id !== convId) continue;
+      const root = t.root?.message_id === messageId ? ((found = true), fn(t.root)) : t.root;
+      const replies = each(t.replies);
+      if (root !== t.root || replies !== t.replies) this.threads.set(id, { ...t, root, replies });
+    }
+    const pins = this.pinsOf.get(convId);
+    if (pins) this.pinsOf.set(convId, each(pins));
+    const conv = this.convs.get(convId);
+    if (conv?.last_message?.message_id === messageId) {
+      found = true;
+      const last = fn(conv.last_message);
+      if (last !== conv.last_message) this.setConv({ ...conv, last_message: last });
+    }
+    return found;
+  }
+
   // ---------------------------------------------------------------- internals
 
   private visible(): boolean {
@@ -371,13 +673,14 @@ export class ChatStore {
   }
 
   private placeholder(id: number): ConversationState {
-    const conv: ConversationState = { id, kind: 'direct', title: '', participant_ids: [], last_seq: 0, last_read_seq: 0, unread_count: 0, typing: [] };
+    const conv: ConversationState = { id, kind: 'direct', title: '', participant_ids: [], last_seq: 0, last_read_seq: 0, unread_count: 0, unread_mentions: 0, typing: [] };
     this.setConv(conv);
     return conv;
   }
 
-  private fromWire(w: NewMessage): ChatMessage {
+  private fromWire(w: MessageView): ChatMessage {
     const mine = this.client.userId !== null && w.sender_id === this.client.userId;
+    const d = richDefaults();
     const m: ChatMessage = {
       key: mine && w.client_msg_id ? w.client_msg_id : `m${w.message_id}`,
       message_id: w.message_id,
@@ -387,6 +690,17 @@ export class ChatStore {
       seq: w.seq,
       created_at: w.created_at,
       mine,
+      reply_to: w.reply_to ?? d.reply_to,
+      mentions: w.mentions ?? d.mentions,
+      edited_at: w.edited_at ?? d.edited_at,
+      deleted: w.deleted ?? d.deleted,
+      deleted_at: w.deleted_at ?? d.deleted_at,
+      deleted_by: w.deleted_by ?? d.deleted_by,
+      reactions: w.reactions ?? d.reactions,
+      reply_count: w.reply_count ?? d.reply_count,
+      last_reply_at: w.last_reply_at ?? d.last_reply_at,
+      pinned_at: w.pinned_at ?? d.pinned_at,
+      pinned_by: w.pinned_by ?? d.pinned_by,
     };
     if (w.client_msg_id) m.client_msg_id = w.client_msg_id;
     if (w.receiver_id !== undefined) m.receiver_id = w.receiver_id;
@@ -410,7 +724,10 @@ export class ChatStore {
     const next = { ...conv };
     if (seq > conv.last_seq) next.last_seq = seq;
     if (m && (!conv.last_message || (conv.last_message.seq ?? 0) <= seq)) next.last_message = m;
-    if (isNew && m && !m.mine && seq > conv.last_seq && seq > conv.last_read_seq) next.unread_count = conv.unread_count + 1;
+    if (isNew && m && !m.mine && seq > conv.last_seq && seq > conv.last_read_seq) {
+      next.unread_count = conv.unread_count + 1;
+      if (this.client.userId !== null && m.mentions.includes(this.client.userId)) next.unread_mentions = conv.unread_mentions + 1;
+    }
     this.setConv(next);
   }
 
@@ -469,6 +786,16 @@ export class ChatStore {
     );
     const messages: Record<number, ChatMessage[]> = {};
     for (const [id, list] of this.msgs) messages[id] = list;
+    const threads: Record<number, ThreadState> = {};
+    for (const [id, t] of this.threads) threads[id] = this.threadView(t);
+    const pins: Record<number, ChatMessage[]> = {};
+    for (const [id, list] of this.pinsOf) {
+      // The conversation list's copy is the freshest (ticks): prefer it.
+      const byId = new Map((this.msgs.get(id) ?? EMPTY).map((m) => [m.message_id, m]));
+      pins[id] = list.map((m) => byId.get(m.message_id) ?? m);
+    }
+    const reads: Record<number, MessageRead[]> = {};
+    for (const [id, list] of this.readsOf) reads[id] = list;
     const c = this.client;
     return {
       state: c.state,
@@ -481,7 +808,27 @@ export class ChatStore {
       presence: this.presence,
       totalUnread: conversations.reduce((n, x) => n + x.unread_count, 0),
       activeConversationId: this.active,
+      threads,
+      activeThreadId: this.activeThread,
+      pins,
+      reads,
     };
+  }
+
+  /** A thread as shown: the loaded replies plus the conversation's messages in it (live ones,
+   *  yours pending), the conversation list's copy preferred; by seq, pending last. */
+  private threadView(t: ThreadState): ThreadState {
+    const list = this.msgs.get(t.conversation_id) ?? EMPTY;
+    const out = new Map<string, ChatMessage>();
+    const idKey = (m: ChatMessage) => (m.message_id !== undefined ? `#${m.message_id}` : m.key);
+    for (const r of t.replies) out.set(idKey(r), r);
+    let root = t.root;
+    for (const m of list) {
+      if (m.message_id === t.root_id) root = m;
+      else if (m.reply_to === t.root_id) out.set(idKey(m), m);
+    }
+    const replies = [...out.values()].sort((a, b) => (a.seq === undefined ? (b.seq === undefined ? 0 : 1) : b.seq === undefined ? -1 : a.seq - b.seq));
+    return { ...t, root, replies };
   }
 
   private changed(): void {

@@ -20,16 +20,130 @@ export interface MessageSent {
   duplicate?: boolean;
 }
 
-export interface NewMessage {
-  type: 'new_message';
+/** One emoji's reactions on a message, as the reader sees them. */
+export interface ReactionSummary {
+  /** How many users reacted with it. */
+  count: number;
+  /** Whether you are one of them. */
+  me: boolean;
+}
+
+/** A message as the server shows it (`new_message`, `history`, `thread`, `pins`, REST pages). */
+export interface MessageView {
   message_id: number;
   conversation_id: number;
   sender_id: number;
   receiver_id?: number;
+  /** "" for a deleted message (a tombstone). */
   text: string;
   seq: number;
   created_at: string;
   client_msg_id?: string;
+  /** The thread root this replies to (threads are one level: always the root), or null. */
+  reply_to: number | null;
+  /** Users mentioned. */
+  mentions: number[];
+  /** Last edit (RFC 3339), or null. */
+  edited_at: string | null;
+  /** Deleted for everyone: `text` is "", reactions are gone; id, seq, sender and time stay. */
+  deleted: boolean;
+  deleted_at: string | null;
+  deleted_by: number | null;
+  /** Emoji (a Unicode emoji or `:short_code:`) → count and whether you reacted; `{}` when none. */
+  reactions: Record<string, ReactionSummary>;
+  /** Replies in this message's thread. */
+  reply_count: number;
+  last_reply_at: string | null;
+  /** When and by whom it was pinned, or null. */
+  pinned_at: string | null;
+  pinned_by: number | null;
+}
+
+export interface NewMessage extends MessageView {
+  type: 'new_message';
+}
+
+// Change events: delivered to every socket of every member (the actor's own included: that is
+// the answer to the frame). Each has its own `seq`, in the same numbering as messages.
+
+/** `message_updated`: a message's text was edited. */
+export interface MessageUpdated {
+  type: 'message_updated';
+  message_id: number;
+  conversation_id: number;
+  seq: number;
+  text: string;
+  edited_at: string;
+  /** Who edited it. */
+  user_id: number;
+}
+
+/** `message_deleted`: a message was deleted for everyone (it becomes a tombstone). */
+export interface MessageDeleted {
+  type: 'message_deleted';
+  message_id: number;
+  conversation_id: number;
+  seq: number;
+  deleted_at: string;
+  deleted_by: number;
+}
+
+/** `reaction_added` / `reaction_removed`. `count` is the emoji's total after the change. */
+export interface ReactionChanged {
+  type: 'reaction_added' | 'reaction_removed';
+  message_id: number;
+  conversation_id: number;
+  seq: number;
+  /** Who reacted (or took the reaction back). */
+  user_id: number;
+  emoji: string;
+  count: number;
+}
+
+/** `message_pinned` / `message_unpinned`. */
+export interface PinChanged {
+  type: 'message_pinned' | 'message_unpinned';
+  message_id: number;
+  conversation_id: number;
+  seq: number;
+  user_id: number;
+  at: string;
+}
+
+/** Any change to an existing message. */
+export type MessageChange = MessageUpdated | MessageDeleted | ReactionChanged | PinChanged;
+
+/** The change event types. */
+export const MESSAGE_CHANGE_TYPES = ['message_updated', 'message_deleted', 'reaction_added', 'reaction_removed', 'message_pinned', 'message_unpinned'] as const;
+
+/** `thread`: a page of a thread, the root first when the page starts there, then replies oldest first. */
+export interface ThreadPage {
+  type: 'thread';
+  /** The root. */
+  message_id: number;
+  conversation_id: number;
+  messages: NewMessage[];
+  has_more: boolean;
+}
+
+/** `pins`: a conversation's pinned messages, most recently pinned first. */
+export interface PinsList {
+  type: 'pins';
+  conversation_id: number;
+  messages: NewMessage[];
+}
+
+export interface MessageRead {
+  user_id: number;
+  read_at: string;
+}
+
+/** `message_reads`: who read a message ("seen by"), earliest first. */
+export interface MessageReads {
+  type: 'message_reads';
+  message_id: number;
+  conversation_id: number;
+  reads: MessageRead[];
 }
 
 export interface MessageDelivered {
@@ -72,6 +186,17 @@ export interface ParticipantsChanged {
   conversation_id: number;
   added_user_ids: number[];
   removed_user_ids: number[];
+  /** Who did it (absent when the system did). */
+  actor_id?: number;
+  /** The roles after the change. */
+  owner_id?: number;
+  admin_ids?: number[];
+}
+
+/** `conversation_updated`: a membership or role change you asked for is done. */
+export interface ConversationUpdated {
+  type: 'conversation_updated';
+  conversation: ConversationInfo;
 }
 
 export interface SyncComplete {
@@ -92,10 +217,18 @@ export interface ConversationInfo {
   kind: 'direct' | 'group' | string;
   title: string;
   participant_ids: number[];
+  /** Groups: the owner (absent for direct chats, and for a group whose owner left). */
+  owner_id?: number;
+  /** Groups: the admins. */
+  admin_ids?: number[];
   last_seq: number;
   last_read_seq: number;
   unread_count: number;
+  /** Of the unread messages, those mentioning you. */
+  unread_mentions?: number;
   last_message?: NewMessage | null;
+  created_by?: number;
+  created_at?: string;
   [extra: string]: unknown;
 }
 
@@ -142,6 +275,14 @@ export type ServerFrame =
   | JoinedConversation
   | LeftConversation
   | ParticipantsChanged
+  | ConversationUpdated
+  | MessageUpdated
+  | MessageDeleted
+  | ReactionChanged
+  | PinChanged
+  | ThreadPage
+  | PinsList
+  | MessageReads
   | SyncComplete
   | HistoryPage
   | Conversations
@@ -167,6 +308,10 @@ export interface OutboxItem {
   conversation_id?: number;
   receiver_id?: number;
   text: string;
+  /** The message this replies to (the server files it in the root's thread). */
+  reply_to?: number;
+  /** Users mentioned. */
+  mentions?: number[];
   /** When the app queued it (ms since epoch). */
   queued_at: number;
   /** How many times it was put on the wire. */
