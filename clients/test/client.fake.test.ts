@@ -27,6 +27,10 @@ class FakeServer {
   sseClosed = 0;
   sseUrls: string[] = [];
   posts: { path: string; body: any }[] = [];
+  /** Every REST call (method, path with query, body). */
+  calls: { method: string; path: string; body: any }[] = [];
+  /** Answers REST calls the fake does not know (return undefined: 404). */
+  onRest: (method: string, path: string, body: any) => { status: number; body?: unknown } | undefined = () => undefined;
   nextMessageId = 100;
   urlTokens: string[] = []; // tokens clients put in the URL (the SDK must not)
   refuseTokens: string[] = []; // tokens whose `authenticate` is answered with close 4001
@@ -99,6 +103,9 @@ class FakeServer {
         res.end(obj === undefined ? '' : JSON.stringify(obj));
       };
       if (req.method === 'POST') this.posts.push({ path: url.pathname, body: json });
+      this.calls.push({ method: req.method!, path: url.pathname + url.search, body: json });
+      const custom = this.onRest(req.method!, url.pathname + url.search, json);
+      if (custom) return reply(custom.status, custom.body);
       const m = url.pathname.match(/^\/api\/v1\/conversations\/(\d+)\/messages\/$/);
       if (m && req.method === 'POST') {
         return reply(201, { message_id: this.nextMessageId++, conversation_id: Number(m[1]), seq: 1, client_msg_id: json.client_msg_id, created_at: new Date().toISOString() });
@@ -432,6 +439,78 @@ class TinyEventSource {
     this.req.destroy();
   }
 }
+
+describe('rich messages over the REST fallback', () => {
+  it('edits, deletes, reactions, pins, threads, pins list, reads and replies go over REST; a change answered by REST and streamed too is applied once', async () => {
+    fake.refuseUpgrades = Infinity;
+    const at = '2025-01-01T10:00:00.000Z';
+    fake.onRest = (method, path, body) => {
+      const m = path.match(/^\/api\/v1\/messages\/(\d+)\/(.*)$/);
+      if (!m) return undefined;
+      const id = Number(m[1]);
+      const ev = { message_id: id, conversation_id: 2, seq: 10 + fake.calls.length };
+      const rest = m[2];
+      if (rest === '' && method === 'PATCH') return { status: 200, body: { type: 'message_updated', ...ev, text: body.text, edited_at: at, user_id: 1 } };
+      if (rest === '' && method === 'DELETE') return { status: 200, body: { type: 'message_deleted', ...ev, deleted_at: at, deleted_by: 1 } };
+      if (rest === 'reactions/') return { status: 200, body: { type: method === 'POST' ? 'reaction_added' : 'reaction_removed', ...ev, user_id: 1, emoji: body.emoji, count: method === 'POST' ? 1 : 0 } };
+      if (rest === 'pin/') return { status: 200, body: { type: method === 'POST' ? 'message_pinned' : 'message_unpinned', ...ev, user_id: 1, at } };
+      if (rest.startsWith('thread/')) return { status: 200, body: { message_id: id, conversation_id: 2, messages: [newMessage(id, 2, 1), newMessage(id + 1, 2, 3, { reply_to: id })], has_more: false } };
+      if (rest === 'reads/') return { status: 200, body: { message_id: id, conversation_id: 2, reads: [{ user_id: 2, read_at: at }] } };
+      return undefined;
+    };
+    const c = client({ fallback: { afterFailures: 2, retryWebSocketMs: 60_000 } });
+    const changes = collect(c, 'message_changed');
+    c.connect();
+    await waitState(c, 'fallback');
+    await until(() => fake.sse.length === 1 && c.isConnected, 'the SSE stream');
+
+    const edited = await c.editMessage(5, 'fixed');
+    expect(edited).toMatchObject({ type: 'message_updated', message_id: 5, text: 'fixed' });
+    expect(fake.calls.at(-1)).toEqual({ method: 'PATCH', path: '/api/v1/messages/5/', body: { text: 'fixed' } });
+    // The same change over the event stream: not emitted a second time.
+    fake.sseEvent({ ...edited });
+    await sleep(50);
+    expect(changes.map((x) => x.type)).toEqual(['message_updated']);
+
+    await expect(c.deleteMessage(5)).resolves.toMatchObject({ type: 'message_deleted' });
+    expect(fake.calls.at(-1)).toMatchObject({ method: 'DELETE', path: '/api/v1/messages/5/' });
+    await expect(c.addReaction(6, '👍')).resolves.toMatchObject({ type: 'reaction_added', emoji: '👍', count: 1 });
+    expect(fake.calls.at(-1)).toEqual({ method: 'POST', path: '/api/v1/messages/6/reactions/', body: { emoji: '👍' } });
+    await expect(c.removeReaction(6, '👍')).resolves.toMatchObject({ type: 'reaction_removed', count: 0 });
+    expect(fake.calls.at(-1)).toEqual({ method: 'DELETE', path: '/api/v1/messages/6/reactions/', body: { emoji: '👍' } });
+    await expect(c.pinMessage(6)).resolves.toMatchObject({ type: 'message_pinned' });
+    expect(fake.calls.at(-1)).toMatchObject({ method: 'POST', path: '/api/v1/messages/6/pin/' });
+    await expect(c.unpinMessage(6)).resolves.toMatchObject({ type: 'message_unpinned' });
+    expect(fake.calls.at(-1)).toMatchObject({ method: 'DELETE', path: '/api/v1/messages/6/pin/' });
+    expect(changes).toHaveLength(6);
+
+    const thread = await c.getThread(6, { afterSeq: 2, limit: 20 });
+    expect(fake.calls.at(-1)!.path).toBe('/api/v1/messages/6/thread/?after_seq=2&limit=20');
+    expect(thread).toMatchObject({ type: 'thread', message_id: 6, conversation_id: 2, has_more: false });
+    expect(thread.messages.map((m) => [m.type, m.message_id])).toEqual([
+      ['new_message', 6],
+      ['new_message', 7],
+    ]);
+    const reads = await c.getReads(6);
+    expect(fake.calls.at(-1)!.path).toBe('/api/v1/messages/6/reads/');
+    expect(reads).toMatchObject({ type: 'message_reads', message_id: 6, reads: [{ user_id: 2 }] });
+    fake.onRest = (method, path) => (path === '/api/v1/conversations/2/pins/' ? { status: 200, body: { messages: [newMessage(6, 2, 1, { pinned_at: at })] } } : undefined);
+    const pins = await c.listPins(2);
+    expect(pins).toMatchObject({ type: 'pins', conversation_id: 2, messages: [{ type: 'new_message', message_id: 6 }] });
+
+    await c.sendMessage({ conversationId: 2, text: 'a reply', clientMsgId: 'reply-1', replyTo: 6, mentions: [2, '2'] });
+    expect(fake.posts.at(-1)).toEqual({ path: '/api/v1/conversations/2/messages/', body: { text: 'a reply', client_msg_id: 'reply-1', reply_to: 6, mentions: [2] } });
+  });
+
+  it('a REST refusal rejects with its code', async () => {
+    fake.refuseUpgrades = Infinity;
+    fake.onRest = (method, path) => (path === '/api/v1/messages/9/' ? { status: 403, body: { error: { code: 'forbidden', message: 'not yours' } } } : undefined);
+    const c = client({ fallback: { afterFailures: 2, retryWebSocketMs: 60_000 } });
+    c.connect();
+    await waitState(c, 'fallback');
+    await expect(c.editMessage(9, 'x')).rejects.toMatchObject({ code: 'forbidden', status: 403 });
+  });
+});
 
 describe('fallback without streaming fetch (React Native)', () => {
   it('uses EventSource with the token in the query, and REST through the given fetch', async () => {
