@@ -3,7 +3,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { chromium, type Browser, type Locator, type Page } from 'playwright-core';
 import { IndabaServer } from './server.js';
 // @ts-expect-error plain ESM helper without types
 import { serveDemo } from '../demo/serve.mjs';
@@ -121,5 +121,137 @@ it('two users chat: typing, the message, unread count, presence and the read tic
   await alice.screenshot({ path: join(artifacts, 'demo.png') });
   await bob.screenshot({ path: join(artifacts, 'demo-bob.png') });
   expect(existsSync(join(artifacts, 'demo.png'))).toBe(true);
+  expect(errors).toEqual([]);
+});
+
+it('rich messages in the demo: edit, delete, react, reply, thread, pin, seen by', { timeout: 180_000 }, async (ctx) => {
+  const opts = { viewport: { width: 1400, height: 800 } };
+  const carol = await (await browser.newContext(opts)).newPage();
+  const dan = await (await browser.newContext(opts)).newPage();
+  const errors: string[] = [];
+  ctx.onTestFailed(async () => {
+    console.error('page errors:', errors.join('\n'));
+    mkdirSync(artifacts, { recursive: true });
+    await carol.screenshot({ path: join(artifacts, 'failed-rich-carol.png') }).catch(() => {});
+    await dan.screenshot({ path: join(artifacts, 'failed-rich-dan.png') }).catch(() => {});
+  });
+  for (const [name, p] of [['carol', carol], ['dan', dan]] as const) {
+    p.on('pageerror', (e) => errors.push(`${name}: ${e.stack ?? e}`));
+    p.on('console', (m) => {
+      if (m.type() === 'error') errors.push(`${name} console: ${m.text()} ${m.location().url}`);
+    });
+  }
+  // Messages of the conversation pane (not the thread pane), by text or by id.
+  const inList = (p: Page) => p.locator('.messages [data-testid=message]');
+  const byText = (p: Page, text: string) => inList(p).filter({ has: p.locator('.text', { hasText: text }) });
+  const byId = (p: Page, id: string) => p.locator(`.messages [data-testid=message][data-message-id="${id}"]`);
+  const idOf = async (p: Page, text: string) => {
+    const loc = byText(p, text);
+    await loc.waitFor();
+    const end = Date.now() + 15_000;
+    for (;;) {
+      const id = await loc.getAttribute('data-message-id');
+      if (id) return id;
+      if (Date.now() > end) throw new Error(`no message id for "${text}"`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+  // A message's actions show on hover, as for a person with a mouse.
+  const action = async (msg: Locator, name: string) => {
+    await msg.hover();
+    await msg.getByTestId(name).click();
+  };
+  const send = async (p: Page, text: string) => {
+    await p.getByTestId('composer').fill(text);
+    await p.getByTestId('composer').press('Enter');
+  };
+
+  await signIn(carol, 3);
+  await carol.getByTestId('new-chat').fill('4');
+  await carol.getByTestId('start-chat').click();
+  await signIn(dan, 4);
+  await send(carol, 'Lunch at noon?');
+  const lunch = await idOf(carol, 'Lunch at noon?');
+  await dan.getByTestId('conversation').filter({ hasText: 'Carol' }).click();
+  await byId(dan, lunch).filter({ hasText: 'Lunch at noon?' }).waitFor();
+
+  // Edit: Carol fixes her message; Dan sees the new text, labelled "edited".
+  await action(byId(carol, lunch), 'action-edit');
+  await carol.getByTestId('edit-input').fill('Lunch at 12:30?');
+  await carol.getByTestId('edit-input').press('Enter');
+  await byId(dan, lunch).filter({ hasText: 'Lunch at 12:30?' }).getByTestId('edited').waitFor();
+  await byId(carol, lunch).filter({ hasText: 'Lunch at 12:30?' }).getByTestId('edited').waitFor();
+  expect(await byId(dan, lunch).locator('.text').textContent()).toBe('Lunch at 12:30?');
+
+  // Delete: Carol takes a message back; both see the tombstone, not the text.
+  await send(carol, 'Oops, wrong chat');
+  const oops = await idOf(carol, 'Oops, wrong chat');
+  await byId(dan, oops).filter({ hasText: 'Oops, wrong chat' }).waitFor();
+  await action(byId(carol, oops), 'action-delete');
+  await byId(dan, oops).getByTestId('tombstone').waitFor();
+  await byId(carol, oops).getByTestId('tombstone').waitFor();
+  expect(await byId(dan, oops).textContent()).not.toContain('Oops');
+  expect(await byId(dan, oops).getAttribute('data-deleted')).toBe('true');
+
+  // React: Dan picks 👍; Carol taps the chip too (2, hers); Dan taps his away (1).
+  const chip = (p: Page, count: number, me: boolean) => byId(p, lunch).locator(`[data-testid=reaction][data-emoji="👍"][data-count="${count}"][data-me="${me}"]`);
+  await action(byId(dan, lunch), 'action-react');
+  await byId(dan, lunch).locator('[data-testid=pick][data-emoji="👍"]').click();
+  await chip(dan, 1, true).waitFor();
+  await chip(carol, 1, false).waitFor();
+  await chip(carol, 1, false).click();
+  await chip(carol, 2, true).waitFor();
+  await chip(dan, 2, true).waitFor();
+  await chip(dan, 2, true).click();
+  await chip(dan, 1, false).waitFor();
+  await chip(carol, 1, true).waitFor();
+
+  // Reply: Dan replies to the lunch message; Carol sees it with the quote above, and "1 reply".
+  await action(byId(dan, lunch), 'action-reply');
+  await dan.getByTestId('replying').filter({ hasText: 'Lunch at 12:30?' }).waitFor();
+  await send(dan, '12:30 works');
+  await byText(carol, '12:30 works').getByTestId('reply-quote').filter({ hasText: 'Lunch at 12:30?' }).waitFor();
+  await byId(carol, lunch).getByTestId('thread-link').filter({ hasText: '1 reply' }).waitFor();
+  await byId(dan, lunch).getByTestId('thread-link').filter({ hasText: '1 reply' }).waitFor();
+  expect(await dan.getByTestId('replying').count()).toBe(0);
+
+  // Thread: both open it (root first, then the reply); Carol answers inside; Dan sees it live.
+  await byId(carol, lunch).getByTestId('thread-link').click();
+  const carolPane = carol.getByTestId('thread-pane');
+  await carolPane.getByTestId('message').filter({ hasText: '12:30 works' }).waitFor();
+  expect(await carolPane.getByTestId('message').first().locator('.text').textContent()).toBe('Lunch at 12:30?');
+  await byId(dan, lunch).getByTestId('thread-link').click();
+  const danPane = dan.getByTestId('thread-pane');
+  await danPane.getByTestId('message').filter({ hasText: '12:30 works' }).waitFor();
+  await carolPane.getByTestId('thread-composer').fill('See you there');
+  await carolPane.getByTestId('thread-composer').press('Enter');
+  await danPane.getByTestId('message').filter({ hasText: 'See you there' }).waitFor();
+  await danPane.getByTestId('thread-count').filter({ hasText: '2 replies' }).waitFor();
+  await carolPane.getByTestId('thread-count').filter({ hasText: '2 replies' }).waitFor();
+  await byId(dan, lunch).getByTestId('thread-link').filter({ hasText: '2 replies' }).waitFor();
+  await byText(dan, 'See you there').getByTestId('reply-quote').filter({ hasText: 'Lunch at 12:30?' }).waitFor();
+
+  // Pin: Dan pins the lunch message; Carol sees the mark and finds it in her pins pane, where she
+  // unpins it: the mark goes for both.
+  await action(byId(dan, lunch), 'action-pin');
+  await byId(carol, lunch).getByTestId('pinned-mark').waitFor();
+  await carol.getByTestId('pins-toggle').click();
+  const pins = carol.getByTestId('pins-pane');
+  await pins.getByTestId('pinned').filter({ hasText: 'Lunch at 12:30?' }).waitFor();
+  await carol.getByTestId('pins-toggle').filter({ hasText: '(1)' }).waitFor();
+  await pins.getByTestId('unpin').click();
+  await pins.getByTestId('pinned').waitFor({ state: 'detached' });
+  await byId(dan, lunch).getByTestId('pinned-mark').waitFor({ state: 'detached' });
+  await byId(carol, lunch).getByTestId('pinned-mark').waitFor({ state: 'detached' });
+
+  // Seen by: Dan has the conversation open, so he read Carol's messages. Her newest says so by
+  // itself (live read receipts); asking on the first one shows it too (message_reads).
+  await byText(carol, 'See you there').getByTestId('seen-by').filter({ hasText: 'Seen by Dan' }).waitFor();
+  await action(byId(carol, lunch), 'action-seen');
+  await byId(carol, lunch).getByTestId('seen-by').filter({ hasText: 'Seen by Dan' }).waitFor();
+
+  mkdirSync(artifacts, { recursive: true });
+  await carol.screenshot({ path: join(artifacts, 'demo-rich-carol.png') });
+  await dan.screenshot({ path: join(artifacts, 'demo-rich-dan.png') });
   expect(errors).toEqual([]);
 });
