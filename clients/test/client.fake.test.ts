@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { createServer, get, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer } from 'ws';
-import { IndabaClient, webStorage, type IndabaClientOptions, type WebSocketConstructor } from '@indaba/client';
+import { ChatStore, IndabaClient, webStorage, type IndabaClientOptions, type WebSocketConstructor } from '@indaba/client';
 import { sleep, until } from './server.js';
 import { collect, waitState } from './helpers.js';
 
@@ -500,6 +500,28 @@ describe('rich messages over the REST fallback', () => {
 
     await c.sendMessage({ conversationId: 2, text: 'a reply', clientMsgId: 'reply-1', replyTo: 6, mentions: [2, '2'] });
     expect(fake.posts.at(-1)).toEqual({ path: '/api/v1/conversations/2/messages/', body: { text: 'a reply', client_msg_id: 'reply-1', reply_to: 6, mentions: [2] } });
+  });
+
+  it('ChatStore: after a resume over REST, loaded conversations are reloaded (changes to older messages included)', async () => {
+    fake.refuseUpgrades = Infinity;
+    let edited = false;
+    fake.onRest = (method, path) =>
+      method === 'GET' && path.startsWith('/api/v1/conversations/2/messages/?')
+        ? { status: 200, body: { messages: [newMessage(5, 2, 1, edited ? { text: 'edited while away', edited_at: new Date().toISOString(), reactions: { '👍': { count: 1, me: false } } } : {})], has_more: false } }
+        : undefined;
+    const c = client({ fallback: { afterFailures: 2, retryWebSocketMs: 60_000 } });
+    const store = new ChatStore(c, { autoMarkRead: false });
+    c.connect();
+    await waitState(c, 'fallback');
+    await until(() => c.isConnected, 'the SSE stream');
+    await store.open(2);
+    await until(() => store.getMessage(5)?.text === 'm5', 'the first page');
+    edited = true;
+    fake.sse[0]!.destroy(); // the stream drops; the client reconnects and resumes over REST
+    await until(() => store.getMessage(5)?.text === 'edited while away', 'the page reloaded after the resume');
+    expect(store.getMessage(5)).toMatchObject({ reactions: { '👍': { count: 1, me: false } } });
+    expect(fake.calls.filter((x) => x.path === '/api/v1/conversations/2/messages/?limit=50').length).toBeGreaterThanOrEqual(2);
+    store.dispose();
   });
 
   it('a REST refusal rejects with its code', async () => {

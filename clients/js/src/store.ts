@@ -163,7 +163,12 @@ export class ChatStore {
       c.on('conversations', (f) => this.onConversations(f.conversations)),
       c.on('new_message', (m) => this.onNewMessage(m)),
       c.on('history', (h) => {
-        for (const m of h.messages) this.insert(this.fromWire(m), false);
+        for (const w of h.messages) {
+          // A page may bring a message again, in its current state: keep its key and ticks.
+          const prev = this.findById(h.conversation_id, w.message_id);
+          const m = this.fromWire(w);
+          this.insert(prev ? { ...m, key: prev.key, status: prev.status ?? m.status } : m, false);
+        }
         const conv = this.convs.get(h.conversation_id);
         if (conv) this.setConv({ ...conv, has_more: h.has_more });
         this.changed();
@@ -217,6 +222,11 @@ export class ChatStore {
         }
       }),
       c.on('conversation_updated', (f) => this.onConversations([f.conversation], true)),
+      c.on('sync_complete', () => {
+        // A resume over the REST fallback brings new messages, not the changes to older ones:
+        // reload the newest page of each conversation loaded (messages in their current state).
+        if (c.transport === 'sse') for (const id of this.loaded) c.history(id, { limit: this.opts.pageSize }).catch(() => {});
+      }),
       c.on('message_changed', (ev) => this.onChange(ev)),
       c.on('thread', (t) => this.onThread(t)),
       c.on('pins', (f) => {
