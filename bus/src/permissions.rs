@@ -95,6 +95,10 @@ fn message_requests() -> Vec<&'static str> {
         s::MSG_GET,
         s::UNREAD,
         s::MSG_SINCE,
+        s::MSG_CHANGE,
+        s::MSG_THREAD,
+        s::MSG_PINS,
+        s::MSG_READS,
     ]
 }
 

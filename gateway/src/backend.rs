@@ -204,6 +204,9 @@ error_field!(
     pb::SetMuteResponse,
     pb::SetPushPreferencesResponse,
     pb::SharedContactsResponse,
+    pb::GetThreadResponse,
+    pb::ListPinsResponse,
+    pb::GetMessageReadsResponse,
 );
 
 /// [`call`] for answers with an `error` field: a set error is a refusal.
@@ -249,6 +252,7 @@ one_of!(
     pb::UpdateParticipantsResponse => update_participants_response::Conversation(pb::Conversation),
     pb::SetParticipantRoleResponse => set_participant_role_response::Conversation(pb::Conversation),
     pb::RegisterDeviceResponse => register_device_response::Device(pb::Device),
+    pb::ChangeMessageResponse => change_message_response::Change(pb::MessageChange),
 );
 
 /// A `oneof` answer's value; its error is a refusal, its absence a bad reply.
@@ -284,6 +288,10 @@ pub(crate) struct Send {
     pub(crate) client_msg_id: Option<String>,
     /// The socket that sent it (its own copy is not delivered back to it); empty for REST.
     pub(crate) origin_connection_id: String,
+    /// Reply in this message's thread.
+    pub(crate) reply_to: Option<i64>,
+    /// Users mentioned.
+    pub(crate) mentions: Vec<i64>,
 }
 
 /// Stores a message (after the chat rate and the checks the gateway can make alone;
@@ -305,6 +313,15 @@ pub(crate) async fn send(ctx: &Ctx, user_id: i64, s: Send) -> Result<(pb::ChatMe
             "receiver_id must not be yourself",
         ));
     }
+    if s.mentions.len() > proto::limits::MAX_MENTIONS {
+        return Err(BackendError::refused(
+            ErrorCode::InvalidField,
+            format!(
+                "a message mentions at most {} users",
+                proto::limits::MAX_MENTIONS
+            ),
+        ));
+    }
     let req = pb::SendMessageRequest {
         sender_id: user_id,
         conversation_id: s.conversation_id,
@@ -313,6 +330,8 @@ pub(crate) async fn send(ctx: &Ctx, user_id: i64, s: Send) -> Result<(pb::ChatMe
         client_msg_id: s.client_msg_id.unwrap_or_default(),
         origin_connection_id: s.origin_connection_id,
         as_system: false,
+        reply_to: s.reply_to,
+        mentions: s.mentions,
     };
     // The root of the message's trace: the request carries it to message-service, which
     // carries it on to the delivery (see `bus::trace`).
@@ -325,6 +344,115 @@ pub(crate) async fn send(ctx: &Ctx, user_id: i64, s: Send) -> Result<(pb::ChatMe
     let duplicate = resp.duplicate;
     ctx.metrics.message_sent(started.elapsed());
     Ok((m, duplicate))
+}
+
+/// A change a user asks for, from any door.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// New text for your message.
+    Edit(String),
+    /// Delete for everyone.
+    Delete,
+    /// React with an emoji.
+    React(String),
+    /// Take a reaction back.
+    Unreact(String),
+    /// Pin.
+    Pin,
+    /// Unpin.
+    Unpin,
+}
+
+/// Edits, deletes, reacts to, pins or unpins a message (after the chat budget, which
+/// every write to a conversation shares, and the checks the gateway can make alone;
+/// message-service judges who may). The committed change, as every member hears it.
+pub(crate) async fn change(
+    ctx: &Ctx,
+    user_id: i64,
+    message_id: i64,
+    change: Change,
+) -> Result<pb::MessageChange> {
+    use pb::ChangeKind as K;
+    spend(ctx, Budget::Chat, user_id)?;
+    let (kind, text, emoji) = match change {
+        Change::Edit(t) => {
+            proto::limits::validate_text(&t, ctx.settings.max_text_chars)?;
+            (K::Edited, t, String::new())
+        }
+        Change::Delete => (K::Deleted, String::new(), String::new()),
+        Change::React(e) => {
+            proto::limits::validate_emoji(&e)?;
+            (K::ReactionAdded, String::new(), e)
+        }
+        Change::Unreact(e) => {
+            proto::limits::validate_emoji(&e)?;
+            (K::ReactionRemoved, String::new(), e)
+        }
+        Change::Pin => (K::Pinned, String::new(), String::new()),
+        Change::Unpin => (K::Unpinned, String::new(), String::new()),
+    };
+    let req = pb::ChangeMessageRequest {
+        actor_id: user_id,
+        message_id,
+        kind: kind as i32,
+        text,
+        emoji,
+        as_system: false,
+    };
+    call_one_of::<_, pb::ChangeMessageResponse>(ctx, Service::Message, subjects::MSG_CHANGE, &req)
+        .await
+}
+
+/// A page of a thread (root and replies), for a member.
+pub(crate) async fn thread(
+    ctx: &Ctx,
+    user_id: i64,
+    message_id: i64,
+    after_seq: i64,
+    limit: u32,
+) -> Result<pb::GetThreadResponse> {
+    let limit = MESSAGE_PAGE.check(limit)?;
+    if after_seq < 0 {
+        return Err(BackendError::refused(
+            ErrorCode::InvalidField,
+            "after_seq must not be negative",
+        ));
+    }
+    let req = pb::GetThreadRequest {
+        user_id,
+        message_id,
+        after_seq,
+        limit,
+    };
+    call_checked(ctx, Service::Message, subjects::MSG_THREAD, &req).await
+}
+
+/// A conversation's pinned messages, for a member.
+pub(crate) async fn pins(
+    ctx: &Ctx,
+    user_id: i64,
+    conversation_id: i64,
+) -> Result<Vec<pb::ChatMessage>> {
+    let req = pb::ListPinsRequest {
+        user_id,
+        conversation_id,
+    };
+    let r: pb::ListPinsResponse =
+        call_checked(ctx, Service::Message, subjects::MSG_PINS, &req).await?;
+    Ok(r.messages)
+}
+
+/// Who read a message ("seen by"), for a member.
+pub(crate) async fn message_reads(
+    ctx: &Ctx,
+    user_id: i64,
+    message_id: i64,
+) -> Result<pb::GetMessageReadsResponse> {
+    let req = pb::GetMessageReadsRequest {
+        user_id,
+        message_id,
+    };
+    call_checked(ctx, Service::Message, subjects::MSG_READS, &req).await
 }
 
 /// Which part of a conversation's messages a page holds.

@@ -23,12 +23,14 @@ pub enum Outbound {
     SyncStream(mpsc::Receiver<SyncFrame>),
 }
 
-/// A live `new_message` on its way to sockets. The writer holds these back while a
-/// resume is streaming and drops any it already sent.
+/// A live event of a conversation's ordered stream — a `new_message`, or a change to a
+/// message (`message_updated`, `reaction_added`, …) — on its way to sockets. The writer
+/// holds these back while a resume is streaming and drops any it already sent.
 #[derive(Debug)]
 pub struct LiveMessage {
-    /// For de-duplication against the resume stream.
-    pub message_id: i64,
+    /// For de-duplication against the resume stream: a message's id, or minus a change's
+    /// id ([`change_key`]), so the two never collide.
+    pub key: i64,
     /// Its conversation.
     pub conversation_id: i64,
     /// Its seq.
@@ -37,16 +39,22 @@ pub struct LiveMessage {
     pub text: Utf8Bytes,
 }
 
+/// The de-duplication key of a change (message ids are positive, so minus a change's id
+/// never equals one).
+pub fn change_key(change_id: i64) -> i64 {
+    change_id.saturating_neg()
+}
+
 /// Frames of a resume (`sync`), on their own channel so a long resume waits for the
 /// client instead of overflowing the live queue.
 #[derive(Debug, Clone)]
 pub enum SyncFrame {
     /// From here on, hold live messages back.
     Begin,
-    /// A missed message.
+    /// A missed message or change.
     Message {
-        /// For de-duplication.
-        message_id: i64,
+        /// For de-duplication ([`LiveMessage::key`]).
+        key: i64,
         /// Its conversation.
         conversation_id: i64,
         /// Its seq.
@@ -378,7 +386,7 @@ impl Hub {
                 // writer, not here: the same message may rightly come again for a
                 // recipient whose socket opened on this gateway after the first copy.
                 let live = Arc::new(LiveMessage {
-                    message_id: m.id,
+                    key: m.id,
                     conversation_id: m.conversation_id,
                     seq: m.seq,
                     text: text(&ServerFrame::NewMessage(NewMessage::from_pb(m))),
@@ -420,6 +428,21 @@ impl Hub {
                     delivered_at: proto::time::rfc3339_ms(x.at_ms),
                 }));
                 self.broadcast(&d.recipient_ids, origin, &f);
+                Vec::new()
+            }
+            Event::Change(ch) => {
+                let Some(frame) = ServerFrame::from_change(ch) else {
+                    return Vec::new();
+                };
+                let live = Arc::new(LiveMessage {
+                    key: change_key(ch.id),
+                    conversation_id: ch.conversation_id,
+                    seq: ch.seq,
+                    text: text(&frame),
+                });
+                for (_, c) in self.targets(&d.recipient_ids, origin) {
+                    c.offer(Outbound::Message(live.clone()));
+                }
                 Vec::new()
             }
             Event::Membership(ev) => {

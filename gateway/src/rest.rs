@@ -11,14 +11,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
-use proto::frames::{self, NewMessage};
+use proto::frames::{self, NewMessage, ServerFrame};
 use proto::limits::{CONVERSATION_PAGE, MESSAGE_PAGE};
 use proto::{pb, ErrorCode};
 use serde::{Deserialize, Serialize};
 use warp::reply::Response;
 use warp::Reply;
 
-use crate::backend::{self, Budget, Window};
+use crate::backend::{self, Budget, Change, Window};
 use crate::ctx::Ctx;
 use crate::reply::{
     authenticate, int_param, json, page_size_param, parse_body, parse_optional_body, path_id,
@@ -106,6 +106,41 @@ async fn route(req: Request, ctx: Arc<Ctx>) -> Answer {
         ["messages", id] if m == Method::GET && *id != "read" => {
             get_message(path_id(id)?, headers, ctx).await
         }
+        ["messages", id] if m == Method::PATCH && *id != "read" => {
+            change(path_id(id)?, headers, ctx, || {
+                let b: EditBody = parse_body(body)?;
+                Ok(Change::Edit(b.text))
+            })
+            .await
+        }
+        ["messages", id] if m == Method::DELETE && *id != "read" => {
+            change(path_id(id)?, headers, ctx, || Ok(Change::Delete)).await
+        }
+        ["messages", id, "reactions"] if m == Method::POST => {
+            change(path_id(id)?, headers, ctx, || {
+                Ok(Change::React(emoji(query, body)?))
+            })
+            .await
+        }
+        ["messages", id, "reactions"] if m == Method::DELETE => {
+            change(path_id(id)?, headers, ctx, || {
+                Ok(Change::Unreact(emoji(query, body)?))
+            })
+            .await
+        }
+        ["messages", id, "pin"] if m == Method::POST => {
+            change(path_id(id)?, headers, ctx, || Ok(Change::Pin)).await
+        }
+        ["messages", id, "pin"] if m == Method::DELETE => {
+            change(path_id(id)?, headers, ctx, || Ok(Change::Unpin)).await
+        }
+        ["messages", id, "thread"] if m == Method::GET => {
+            thread(path_id(id)?, query, headers, ctx).await
+        }
+        ["messages", id, "reads"] if m == Method::GET => {
+            message_reads(path_id(id)?, headers, ctx).await
+        }
+        ["conversations", id, "pins"] if m == Method::GET => pins(path_id(id)?, headers, ctx).await,
         ["presence"] if m == Method::GET => presence(query, headers, ctx).await,
         ["devices"] if m == Method::GET => list_devices(headers, ctx).await,
         ["devices"] if m == Method::POST => register_device(headers, body, ctx).await,
@@ -144,14 +179,14 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         ["conversations", _, "participants", _] => "PUT",
         ["conversations", _, "messages"] => "GET, POST",
         ["devices"] => "GET, POST, DELETE",
-        ["conversations", _, "mute"] => "POST, DELETE",
+        ["conversations", _, "mute"] | ["messages", _, "reactions" | "pin"] => "POST, DELETE",
+        ["messages", "unread"] => "GET",
+        ["messages", _] => "GET, PATCH, DELETE",
+        ["messages", _, "thread" | "reads"] | ["conversations", _, "pins"] => "GET",
         ["push", "preferences"] => "PUT",
-        ["openapi.json"]
-        | ["events"]
-        | ["dev", "token"]
-        | ["conversations", _]
-        | ["messages", _]
-        | ["presence"] => "GET",
+        ["openapi.json"] | ["events"] | ["dev", "token"] | ["conversations", _] | ["presence"] => {
+            "GET"
+        }
         _ => return None,
     })
 }
@@ -308,11 +343,17 @@ async fn leave_group(conversation_id: i64, headers: &HeaderMap, ctx: &Ctx) -> An
     Ok(json(StatusCode::OK, &views::conversation(c)))
 }
 
-/// A page of messages.
+/// A page of messages. Forward pages (`after_seq`) also carry the changes to earlier
+/// messages in the page's range (`changes`: event objects, `type` included) and where the
+/// page ends (`end_seq`: the next page's `after_seq`).
 #[derive(Debug, Serialize)]
 struct MessagePage {
     messages: Vec<NewMessage>,
     has_more: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    changes: Option<Vec<ServerFrame>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    end_seq: Option<i64>,
 }
 
 async fn list_messages(id: i64, query: &str, headers: &HeaderMap, ctx: &Ctx) -> Answer {
@@ -328,13 +369,85 @@ async fn list_messages(id: i64, query: &str, headers: &HeaderMap, ctx: &Ctx) -> 
     };
     let limit = page_size_param(query, MESSAGE_PAGE)?;
     let r = backend::messages(ctx, user_id, id, window, limit).await?;
+    let forward = matches!(window, Window::After(_));
     Ok(json(
         StatusCode::OK,
         &MessagePage {
             messages: views::messages(&r.messages),
             has_more: r.has_more,
+            changes: forward.then(|| {
+                r.changes
+                    .iter()
+                    .filter_map(ServerFrame::from_change)
+                    .collect()
+            }),
+            end_seq: forward.then_some(r.end_seq),
         },
     ))
+}
+
+/// `PATCH /messages/{id}/` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EditBody {
+    text: String,
+}
+
+/// `…/reactions/` body (a `DELETE` may name the emoji in the query instead).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReactionBody {
+    emoji: Option<String>,
+}
+
+/// The emoji of a reaction request: the body's, or the `emoji` query parameter.
+fn emoji(query: &str, body: &[u8]) -> Result<String, HttpError> {
+    let b: ReactionBody = parse_optional_body(body)?;
+    match (b.emoji, single_param(query, "emoji")?) {
+        (Some(e), _) | (None, Some(e)) => Ok(e),
+        (None, None) => Err(HttpError::bad("emoji is required")),
+    }
+}
+
+/// A change to a message (read from the request by `what`, after authentication); the
+/// answer is the change event every member receives.
+async fn change(
+    id: i64,
+    headers: &HeaderMap,
+    ctx: &Ctx,
+    what: impl FnOnce() -> Result<Change, HttpError>,
+) -> Answer {
+    let user_id = user(headers, ctx)?;
+    let ch = backend::change(ctx, user_id, id, what()?).await?;
+    let frame = ServerFrame::from_change(&ch)
+        .ok_or_else(|| HttpError::coded(ErrorCode::Internal, "unknown change kind"))?;
+    Ok(json(StatusCode::OK, &frame))
+}
+
+async fn thread(id: i64, query: &str, headers: &HeaderMap, ctx: &Ctx) -> Answer {
+    let user_id = user(headers, ctx)?;
+    let after = int_param(query, "after_seq")?.unwrap_or(0);
+    let limit = page_size_param(query, MESSAGE_PAGE)?;
+    let p = backend::thread(ctx, user_id, id, after, limit).await?;
+    Ok(json(StatusCode::OK, &views::thread(p)))
+}
+
+async fn pins(id: i64, headers: &HeaderMap, ctx: &Ctx) -> Answer {
+    let user_id = user(headers, ctx)?;
+    let m = backend::pins(ctx, user_id, id).await?;
+    Ok(json(
+        StatusCode::OK,
+        &frames::Pins {
+            conversation_id: id,
+            messages: views::messages(&m),
+        },
+    ))
+}
+
+async fn message_reads(id: i64, headers: &HeaderMap, ctx: &Ctx) -> Answer {
+    let user_id = user(headers, ctx)?;
+    let r = backend::message_reads(ctx, user_id, id).await?;
+    Ok(json(StatusCode::OK, &views::message_reads(r)))
 }
 
 /// `POST …/messages/` body.
@@ -346,6 +459,10 @@ struct SendBody {
     client_msg_id: Option<frames::ClientMsgId>,
     #[serde(default)]
     receiver_id: Option<frames::Id>,
+    #[serde(default)]
+    reply_to: Option<frames::Id>,
+    #[serde(default)]
+    mentions: Vec<frames::Id>,
 }
 
 /// A stored message, as the sender sees it (the `message_sent` frame minus `type`).
@@ -386,6 +503,8 @@ async fn send(conversation_id: Option<i64>, headers: &HeaderMap, body: &[u8], ct
         text: b.text,
         client_msg_id: key.clone(),
         origin_connection_id: String::new(),
+        reply_to: b.reply_to.map(|r| r.0),
+        mentions: b.mentions.iter().map(|u| u.0).collect(),
     };
     let (m, duplicate) = backend::send(ctx, user_id, send).await?;
     let status = if duplicate {

@@ -207,10 +207,16 @@ async fn next_event(
         match next? {
             Outbound::Text(t) => return Some((Ok(to_event(Item::Text(t.to_string()))), st)),
             Outbound::Message(m) => {
-                if st.sent.insert(m.message_id) {
-                    let item = Item::Message {
-                        id: m.message_id,
-                        text: m.text.to_string(),
+                if st.sent.insert(m.key) {
+                    // A change (negative key) has no event id of its own: `Last-Event-ID`
+                    // stays the last message's, which is what the replay resumes from.
+                    let item = if m.key < 0 {
+                        Item::Text(m.text.to_string())
+                    } else {
+                        Item::Message {
+                            id: m.key,
+                            text: m.text.to_string(),
+                        }
                     };
                     return Some((Ok(to_event(item)), st));
                 }

@@ -59,6 +59,7 @@ pub(crate) fn conversation_list(
                 last_seq: c.last_seq,
                 last_read_seq: s.last_read_seq,
                 unread_count: s.unread_count,
+                unread_mentions: s.unread_mentions,
                 last_message: s.last_message.as_ref().map(NewMessage::from_pb),
             })
         })
@@ -68,6 +69,32 @@ pub(crate) fn conversation_list(
 /// Messages of a page, as `new_message` objects.
 pub(crate) fn messages(list: &[pb::ChatMessage]) -> Vec<NewMessage> {
     list.iter().map(NewMessage::from_pb).collect()
+}
+
+/// A thread page as the client sees it.
+pub(crate) fn thread(p: pb::GetThreadResponse) -> frames::ThreadPage {
+    frames::ThreadPage {
+        message_id: p.root_id,
+        conversation_id: p.conversation_id,
+        messages: messages(&p.messages),
+        has_more: p.has_more,
+    }
+}
+
+/// "Seen by" as the client sees it.
+pub(crate) fn message_reads(r: pb::GetMessageReadsResponse) -> frames::MessageReads {
+    frames::MessageReads {
+        message_id: r.message_id,
+        conversation_id: r.conversation_id,
+        reads: r
+            .reads
+            .into_iter()
+            .map(|x| frames::ReadView {
+                user_id: x.user_id,
+                read_at: proto::time::rfc3339_ms(x.read_at_ms),
+            })
+            .collect(),
+    }
 }
 
 /// The client form of a presence record.

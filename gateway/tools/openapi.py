@@ -140,6 +140,72 @@ doc = {
   "securitySchemes":{"bearerAuth":{"type":"http","scheme":"bearer","bearerFormat":"JWT"}},
   "schemas":{"Error":error,"Message":msg,"Conversation":conv,"ConversationSummary":summary,"Sent":sent,"Presence":presence,"SendBody":send_body,"Device":device,"DeviceBody":device_body}}
 }
+# Rich messages: the message's new fields, the change events, and their operations.
+import copy
+I64 = {"type":"integer","format":"int64"}
+def nul(x): return {**x, "nullable": True}
+S = doc["components"]["schemas"]
+S["Message"]["properties"].update({
+ "reply_to": nul({**I64, "description":"The thread root this replies to (null: not a reply)"}),
+ "mentions": {"type":"array","items":I64},
+ "edited_at": nul({"type":"string","format":"date-time"}),
+ "deleted": {"type":"boolean","description":"Deleted for everyone: a tombstone with empty text"},
+ "deleted_at": nul({"type":"string","format":"date-time"}),
+ "deleted_by": nul(I64),
+ "reactions": {"type":"object","description":"Emoji → how many reacted and whether you did","additionalProperties":{"type":"object","required":["count","me"],"properties":{"count":I64,"me":{"type":"boolean"}}}},
+ "reply_count": I64,
+ "last_reply_at": nul({"type":"string","format":"date-time"}),
+ "pinned_at": nul({"type":"string","format":"date-time"}),
+ "pinned_by": nul(I64),
+})
+S["ConversationSummary"]["properties"]["unread_mentions"] = {**I64, "description":"Unread messages that mention you"}
+S["SendBody"]["properties"]["reply_to"] = nul(dict(Id, description="Reply in this message's thread (same conversation)"))
+S["SendBody"]["properties"]["mentions"] = {"type":"array","maxItems":50,"items":Id,"description":"Participants to mention"}
+S["Change"] = {"type":"object","required":["type","message_id","conversation_id","seq"],
+ "description":"A change to a message, as every member receives it (`message_updated`, `message_deleted`, `reaction_added`, `reaction_removed`, `message_pinned`, `message_unpinned`); `seq` is its place in the conversation's stream",
+ "properties":{"type":{"type":"string","enum":["message_updated","message_deleted","reaction_added","reaction_removed","message_pinned","message_unpinned"]},
+   "message_id":I64,"conversation_id":I64,"seq":I64,"text":{"type":"string"},"edited_at":{"type":"string","format":"date-time"},
+   "user_id":I64,"deleted_at":{"type":"string","format":"date-time"},"deleted_by":I64,"emoji":{"type":"string"},"count":I64,"at":{"type":"string","format":"date-time"}}}
+S["EditBody"] = {"type":"object","required":["text"],"additionalProperties":False,"properties":{"text":{"type":"string","minLength":1,"maxLength":4000}}}
+S["ReactionBody"] = {"type":"object","required":["emoji"],"additionalProperties":False,"properties":{"emoji":{"type":"string","minLength":1,"maxLength":32,"description":"One emoji, or a :short_code: of at most 32 bytes"}}}
+lm = doc["paths"]["/api/v1/conversations/{id}/messages/"]["get"]
+sch = lm["responses"]["200"]["content"]["application/json"]["schema"]
+sch["properties"]["changes"] = {"type":"array","items":ref("Change"),"description":"Forward pages (after_seq): changes to earlier messages within the page's range, in order"}
+sch["properties"]["end_seq"] = {**I64, "description":"Forward pages: the seq this page covers up to (the next after_seq)"}
+lm["summary"] += "; forward pages (after_seq) also carry changes"
+base = doc["paths"]["/api/v1/messages/{id}/"]["get"]
+std = {k: v for k, v in base["responses"].items() if k != "200"}
+conflict = err("The message's state refuses it (`edit_window_expired`, `too_many_reactions`)")
+gone = err("The message was deleted (`message_deleted`)")
+def op(opid, summary, ok_desc, ok_schema, body=None, params=None, change=True):
+    o = {"operationId":opid,"summary":summary,"parameters":[base["parameters"][0]]+(params or []),
+         "responses":{"200":ok(ok_desc, ok_schema)}}
+    o["responses"].update(copy.deepcopy(std))
+    if change:
+        o["responses"]["409"] = conflict; o["responses"]["410"] = gone
+    if body:
+        o["requestBody"] = {"required":True,"content":{"application/json":{"schema":ref(body)}}}
+    return o
+ch = ref("Change")
+msgs = {"type":"array","items":ref("Message")}
+P = doc["paths"]
+P["/api/v1/messages/{id}/"]["patch"] = op("editMessage","Edit your message's text (within INDABA_EDIT_WINDOW_SECS)","The `message_updated` event",ch,"EditBody")
+P["/api/v1/messages/{id}/"]["delete"] = op("deleteMessage","Delete a message for everyone (its sender, or a group's owner or admin)","The `message_deleted` event",ch)
+emojiq = {"name":"emoji","in":"query","schema":{"type":"string","minLength":1,"maxLength":32},"description":"Instead of the body"}
+P["/api/v1/messages/{id}/reactions/"] = {
+ "post":op("addReaction","React to a message (one of each emoji per user, at most 20 distinct)","The `reaction_added` event",ch,"ReactionBody"),
+ "delete":op("removeReaction","Take your reaction back","The `reaction_removed` event",ch,None,[emojiq])}
+P["/api/v1/messages/{id}/pin/"] = {
+ "post":op("pinMessage","Pin a message (direct chats: either member; groups: owner and admins)","The `message_pinned` event",ch),
+ "delete":op("unpinMessage","Unpin a message","The `message_unpinned` event",ch)}
+P["/api/v1/messages/{id}/thread/"] = {"get":op("getThread","A thread page: its root (when after_seq is below it) and replies, oldest first","A thread page",
+ {"type":"object","required":["message_id","conversation_id","messages","has_more"],"properties":{"message_id":I64,"conversation_id":I64,"messages":msgs,"has_more":{"type":"boolean"}}},None,
+ [{"name":"after_seq","in":"query","schema":{"type":"integer","format":"int64","minimum":0}},{"name":"limit","in":"query","schema":{"type":"integer","minimum":1,"maximum":200}}],change=False)}
+P["/api/v1/messages/{id}/reads/"] = {"get":op("getMessageReads","Who read a message and when (\"seen by\"; members only)","Readers, earliest first",
+ {"type":"object","required":["message_id","conversation_id","reads"],"properties":{"message_id":I64,"conversation_id":I64,"reads":{"type":"array","items":{"type":"object","required":["user_id","read_at"],"properties":{"user_id":I64,"read_at":{"type":"string","format":"date-time"}}}}}},change=False)}
+P["/api/v1/conversations/{id}/pins/"] = {"get":op("listPins","A conversation's pinned messages, most recently pinned first","Pinned messages",
+ {"type":"object","required":["conversation_id","messages"],"properties":{"conversation_id":I64,"messages":msgs}},change=False)}
+
 import os
 json.dump(doc, open(os.path.join(os.path.dirname(__file__), '..', 'openapi.json'), 'w'), indent=1)
 print("paths", len(doc["paths"]))

@@ -98,6 +98,10 @@ pub(crate) mod gates {
         UNREAD_COUNTS = "unread_counts", Page;
         MESSAGES_SINCE = "messages_since", Page;
         SHARED_CONTACTS = "shared_contacts", Other;
+        CHANGE_MESSAGE = "change_message", Other;
+        THREAD = "thread", Page;
+        PINS = "pins", Page;
+        MESSAGE_READS = "message_reads", Other;
     }
 }
 

@@ -60,6 +60,10 @@ impl Sends {
         let Some(batcher) = &self.batcher else {
             return self.store.send_message(&m).await;
         };
+        // Replies and mentions take the shared loop, in their own transaction.
+        if m.is_rich() {
+            return self.store.send_message(&m).await;
+        }
         let (tx, rx) = oneshot::channel();
         if batcher.send((m, tx)).await.is_err() {
             return Err(stopping());

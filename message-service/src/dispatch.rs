@@ -77,7 +77,7 @@ macro_rules! request {
 }
 
 /// Every route of message-service, requests in the order `/metrics` lists them.
-pub(crate) static ROUTES: [Route; 15] = [
+pub(crate) static ROUTES: [Route; 19] = [
     request!("send", subjects::MSG_SEND, ops::send),
     request!(
         "create_conversation",
@@ -115,6 +115,10 @@ pub(crate) static ROUTES: [Route; 15] = [
         subjects::CONV_SHARED,
         ops::shared_contacts
     ),
+    request!("change_message", subjects::MSG_CHANGE, ops::change),
+    request!("thread", subjects::MSG_THREAD, ops::thread),
+    request!("pins", subjects::MSG_PINS, ops::pins),
+    request!("message_reads", subjects::MSG_READS, ops::message_reads),
     route!(
         "delivery_acks",
         subjects::DELIVERY_ACKS,

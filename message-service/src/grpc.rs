@@ -143,6 +143,163 @@ impl MessageService for MessageGrpc {
         let _pass = self.admit(gates::UNREAD_COUNTS).await?;
         answer(ops::unread_counts(&self.inner, request.into_inner()).await)
     }
+
+    async fn edit_message(
+        &self,
+        request: Request<pb::EditMessageRequest>,
+    ) -> Result<Response<pb::EditMessageResponse>, Status> {
+        require_write(&request)?;
+        let r = request.into_inner();
+        let change = self
+            .change(pb::ChangeMessageRequest {
+                actor_id: r.actor_id,
+                message_id: r.message_id,
+                kind: pb::ChangeKind::Edited as i32,
+                text: r.text,
+                emoji: String::new(),
+                as_system: r.as_system,
+            })
+            .await?;
+        Ok(Response::new(pb::EditMessageResponse {
+            result: Some(pb::edit_message_response::Result::Change(change)),
+        }))
+    }
+
+    async fn delete_message(
+        &self,
+        request: Request<pb::DeleteMessageRequest>,
+    ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
+        require_write(&request)?;
+        let r = request.into_inner();
+        let change = self
+            .change(pb::ChangeMessageRequest {
+                actor_id: r.actor_id,
+                message_id: r.message_id,
+                kind: pb::ChangeKind::Deleted as i32,
+                as_system: r.as_system,
+                ..Default::default()
+            })
+            .await?;
+        Ok(Response::new(pb::DeleteMessageResponse {
+            result: Some(pb::delete_message_response::Result::Change(change)),
+        }))
+    }
+
+    async fn add_reaction(
+        &self,
+        request: Request<pb::AddReactionRequest>,
+    ) -> Result<Response<pb::AddReactionResponse>, Status> {
+        require_write(&request)?;
+        let r = request.into_inner();
+        let change = self
+            .change(reaction(
+                r.user_id,
+                r.message_id,
+                r.emoji,
+                pb::ChangeKind::ReactionAdded,
+            ))
+            .await?;
+        Ok(Response::new(pb::AddReactionResponse {
+            result: Some(pb::add_reaction_response::Result::Change(change)),
+        }))
+    }
+
+    async fn remove_reaction(
+        &self,
+        request: Request<pb::RemoveReactionRequest>,
+    ) -> Result<Response<pb::RemoveReactionResponse>, Status> {
+        require_write(&request)?;
+        let r = request.into_inner();
+        let change = self
+            .change(reaction(
+                r.user_id,
+                r.message_id,
+                r.emoji,
+                pb::ChangeKind::ReactionRemoved,
+            ))
+            .await?;
+        Ok(Response::new(pb::RemoveReactionResponse {
+            result: Some(pb::remove_reaction_response::Result::Change(change)),
+        }))
+    }
+
+    async fn pin_message(
+        &self,
+        request: Request<pb::PinMessageRequest>,
+    ) -> Result<Response<pb::PinMessageResponse>, Status> {
+        require_write(&request)?;
+        let r = request.into_inner();
+        let kind = if r.pinned {
+            pb::ChangeKind::Pinned
+        } else {
+            pb::ChangeKind::Unpinned
+        };
+        let change = self
+            .change(pb::ChangeMessageRequest {
+                actor_id: r.actor_id,
+                message_id: r.message_id,
+                kind: kind as i32,
+                as_system: r.as_system,
+                ..Default::default()
+            })
+            .await?;
+        Ok(Response::new(pb::PinMessageResponse {
+            result: Some(pb::pin_message_response::Result::Change(change)),
+        }))
+    }
+
+    async fn get_thread(
+        &self,
+        request: Request<pb::GetThreadRequest>,
+    ) -> Result<Response<pb::GetThreadResponse>, Status> {
+        let _pass = self.admit(gates::THREAD).await?;
+        answer(ops::thread(&self.inner, request.into_inner()).await)
+    }
+
+    async fn list_pins(
+        &self,
+        request: Request<pb::ListPinsRequest>,
+    ) -> Result<Response<pb::ListPinsResponse>, Status> {
+        let _pass = self.admit(gates::PINS).await?;
+        answer(ops::pins(&self.inner, request.into_inner()).await)
+    }
+
+    async fn get_message_reads(
+        &self,
+        request: Request<pb::GetMessageReadsRequest>,
+    ) -> Result<Response<pb::GetMessageReadsResponse>, Status> {
+        let _pass = self.admit(gates::MESSAGE_READS).await?;
+        answer(ops::message_reads(&self.inner, request.into_inner()).await)
+    }
+}
+
+impl MessageGrpc {
+    /// The one change operation every change RPC translates into (what NATS carries).
+    async fn change(&self, req: pb::ChangeMessageRequest) -> Result<pb::MessageChange, Status> {
+        let _pass = self.admit(gates::CHANGE_MESSAGE).await?;
+        let resp = ops::change(&self.inner, req).await;
+        match resp.result {
+            Some(pb::change_message_response::Result::Change(c)) => Ok(c),
+            Some(pb::change_message_response::Result::Error(e)) => Err(status(&e)),
+            None => Err(Status::internal("empty change answer")),
+        }
+    }
+}
+
+/// A reaction change as the one change request.
+fn reaction(
+    user_id: i64,
+    message_id: i64,
+    emoji: String,
+    kind: pb::ChangeKind,
+) -> pb::ChangeMessageRequest {
+    pb::ChangeMessageRequest {
+        actor_id: user_id,
+        message_id,
+        kind: kind as i32,
+        emoji,
+        ..Default::default()
+    }
 }
 
 /// Serves MessageService, `grpc.health.v1.Health` and reflection until `stop` resolves.

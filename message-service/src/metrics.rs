@@ -36,6 +36,8 @@ struct Metrics {
     registry: Registry,
     /// `indaba_messages_stored_total`.
     messages_stored: bus::metrics::Counter,
+    /// `indaba_message_changes_total`.
+    message_changes: bus::metrics::Counter,
     /// `indaba_store_errors_total`.
     store_errors: bus::metrics::Counter,
     /// `indaba_bus_errors_total`.
@@ -58,6 +60,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let mut r = Registry::default();
     Metrics {
         messages_stored: r.counter("indaba_messages_stored_total", "Messages committed."),
+        message_changes: r.counter(
+            "indaba_message_changes_total",
+            "Edits, deletions, reactions and pins committed.",
+        ),
         store_errors: r.counter("indaba_store_errors_total", "Database failures."),
         bus_errors: r.counter("indaba_bus_errors_total", "Failed NATS publishes."),
         outbox_republished: r.counter(
@@ -97,6 +103,11 @@ fn count(n: usize) -> u64 {
 /// A new message was committed.
 pub(crate) fn message_stored() {
     METRICS.messages_stored.inc();
+}
+
+/// A change to a message was committed.
+pub(crate) fn message_changed() {
+    METRICS.message_changes.inc();
 }
 
 /// The database failed (not a rejected request).

@@ -47,6 +47,9 @@ macro_rules! answer_with_error_field {
     )*};
 }
 answer_with_error_field!(
+    pb::GetThreadResponse,
+    pb::ListPinsResponse,
+    pb::GetMessageReadsResponse,
     pb::MarkReadResponse,
     pb::TypingResponse,
     pb::ListMessagesResponse,
@@ -79,6 +82,7 @@ answer_with_result_oneof!(
     pb::UpdateParticipantsResponse => update_participants_response,
     pb::SetParticipantRoleResponse => set_participant_role_response,
     pb::GetMessageResponse => get_message_response,
+    pb::ChangeMessageResponse => change_message_response,
 );
 
 /// The failure a client sees for a store error: its own refusal, or `unavailable` (and a
@@ -159,6 +163,22 @@ pub(crate) fn validate_send(
     if !req.client_msg_id.is_empty() {
         validate_client_msg_id(&req.client_msg_id).map_err(|e| invalid("client_msg_id", e))?;
     }
+    if let Some(r) = req.reply_to {
+        positive("reply_to", r)?;
+    }
+    if req.mentions.len() > proto::limits::MAX_MENTIONS {
+        return Err(field_error(
+            "mentions",
+            ErrorCode::InvalidField,
+            format!(
+                "a message mentions at most {} users",
+                proto::limits::MAX_MENTIONS
+            ),
+        ));
+    }
+    for u in &req.mentions {
+        positive("mentions", *u)?;
+    }
     Ok(())
 }
 
@@ -175,6 +195,8 @@ pub(crate) async fn send(inner: &Inner, req: pb::SendMessageRequest) -> pb::Send
         text: req.text,
         client_msg_id: (!req.client_msg_id.is_empty()).then_some(req.client_msg_id),
         origin_connection_id: req.origin_connection_id.clone(),
+        reply_to: req.reply_to,
+        mentions: req.mentions,
     };
     let sent = match inner
         .sends
@@ -316,6 +338,8 @@ pub(crate) async fn list_messages(
             last_seq: p.last_seq,
             first_retained_seq: p.first_retained_seq,
             error: None,
+            changes: p.changes,
+            end_seq: p.end_seq,
         },
         Err(e) => pb::ListMessagesResponse::failed(store_error(e)),
     }
@@ -441,6 +465,7 @@ pub(crate) async fn list_conversations(
                 last_read_seq: s.last_read_seq,
                 unread_count: s.unread_count,
                 last_message: s.last_message,
+                unread_mentions: s.unread_mentions,
             })
             .collect(),
         error: None,
@@ -905,6 +930,209 @@ pub(crate) async fn get_message(
     .await;
     pb::GetMessageResponse::from_result(res, |m| pb::GetMessageResponse {
         result: Some(R::Message(m)),
+    })
+}
+
+/// Who may make `kind` of change to a message, judged on the message and its
+/// conversation's roster under the conversation's lock (every door reaches this through
+/// [`change`]):
+/// - a user outside the conversation gets `message_not_found` (its existence is not
+///   their business); the system may do anything but react;
+/// - a tombstone takes no edit, reaction or pin (`message_deleted`);
+/// - only the sender edits, within `edit_window` (`forbidden`, `edit_window_expired`);
+/// - the sender deletes, and in a group its owner and admins too (`forbidden`);
+/// - in a direct chat either member pins; in a group the owner and admins (`forbidden`).
+pub(crate) fn may_change(
+    actor: Actor,
+    kind: pb::ChangeKind,
+    target: &store::Target,
+    edit_window: Option<std::time::Duration>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    use pb::ChangeKind as K;
+    let not_found = || refuse(ErrorCode::MessageNotFound, "no such message");
+    let role = match actor {
+        Actor::System => None,
+        Actor::User(u) => Some(target.roster.role(u).ok_or_else(not_found)?),
+    };
+    if target.deleted && kind != K::Deleted && kind != K::Unpinned {
+        return Err(refuse(ErrorCode::MessageDeleted, "the message was deleted"));
+    }
+    let (Actor::User(user), Some(role)) = (actor, role) else {
+        return match kind {
+            K::ReactionAdded | K::ReactionRemoved => Err(refuse(
+                ErrorCode::InvalidField,
+                "the system does not react; name a user",
+            )),
+            _ => Ok(()),
+        };
+    };
+    let manager = !target.roster.is_direct() && matches!(role, Role::Owner | Role::Admin);
+    match kind {
+        K::Unspecified => Err(refuse(ErrorCode::InvalidField, "unknown change")),
+        K::Edited => {
+            if target.sender_id != user {
+                return Err(refuse(
+                    ErrorCode::Forbidden,
+                    "only the sender may edit a message",
+                ));
+            }
+            let window_ms = edit_window.map(|w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX));
+            if window_ms.is_some_and(|w| now_ms.saturating_sub(target.created_at_ms) > w) {
+                return Err(refuse(
+                    ErrorCode::EditWindowExpired,
+                    "the time to edit this message has passed",
+                ));
+            }
+            Ok(())
+        }
+        K::Deleted if target.sender_id == user || manager => Ok(()),
+        K::Deleted => Err(refuse(
+            ErrorCode::Forbidden,
+            "only the sender, or a group's owner or admin, may delete a message",
+        )),
+        K::ReactionAdded | K::ReactionRemoved => Ok(()),
+        K::Pinned | K::Unpinned if target.roster.is_direct() || manager => Ok(()),
+        K::Pinned | K::Unpinned => Err(refuse(
+            ErrorCode::Forbidden,
+            "only a group's owner or admins may pin messages",
+        )),
+    }
+}
+
+/// Edits, deletes, reacts to, pins or unpins a message under the rules of [`may_change`];
+/// every member's sockets (the actor's too) hear the change, in the conversation's order.
+pub(crate) async fn change(
+    inner: &Inner,
+    req: pb::ChangeMessageRequest,
+) -> pb::ChangeMessageResponse {
+    use pb::change_message_response::Result as R;
+    use pb::ChangeKind as K;
+    let res = async {
+        let actor = Actor::of(req.actor_id, req.as_system)?;
+        positive("message_id", req.message_id)?;
+        let kind = K::try_from(req.kind).unwrap_or_default();
+        match kind {
+            K::Unspecified => {
+                return Err(field_error(
+                    "kind",
+                    ErrorCode::InvalidField,
+                    "kind must name a change",
+                ))
+            }
+            K::Edited => proto::limits::validate_text(&req.text, inner.settings.max_text_chars)
+                .map_err(|e| invalid("text", e))?,
+            K::ReactionAdded | K::ReactionRemoved => {
+                proto::limits::validate_emoji(&req.emoji).map_err(|e| invalid("emoji", e))?
+            }
+            _ => {}
+        }
+        let change = store::ChangeRequest {
+            actor_id: actor.id(),
+            message_id: req.message_id,
+            kind,
+            text: if kind == K::Edited {
+                req.text
+            } else {
+                String::new()
+            },
+            emoji: if matches!(kind, K::ReactionAdded | K::ReactionRemoved) {
+                req.emoji
+            } else {
+                String::new()
+            },
+        };
+        let window = inner.settings.edit_window;
+        let now = proto::time::now_ms();
+        let changed = inner
+            .store
+            .change_message(&change, |t| may_change(actor, kind, t, window, now))
+            .await
+            .map_err(store_error)?;
+        if changed.change.id != 0 {
+            metrics::message_changed();
+            let ev = pb::delivery::Event::Change(changed.change.clone());
+            publish_event(inner, ev, &changed.participants, "").await;
+        }
+        Ok(changed.change)
+    }
+    .await;
+    pb::ChangeMessageResponse::from_result(res, |c| pb::ChangeMessageResponse {
+        result: Some(R::Change(c)),
+    })
+}
+
+/// A page of a thread: its root and replies.
+pub(crate) async fn thread(inner: &Inner, req: pb::GetThreadRequest) -> pb::GetThreadResponse {
+    let res = async {
+        positive("user_id", req.user_id)?;
+        positive("message_id", req.message_id)?;
+        if req.after_seq < 0 {
+            return Err(field_error(
+                "after_seq",
+                ErrorCode::InvalidField,
+                "after_seq must not be negative",
+            ));
+        }
+        let limit = MESSAGE_PAGE
+            .check(req.limit)
+            .map_err(|e| invalid(MESSAGE_PAGE.field, e))?;
+        inner
+            .store
+            .thread(req.user_id, req.message_id, req.after_seq, limit)
+            .await
+            .map_err(store_error)
+    }
+    .await;
+    pb::GetThreadResponse::from_result(res, |(root, conversation_id, page)| pb::GetThreadResponse {
+        root_id: root,
+        conversation_id,
+        messages: page.messages,
+        has_more: page.has_more,
+        error: None,
+    })
+}
+
+/// A conversation's pinned messages.
+pub(crate) async fn pins(inner: &Inner, req: pb::ListPinsRequest) -> pb::ListPinsResponse {
+    let res = async {
+        positive("user_id", req.user_id)?;
+        positive("conversation_id", req.conversation_id)?;
+        inner
+            .store
+            .pins(req.user_id, req.conversation_id)
+            .await
+            .map_err(store_error)
+    }
+    .await;
+    pb::ListPinsResponse::from_result(res, |messages| pb::ListPinsResponse {
+        messages,
+        error: None,
+    })
+}
+
+/// Who read a message ("seen by").
+pub(crate) async fn message_reads(
+    inner: &Inner,
+    req: pb::GetMessageReadsRequest,
+) -> pb::GetMessageReadsResponse {
+    let res = async {
+        positive("user_id", req.user_id)?;
+        positive("message_id", req.message_id)?;
+        inner
+            .store
+            .message_reads(req.user_id, req.message_id)
+            .await
+            .map_err(store_error)
+    }
+    .await;
+    pb::GetMessageReadsResponse::from_result(res, |(conversation_id, reads)| {
+        pb::GetMessageReadsResponse {
+            message_id: req.message_id,
+            conversation_id,
+            reads,
+            error: None,
+        }
     })
 }
 

@@ -18,6 +18,9 @@ pub struct Settings {
     pub max_text_chars: usize,
     /// Maximum participants of a group.
     pub max_group_size: usize,
+    /// How long after sending a user may edit a message (`INDABA_EDIT_WINDOW_SECS`, default
+    /// 900; 0: `None`, no limit). System callers edit at any time.
+    pub edit_window: Option<std::time::Duration>,
     /// How many requests one instance works on at once (bounds memory and DB pressure).
     pub max_in_flight: usize,
     /// Messages older than this are deleted; `None` keeps them forever.
@@ -65,6 +68,7 @@ impl Settings {
                 env::MAX_GROUP_SIZE,
                 proto::limits::DEFAULT_MAX_GROUP_SIZE,
             )?,
+            edit_window: edit_window_from(&get)?,
             max_in_flight: 1024,
             retention: retention_from(&get)?,
             grpc_listen: Some(grpc_listen_from(&get, "0.0.0.0:50051")?),
@@ -92,6 +96,14 @@ pub fn retention_from(
     Ok(Some(std::time::Duration::from_secs(
         days.saturating_mul(86_400),
     )))
+}
+
+/// Reads `INDABA_EDIT_WINDOW_SECS` (default 900 s; 0: no limit).
+pub fn edit_window_from(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<std::time::Duration>, ConfigError> {
+    let secs: u64 = config::integer(get, env::EDIT_WINDOW_SECS, 900, 0)?;
+    Ok((secs > 0).then(|| std::time::Duration::from_secs(secs)))
 }
 
 /// Reads `INDABA_GRPC_LISTEN` (a socket address).

@@ -84,6 +84,8 @@ pub const DATABASE_URL: &str = "DATABASE_URL";
 pub const DATA_DIR: &str = "INDABA_DATA_DIR";
 /// Maximum message text length in characters. Default 4000.
 pub const MAX_TEXT_CHARS: &str = "INDABA_MAX_TEXT_CHARS";
+/// Seconds after sending during which a user may edit a message. Default 900; 0: no limit.
+pub const EDIT_WINDOW_SECS: &str = "INDABA_EDIT_WINDOW_SECS";
 /// Maximum participants of a group conversation. Default 1000.
 pub const MAX_GROUP_SIZE: &str = "INDABA_MAX_GROUP_SIZE";
 /// Stable id of this gateway instance (defaults to a random one; set it to the pod name).

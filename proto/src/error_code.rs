@@ -43,11 +43,21 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The message ids do not exist or belong to conversations the caller is not in.
     MessageNotFound,
+    /// The message was deleted: it can no longer be edited, reacted to, pinned or replied to.
+    MessageDeleted,
+    /// The edit window (`INDABA_EDIT_WINDOW_SECS`) has passed for this message.
+    EditWindowExpired,
+    /// The message already has the most distinct reactions allowed (20).
+    TooManyReactions,
+    /// `reply_to` names a message of another conversation (or none).
+    InvalidReply,
+    /// `mentions` names someone who is not a participant of the conversation.
+    InvalidMention,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::InvalidJson,
         ErrorCode::MissingType,
         ErrorCode::UnknownType,
@@ -67,6 +77,11 @@ impl ErrorCode {
         ErrorCode::Unsupported,
         ErrorCode::PayloadTooLarge,
         ErrorCode::MessageNotFound,
+        ErrorCode::MessageDeleted,
+        ErrorCode::EditWindowExpired,
+        ErrorCode::TooManyReactions,
+        ErrorCode::InvalidReply,
+        ErrorCode::InvalidMention,
     ];
 
     /// The wire form of the code.
@@ -91,6 +106,11 @@ impl ErrorCode {
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::MessageNotFound => "message_not_found",
+            ErrorCode::MessageDeleted => "message_deleted",
+            ErrorCode::EditWindowExpired => "edit_window_expired",
+            ErrorCode::TooManyReactions => "too_many_reactions",
+            ErrorCode::InvalidReply => "invalid_reply",
+            ErrorCode::InvalidMention => "invalid_mention",
         }
     }
 
@@ -103,6 +123,9 @@ impl ErrorCode {
                 404
             }
             ErrorCode::MethodNotAllowed => 405,
+            // The state of the message refuses the change: the client must not retry it.
+            ErrorCode::EditWindowExpired | ErrorCode::TooManyReactions => 409,
+            ErrorCode::MessageDeleted => 410,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
@@ -114,6 +137,8 @@ impl ErrorCode {
             | ErrorCode::EmptyText
             | ErrorCode::TextTooLong
             | ErrorCode::InvalidReceiver
+            | ErrorCode::InvalidReply
+            | ErrorCode::InvalidMention
             // A request the current state refuses: the client must change it, not retry.
             | ErrorCode::TooManyParticipants
             | ErrorCode::Unsupported => 400,

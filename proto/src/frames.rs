@@ -100,6 +100,50 @@ pub struct ChatMessage {
     /// Idempotency key: resending with the same key never stores a second copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<ClientMsgId>,
+    /// Reply in this message's thread.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Id>,
+    /// Users to mention (participants only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<Id>,
+}
+
+/// `edit_message`: replace the text of your message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EditMessage {
+    /// The message.
+    pub message_id: Id,
+    /// Its new text (the rules of `chat_message`).
+    pub text: String,
+}
+
+/// `delete_message`, `pin_message`, `unpin_message`, `message_reads`: one message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRef {
+    /// The message.
+    pub message_id: Id,
+}
+
+/// `add_reaction` / `remove_reaction`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reaction {
+    /// The message.
+    pub message_id: Id,
+    /// One emoji, or a `:short_code:`.
+    pub emoji: String,
+}
+
+/// `thread`: a thread's root and replies, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Thread {
+    /// The root (or a reply in its thread).
+    pub message_id: Id,
+    /// Only messages after this seq (paging; absent: from the root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<i64>,
+    /// Page size (default 50, at most 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }
 
 /// `typing_indicator`: the user started or stopped typing.
@@ -256,6 +300,24 @@ pub enum ClientFrame {
     SetRole(SetRole),
     /// Leave a group (remove yourself).
     LeaveGroup(ConversationRef),
+    /// Edit your message.
+    EditMessage(EditMessage),
+    /// Delete a message for everyone.
+    DeleteMessage(MessageRef),
+    /// React to a message.
+    AddReaction(Reaction),
+    /// Take your reaction back.
+    RemoveReaction(Reaction),
+    /// Pin a message.
+    PinMessage(MessageRef),
+    /// Unpin a message.
+    UnpinMessage(MessageRef),
+    /// A thread page.
+    Thread(Thread),
+    /// A conversation's pinned messages.
+    ListPins(ConversationRef),
+    /// Who read a message ("seen by").
+    MessageReads(MessageRef),
 }
 
 /// Why a client frame was rejected: the error frame to send back.
@@ -278,7 +340,7 @@ impl FrameError {
 }
 
 /// The client frame types this server understands, in protocol order.
-pub const CLIENT_FRAME_TYPES: [&str; 16] = [
+pub const CLIENT_FRAME_TYPES: [&str; 25] = [
     "chat_message",
     "typing_indicator",
     "read_receipt",
@@ -295,6 +357,15 @@ pub const CLIENT_FRAME_TYPES: [&str; 16] = [
     "update_participants",
     "set_role",
     "leave_group",
+    "edit_message",
+    "delete_message",
+    "add_reaction",
+    "remove_reaction",
+    "pin_message",
+    "unpin_message",
+    "thread",
+    "list_pins",
+    "message_reads",
 ];
 
 /// Parses one client text frame, telling apart: not JSON (`invalid_json`), no `type`
@@ -421,6 +492,154 @@ pub struct NewMessage {
     /// The sender's idempotency key (lets the sender's other devices de-duplicate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
+    /// The thread root this replies to (null: not a reply).
+    #[serde(default)]
+    pub reply_to: Option<i64>,
+    /// Users mentioned.
+    #[serde(default)]
+    pub mentions: Vec<i64>,
+    /// Last edit, RFC 3339 (null: never edited).
+    #[serde(default)]
+    pub edited_at: Option<String>,
+    /// Deleted for everyone: a tombstone (empty text).
+    #[serde(default)]
+    pub deleted: bool,
+    /// When, RFC 3339 (null unless deleted).
+    #[serde(default)]
+    pub deleted_at: Option<String>,
+    /// Who deleted it (null unless deleted; 0: the system).
+    #[serde(default)]
+    pub deleted_by: Option<i64>,
+    /// Emoji → how many reacted with it and whether you did.
+    #[serde(default)]
+    pub reactions: std::collections::BTreeMap<String, ReactionView>,
+    /// Replies in its thread.
+    #[serde(default)]
+    pub reply_count: i64,
+    /// When the last reply came, RFC 3339 (null: none).
+    #[serde(default)]
+    pub last_reply_at: Option<String>,
+    /// When it was pinned, RFC 3339 (null: not pinned).
+    #[serde(default)]
+    pub pinned_at: Option<String>,
+    /// Who pinned it (null: not pinned).
+    #[serde(default)]
+    pub pinned_by: Option<i64>,
+}
+
+/// One emoji's reactions on a message, as the reader sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReactionView {
+    /// Users who reacted with it.
+    pub count: i64,
+    /// Whether you are one of them.
+    pub me: bool,
+}
+
+/// `message_updated`: a message's text was edited.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageUpdated {
+    /// The message.
+    pub message_id: i64,
+    /// Its conversation.
+    pub conversation_id: i64,
+    /// The change's position in the conversation (the sync cursor).
+    pub seq: i64,
+    /// The text now.
+    pub text: String,
+    /// When, RFC 3339.
+    pub edited_at: String,
+    /// Who edited it (0: the system).
+    pub user_id: i64,
+}
+
+/// `message_deleted`: a message was deleted for everyone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageDeleted {
+    /// The message.
+    pub message_id: i64,
+    /// Its conversation.
+    pub conversation_id: i64,
+    /// The change's position in the conversation.
+    pub seq: i64,
+    /// When, RFC 3339.
+    pub deleted_at: String,
+    /// Who deleted it (0: the system).
+    pub deleted_by: i64,
+}
+
+/// `reaction_added` / `reaction_removed`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReactionNotice {
+    /// The message.
+    pub message_id: i64,
+    /// Its conversation.
+    pub conversation_id: i64,
+    /// The change's position in the conversation.
+    pub seq: i64,
+    /// Who reacted.
+    pub user_id: i64,
+    /// The emoji.
+    pub emoji: String,
+    /// How many users have reacted with it after this change (set it; 0: none left).
+    pub count: i64,
+}
+
+/// `message_pinned` / `message_unpinned`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PinNotice {
+    /// The message.
+    pub message_id: i64,
+    /// Its conversation.
+    pub conversation_id: i64,
+    /// The change's position in the conversation.
+    pub seq: i64,
+    /// Who pinned or unpinned it (0: the system).
+    pub user_id: i64,
+    /// When, RFC 3339.
+    pub at: String,
+}
+
+/// `thread`: a page of a thread, oldest first (the root first when the page starts there).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThreadPage {
+    /// The root.
+    pub message_id: i64,
+    /// Its conversation.
+    pub conversation_id: i64,
+    /// The root and replies, ascending by seq.
+    pub messages: Vec<NewMessage>,
+    /// More replies follow.
+    pub has_more: bool,
+}
+
+/// `pins`: a conversation's pinned messages, most recently pinned first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pins {
+    /// The conversation.
+    pub conversation_id: i64,
+    /// The pinned messages.
+    pub messages: Vec<NewMessage>,
+}
+
+/// One reader of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadView {
+    /// Who.
+    pub user_id: i64,
+    /// When, RFC 3339.
+    pub read_at: String,
+}
+
+/// `message_reads`: who read a message ("seen by").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageReads {
+    /// The message.
+    pub message_id: i64,
+    /// Its conversation.
+    pub conversation_id: i64,
+    /// Readers, earliest first.
+    pub reads: Vec<ReadView>,
 }
 
 /// `error`: a frame was rejected; the connection stays open.
@@ -597,8 +816,11 @@ pub struct ConversationInfo {
     pub last_seq: i64,
     /// Your read watermark.
     pub last_read_seq: i64,
-    /// Messages from others after your watermark.
+    /// Messages from others after your watermark (deleted ones not counted).
     pub unread_count: i64,
+    /// Of those, the ones mentioning you.
+    #[serde(default)]
+    pub unread_mentions: i64,
     /// The newest message.
     #[serde(default)]
     pub last_message: Option<NewMessage>,
@@ -660,6 +882,24 @@ pub enum ServerFrame {
     TokenRefreshed(TokenRefreshed),
     /// A membership or role change you asked for is done.
     ConversationUpdated(ConversationUpdated),
+    /// A message was edited.
+    MessageUpdated(MessageUpdated),
+    /// A message was deleted.
+    MessageDeleted(MessageDeleted),
+    /// Someone reacted.
+    ReactionAdded(ReactionNotice),
+    /// Someone took a reaction back.
+    ReactionRemoved(ReactionNotice),
+    /// A message was pinned.
+    MessagePinned(PinNotice),
+    /// A message was unpinned.
+    MessageUnpinned(PinNotice),
+    /// A thread page.
+    Thread(ThreadPage),
+    /// Pinned messages.
+    Pins(Pins),
+    /// Who read a message.
+    MessageReads(MessageReads),
 }
 
 /// `token_refreshed`: the socket now stays open until `valid_until`.
@@ -719,6 +959,11 @@ impl ErrorFrame {
     }
 }
 
+/// A time that may be unset (0) as an RFC 3339 string or null.
+fn time_or_null(ms: i64) -> Option<String> {
+    (ms > 0).then(|| crate::time::rfc3339_ms(ms))
+}
+
 impl NewMessage {
     /// The client form of a stored message.
     pub fn from_pb(m: &crate::pb::ChatMessage) -> NewMessage {
@@ -731,7 +976,76 @@ impl NewMessage {
             seq: m.seq,
             created_at: crate::time::rfc3339_ms(m.created_at_ms),
             client_msg_id: (!m.client_msg_id.is_empty()).then(|| m.client_msg_id.clone()),
+            reply_to: m.reply_to,
+            mentions: m.mentions.clone(),
+            edited_at: time_or_null(m.edited_at_ms),
+            deleted: m.deleted,
+            deleted_at: m.deleted.then(|| crate::time::rfc3339_ms(m.deleted_at_ms)),
+            deleted_by: m.deleted.then_some(m.deleted_by),
+            reactions: m
+                .reactions
+                .iter()
+                .map(|r| {
+                    (
+                        r.emoji.clone(),
+                        ReactionView {
+                            count: r.count,
+                            me: r.me,
+                        },
+                    )
+                })
+                .collect(),
+            reply_count: m.reply_count,
+            last_reply_at: time_or_null(m.last_reply_at_ms),
+            pinned_at: time_or_null(m.pinned_at_ms),
+            pinned_by: (m.pinned_at_ms > 0).then_some(m.pinned_by),
         }
+    }
+}
+
+impl ServerFrame {
+    /// The event a committed change is shown as (`None`: a kind from a newer peer).
+    pub fn from_change(c: &crate::pb::MessageChange) -> Option<ServerFrame> {
+        use crate::pb::ChangeKind;
+        let at = crate::time::rfc3339_ms(c.at_ms);
+        let (message_id, conversation_id, seq) = (c.message_id, c.conversation_id, c.seq);
+        let reaction = || ReactionNotice {
+            message_id,
+            conversation_id,
+            seq,
+            user_id: c.actor_id,
+            emoji: c.emoji.clone(),
+            count: c.count,
+        };
+        let pin = || PinNotice {
+            message_id,
+            conversation_id,
+            seq,
+            user_id: c.actor_id,
+            at: at.clone(),
+        };
+        Some(match ChangeKind::try_from(c.kind).ok()? {
+            ChangeKind::Unspecified => return None,
+            ChangeKind::Edited => ServerFrame::MessageUpdated(MessageUpdated {
+                message_id,
+                conversation_id,
+                seq,
+                text: c.text.clone(),
+                edited_at: at.clone(),
+                user_id: c.actor_id,
+            }),
+            ChangeKind::Deleted => ServerFrame::MessageDeleted(MessageDeleted {
+                message_id,
+                conversation_id,
+                seq,
+                deleted_at: at.clone(),
+                deleted_by: c.actor_id,
+            }),
+            ChangeKind::ReactionAdded => ServerFrame::ReactionAdded(reaction()),
+            ChangeKind::ReactionRemoved => ServerFrame::ReactionRemoved(reaction()),
+            ChangeKind::Pinned => ServerFrame::MessagePinned(pin()),
+            ChangeKind::Unpinned => ServerFrame::MessageUnpinned(pin()),
+        })
     }
 }
 
@@ -766,6 +1080,8 @@ mod tests {
                 receiver_id: Some(Id(2)),
                 text: "Hello!".into(),
                 client_msg_id: None,
+                reply_to: None,
+                mentions: Vec::new(),
             })
         );
         let f = parse_client_frame(

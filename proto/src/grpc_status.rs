@@ -22,7 +22,11 @@ pub const fn code(c: ErrorCode) -> Code {
         ErrorCode::RateLimited => Code::ResourceExhausted,
         ErrorCode::Unavailable => Code::Unavailable,
         ErrorCode::Internal => Code::Internal,
-        ErrorCode::TooManyParticipants | ErrorCode::Unsupported => Code::FailedPrecondition,
+        ErrorCode::TooManyParticipants
+        | ErrorCode::Unsupported
+        | ErrorCode::MessageDeleted
+        | ErrorCode::EditWindowExpired
+        | ErrorCode::TooManyReactions => Code::FailedPrecondition,
         ErrorCode::MethodNotAllowed => Code::Unimplemented,
         ErrorCode::InvalidJson
         | ErrorCode::MissingType
@@ -31,6 +35,8 @@ pub const fn code(c: ErrorCode) -> Code {
         | ErrorCode::EmptyText
         | ErrorCode::TextTooLong
         | ErrorCode::InvalidReceiver
+        | ErrorCode::InvalidReply
+        | ErrorCode::InvalidMention
         | ErrorCode::PayloadTooLarge => Code::InvalidArgument,
     }
 }

@@ -115,6 +115,36 @@ pub fn validate_client_msg_id(id: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Most distinct reactions (emoji) one message may carry.
+pub const MAX_REACTIONS_PER_MESSAGE: i64 = 20;
+/// Longest `:short_code:` reaction, in bytes, colons included.
+pub const MAX_SHORT_CODE_BYTES: usize = 32;
+/// Most users one message may mention.
+pub const MAX_MENTIONS: usize = 50;
+
+/// Checks a reaction: exactly one Unicode emoji sequence (skin tones and ZWJ sequences
+/// included, as the Unicode emoji list has them), or a `:short_code:` of at most
+/// [`MAX_SHORT_CODE_BYTES`] bytes made of `a-z 0-9 _ + -` (a team's custom emoji: the
+/// server does not know them all, so any well-formed code is accepted).
+pub fn validate_emoji(emoji: &str) -> Result<(), Invalid> {
+    let short_code = emoji.len() <= MAX_SHORT_CODE_BYTES
+        && emoji.len() > 2
+        && emoji.starts_with(':')
+        && emoji.ends_with(':')
+        && emoji[1..emoji.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_+-".contains(&b));
+    if short_code || emojis::get(emoji).is_some() {
+        return Ok(());
+    }
+    Err(Invalid::new(
+        ErrorCode::InvalidField,
+        format!(
+            "emoji must be one emoji or a :short_code: of at most {MAX_SHORT_CODE_BYTES} bytes"
+        ),
+    ))
+}
+
 /// Checks an id is a positive integer.
 pub fn validate_id(field: &str, id: i64) -> Result<(), Invalid> {
     if id <= 0 {
@@ -129,6 +159,18 @@ pub fn validate_id(field: &str, id: i64) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reactions_are_one_emoji_or_a_short_code() {
+        for ok in ["👍", "👍🏽", "❤️", "👨‍👩‍👧", "🇿🇦", ":party_parrot:", ":+1:"]
+        {
+            assert!(validate_emoji(ok).is_ok(), "{ok}");
+        }
+        let long = format!(":{}:", "a".repeat(31));
+        for bad in ["", "👍👍", "a", "hi", "::", ":Caps:", ":a b:", &long, "👍 "] {
+            assert!(validate_emoji(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn text_rules() {

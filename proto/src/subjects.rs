@@ -33,6 +33,18 @@ pub const CONV_MEMBERS: &str = "indaba.v1.conv.members";
 pub const CONV_ROLE: &str = "indaba.v1.conv.role";
 /// Request/reply: one message. `pb::GetMessageRequest` → `pb::GetMessageResponse`.
 pub const MSG_GET: &str = "indaba.v1.msg.get";
+/// Request/reply: edit, delete, react to, pin or unpin a message.
+/// `pb::ChangeMessageRequest` → `pb::ChangeMessageResponse`.
+pub const MSG_CHANGE: &str = "indaba.v1.msg.change";
+/// Request/reply: a thread's root and replies. `pb::GetThreadRequest` →
+/// `pb::GetThreadResponse`.
+pub const MSG_THREAD: &str = "indaba.v1.msg.thread";
+/// Request/reply: a conversation's pinned messages. `pb::ListPinsRequest` →
+/// `pb::ListPinsResponse`.
+pub const MSG_PINS: &str = "indaba.v1.msg.pins";
+/// Request/reply: who read a message ("seen by"). `pb::GetMessageReadsRequest` →
+/// `pb::GetMessageReadsResponse`.
+pub const MSG_READS: &str = "indaba.v1.msg.reads";
 /// Request/reply: a user's unread counts. `pb::GetUnreadCountsRequest` →
 /// `pb::GetUnreadCountsResponse`.
 pub const UNREAD: &str = "indaba.v1.msg.unread";

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
 use super::resume;
-use crate::backend::{self, BackendError, Budget, Window};
+use crate::backend::{self, BackendError, Budget, Change, Window};
 use crate::ctx::Ctx;
 use crate::hub::{Outbound, SyncFrame};
 use crate::session::{self, Session};
@@ -264,6 +264,36 @@ impl Conn {
                         .await;
                 self.conversation_updated(res, id);
             }
+            Ok(ClientFrame::EditMessage(e)) => {
+                self.change(e.message_id.0, Change::Edit(e.text)).await
+            }
+            Ok(ClientFrame::DeleteMessage(r)) => self.change(r.message_id.0, Change::Delete).await,
+            Ok(ClientFrame::AddReaction(r)) => {
+                self.change(r.message_id.0, Change::React(r.emoji)).await
+            }
+            Ok(ClientFrame::RemoveReaction(r)) => {
+                self.change(r.message_id.0, Change::Unreact(r.emoji)).await
+            }
+            Ok(ClientFrame::PinMessage(r)) => self.change(r.message_id.0, Change::Pin).await,
+            Ok(ClientFrame::UnpinMessage(r)) => self.change(r.message_id.0, Change::Unpin).await,
+            Ok(ClientFrame::Thread(t)) => self.thread(t).await,
+            Ok(ClientFrame::ListPins(r)) => {
+                let conversation_id = r.conversation_id.0;
+                match backend::pins(&self.ctx, self.session.user_id, conversation_id).await {
+                    Ok(m) => self.send(ServerFrame::Pins(frames::Pins {
+                        conversation_id,
+                        messages: views::messages(&m),
+                    })),
+                    Err(e) => self.send_backend_error(&e, Some(conversation_id)),
+                }
+            }
+            Ok(ClientFrame::MessageReads(r)) => {
+                match backend::message_reads(&self.ctx, self.session.user_id, r.message_id.0).await
+                {
+                    Ok(reads) => self.send(ServerFrame::MessageReads(views::message_reads(reads))),
+                    Err(e) => self.send_message_error(&e, r.message_id.0),
+                }
+            }
             Ok(ClientFrame::LeaveGroup(r)) => {
                 let id = r.conversation_id.0;
                 let res = backend::leave_group(&self.ctx, self.session.user_id, id).await;
@@ -407,6 +437,8 @@ impl Conn {
             text: m.text,
             client_msg_id: reference.clone(),
             origin_connection_id: self.session.connection_id.to_string(),
+            reply_to: m.reply_to.map(|r| r.0),
+            mentions: m.mentions.iter().map(|u| u.0).collect(),
         };
         match backend::send(&self.ctx, self.session.user_id, send).await {
             Ok((msg, duplicate)) => {
@@ -613,6 +645,52 @@ impl Conn {
         if let Some(tx) = self.sync_channel() {
             self.ctx.metrics.resumed();
             resume::stream(&self.ctx, self.session.user_id, s, &tx).await;
+        }
+    }
+
+    /// A change to a message. Its answer is the change event itself, which reaches every
+    /// socket of every member (this one too) through the conversation's delivery, in order
+    /// with its messages; an unchanged state (a repeated reaction or pin) is answered here
+    /// only, since nothing was published.
+    async fn change(&mut self, message_id: i64, change: Change) {
+        match backend::change(&self.ctx, self.session.user_id, message_id, change).await {
+            Ok(c) => {
+                self.rate_strikes = 0;
+                if c.id == 0 {
+                    if let Some(f) = ServerFrame::from_change(&c) {
+                        self.send(f);
+                    }
+                }
+            }
+            Err(e) => {
+                if matches!(e, BackendError::Limited(..)) {
+                    self.strike();
+                }
+                self.send_message_error(&e, message_id);
+            }
+        }
+    }
+
+    /// An error about one message (its id in `message_ids`, so the client can match it).
+    fn send_message_error(&self, e: &BackendError, message_id: i64) {
+        self.send(ServerFrame::Error(
+            backend_error_frame(e).rejecting(vec![message_id]),
+        ));
+    }
+
+    async fn thread(&self, t: frames::Thread) {
+        let message_id = t.message_id.0;
+        match backend::thread(
+            &self.ctx,
+            self.session.user_id,
+            message_id,
+            t.after_seq.unwrap_or(0),
+            t.limit.unwrap_or(0),
+        )
+        .await
+        {
+            Ok(p) => self.send(ServerFrame::Thread(views::thread(p))),
+            Err(e) => self.send_message_error(&e, message_id),
         }
     }
 

@@ -1,5 +1,6 @@
-//! A `sync` (resume): every message after the client's last seq, per conversation in seq
-//! order, then `sync_complete`. It streams on the socket's own bounded resume channel, so a
+//! A `sync` (resume): everything after the client's last seq, per conversation in seq
+//! order — new messages as they are now, and the changes (edits, deletions, reactions,
+//! pins) to messages the client already had — then `sync_complete`. It streams on the socket's own bounded resume channel, so a
 //! long resume waits for a slow reader instead of overflowing the live queue; the writer
 //! holds live messages back meanwhile and sends them afterwards, minus any the resume
 //! already carried (see `writer`).
@@ -13,7 +14,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::backend::{self, BackendError, Window};
 use crate::ctx::Ctx;
-use crate::hub::SyncFrame;
+use crate::hub::{change_key, SyncFrame};
 
 /// Most conversations one `sync` may name.
 const MAX_SYNC_CONVERSATIONS: usize = 1000;
@@ -65,21 +66,49 @@ pub(super) async fn stream(ctx: &Ctx, user_id: i64, s: frames::Sync, tx: &mpsc::
             if after == last_seq && page.first_retained_seq > last_seq.saturating_add(1) {
                 truncated.push(conv.0);
             }
-            for m in &page.messages {
-                after = m.seq;
-                let text =
-                    Utf8Bytes::from(ServerFrame::NewMessage(NewMessage::from_pb(m)).to_json());
+            // Messages and changes share the seq: merge the page's two lists in order. A
+            // change to a message after the client's cursor is left out: the message
+            // itself is streamed as it is now.
+            let mut items: Vec<(i64, i64, Utf8Bytes)> = page
+                .messages
+                .iter()
+                .map(|m| {
+                    let f = ServerFrame::NewMessage(NewMessage::from_pb(m));
+                    (m.seq, m.id, Utf8Bytes::from(f.to_json()))
+                })
+                .chain(
+                    page.changes
+                        .iter()
+                        .filter(|c| c.message_seq <= last_seq)
+                        .filter_map(|c| {
+                            let f = ServerFrame::from_change(c)?;
+                            Some((c.seq, change_key(c.id), Utf8Bytes::from(f.to_json())))
+                        }),
+                )
+                .collect();
+            items.sort_unstable_by_key(|(seq, _, _)| *seq);
+            for (seq, key, text) in items {
                 let frame = SyncFrame::Message {
-                    message_id: m.id,
-                    conversation_id: m.conversation_id,
-                    seq: m.seq,
+                    key,
+                    conversation_id: conv.0,
+                    seq,
                     text,
                 };
                 if tx.send(frame).await.is_err() {
                     return;
                 }
             }
-            if !page.has_more || page.messages.is_empty() {
+            // The page covers up to its end, whatever it carried (a change left out, or
+            // none at all).
+            // (A message-service that predates `end_seq` answers 0: its last message.)
+            let end = if page.end_seq > 0 {
+                page.end_seq
+            } else {
+                page.messages.last().map_or(after, |m| m.seq)
+            };
+            let progressed = end > after;
+            after = after.max(end);
+            if !page.has_more || !progressed {
                 // The highest seq actually streamed: a message committed after the page was
                 // read is live traffic, not covered by this resume.
                 done.insert(conv.0.to_string(), after);

@@ -27,10 +27,12 @@ const RECENT_IDS: usize = 1024;
 /// The writing half of a client socket.
 pub(super) type Sink = futures_util::stream::SplitSink<WebSocketStream<TokioIo<Upgraded>>, Message>;
 
-/// A `new_message` frame with what de-duplication needs.
+/// A frame of a conversation's stream (`new_message` or a change) with what
+/// de-duplication needs.
 #[derive(Debug, Clone)]
 struct MessageFrame {
-    message_id: i64,
+    /// [`crate::hub::LiveMessage::key`].
+    key: i64,
     conversation_id: i64,
     seq: i64,
     text: Utf8Bytes,
@@ -70,7 +72,7 @@ impl Order {
     fn resumed(&mut self, m: MessageFrame) -> Option<Utf8Bytes> {
         let e = self.synced_upto.entry(m.conversation_id).or_insert(0);
         *e = (*e).max(m.seq);
-        self.sent.insert(m.message_id).then_some(m.text)
+        self.sent.insert(m.key).then_some(m.text)
     }
 
     /// A live message: its text to write now, or `None` when it is held back (a resume is
@@ -91,7 +93,7 @@ impl Order {
         {
             return None;
         }
-        self.sent.insert(m.message_id).then_some(m.text)
+        self.sent.insert(m.key).then_some(m.text)
     }
 
     /// More live messages were held back than a client that keeps up would need.
@@ -191,8 +193,8 @@ pub(super) async fn write_loop(
                     order.begin();
                     Ok(())
                 }
-                SyncFrame::Message { message_id, conversation_id, seq, text } => {
-                    match order.resumed(MessageFrame { message_id, conversation_id, seq, text }) {
+                SyncFrame::Message { key, conversation_id, seq, text } => {
+                    match order.resumed(MessageFrame { key, conversation_id, seq, text }) {
                         Some(t) => send_unless_too_slow(&mut sink, Message::Text(t), &too_slow).await,
                         None => Ok(()),
                     }
@@ -224,7 +226,7 @@ pub(super) async fn write_loop(
                 Some(Outbound::Message(live)) => {
                     shared.dequeued(live.text.len());
                     let m = MessageFrame {
-                        message_id: live.message_id,
+                        key: live.key,
                         conversation_id: live.conversation_id,
                         seq: live.seq,
                         text: live.text.clone(),
@@ -310,7 +312,7 @@ mod tests {
 
     fn m(message_id: i64, conversation_id: i64, seq: i64) -> MessageFrame {
         MessageFrame {
-            message_id,
+            key: message_id,
             conversation_id,
             seq,
             text: Utf8Bytes::from(format!("m{message_id}")),

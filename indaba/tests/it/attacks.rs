@@ -702,6 +702,8 @@ async fn a_flood_of_conversation_reads_leaves_others_sends_their_slots() {
             text: "hello".into(),
             client_msg_id: None,
             origin_connection_id: String::new(),
+            reply_to: None,
+            mentions: Vec::new(),
         })
         .collect();
     for chunk in seeds.chunks(100) {

@@ -143,6 +143,8 @@ async fn outbox_delivers_after_a_crash_between_commit_and_publish() {
             text: "from the dead".into(),
             client_msg_id: Some("crash-1".into()),
             origin_connection_id: "gw-dead/1".into(),
+            reply_to: None,
+            mentions: Vec::new(),
         })
         .await
         .expect("store");

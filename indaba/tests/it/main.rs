@@ -21,6 +21,7 @@ mod push;
 mod push_abuse;
 mod push_fakes;
 mod rest;
+mod rich_messages;
 mod single_node_settings;
 mod spec_client;
 mod store_suite;

@@ -24,6 +24,8 @@ fn msg(
         text: text.into(),
         client_msg_id: key.map(str::to_owned),
         origin_connection_id: String::new(),
+        reply_to: None,
+        mentions: Vec::new(),
     }
 }
 

@@ -48,8 +48,11 @@ pub struct Summary {
     pub conversation: Conversation,
     /// The user's read watermark.
     pub last_read_seq: i64,
-    /// Messages after the watermark not written by the user (at most [`UNREAD_CAP`]).
+    /// Messages after the watermark not written by the user and not deleted (at most
+    /// [`UNREAD_CAP`]).
     pub unread_count: i64,
+    /// Of those, the ones that mention the user (a deletion removes its mentions).
+    pub unread_mentions: i64,
     /// The newest message, if any.
     pub last_message: Option<ChatMessage>,
 }
@@ -77,7 +80,11 @@ const CONVERSATION_PAGE_SQL: &str = concat!(
             pg.last_message_at_ms AS c_last_message_at_ms, pg.last_read_seq AS p_last_read_seq,
             (SELECT COUNT(*) FROM (SELECT 1 FROM messages u
                 WHERE u.conversation_id = pg.id AND u.seq > pg.last_read_seq AND u.sender_id <> $1
+                  AND u.deleted_at_ms = 0
                 LIMIT $5) AS uc) AS unread_count,
+            (SELECT COUNT(*) FROM message_mentions mm
+                WHERE mm.user_id = $1 AND mm.conversation_id = pg.id
+                  AND mm.seq > pg.last_read_seq) AS unread_mentions,
             (SELECT string_agg(CAST(r.user_id AS TEXT) || ':' || r.role, ',')
                 FROM participants r WHERE r.conversation_id = pg.id) AS c_roster, ",
     message_columns!("m."),
@@ -363,6 +370,7 @@ impl Store {
                     conversation,
                     last_read_seq: r.try_get("p_last_read_seq")?,
                     unread_count: r.try_get("unread_count")?,
+                    unread_mentions: r.try_get("unread_mentions")?,
                     last_message,
                 };
                 v.push((summary, cursor));

@@ -4,7 +4,7 @@
 //! idempotency count.
 
 use proto::limits::MESSAGE_PAGE;
-use proto::pb::ChatMessage;
+use proto::pb::{self, ChatMessage};
 use proto::ErrorCode;
 
 use super::conversations::ConversationMeta;
@@ -33,9 +33,20 @@ pub struct NewMessage {
     pub client_msg_id: Option<String>,
     /// Sending connection, kept in the outbox so a republished delivery still skips it.
     pub origin_connection_id: String,
+    /// The message replied to (its thread's root is stored); checked in the insert.
+    pub reply_to: Option<i64>,
+    /// Users mentioned (validated against the participants in the insert).
+    pub mentions: Vec<i64>,
 }
 
 impl NewMessage {
+    /// Whether the message needs the rich path: a reply or mentions are checked and
+    /// written by the shared loop, not the batch statements (which stay lean for plain
+    /// text, the bulk of traffic).
+    pub(crate) fn is_rich(&self) -> bool {
+        self.reply_to.is_some() || !self.mentions.is_empty()
+    }
+
     /// The message as stored under `id` at `seq` of `conversation_id` (the batch paths
     /// know every column without reading the row back).
     pub(super) fn stored(&self, id: i64, conversation_id: i64, seq: i64, now: i64) -> ChatMessage {
@@ -48,6 +59,7 @@ impl NewMessage {
             text: self.text.clone(),
             client_msg_id: self.client_msg_id.clone().unwrap_or_default(),
             created_at_ms: now,
+            ..Default::default()
         }
     }
 }
@@ -76,6 +88,38 @@ pub(crate) struct MessagePage {
     pub(crate) last_seq: i64,
     /// Oldest seq still stored (0 when the conversation is empty).
     pub(crate) first_retained_seq: i64,
+    /// Forward pages: changes to messages before the page, ascending by seq.
+    pub(crate) changes: Vec<pb::MessageChange>,
+    /// Forward pages: the seq the page covers up to (the next page's `after_seq`).
+    pub(crate) end_seq: i64,
+}
+
+/// What a reader who had everything up to `after_seq` needs of `changes` (ascending):
+/// none about messages after `after_seq` (those are shown as they are now), only the
+/// deletion of a deleted message (its edits and reactions are gone with its text), and
+/// only the last edit of a message edited several times (each carries the text now).
+pub(super) fn compact_changes(
+    changes: Vec<pb::MessageChange>,
+    after_seq: i64,
+) -> Vec<pb::MessageChange> {
+    use pb::ChangeKind;
+    use std::collections::{HashMap, HashSet};
+    let kind = |c: &pb::MessageChange| ChangeKind::try_from(c.kind).unwrap_or_default();
+    let deleted: HashSet<i64> = changes
+        .iter()
+        .filter(|c| kind(c) == ChangeKind::Deleted)
+        .map(|c| c.message_id)
+        .collect();
+    let mut last_edit: HashMap<i64, i64> = HashMap::new();
+    for c in changes.iter().filter(|c| kind(c) == ChangeKind::Edited) {
+        last_edit.insert(c.message_id, c.seq);
+    }
+    changes
+        .into_iter()
+        .filter(|c| c.message_seq <= after_seq)
+        .filter(|c| !deleted.contains(&c.message_id) || kind(c) == ChangeKind::Deleted)
+        .filter(|c| kind(c) != ChangeKind::Edited || last_edit.get(&c.message_id) == Some(&c.seq))
+        .collect()
 }
 
 /// A message naming neither a conversation nor a receiver.
@@ -158,8 +202,29 @@ impl Store {
         self.require_member(conversation_id, user_id).await?;
         let limit = i64::from(MESSAGE_PAGE.check(limit).unwrap_or(MESSAGE_PAGE.max));
         let backward = before_seq > 0 && after_seq == 0;
-        let upper = if before_seq > 0 { before_seq } else { i64::MAX };
-        let (mut messages, last_seq, first) = on_pool!(self, |pool, _begin| {
+        // Read first: every seq up to it is committed (seq is taken under the row lock and
+        // published by the commit), so reading (after, last_seq] of messages and changes
+        // sees a settled range whatever commits meanwhile; later seqs are the next page's,
+        // or live traffic.
+        let (last_seq, first) = on_pool!(self, |pool, _begin| {
+            let last_seq: i64 =
+                sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = $1")
+                    .bind(conversation_id)
+                    .fetch_one(pool)
+                    .await?;
+            let first: Option<i64> =
+                sqlx::query_scalar("SELECT MIN(seq) FROM messages WHERE conversation_id = $1")
+                    .bind(conversation_id)
+                    .fetch_one(pool)
+                    .await?;
+            (last_seq, first)
+        });
+        let upper = if before_seq > 0 {
+            before_seq
+        } else {
+            last_seq.saturating_add(1)
+        };
+        let mut messages = on_pool!(self, |pool, _begin| {
             let sql = if backward {
                 concat!(
                     "SELECT ",
@@ -182,37 +247,54 @@ impl Store {
                 .bind(limit + 1)
                 .fetch_all(pool)
                 .await?;
-            let v = rows
-                .iter()
+            rows.iter()
                 .map(message_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
-            let last_seq: i64 =
-                sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = $1")
-                    .bind(conversation_id)
-                    .fetch_one(pool)
-                    .await?;
-            let first: Option<i64> =
-                sqlx::query_scalar("SELECT MIN(seq) FROM messages WHERE conversation_id = $1")
-                    .bind(conversation_id)
-                    .fetch_one(pool)
-                    .await?;
-            // No rows but a non-zero last_seq: retention removed them all.
-            (
-                v,
-                last_seq,
-                first.unwrap_or(if last_seq > 0 { last_seq + 1 } else { 0 }),
-            )
+                .collect::<Result<Vec<_>, _>>()?
         });
-        let mut has_more = take_page(&mut messages, limit);
-        has_more |= cut_to_page_budget(&mut messages);
+        let mut changes = Vec::new();
+        let mut has_more;
+        let mut end_seq = 0;
         if backward {
+            has_more = take_page(&mut messages, limit);
+            has_more |= cut_to_page_budget(&mut messages);
             messages.reverse();
+        } else {
+            // Messages and changes share the seq: the page is the first `limit` of both,
+            // merged by seq, and ends where its last item does (or at `last_seq`).
+            let mut all_changes = self
+                .changes_between(conversation_id, after_seq, upper - 1, limit + 1)
+                .await?;
+            let mut seqs: Vec<i64> = messages
+                .iter()
+                .map(|m| m.seq)
+                .chain(all_changes.iter().map(|c| c.seq))
+                .collect();
+            seqs.sort_unstable();
+            let limit_items = usize::try_from(limit).unwrap_or(usize::MAX);
+            has_more = seqs.len() > limit_items;
+            end_seq = if has_more {
+                seqs[limit_items - 1]
+            } else {
+                last_seq.max(after_seq)
+            };
+            messages.retain(|m| m.seq <= end_seq);
+            if cut_to_page_budget(&mut messages) {
+                has_more = true;
+                end_seq = messages.last().map_or(end_seq, |m| m.seq);
+            }
+            all_changes.retain(|c| c.seq <= end_seq);
+            // A message in this page is shown as it is now: its changes would repeat it.
+            changes = compact_changes(all_changes, after_seq);
         }
+        self.add_reactions(user_id, &mut messages).await?;
         Ok(MessagePage {
             messages,
+            changes,
             has_more,
             last_seq,
-            first_retained_seq: first,
+            // No rows but a non-zero last_seq: retention removed them all.
+            first_retained_seq: first.unwrap_or(if last_seq > 0 { last_seq + 1 } else { 0 }),
+            end_seq,
         })
     }
 
@@ -264,6 +346,7 @@ impl Store {
         let mut has_more = take_page(&mut messages, limit);
         // Bounded in bytes like every page: the stream pages on from the last id kept.
         has_more |= cut_to_page_budget(&mut messages);
+        self.add_reactions(user_id, &mut messages).await?;
         Ok((messages, has_more))
     }
 

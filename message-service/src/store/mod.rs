@@ -18,6 +18,9 @@
 //! - `conversations`: conversations and their participants.
 //! - `messages`: what a send is, the rules of who may speak where, every message read.
 //! - `receipts`: read marks and watermarks.
+//! - `changes`: edits, deletions, reactions and pins (each numbered in the conversation's
+//!   seq), and the reads that show a message as it is now (reactions, threads, pins,
+//!   who read it).
 //! - `outbox`: leases, republishing and cleanup of deliveries.
 //! - `pg_batch`, `sqlite_batch`: one backend's group commit each.
 //! - `send`: storing messages (one or a batch, idempotent retries), the shared loop.
@@ -54,6 +57,7 @@ macro_rules! on_pool {
 mod rows;
 #[macro_use]
 mod roles;
+mod changes;
 mod conversations;
 mod messages;
 mod outbox;
@@ -62,6 +66,7 @@ mod receipts;
 mod send;
 mod sqlite_batch;
 
+pub(crate) use changes::{ChangeRequest, Target};
 pub use conversations::ConversationMeta;
 pub use messages::{NewMessage, Sent};
 pub use outbox::PendingDelivery;

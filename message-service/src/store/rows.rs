@@ -35,7 +35,25 @@ macro_rules! message_columns {
             $p,
             "client_msg_id, ",
             $p,
-            "created_at_ms"
+            "created_at_ms, ",
+            $p,
+            "reply_to, ",
+            $p,
+            "mentions, ",
+            $p,
+            "edited_at_ms, ",
+            $p,
+            "deleted_at_ms, ",
+            $p,
+            "deleted_by, ",
+            $p,
+            "reply_count, ",
+            $p,
+            "last_reply_at_ms, ",
+            $p,
+            "pinned_at_ms, ",
+            $p,
+            "pinned_by"
         )
     };
 }
@@ -110,6 +128,7 @@ where
     for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
     for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
+    let deleted_at_ms: i64 = row.try_get("deleted_at_ms")?;
     Ok(ChatMessage {
         id: row.try_get("id")?,
         conversation_id: row.try_get("conversation_id")?,
@@ -121,7 +140,39 @@ where
             .try_get::<Option<String>, _>("client_msg_id")?
             .unwrap_or_default(),
         created_at_ms: row.try_get("created_at_ms")?,
+        reply_to: row.try_get("reply_to")?,
+        mentions: parse_ids(row.try_get::<Option<String>, _>("mentions")?.as_deref()),
+        edited_at_ms: row.try_get("edited_at_ms")?,
+        deleted: deleted_at_ms > 0,
+        deleted_at_ms,
+        deleted_by: row.try_get::<Option<i64>, _>("deleted_by")?.unwrap_or(0),
+        // Per reader: filled in by the page that shows the message (`reactions`).
+        reactions: Vec::new(),
+        reply_count: row.try_get("reply_count")?,
+        last_reply_at_ms: row.try_get("last_reply_at_ms")?,
+        pinned_at_ms: row.try_get("pinned_at_ms")?,
+        pinned_by: row.try_get::<Option<i64>, _>("pinned_by")?.unwrap_or(0),
     })
+}
+
+/// The stored form of a list of user ids (`mentions`): ascending, comma-separated; `None`
+/// for none (both backends read and write it as text, so one SQL serves both).
+pub(super) fn join_ids(ids: &[i64]) -> Option<String> {
+    if ids.is_empty() {
+        return None;
+    }
+    let mut v = ids.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    Some(v.iter().map(i64::to_string).collect::<Vec<_>>().join(","))
+}
+
+/// [`join_ids`] read back (anything unreadable is skipped: the column is ours).
+pub(super) fn parse_ids(text: Option<&str>) -> Vec<i64> {
+    text.unwrap_or_default()
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect()
 }
 
 /// The unique key of a pair's direct conversation (either order gives the same key).
@@ -183,12 +234,15 @@ mod tests {
 
     #[test]
     fn column_list_is_one_text_with_or_without_a_qualifier() {
-        assert_eq!(
-            message_columns!(),
-            "id, conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms"
-        );
+        assert!(message_columns!().starts_with(
+            "id, conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms, reply_to"
+        ));
         assert!(message_columns!("m.").starts_with("m.id, m.conversation_id, "));
-        assert_eq!(message_columns!("m.").matches("m.").count(), 8);
+        assert_eq!(message_columns!("m.").matches("m.").count(), 17);
+        assert_eq!(join_ids(&[7, 3, 7]).as_deref(), Some("3,7"));
+        assert_eq!(parse_ids(Some("3,7")), vec![3, 7]);
+        assert_eq!(join_ids(&[]), None);
+        assert!(parse_ids(None).is_empty());
     }
 
     #[test]

@@ -14,8 +14,8 @@ use super::conversations::ConversationMeta;
 use super::messages::{check_membership, no_target, NewMessage, Sent};
 use super::outbox::lease_until;
 use super::rows::{
-    conversation_not_found, direct_key, message_from_row, CONVERSATION_EXISTS, DIRECT_BY_KEY,
-    PARTICIPANTS,
+    conversation_not_found, direct_key, join_ids, message_from_row, CONVERSATION_EXISTS,
+    DIRECT_BY_KEY, PARTICIPANTS,
 };
 use super::{pg_batch, rejected, sqlite_batch, Store, StoreError};
 
@@ -30,11 +30,25 @@ fn only(batch: BatchResult) -> Result<Sent, StoreError> {
         .unwrap_or_else(|| Err(rejected(ErrorCode::Internal, "empty batch")))
 }
 
+/// `invalid_reply`: the target is not a message of this conversation.
+fn invalid_reply(target: i64) -> StoreError {
+    rejected(
+        ErrorCode::InvalidReply,
+        format!("reply_to {target} is not a message of this conversation"),
+    )
+}
+
 impl Store {
     /// Stores a message: idempotent on (sender, client_msg_id), assigns the conversation's
     /// next `seq`, writes the outbox row, all in one transaction.
     pub async fn send_message(&self, m: &NewMessage) -> Result<Sent, StoreError> {
-        let inserted = only(self.insert_messages(std::slice::from_ref(m)).await);
+        let one = std::slice::from_ref(m);
+        let inserted = if m.is_rich() {
+            let now = proto::time::now_ms();
+            only(self.insert_shared(one, now, lease_until(now)).await)
+        } else {
+            only(self.insert_messages(one).await)
+        };
         self.or_original(m, inserted).await
     }
 
@@ -197,6 +211,40 @@ impl Store {
                             (id, pair)
                         }
                     };
+                    for u in &m.mentions {
+                        if participants.binary_search(u).is_err() {
+                            return Err(rejected(
+                                ErrorCode::InvalidMention,
+                                format!("user {u} is not a participant of this conversation"),
+                            ));
+                        }
+                    }
+                    // A reply joins its target's thread: the root is stored (threads are
+                    // one level deep, so a reply to a reply lands beside it).
+                    let root = match m.reply_to {
+                        None => None,
+                        Some(target) => {
+                            let row: Option<(i64, Option<i64>, i64)> = sqlx::query_as(
+                                "SELECT conversation_id, reply_to, deleted_at_ms FROM messages WHERE id = $1",
+                            )
+                            .bind(target)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            match row {
+                                Some((c, _, _)) if c != conversation_id => {
+                                    return Err(invalid_reply(target))
+                                }
+                                None => return Err(invalid_reply(target)),
+                                Some((_, _, deleted)) if deleted > 0 => {
+                                    return Err(rejected(
+                                        ErrorCode::MessageDeleted,
+                                        format!("message {target} was deleted"),
+                                    ))
+                                }
+                                Some((_, parent_root, _)) => Some(parent_root.unwrap_or(target)),
+                            }
+                        }
+                    };
                     // The row lock taken here serializes writers of one conversation, which is
                     // what makes seq gap-free; other conversations proceed in parallel.
                     let bumped = sqlx::query(
@@ -210,8 +258,8 @@ impl Store {
                     let seq: i64 = bumped.try_get("last_seq")?;
                     let meta = ConversationMeta::from_row(&bumped)?;
                     let row = sqlx::query(concat!(
-                        "INSERT INTO messages (conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)
+                        "INSERT INTO messages (conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms, reply_to, mentions)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                          RETURNING ",
                         message_columns!()
                     ))
@@ -222,9 +270,34 @@ impl Store {
                     .bind(&m.text)
                     .bind(m.client_msg_id.as_deref())
                     .bind(now)
+                    .bind(root)
+                    .bind(join_ids(&m.mentions))
                     .fetch_one(&mut *tx)
                     .await?;
                     let message = message_from_row(&row)?;
+                    if let Some(root) = root {
+                        sqlx::query(
+                            "UPDATE messages SET reply_count = reply_count + 1, last_reply_at_ms = $2
+                             WHERE id = $1",
+                        )
+                        .bind(root)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    // Mentioning yourself notifies nobody and counts as no unread mention.
+                    for u in message.mentions.iter().filter(|u| **u != m.sender_id) {
+                        sqlx::query(
+                            "INSERT INTO message_mentions (message_id, user_id, conversation_id, seq)
+                             VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(message.id)
+                        .bind(*u)
+                        .bind(conversation_id)
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                     sqlx::query(
                         "INSERT INTO outbox (message_id, origin_connection_id, lease_until_ms) VALUES ($1, $2, $3)",
                     )

@@ -16,6 +16,7 @@ pub fn message_service_settings(nats_url: &str, database_url: &str) -> message_s
         pool_size: 8,
         max_text_chars: 100,
         max_group_size: 1000,
+        edit_window: Some(Duration::from_secs(900)),
         max_in_flight: 256,
         retention: None,
         grpc_listen: None,

@@ -19,7 +19,7 @@ pub struct Client {
     pub user_id: i64,
     pub connection_id: String,
     /// Frames read while looking for another type, kept for later `recv_type` calls.
-    pending: std::collections::VecDeque<Value>,
+    pub pending: std::collections::VecDeque<Value>,
 }
 
 impl Client {
