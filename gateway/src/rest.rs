@@ -106,14 +106,15 @@ async fn route(req: Request, ctx: Arc<Ctx>) -> Answer {
         ["messages", id] if m == Method::GET && *id != "read" => {
             get_message(path_id(id)?, headers, ctx).await
         }
-        ["messages", id] if m == Method::PATCH && *id != "read" => {
+        // `read` and `unread` are siblings with their own methods (405 below).
+        ["messages", id] if m == Method::PATCH && !matches!(*id, "read" | "unread") => {
             change(path_id(id)?, headers, ctx, || {
                 let b: EditBody = parse_body(body)?;
                 Ok(Change::Edit(b.text))
             })
             .await
         }
-        ["messages", id] if m == Method::DELETE && *id != "read" => {
+        ["messages", id] if m == Method::DELETE && !matches!(*id, "read" | "unread") => {
             change(path_id(id)?, headers, ctx, || Ok(Change::Delete)).await
         }
         ["messages", id, "reactions"] if m == Method::POST => {

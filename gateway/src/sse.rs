@@ -26,7 +26,7 @@ use warp::Reply;
 use crate::auth::AuthError;
 use crate::backend;
 use crate::ctx::Ctx;
-use crate::hub::{ConnShared, Outbound, RecentIds};
+use crate::hub::{change_key, ConnShared, Outbound, RecentIds};
 use crate::metrics::HandshakeFailure;
 use crate::reply::{connection_token, query_param, Answer, HttpError};
 use crate::session::{self, PeerAddr, Session, Transport};
@@ -263,6 +263,15 @@ async fn replay_page(st: &mut StreamState, mut r: Replay) -> Option<Replay> {
             return None;
         }
     };
+    // Changes to messages the client had come first (they are older than what follows);
+    // like live ones they carry no event id.
+    for c in &page.changes {
+        if let Some(f) = ServerFrame::from_change(c) {
+            if st.sent.insert(change_key(c.id)) {
+                st.pending.push_back(Item::Text(f.to_json()));
+            }
+        }
+    }
     for m in &page.messages {
         r.scan_from = m.id;
         if st.sent.insert(m.id) {

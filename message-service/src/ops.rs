@@ -370,9 +370,10 @@ pub(crate) async fn messages_since(
         )
         .await
     {
-        Ok((messages, has_more)) => pb::ListMessagesResponse {
+        Ok((messages, has_more, changes)) => pb::ListMessagesResponse {
             messages,
             has_more,
+            changes,
             ..Default::default()
         },
         Err(e) => pb::ListMessagesResponse::failed(store_error(e)),

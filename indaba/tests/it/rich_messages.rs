@@ -866,3 +866,58 @@ async fn concurrent_reactions_and_edits_converge_single_node() {
 async fn concurrent_reactions_and_edits_converge_distributed() {
     concurrent_changes_converge(&Node::distributed(None).await).await;
 }
+
+/// The event stream carries changes live (without an event id of their own) and, after a
+/// reconnect with `Last-Event-ID`, replays the changes made meanwhile to the messages the
+/// client had, before the messages it missed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_stream_carries_and_replays_changes() {
+    let node = Node::distributed(None).await;
+    let addr = node.addr;
+    let mut a = Client::connect(addr, 1).await;
+    let path = format!("/api/v1/events/?token={}", token(2));
+    let mut sse = SseClient::open(addr, &path, &[]).await;
+    assert_eq!(sse.next().await.data["type"], "connection_established");
+    let m = a.chat(2, "watch me", None).await["message_id"]
+        .as_i64()
+        .unwrap();
+    let ev = sse.next_type("new_message").await;
+    let cursor = ev.id.clone().unwrap();
+    changed(
+        &mut a,
+        json!({"type": "add_reaction", "message_id": m, "emoji": "👀"}),
+        "reaction_added",
+    )
+    .await;
+    let live = sse.next_type("reaction_added").await;
+    assert_eq!(
+        (live.data["count"].as_i64(), live.id.as_deref()),
+        (Some(1), None)
+    );
+    drop(sse);
+
+    changed(
+        &mut a,
+        json!({"type": "edit_message", "message_id": m, "text": "watch me, edited"}),
+        "message_updated",
+    )
+    .await;
+    let later = a.chat(2, "missed", None).await["message_id"]
+        .as_i64()
+        .unwrap();
+    let mut sse = SseClient::open(addr, &path, &[("Last-Event-ID", cursor.as_str())]).await;
+    assert_eq!(sse.next().await.data["type"], "connection_established");
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let e = sse.next().await;
+        got.push((e.data["type"].as_str().unwrap().to_owned(), e.data.clone()));
+    }
+    let types: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        types,
+        vec!["reaction_added", "message_updated", "new_message"],
+        "changes to what the client had, then what it missed: {got:?}"
+    );
+    assert_eq!(got[1].1["text"], "watch me, edited");
+    assert_eq!(got[2].1["message_id"], later);
+}

@@ -71,6 +71,34 @@ pub(crate) fn message_not_found(id: i64) -> StoreError {
     )
 }
 
+/// A `message_changes` row joined with its message's `text` (an edit shows the text now;
+/// the change rows keep none).
+fn change_from_row<R: Row>(r: &R) -> Result<MessageChange, sqlx::Error>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let kind = i32::try_from(r.try_get::<i64, _>("kind")?).unwrap_or_default();
+    Ok(MessageChange {
+        id: r.try_get("id")?,
+        conversation_id: r.try_get("conversation_id")?,
+        seq: r.try_get("seq")?,
+        message_id: r.try_get("message_id")?,
+        message_seq: r.try_get("message_seq")?,
+        kind,
+        actor_id: r.try_get("actor_id")?,
+        text: if kind == ChangeKind::Edited as i32 {
+            r.try_get("text")?
+        } else {
+            String::new()
+        },
+        emoji: r.try_get("emoji")?,
+        count: r.try_get("count")?,
+        at_ms: r.try_get("at_ms")?,
+    })
+}
+
 impl Store {
     /// Applies a change in one transaction: locks the conversation, reads the message,
     /// lets `rule` judge, writes the change, numbers it and records it. Idempotent: a
@@ -281,8 +309,8 @@ impl Store {
     ) -> Result<Vec<MessageChange>, StoreError> {
         Ok(on_pool!(self, |pool, _begin| {
             let rows = sqlx::query(
-                "SELECT c.id, c.seq, c.message_id, c.message_seq, c.kind, c.actor_id, c.emoji,
-                        c.count, c.at_ms, m.text
+                "SELECT c.id, c.conversation_id, c.seq, c.message_id, c.message_seq, c.kind,
+                        c.actor_id, c.emoji, c.count, c.at_ms, m.text
                  FROM message_changes c JOIN messages m ON m.id = c.message_id
                  WHERE c.conversation_id = $1 AND c.seq > $2 AND c.seq <= $3
                  ORDER BY c.seq LIMIT $4",
@@ -293,31 +321,44 @@ impl Store {
             .bind(limit)
             .fetch_all(pool)
             .await?;
-            let mut v = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let kind: i64 = r.try_get("kind")?;
-                let kind = i32::try_from(kind).unwrap_or_default();
-                let edited = kind == ChangeKind::Edited as i32;
-                v.push(MessageChange {
-                    id: r.try_get("id")?,
-                    conversation_id,
-                    seq: r.try_get("seq")?,
-                    message_id: r.try_get("message_id")?,
-                    message_seq: r.try_get("message_seq")?,
-                    kind,
-                    actor_id: r.try_get("actor_id")?,
-                    text: if edited {
-                        r.try_get("text")?
-                    } else {
-                        String::new()
-                    },
-                    emoji: r.try_get("emoji")?,
-                    count: r.try_get("count")?,
-                    at_ms: r.try_get("at_ms")?,
-                });
-            }
-            v
+            rows.iter()
+                .map(change_from_row)
+                .collect::<Result<Vec<_>, _>>()?
         }))
+    }
+
+    /// Changes in any of `user_id`'s conversations to messages up to `after_id` (the event
+    /// stream's cursor) made since `since_ms`, oldest first per conversation, compacted
+    /// like a page's, at most `limit`: what an event stream that resumes from `after_id`
+    /// replays before the newer messages (which show their own changes).
+    pub(crate) async fn changes_since(
+        &self,
+        user_id: i64,
+        after_id: i64,
+        since_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<MessageChange>, StoreError> {
+        let changes = on_pool!(self, |pool, _begin| {
+            let rows = sqlx::query(
+                "SELECT c.id, c.conversation_id, c.seq, c.message_id, c.message_seq, c.kind,
+                        c.actor_id, c.emoji, c.count, c.at_ms, m.text
+                 FROM message_changes c
+                 JOIN participants p ON p.conversation_id = c.conversation_id AND p.user_id = $1
+                 JOIN messages m ON m.id = c.message_id
+                 WHERE c.message_id <= $2 AND c.at_ms >= $3
+                 ORDER BY c.conversation_id, c.seq LIMIT $4",
+            )
+            .bind(user_id)
+            .bind(after_id)
+            .bind(since_ms)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(change_from_row)
+                .collect::<Result<Vec<_>, _>>()?
+        });
+        Ok(super::messages::compact_changes(changes, i64::MAX))
     }
 
     /// Fills in each message's reactions as `viewer` sees them (`me`), in one statement

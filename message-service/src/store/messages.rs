@@ -17,6 +17,9 @@ pub(crate) const SYSTEM_SENDER_ID: i64 = 0;
 
 /// Most messages one page of the event stream's resume carries.
 const SINCE_PAGE_MAX: u32 = 500;
+/// Most changes to earlier messages an event stream's resume replays (past it the client
+/// is told to reload with REST pages).
+pub(crate) const SINCE_CHANGES_MAX: i64 = 1000;
 
 /// A message to store.
 #[derive(Debug, Clone)]
@@ -307,6 +310,8 @@ impl Store {
     /// message. Messages created up to `window_ms` before the cursor's message are
     /// included too (transactions are far shorter than the window); the client drops
     /// repeats by `message_id`. `scan_from` pages: pass the last id of the previous page.
+    /// The first page also returns the changes made since the same time to the messages up
+    /// to the cursor (compacted; at most [`SINCE_CHANGES_MAX`]).
     pub(crate) async fn messages_since(
         &self,
         user_id: i64,
@@ -314,9 +319,9 @@ impl Store {
         window_ms: i64,
         scan_from: i64,
         limit: u32,
-    ) -> Result<(Vec<ChatMessage>, bool), StoreError> {
+    ) -> Result<(Vec<ChatMessage>, bool, Vec<pb::MessageChange>), StoreError> {
         let limit = i64::from(limit.clamp(1, SINCE_PAGE_MAX));
-        let mut messages = on_pool!(self, |pool, _begin| {
+        let (mut messages, cutoff) = on_pool!(self, |pool, _begin| {
             let anchor: Option<i64> =
                 sqlx::query_scalar("SELECT created_at_ms FROM messages WHERE id = $1")
                     .bind(after_id)
@@ -339,15 +344,24 @@ impl Store {
             .bind(limit + 1)
             .fetch_all(pool)
             .await?;
-            rows.iter()
+            let messages = rows
+                .iter()
                 .map(message_from_row)
-                .collect::<Result<Vec<_>, _>>()?
+                .collect::<Result<Vec<_>, _>>()?;
+            (messages, cutoff)
         });
         let mut has_more = take_page(&mut messages, limit);
         // Bounded in bytes like every page: the stream pages on from the last id kept.
         has_more |= cut_to_page_budget(&mut messages);
         self.add_reactions(user_id, &mut messages).await?;
-        Ok((messages, has_more))
+        // The first page also brings what changed meanwhile in the messages the client had.
+        let changes = if scan_from == 0 && cutoff < i64::MAX {
+            self.changes_since(user_id, after_id, cutoff, SINCE_CHANGES_MAX)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok((messages, has_more, changes))
     }
 
     /// Deletes up to `limit` messages created before `cutoff_ms` (retention). Returns how
