@@ -482,3 +482,123 @@ pub async fn room(
         any_recipient_ms: Latency::of(&any),
     })
 }
+
+/// `reactions`: `members` users of one group react to one message, toggling their own
+/// reaction (add, remove, add, …) at `rate` reactions per second in total; every reaction
+/// event reaches every member. Latency: a reaction's scheduled send → its actor's socket
+/// has the event (which the conversation's fan-out delivers to everyone at once).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReactionsResult {
+    pub members: usize,
+    pub rate: u64,
+    pub seconds: u64,
+    pub sent: u64,
+    /// Actors' own events received (each reaction's answer).
+    pub answered: u64,
+    pub refused: u64,
+    /// Reaction events received by all members together.
+    pub deliveries: u64,
+    pub own_event_ms: Latency,
+}
+
+pub async fn reactions(
+    t: &Target,
+    members: usize,
+    rate: u64,
+    seconds: u64,
+    base_user: i64,
+) -> anyhow::Result<ReactionsResult> {
+    let users: Vec<i64> = (0..members).map(|i| base_user + i as i64).collect();
+    let group = t.create_group(&users).await?;
+    let (mut conns, _) = connect_all(t, &users).await?;
+    // The message everyone reacts to.
+    let (sink0, stream0) = &mut conns[0];
+    let f = json!({"type": "chat_message", "conversation_id": group, "text": "react to me"});
+    sink0.send(Message::text(f.to_string())).await?;
+    let message_id = loop {
+        let Some(Ok(Message::Text(t))) = stream0.next().await else {
+            anyhow::bail!("no answer to the message");
+        };
+        let v: Value = serde_json::from_str(&t)?;
+        if v["type"] == "message_sent" {
+            break v["message_id"].as_i64().unwrap_or_default();
+        }
+    };
+    let tally = Arc::new(Mutex::new((hist(), 0u64, 0u64, 0u64))); // latency, answered, refused, deliveries
+    let per_user = rate as f64 / members as f64;
+    let iv = Duration::from_secs_f64(1.0 / per_user);
+    let iv_ns = u64::try_from(iv.as_nanos()).unwrap_or(u64::MAX);
+    let n = (per_user * seconds as f64).round() as u64;
+    let start = now_ns() + 300_000_000;
+    let mut tasks = Vec::new();
+    let mut senders = Vec::new();
+    for (i, (mut sink, mut stream)) in conns.into_iter().enumerate() {
+        let me = users[i];
+        let scheduled: Arc<Mutex<std::collections::VecDeque<u64>>> = Arc::default();
+        let (q, tl) = (scheduled.clone(), tally.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(Ok(Message::Text(t))) = stream.next().await {
+                if !t.contains("reaction_") && !t.contains("\"error\"") {
+                    continue;
+                }
+                let Ok(v) = serde_json::from_str::<Value>(&t) else {
+                    continue;
+                };
+                let mut tl = tl.lock().unwrap_or_else(|e| e.into_inner());
+                if v["type"] == "error" {
+                    q.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                    tl.2 += 1;
+                    continue;
+                }
+                tl.3 += 1;
+                if v["user_id"] == me {
+                    if let Some(sched) = q.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+                        record(&mut tl.0, sched);
+                        tl.1 += 1;
+                    }
+                }
+            }
+        }));
+        // Staggered across one interval: a steady total rate, not bursts.
+        let offset = iv_ns * i as u64 / members as u64;
+        senders.push(tokio::spawn(async move {
+            for k in 0..n {
+                let sched = start + offset + k * iv_ns;
+                let now = now_ns();
+                if sched > now {
+                    tokio::time::sleep(Duration::from_nanos(sched - now)).await;
+                }
+                let ty = if k % 2 == 0 { "add_reaction" } else { "remove_reaction" };
+                scheduled
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(sched);
+                let f = json!({"type": ty, "message_id": message_id, "emoji": "👍"});
+                if sink.send(Message::text(f.to_string())).await.is_err() {
+                    return sink;
+                }
+            }
+            sink
+        }));
+    }
+    let mut sinks = Vec::new();
+    for s in senders {
+        sinks.push(s.await?);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for t in &tasks {
+        t.abort();
+    }
+    drop(sinks);
+    let tl = tally.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(ReactionsResult {
+        members,
+        rate,
+        seconds,
+        sent: n * members as u64,
+        answered: tl.1,
+        refused: tl.2,
+        deliveries: tl.3,
+        own_event_ms: Latency::of(&tl.0),
+    })
+}

@@ -27,7 +27,7 @@ struct Args {
     /// Targets, comma-separated: ceiling, single, distributed, distributed-per-message.
     #[arg(long, default_value = "ceiling,single,distributed")]
     targets: String,
-    /// Scenarios, comma-separated: idle, direct, step, room, slow.
+    /// Scenarios, comma-separated: idle, direct, step, room, slow, reactions.
     #[arg(long, default_value = "idle,direct,step,room,slow")]
     scenarios: String,
     /// Idle connections (this sandbox allows 20,000 open files per process, and the ceiling
@@ -171,6 +171,15 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("   room: last {:?} lost {}", x.last_recipient_ms, x.lost);
             r.insert("room".into(), json!(x));
         }
+        // The in-memory ceiling routes chat messages only: it has no reactions to compare.
+        if scenarios.iter().any(|s| s == "reactions") && kind != Kind::Ceiling {
+            let x = load::reactions(&t, 100, 1000, args.seconds, next_base(100)).await?;
+            eprintln!(
+                "   reactions: own event {:?} answered {}/{} refused {}",
+                x.own_event_ms, x.answered, x.sent, x.refused
+            );
+            r.insert("reactions".into(), json!(x));
+        }
         if scenarios.iter().any(|s| s == "slow") {
             let slow = (args.pairs / 100).max(1);
             let x = load::direct(
@@ -271,6 +280,23 @@ fn rows(results: &BTreeMap<&'static str, Value>) -> Vec<(String, BTreeMap<&'stat
                 d["duplicated"].as_f64(),
             );
         }
+        if let Some(x) = r.get("reactions") {
+            for q in ["p50", "p99", "max"] {
+                add(
+                    format!("reactions 100 users × 1 message, 1000/s: own event {q} ms"),
+                    t,
+                    x["own_event_ms"][q].as_f64(),
+                );
+            }
+            add(
+                "reactions: unanswered or refused".into(),
+                t,
+                x["sent"]
+                    .as_f64()
+                    .zip(x["answered"].as_f64())
+                    .map(|(s, a)| s - a),
+            );
+        }
         if let Some(s) = r.get("step") {
             add(
                 "step: highest clean rate msg/s (p99 ≤ 50 ms, no loss)".into(),
@@ -327,9 +353,21 @@ fn write_report(args: &Args, results: &BTreeMap<&'static str, Value>) -> anyhow:
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
+    // The CPU model: absolute figures move 2× between machines of one kind; a result is
+    // read as ratios between targets of one run, on the machine it names.
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
     let doc = json!({
         "command": cmd.join(" "),
         "cpus": cpus,
+        "cpu_model": cpu_model,
         "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "results": results,
     });
@@ -339,7 +377,7 @@ fn write_report(args: &Args, results: &BTreeMap<&'static str, Value>) -> anyhow:
     )?;
     let targets: Vec<&str> = results.keys().copied().collect();
     let mut md = format!(
-        "# Indaba benchmark\n\nCommand: `{}`  \nMachine: {cpus} CPUs, load generator on the same machine, loopback only.\n\n| metric | {} |",
+        "# Indaba benchmark\n\nCommand: `{}`  \nMachine: {cpus} CPUs ({cpu_model}), load generator on the same machine, loopback only.\n\n| metric | {} |",
         cmd.join(" "),
         targets.join(" | ")
     );
