@@ -921,3 +921,131 @@ async fn event_stream_carries_and_replays_changes() {
     assert_eq!(got[1].1["text"], "watch me, edited");
     assert_eq!(got[2].1["message_id"], later);
 }
+
+/// The gRPC door runs the same rules: a backend edits, pins and deletes as the system (a
+/// moderation tool), users are judged as on the socket, and members hear every change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_changes_follow_the_same_rules_and_reach_members() {
+    use proto::pb;
+    use proto::pb::message_service_client::MessageServiceClient;
+    use tonic::Code;
+    const KEY: &str = "moderation-0123456789abcdef";
+    let nats = Nats::start();
+    let db = fresh_database().await;
+    let (_ms, grpc) = spawn_message_service_grpc(&nats.url(), &db, &format!("mod:{KEY}:rw")).await;
+    let (_gw, gw) = spawn_gateway(&nats.url(), "gw-rich-grpc").await;
+    let mut c = MessageServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("grpc connect");
+    fn req<T>(m: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(m);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+        r
+    }
+    let mut a = Client::connect(gw, 1).await;
+    let mut b = Client::connect(gw, 2).await;
+    let m = a.chat(2, "spam spam", None).await["message_id"]
+        .as_i64()
+        .unwrap();
+    let _ = b.recv_type("new_message").await;
+
+    // A user who is not the sender may not edit over gRPC either.
+    let e = c
+        .edit_message(req(pb::EditMessageRequest {
+            actor_id: 2,
+            message_id: m,
+            text: "hijacked".into(),
+            as_system: false,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    // A reaction by no one (user 0) is refused; by a user it counts.
+    let e = c
+        .add_reaction(req(pb::AddReactionRequest {
+            user_id: 0,
+            message_id: m,
+            emoji: "👎".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    let r = c
+        .add_reaction(req(pb::AddReactionRequest {
+            user_id: 2,
+            message_id: m,
+            emoji: "👎".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::add_reaction_response::Result::Change(ch)) = r.result else {
+        panic!("{r:?}")
+    };
+    assert_eq!(ch.count, 1);
+    // The system pins and then deletes (moderation): both members hear each.
+    c.pin_message(req(pb::PinMessageRequest {
+        actor_id: 0,
+        message_id: m,
+        pinned: true,
+        as_system: true,
+    }))
+    .await
+    .unwrap();
+    let d = c
+        .delete_message(req(pb::DeleteMessageRequest {
+            actor_id: 0,
+            message_id: m,
+            as_system: true,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        d.result,
+        Some(pb::delete_message_response::Result::Change(_))
+    ));
+    for c in [&mut a, &mut b] {
+        assert_eq!(c.recv_type("message_pinned").await["user_id"], 0);
+        let del = c.recv_type("message_deleted").await;
+        assert_eq!(
+            (del["message_id"].as_i64(), del["deleted_by"].as_i64()),
+            (Some(m), Some(0))
+        );
+    }
+    let page = c
+        .list_messages(req(pb::ListMessagesRequest {
+            user_id: 1,
+            conversation_id: 0,
+            ..Default::default()
+        }))
+        .await;
+    assert!(page.is_err(), "conversation 0 is no conversation");
+    let t = c
+        .get_thread(req(pb::GetThreadRequest {
+            user_id: 1,
+            message_id: m,
+            after_seq: 0,
+            limit: 0,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        t.messages[0].deleted && t.messages[0].text.is_empty(),
+        "{t:?}"
+    );
+    assert!(t.messages[0].reactions.is_empty() && t.messages[0].pinned_at_ms == 0);
+    // An outsider's thread read looks like a missing message.
+    let e = c
+        .get_thread(req(pb::GetThreadRequest {
+            user_id: 9,
+            message_id: m,
+            after_seq: 0,
+            limit: 0,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+}

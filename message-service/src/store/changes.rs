@@ -120,9 +120,24 @@ impl Store {
             let Some((conversation_id, message_seq)) = row else {
                 return Err(message_not_found(req.message_id));
             };
-            let Some(roster) = lock_roster!(tx, conversation_id) else {
+            // The lock, and the change's place in the conversation's stream, in one
+            // statement: a change that is refused or changes nothing rolls back, the
+            // increment with it (as a retried send does), so seq never skips.
+            let locked: Option<(i64, i64)> = sqlx::query_as(
+                "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1
+                 RETURNING last_seq, kind",
+            )
+            .bind(conversation_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some((next_seq, kind)) = locked else {
                 return Err(message_not_found(req.message_id));
             };
+            let roster_rows: Vec<(i64, String)> = sqlx::query_as(super::roles::ROSTER)
+                .bind(conversation_id)
+                .fetch_all(&mut *tx)
+                .await?;
+            let roster = Roster::from_rows(kind, roster_rows);
             // Read after the lock: a concurrent change to the same message has committed.
             let (sender_id, created_at_ms, deleted_at_ms, pinned_at_ms): (i64, i64, i64, i64) =
                 sqlx::query_as(
@@ -190,50 +205,60 @@ impl Store {
                         .await?;
                     true
                 }
-                ChangeKind::ReactionAdded => {
-                    let (distinct, mine): (i64, i64) = sqlx::query_as(
+                ChangeKind::ReactionAdded | ChangeKind::ReactionRemoved => {
+                    // One read tells the message's distinct emoji, this emoji's count and
+                    // whether the actor has it; the count after the change follows from it.
+                    let (distinct, count, mine): (i64, i64, i64) = sqlx::query_as(
                         "SELECT COUNT(DISTINCT emoji),
-                                COALESCE(SUM(CASE WHEN emoji = $2 THEN 1 ELSE 0 END), 0)
+                                COALESCE(SUM(CASE WHEN emoji = $2 THEN 1 ELSE 0 END), 0),
+                                COALESCE(SUM(CASE WHEN emoji = $2 AND user_id = $3
+                                                  THEN 1 ELSE 0 END), 0)
                          FROM message_reactions WHERE message_id = $1",
                     )
                     .bind(req.message_id)
                     .bind(&req.emoji)
+                    .bind(req.actor_id)
                     .fetch_one(&mut *tx)
                     .await?;
-                    if mine == 0 && distinct >= proto::limits::MAX_REACTIONS_PER_MESSAGE {
-                        return Err(rejected(
-                            ErrorCode::TooManyReactions,
-                            format!(
-                                "a message carries at most {} distinct reactions",
-                                proto::limits::MAX_REACTIONS_PER_MESSAGE
-                            ),
-                        ));
+                    let adding = req.kind == ChangeKind::ReactionAdded;
+                    change.count = count;
+                    if adding && mine == 0 {
+                        if count == 0 && distinct >= proto::limits::MAX_REACTIONS_PER_MESSAGE {
+                            return Err(rejected(
+                                ErrorCode::TooManyReactions,
+                                format!(
+                                    "a message carries at most {} distinct reactions",
+                                    proto::limits::MAX_REACTIONS_PER_MESSAGE
+                                ),
+                            ));
+                        }
+                        sqlx::query(
+                            "INSERT INTO message_reactions (message_id, emoji, user_id, created_at_ms)
+                             VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(req.message_id)
+                        .bind(&req.emoji)
+                        .bind(req.actor_id)
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                        change.count = count + 1;
+                        true
+                    } else if !adding && mine > 0 {
+                        sqlx::query(
+                            "DELETE FROM message_reactions
+                             WHERE message_id = $1 AND emoji = $2 AND user_id = $3",
+                        )
+                        .bind(req.message_id)
+                        .bind(&req.emoji)
+                        .bind(req.actor_id)
+                        .execute(&mut *tx)
+                        .await?;
+                        change.count = count - 1;
+                        true
+                    } else {
+                        false
                     }
-                    sqlx::query(
-                        "INSERT INTO message_reactions (message_id, emoji, user_id, created_at_ms)
-                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    )
-                    .bind(req.message_id)
-                    .bind(&req.emoji)
-                    .bind(req.actor_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                        > 0
-                }
-                ChangeKind::ReactionRemoved => {
-                    sqlx::query(
-                        "DELETE FROM message_reactions
-                         WHERE message_id = $1 AND emoji = $2 AND user_id = $3",
-                    )
-                    .bind(req.message_id)
-                    .bind(&req.emoji)
-                    .bind(req.actor_id)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                        > 0
                 }
                 ChangeKind::Pinned if pinned_at_ms > 0 => false,
                 ChangeKind::Unpinned if pinned_at_ms == 0 => false,
@@ -250,27 +275,8 @@ impl Store {
                     true
                 }
             };
-            if matches!(
-                req.kind,
-                ChangeKind::ReactionAdded | ChangeKind::ReactionRemoved
-            ) {
-                change.count = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM message_reactions WHERE message_id = $1 AND emoji = $2",
-                )
-                .bind(req.message_id)
-                .bind(&req.emoji)
-                .fetch_one(&mut *tx)
-                .await?;
-            }
             if changed {
-                // The change's place in the conversation's stream (the lock is held).
-                change.seq = sqlx::query_scalar(
-                    "UPDATE conversations SET last_seq = last_seq + 1 WHERE id = $1
-                     RETURNING last_seq",
-                )
-                .bind(conversation_id)
-                .fetch_one(&mut *tx)
-                .await?;
+                change.seq = next_seq;
                 change.id = sqlx::query_scalar(
                     "INSERT INTO message_changes
                          (conversation_id, seq, message_id, message_seq, kind, actor_id, emoji,
