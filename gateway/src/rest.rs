@@ -743,6 +743,10 @@ struct MuteBody {
     /// Unix ms; absent or null: until unmuted.
     #[serde(default)]
     until_ms: Option<i64>,
+    /// `all` or `mentions_only`; absent or null: `mentions_only` (push-service checks it,
+    /// for every door alike).
+    #[serde(default)]
+    level: Option<String>,
 }
 
 async fn mute(
@@ -764,6 +768,7 @@ async fn mute(
         conversation_id,
         muted,
         until_ms: b.until_ms.unwrap_or(0),
+        level: b.level.unwrap_or_default(),
     };
     backend::set_mute(ctx, req).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

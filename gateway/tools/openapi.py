@@ -118,8 +118,9 @@ doc = {
       "responses":{"201":ok("Registered",ref("Device")),**errs(*common)}},
    "delete":{"operationId":"unregisterDevice","requestBody":json_body(ref("DeviceBody")),"responses":{"204":{"description":"Forgotten"},**errs(*common)}}},
   "/api/v1/conversations/{id}/mute/":{
-   "post":{"operationId":"muteConversation","summary":"No notifications for this conversation (until a time, or until unmuted)","parameters":[idp],
-      "requestBody":{"required":False,"content":{"application/json":{"schema":{"type":"object","additionalProperties":False,"properties":{"until_ms":{"type":"integer","format":"int64","minimum":1,"nullable":True}}}}}},
+   "post":{"operationId":"muteConversation","summary":"No notifications for this conversation (until a time, or until unmuted); with level mentions_only (the default), messages mentioning you still notify","parameters":[idp],
+      "requestBody":{"required":False,"content":{"application/json":{"schema":{"type":"object","additionalProperties":False,"properties":{"until_ms":{"type":"integer","format":"int64","minimum":1,"nullable":True},
+        "level":{"type":"string","enum":["all","mentions_only",None],"nullable":True,"description":"all: nothing notifies; mentions_only (default): only messages mentioning you notify"}}}}}},
       "responses":{"204":{"description":"Muted"},**errs(*common)}},
    "delete":{"operationId":"unmuteConversation","parameters":[idp],"responses":{"204":{"description":"Unmuted"},**errs(*common)}}},
   "/api/v1/push/preferences/":{"put":{"operationId":"setPushPreferences","summary":"hide_text: notifications say \"New message\" without the text",

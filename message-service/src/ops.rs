@@ -1054,6 +1054,12 @@ pub(crate) async fn change(
             metrics::message_changed();
             let ev = pb::delivery::Event::Change(changed.change.clone());
             publish_event(inner, ev, &changed.participants, "").await;
+            // A notification still collecting (push-service) is updated or withdrawn.
+            if inner.settings.push_jobs {
+                if let Some(w) = crate::push_jobs::ChangeWork::of(&changed.change) {
+                    inner.push.offer_change(w);
+                }
+            }
         }
         Ok(changed.change)
     }

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::admission::Admission;
 use crate::commit::{PendingSend, Sends};
 use crate::outbox::Completions;
-use crate::push_jobs::{PushQueue, PushWork};
+use crate::push_jobs::{PushQueue, Work};
 use crate::recent::Recent;
 use crate::routes::Routes;
 use crate::settings::Settings;
@@ -65,8 +65,8 @@ pub(crate) struct Workers {
     pub(crate) sends: Option<mpsc::Receiver<PendingSend>>,
     /// Published deliveries, for outbox cleanup.
     pub(crate) completions: mpsc::Receiver<i64>,
-    /// Committed messages, for the push-job enqueuer.
-    pub(crate) push: mpsc::Receiver<PushWork>,
+    /// Committed messages and changes, for the push-job enqueuer.
+    pub(crate) push: mpsc::Receiver<Work>,
 }
 
 impl Inner {

@@ -11,7 +11,7 @@ use proto::pb::{self, DevicePlatform};
 use proto::{field_error, pb_error, subjects, ErrorCode};
 
 use crate::outbound;
-use crate::store::Registered;
+use crate::store::{MuteLevel, Registered};
 use crate::Inner;
 
 /// Longest token or URL accepted.
@@ -251,10 +251,25 @@ pub(crate) async fn list(inner: &Inner, req: pb::ListDevicesRequest) -> pb::List
     }
 }
 
+/// A mute's `level`, the one rule every door (REST through NATS, gRPC) shares: `all`,
+/// `mentions_only`, or empty for `mentions_only`.
+pub fn mute_level(level: &str) -> Result<MuteLevel, pb::Error> {
+    match level {
+        "" | "mentions_only" => Ok(MuteLevel::MentionsOnly),
+        "all" => Ok(MuteLevel::All),
+        _ => Err(field_error(
+            "level",
+            ErrorCode::InvalidField,
+            "level must be \"all\" or \"mentions_only\"",
+        )),
+    }
+}
+
 /// Mutes or unmutes a conversation.
 pub(crate) async fn mute(inner: &Inner, req: pb::SetMuteRequest) -> pb::SetMuteResponse {
     let res = async {
         user(req.user_id)?;
+        let level = mute_level(&req.level)?;
         if req.conversation_id <= 0 {
             return Err(field_error(
                 "conversation_id",
@@ -271,7 +286,13 @@ pub(crate) async fn mute(inner: &Inner, req: pb::SetMuteRequest) -> pb::SetMuteR
         }
         inner
             .store
-            .set_mute(req.user_id, req.conversation_id, req.muted, req.until_ms)
+            .set_mute(
+                req.user_id,
+                req.conversation_id,
+                req.muted,
+                req.until_ms,
+                level,
+            )
             .await
             .map_err(unavailable)
     }
@@ -349,5 +370,28 @@ pub(crate) async fn serve(inner: Arc<Inner>, route: Route, mut sub: bus::Subscri
                 tracing::warn!(error = %e, "push api reply failed");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mute_levels_parse_with_mentions_only_by_default() {
+        assert_eq!(mute_level("all").ok(), Some(MuteLevel::All));
+        assert_eq!(
+            mute_level("mentions_only").ok(),
+            Some(MuteLevel::MentionsOnly)
+        );
+        assert_eq!(mute_level("").ok(), Some(MuteLevel::MentionsOnly));
+        for bad in ["ALL", " all", "mentions", "none", "all\0"] {
+            let e = mute_level(bad).expect_err(bad);
+            assert_eq!(e.code, ErrorCode::InvalidField.as_str(), "{bad}");
+            assert_eq!(e.field, "level", "{bad}");
+        }
+        for l in [MuteLevel::All, MuteLevel::MentionsOnly] {
+            assert_eq!(mute_level(l.as_str()).ok(), Some(l), "round trip");
+        }
     }
 }

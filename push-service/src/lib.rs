@@ -10,10 +10,13 @@
 //! Flow: message-service enqueues one `PushJob` per committed message (JetStream work queue;
 //! in process, a request answered after the job is stored). *Intake* asks presence about
 //! the recipients, drops those online or active within `suppress_if_active_within`, those
-//! who muted the conversation and those without devices, and adds the message to the
-//! recipient's open batch for the conversation (one transaction, remembering the
-//! (message, user) pair so a redelivered job counts once). Only then is the job
-//! acknowledged. The *sender* claims batches whose collapse window is over (a lease, so a
+//! who muted the conversation (a `mentions_only` mute lets messages mentioning them
+//! through) and those without devices, and adds the message to the recipient's open batch
+//! for the conversation (one transaction, remembering the (message, user) pair so a
+//! redelivered job counts once; the batch remembers a mention and who made it). Only then
+//! is the job acknowledged. A job carrying an edit or deletion instead updates the open
+//! batches (not yet claimed) whose newest message it changes: a deletion withdraws a batch
+//! of that message alone and uncounts it from a larger one; an edit replaces the text. The *sender* claims batches whose collapse window is over (a lease, so a
 //! dead instance's batches are taken over), checks presence again, and sends one
 //! notification per device, recording each device reached; retries back off with jitter
 //! and honour `Retry-After`; dead tokens are pruned; hopeless sends are dead-lettered.
@@ -305,6 +308,9 @@ async fn intake(inner: &Inner, payload: &[u8]) -> Result<(), store::StoreError> 
             return Ok(());
         }
     };
+    if let Some(c) = job.change {
+        return change_intake(inner, &c).await;
+    }
     let Some(m) = job.message else {
         return Ok(());
     };
@@ -318,6 +324,7 @@ async fn intake(inner: &Inner, payload: &[u8]) -> Result<(), store::StoreError> 
         conversation_id: m.conversation_id,
         sender_id: m.sender_id,
         text: &m.text,
+        mentions: &m.mentions,
         title: &job.conversation_title,
         kind: i64::from(job.conversation_kind),
     };
@@ -340,9 +347,31 @@ async fn intake(inner: &Inner, payload: &[u8]) -> Result<(), store::StoreError> 
         {
             store::Intake::Added => metrics::outcome(metrics::Kind::Queued),
             store::Intake::Muted => metrics::outcome(metrics::Kind::SkippedMuted),
-            store::Intake::Duplicate | store::Intake::NoDevices => {}
+            store::Intake::Duplicate | store::Intake::NoDevices | store::Intake::Deleted => {}
         }
     }
+    Ok(())
+}
+
+/// Applies an edit or deletion to the notifications not sent yet (other kinds of change
+/// notify nobody and are dropped).
+async fn change_intake(inner: &Inner, c: &pb::MessageChange) -> Result<(), store::StoreError> {
+    let change = match pb::ChangeKind::try_from(c.kind) {
+        Ok(pb::ChangeKind::Edited) => store::Change::Edited(&c.text),
+        Ok(pb::ChangeKind::Deleted) => store::Change::Deleted,
+        _ => return Ok(()),
+    };
+    let r = inner
+        .store
+        .message_changed(&store::IncomingChange {
+            id: c.id,
+            conversation_id: c.conversation_id,
+            message_id: c.message_id,
+            seq: c.seq,
+            change,
+        })
+        .await?;
+    tracing::debug!(change_id = c.id, message_id = c.message_id, outcome = ?r, "message change applied to pending notifications");
     Ok(())
 }
 
@@ -402,25 +431,43 @@ async fn send_loop(inner: Arc<Inner>) {
     }
 }
 
-/// What the user sees.
+/// What the user sees: the title is the group's (or "New message"), the body the newest
+/// text, after "N new messages" when there are several and "User 7 mentioned you" when one
+/// mentions them ("User 7 mentioned you: <text>" when it is the newest). Hidden text keeps
+/// the count and the mention, drops the text and the group title.
 fn notification(b: &store::Batch, hide_text: bool) -> Notification {
     let group_title = (b.kind == pb::ConversationKind::Group as i64 && !b.title.is_empty())
         .then(|| b.title.clone());
-    let (title, body) = if hide_text {
-        let body = if b.count > 1 {
-            format!("{} new messages", b.count)
+    let mut parts: Vec<String> = Vec::new();
+    if b.count > 1 {
+        parts.push(format!("{} new messages", b.count));
+    }
+    let mention = b.mentioned_by.map(|u| {
+        if u > 0 {
+            format!("User {u} mentioned you")
         } else {
-            String::new()
-        };
-        ("New message".to_owned(), body)
-    } else {
-        let mut text: String = b.last_text.chars().take(200).collect();
-        if b.count > 1 {
-            text = format!("{} new messages · {text}", b.count);
+            "You were mentioned".to_owned()
         }
+    });
+    let (title, body) = if hide_text {
+        parts.extend(mention);
+        ("New message".to_owned(), parts.join(" · "))
+    } else {
+        let text: String = b.last_text.chars().take(200).collect();
+        match mention {
+            Some(m) if b.mention_message_id == b.last_message_id && !text.is_empty() => {
+                parts.push(format!("{m}: {text}"));
+            }
+            Some(m) => {
+                parts.push(m);
+                parts.push(text);
+            }
+            None => parts.push(text),
+        }
+        parts.retain(|p| !p.is_empty());
         (
             group_title.unwrap_or_else(|| "New message".to_owned()),
-            text,
+            parts.join(" · "),
         )
     };
     Notification {
@@ -432,6 +479,7 @@ fn notification(b: &store::Batch, hide_text: bool) -> Notification {
         title,
         body,
         batch_id: b.id,
+        mentioned_by: b.mentioned_by,
     }
 }
 
@@ -571,6 +619,8 @@ mod tests {
             title: title.into(),
             kind: kind as i64,
             attempt: 0,
+            mentioned_by: None,
+            mention_message_id: 0,
         }
     }
 
@@ -594,6 +644,62 @@ mod tests {
         assert!(!n.body.contains("see you"));
         assert_eq!(n.data()["conversation_id"], "3");
         assert_eq!(n.data()["message_id"], "9");
+        assert!(n.data().get("mentioned_by").is_none());
+        assert_eq!(n.mentioned_by, None);
+    }
+
+    #[test]
+    fn a_mention_says_who_mentioned_you() {
+        let mentioned = |count, by, message: i64| store::Batch {
+            mentioned_by: Some(by),
+            mention_message_id: message,
+            ..batch(count, pb::ConversationKind::Group, "Trip")
+        };
+        // The newest message is the mention.
+        let n = notification(&mentioned(1, 7, 9), false);
+        assert_eq!(
+            (n.title.as_str(), n.body.as_str()),
+            ("Trip", "User 7 mentioned you: see you at 8")
+        );
+        assert_eq!(n.mentioned_by, Some(7));
+        assert_eq!(n.data()["mentioned_by"], "7");
+        let n = notification(&mentioned(3, 7, 9), false);
+        assert_eq!(
+            n.body,
+            "3 new messages · User 7 mentioned you: see you at 8"
+        );
+        // An earlier message was.
+        let n = notification(&mentioned(3, 7, 8), false);
+        assert_eq!(
+            n.body,
+            "3 new messages · User 7 mentioned you · see you at 8"
+        );
+        // Hidden text: who, not what.
+        let n = notification(&mentioned(1, 7, 9), true);
+        assert_eq!(
+            (n.title.as_str(), n.body.as_str()),
+            ("New message", "User 7 mentioned you")
+        );
+        let n = notification(&mentioned(2, 7, 9), true);
+        assert_eq!(n.body, "2 new messages · User 7 mentioned you");
+        assert!(!n.body.contains("see you"));
+        // A system message.
+        let n = notification(&mentioned(1, 0, 9), false);
+        assert_eq!(n.body, "You were mentioned: see you at 8");
+        // The newest message was deleted (its text blanked).
+        let blank = store::Batch {
+            last_text: String::new(),
+            ..mentioned(2, 7, 9)
+        };
+        assert_eq!(
+            notification(&blank, false).body,
+            "2 new messages · User 7 mentioned you"
+        );
+        let blank = store::Batch {
+            last_text: String::new(),
+            ..batch(2, pb::ConversationKind::Direct, "")
+        };
+        assert_eq!(notification(&blank, false).body, "2 new messages");
     }
 
     #[test]

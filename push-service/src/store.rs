@@ -65,6 +65,89 @@ pub struct Batch {
     pub kind: i64,
     /// Failed rounds so far.
     pub attempt: i64,
+    /// Who wrote the newest message in it that mentions the user (0: the system), if any.
+    pub mentioned_by: Option<i64>,
+    /// That message (0: none).
+    pub mention_message_id: i64,
+}
+
+/// How far a mute goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MuteLevel {
+    /// Nothing notifies (mutes stored before levels existed are these).
+    All,
+    /// Only messages mentioning the user notify.
+    MentionsOnly,
+}
+
+impl MuteLevel {
+    /// The stored (and API) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MuteLevel::All => "all",
+            MuteLevel::MentionsOnly => "mentions_only",
+        }
+    }
+
+    /// A stored name; anything unknown is a full mute (never notify someone who muted).
+    fn from_stored(s: &str) -> MuteLevel {
+        if s == MuteLevel::MentionsOnly.as_str() {
+            MuteLevel::MentionsOnly
+        } else {
+            MuteLevel::All
+        }
+    }
+}
+
+/// An edit or deletion of a message, as intake needs it.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// Its text now.
+    Edited(&'a str),
+    /// Deleted for everyone.
+    Deleted,
+}
+
+/// `push_changes.kind` values (`pb::ChangeKind`).
+const EDITED: i64 = proto::pb::ChangeKind::Edited as i64;
+const DELETED: i64 = proto::pb::ChangeKind::Deleted as i64;
+
+impl Change<'_> {
+    fn kind(self) -> i64 {
+        match self {
+            Change::Edited(_) => EDITED,
+            Change::Deleted => DELETED,
+        }
+    }
+}
+
+/// One committed change, as intake needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct IncomingChange<'a> {
+    /// The change's id (unique: a redelivery is recognised by it).
+    pub id: i64,
+    /// Its conversation.
+    pub conversation_id: i64,
+    /// The message it changes.
+    pub message_id: i64,
+    /// Its seq in the conversation (orders the changes of one message).
+    pub seq: i64,
+    /// What it did.
+    pub change: Change<'a>,
+}
+
+/// What intake did with one change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeIntake {
+    /// Applied: how many pending notifications it updated, and how many it withdrew.
+    Applied {
+        /// Batches updated (text replaced, or count lowered).
+        updated: u64,
+        /// Batches deleted (their only message was deleted).
+        withdrawn: u64,
+    },
+    /// Already applied (a redelivery).
+    Duplicate,
 }
 
 /// What became of a device registration.
@@ -90,8 +173,11 @@ pub enum Intake {
     Added,
     /// This job was already counted (a redelivery).
     Duplicate,
-    /// The user muted the conversation.
+    /// The user muted the conversation (and, under `mentions_only`, it does not
+    /// mention them).
     Muted,
+    /// The message was deleted before its job came (a republish): nothing to notify.
+    Deleted,
     /// The user has no device.
     NoDevices,
 }
@@ -107,6 +193,8 @@ pub struct Incoming<'a> {
     pub sender_id: i64,
     /// Its text.
     pub text: &'a str,
+    /// Users it mentions.
+    pub mentions: &'a [i64],
     /// The conversation's title and kind.
     pub title: &'a str,
     /// `pb::ConversationKind`.
@@ -148,6 +236,8 @@ where
         title: r.try_get("title")?,
         kind: r.try_get("kind")?,
         attempt: r.try_get("attempt")?,
+        mentioned_by: r.try_get("mentioned_by")?,
+        mention_message_id: r.try_get("mention_message_id")?,
     })
 }
 
@@ -346,23 +436,27 @@ impl Store {
         }))
     }
 
-    /// Mutes (until a time, 0 = until unmuted) or unmutes a conversation.
+    /// Mutes (until a time, 0 = until unmuted; at `level`) or unmutes a conversation.
     pub async fn set_mute(
         &self,
         user_id: i64,
         conversation_id: i64,
         muted: bool,
         until_ms: i64,
+        level: MuteLevel,
     ) -> Result<(), StoreError> {
         on_pool!(self, |pool| {
             if muted {
                 sqlx::query(
-                    "INSERT INTO push_mutes (user_id, conversation_id, until_ms) VALUES ($1, $2, $3)
-                     ON CONFLICT (user_id, conversation_id) DO UPDATE SET until_ms = excluded.until_ms",
+                    "INSERT INTO push_mutes (user_id, conversation_id, until_ms, level)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (user_id, conversation_id)
+                     DO UPDATE SET until_ms = excluded.until_ms, level = excluded.level",
                 )
                 .bind(user_id)
                 .bind(conversation_id)
                 .bind(until_ms)
+                .bind(level.as_str())
                 .execute(pool)
                 .await?;
             } else {
@@ -404,9 +498,10 @@ impl Store {
     }
 
     /// Counts one message for one offline recipient, in one transaction: remembers the
-    /// (message, user) pair so a redelivered job is ignored, honours mutes, and adds the
-    /// message to the user's open batch for the conversation or opens one due after
-    /// `collapse`.
+    /// (message, user) pair so a redelivered job is ignored, honours mutes (a message
+    /// mentioning the user passes a `mentions_only` one) and changes that came before the
+    /// message (deleted: nothing; edited: its text now), and adds the message to the user's
+    /// open batch for the conversation or opens one due after `collapse`.
     pub async fn intake(
         &self,
         user_id: i64,
@@ -431,14 +526,33 @@ impl Store {
             if !fresh {
                 return Ok(Intake::Duplicate);
             }
-            let muted: Option<i64> = sqlx::query_scalar(
-                "SELECT until_ms FROM push_mutes WHERE user_id = $1 AND conversation_id = $2",
+            // Its newest change, if one came first (nothing follows a deletion).
+            let changed: Option<(i64, String)> = sqlx::query_as(
+                "SELECT kind, text FROM push_changes WHERE message_id = $1
+                 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(m.message_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let text = match &changed {
+                Some((EDITED, t)) => t.as_str(),
+                _ => m.text,
+            };
+            let mute: Option<(i64, String)> = sqlx::query_as(
+                "SELECT until_ms, level FROM push_mutes WHERE user_id = $1 AND conversation_id = $2",
             )
             .bind(user_id)
             .bind(m.conversation_id)
             .fetch_optional(&mut *tx)
             .await?;
-            let outcome = if muted.is_some_and(|until| until == 0 || until > now) {
+            let mentioned = m.mentions.contains(&user_id);
+            let muted = mute.is_some_and(|(until, level)| {
+                (until == 0 || until > now)
+                    && !(mentioned && MuteLevel::from_stored(&level) == MuteLevel::MentionsOnly)
+            });
+            let outcome = if matches!(changed, Some((DELETED, _))) {
+                Intake::Deleted
+            } else if muted {
                 Intake::Muted
             } else {
                 let has_device: Option<i64> =
@@ -449,35 +563,49 @@ impl Store {
                 if has_device.is_none() {
                     Intake::NoDevices
                 } else {
+                    // A mention is remembered until the batch is sent (later messages that
+                    // do not mention the user keep it).
+                    let (mentioned_by, mention_id) = if mentioned {
+                        (Some(m.sender_id), Some(m.message_id))
+                    } else {
+                        (None, None)
+                    };
                     let grown = sqlx::query(
                         "UPDATE push_batches
                          SET count = count + 1, last_message_id = $3, last_sender_id = $4,
-                             last_text = $5, title = $6
+                             last_text = $5, title = $6,
+                             mentioned_by = COALESCE($7, mentioned_by),
+                             mention_message_id = COALESCE($8, mention_message_id)
                          WHERE user_id = $1 AND conversation_id = $2 AND is_open = 1",
                     )
                     .bind(user_id)
                     .bind(m.conversation_id)
                     .bind(m.message_id)
                     .bind(m.sender_id)
-                    .bind(m.text)
+                    .bind(text)
                     .bind(m.title)
+                    .bind(mentioned_by)
+                    .bind(mention_id)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
                     if grown == 0 {
                         sqlx::query(
                             "INSERT INTO push_batches (user_id, conversation_id, is_open, count,
-                                 last_message_id, last_sender_id, last_text, title, kind, due_at_ms)
-                             VALUES ($1, $2, 1, 1, $3, $4, $5, $6, $7, $8)",
+                                 last_message_id, last_sender_id, last_text, title, kind, due_at_ms,
+                                 mentioned_by, mention_message_id)
+                             VALUES ($1, $2, 1, 1, $3, $4, $5, $6, $7, $8, $9, $10)",
                         )
                         .bind(user_id)
                         .bind(m.conversation_id)
                         .bind(m.message_id)
                         .bind(m.sender_id)
-                        .bind(m.text)
+                        .bind(text)
                         .bind(m.title)
                         .bind(m.kind)
                         .bind(due)
+                        .bind(mentioned_by)
+                        .bind(mention_id.unwrap_or(0))
                         .execute(&mut *tx)
                         .await?;
                     }
@@ -486,6 +614,93 @@ impl Store {
             };
             tx.commit().await?;
             outcome
+        }))
+    }
+
+    /// Applies an edit or deletion to the notifications not sent yet, in one transaction
+    /// (remembering the change so a redelivery is ignored, and so the message's own job,
+    /// should it come later, honours it). Only open batches (collecting messages, never
+    /// claimed) whose newest message is the changed one are touched; a notification being
+    /// sent or sent stays as it is.
+    ///
+    /// Deleted: a batch of that message alone is withdrawn (never notified); a larger one
+    /// counts one message less and shows no text. Edited: the batch shows the new text
+    /// (unless a later change of the message came first). A deleted message that is not a
+    /// batch's newest stays counted in it.
+    pub async fn message_changed(
+        &self,
+        c: &IncomingChange<'_>,
+    ) -> Result<ChangeIntake, StoreError> {
+        let now = proto::time::now_ms();
+        Ok(on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let text = match c.change {
+                Change::Edited(t) => t,
+                Change::Deleted => "",
+            };
+            let fresh = sqlx::query(
+                "INSERT INTO push_changes (change_id, message_id, seq, kind, text, seen_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (change_id) DO NOTHING",
+            )
+            .bind(c.id)
+            .bind(c.message_id)
+            .bind(c.seq)
+            .bind(c.change.kind())
+            .bind(text)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            if !fresh {
+                return Ok(ChangeIntake::Duplicate);
+            }
+            let (updated, withdrawn) = match c.change {
+                Change::Deleted => {
+                    let withdrawn = sqlx::query(
+                        "DELETE FROM push_batches
+                         WHERE conversation_id = $1 AND last_message_id = $2 AND is_open = 1
+                           AND count = 1",
+                    )
+                    .bind(c.conversation_id)
+                    .bind(c.message_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    let updated = sqlx::query(
+                        "UPDATE push_batches SET count = count - 1, last_text = ''
+                         WHERE conversation_id = $1 AND last_message_id = $2 AND is_open = 1
+                           AND count > 1",
+                    )
+                    .bind(c.conversation_id)
+                    .bind(c.message_id)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    (updated, withdrawn)
+                }
+                Change::Edited(t) => {
+                    // A later change of the message applied first (jobs may be reordered)
+                    // wins: a newer edit's text, or a deletion's blank.
+                    let updated = sqlx::query(
+                        "UPDATE push_batches SET last_text = $3
+                         WHERE conversation_id = $1 AND last_message_id = $2 AND is_open = 1
+                           AND NOT EXISTS (SELECT 1 FROM push_changes
+                                           WHERE message_id = $2 AND seq > $4)",
+                    )
+                    .bind(c.conversation_id)
+                    .bind(c.message_id)
+                    .bind(t)
+                    .bind(c.seq)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    (updated, 0)
+                }
+            };
+            tx.commit().await?;
+            ChangeIntake::Applied { updated, withdrawn }
         }))
     }
 
@@ -502,7 +717,7 @@ impl Store {
                               ORDER BY due_at_ms LIMIT $3)
                    AND lease_until_ms < $2
                  RETURNING id, user_id, conversation_id, count, last_message_id, last_sender_id,
-                           last_text, title, kind, attempt",
+                           last_text, title, kind, attempt, mentioned_by, mention_message_id",
             )
             .bind(until)
             .bind(now)
@@ -621,14 +836,21 @@ impl Store {
         }))
     }
 
-    /// Forgets job ids older than `cutoff_ms` (redeliveries come within minutes).
+    /// Forgets job ids and changes older than `cutoff_ms` (redeliveries come within
+    /// minutes, and jobs live at most a day in the queue).
     pub async fn prune_seen(&self, cutoff_ms: i64) -> Result<u64, StoreError> {
         Ok(on_pool!(self, |pool| {
-            sqlx::query("DELETE FROM push_seen WHERE seen_at_ms < $1")
+            let seen = sqlx::query("DELETE FROM push_seen WHERE seen_at_ms < $1")
                 .bind(cutoff_ms)
                 .execute(pool)
                 .await?
-                .rows_affected()
+                .rows_affected();
+            let changes = sqlx::query("DELETE FROM push_changes WHERE seen_at_ms < $1")
+                .bind(cutoff_ms)
+                .execute(pool)
+                .await?
+                .rows_affected();
+            seen + changes
         }))
     }
 }

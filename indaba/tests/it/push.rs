@@ -622,3 +622,241 @@ async fn push_service_grpc_registers_devices_with_keys() {
         1
     );
 }
+
+/// Sends `frame` over the WebSocket and returns its ack.
+async fn say_frame(c: &mut Client, frame: Value) -> Value {
+    c.send(frame).await;
+    let ack = c.recv_type("message_sent").await;
+    assert!(ack["message_id"].is_i64(), "{ack}");
+    ack
+}
+
+/// What `user`'s webhook (`/hooks/<user>`) received, delivered.
+fn hooked(hook: &Fake, user: i64) -> Vec<Value> {
+    hook.delivered()
+        .into_iter()
+        .filter(|g| g.path == format!("/hooks/{user}"))
+        .map(|g| g.payload["notification"].clone())
+        .collect()
+}
+
+/// Waits until `user`'s webhook has `n` notifications (or 15 s).
+async fn wait_hooked(hook: &Fake, user: i64, n: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = hooked(hook, user);
+        if got.len() >= n || tokio::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Mute levels: `mentions_only` (the default) lets a message mentioning the user through,
+/// and every provider's payload names who mentioned them; `all` lets nothing through; a
+/// bad level is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mentions_pass_a_mentions_only_mute_and_say_who_mentioned_you() {
+    let p = providers().await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = cluster().push(provider_env(&p, dir.path())).build().await;
+    let sub = p.webpush.subscribe("carol-browser");
+    let apns_token = "c".repeat(64);
+    register(c.gw(0), 3, json!({"platform": "fcm", "token": "fcm-carol"})).await;
+    register(c.gw(0), 3, json!({"platform": "apns", "token": apns_token})).await;
+    register(
+        c.gw(0),
+        3,
+        json!({"platform": "webpush", "endpoint": sub.endpoint,
+        "keys": {"p256dh": sub.p256dh(), "auth": sub.auth_b64()}}),
+    )
+    .await;
+    register(
+        c.gw(0),
+        3,
+        json!({"platform": "webhook", "token": format!("{}/hooks/3", p.webhook.url())}),
+    )
+    .await;
+    let mut alice = Client::connect(c.gw(0), 1).await;
+    let first = say(&mut alice, 3, "hello").await;
+    let conv = first["conversation_id"].as_i64().unwrap();
+    assert_eq!(wait_hooked(&p.webhook, 3, 1).await.len(), 1);
+    let _ = p.fcm.fake.wait_delivered(1).await;
+    let _ = p.apns.fake.wait_delivered(1).await;
+    let _ = p.webpush.fake.wait_delivered(1).await;
+    assert!(hooked(&p.webhook, 3)[0]["mentioned_by"].is_null());
+    assert!(p.fcm.fake.delivered()[0].payload["data"]
+        .get("mentioned_by")
+        .is_none());
+
+    let mute = format!("/api/v1/conversations/{conv}/mute/");
+    for body in [
+        r#"{"level":"loud"}"#,
+        r#"{"level":"ALL"}"#,
+        r#"{"level":5}"#,
+    ] {
+        let (status, v) = http(c.gw(0), "POST", &mute, Some(&token(3)), Some(body)).await;
+        assert_eq!(
+            (status, v["error"]["code"].as_str()),
+            (400, Some("invalid_field")),
+            "{body}: {v}"
+        );
+    }
+    let (status, v) = http(
+        c.gw(0),
+        "POST",
+        &mute,
+        Some(&token(3)),
+        Some(r#"{"level":"mentions_only"}"#),
+    )
+    .await;
+    assert_eq!(status, 204, "{v}");
+
+    // mentions_only: the plain message is not notified, the mention is, saying so.
+    say(&mut alice, 3, "just chatting").await;
+    let mention = say_frame(
+        &mut alice,
+        json!({"type": "chat_message", "receiver_id": 3, "text": "@3 look", "mentions": [3]}),
+    )
+    .await;
+    let got = wait_hooked(&p.webhook, 3, 2).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    let n = &got[1];
+    assert_eq!(n["message_id"], mention["message_id"], "{n}");
+    assert_eq!(n["count"], 1, "the plain message is not in it: {n}");
+    assert_eq!(n["mentioned_by"], 1);
+    assert_eq!(n["title"], "New message");
+    assert_eq!(n["body"], "User 1 mentioned you: @3 look");
+    let fcm = p.fcm.fake.wait_delivered(2).await;
+    assert_eq!(fcm[1].payload["data"]["mentioned_by"], "1");
+    assert_eq!(
+        fcm[1].payload["notification"]["body"],
+        "User 1 mentioned you: @3 look"
+    );
+    let apns = p.apns.fake.wait_delivered(2).await;
+    assert_eq!(apns[1].payload["mentioned_by"], 1);
+    assert_eq!(
+        apns[1].payload["aps"]["alert"]["body"],
+        "User 1 mentioned you: @3 look"
+    );
+    let web = p.webpush.fake.wait_delivered(2).await;
+    assert_eq!(
+        web[1].payload["data"]["mentioned_by"], "1",
+        "{:?}",
+        web[1].payload
+    );
+    assert_eq!(web[1].payload["body"], "User 1 mentioned you: @3 look");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        hooked(&p.webhook, 3).len(),
+        2,
+        "nothing for the plain message"
+    );
+
+    // all: neither notifies.
+    let (status, _) = http(
+        c.gw(0),
+        "POST",
+        &mute,
+        Some(&token(3)),
+        Some(r#"{"level":"all"}"#),
+    )
+    .await;
+    assert_eq!(status, 204);
+    say(&mut alice, 3, "still chatting").await;
+    say_frame(
+        &mut alice,
+        json!({"type": "chat_message", "receiver_id": 3, "text": "@3 again", "mentions": [3]}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(hooked(&p.webhook, 3).len(), 2, "fully muted");
+    let (status, _) = http(c.gw(0), "DELETE", &mute, Some(&token(3)), None).await;
+    assert_eq!(status, 204);
+    let marker = say(&mut alice, 3, "unmuted").await;
+    let got = wait_hooked(&p.webhook, 3, 3).await;
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[2]["message_id"], marker["message_id"]);
+    assert_eq!(got[2]["count"], 1, "nothing from the full mute: {}", got[2]);
+    assert!(got[2]["mentioned_by"].is_null());
+    for f in [&p.fcm.fake, &p.apns.fake, &p.webpush.fake, &p.webhook] {
+        assert!(f.rejected().is_empty(), "{:?}", f.rejected());
+    }
+}
+
+/// Inside the collapse window: a deleted message is never notified (a batch of more loses
+/// it from its count and shows no text); an edited one is notified with its new text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_and_edited_messages_inside_the_collapse_window() {
+    let p = providers().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = provider_env(&p, dir.path());
+    // Room for the change to arrive inside the window on a busy machine (last one wins).
+    env.push(("INDABA_PUSH_COLLAPSE_MS".into(), "1500".into()));
+    let c = cluster().push(env).build().await;
+    for u in [4, 5] {
+        register(
+            c.gw(0),
+            u,
+            json!({"platform": "webhook", "token": format!("{}/hooks/{u}", p.webhook.url())}),
+        )
+        .await;
+    }
+    let mut alice = Client::connect(c.gw(0), 1).await;
+    let message = |m: &Value| format!("/api/v1/messages/{}/", m["message_id"]);
+
+    // Deleted at once: never notified.
+    let oops = say(&mut alice, 4, "oops, wrong chat").await;
+    let (status, v) = http(c.gw(0), "DELETE", &message(&oops), Some(&token(1)), None).await;
+    assert_eq!(status, 200, "{v}");
+    // Edited at once: notified with the new text.
+    let typo = say(&mut alice, 5, "helo").await;
+    let (status, v) = http(
+        c.gw(0),
+        "PATCH",
+        &message(&typo),
+        Some(&token(1)),
+        Some(r#"{"text":"hello, edited"}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let got = wait_hooked(&p.webhook, 5, 1).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["message_id"], typo["message_id"]);
+    assert_eq!(got[0]["body"], "hello, edited", "{}", got[0]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        hooked(&p.webhook, 4).is_empty(),
+        "the deleted message was notified"
+    );
+
+    // Two messages, the newer deleted: one counted, no text shown.
+    say(&mut alice, 4, "first").await;
+    let second = say(&mut alice, 4, "second, regretted").await;
+    let (status, _) = http(c.gw(0), "DELETE", &message(&second), Some(&token(1)), None).await;
+    assert_eq!(status, 200);
+    let got = wait_hooked(&p.webhook, 4, 1).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["count"], 1, "{}", got[0]);
+    assert_eq!(got[0]["body"], "");
+    assert!(!got[0].to_string().contains("regretted"), "{}", got[0]);
+
+    // Sent stays sent: a later edit does not notify again.
+    let (status, _) = http(
+        c.gw(0),
+        "PATCH",
+        &message(&typo),
+        Some(&token(1)),
+        Some(r#"{"text":"hello again"}"#),
+    )
+    .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(hooked(&p.webhook, 5).len(), 1);
+    assert_eq!(c.push_store().pending_batches().await.unwrap(), 0);
+    assert!(
+        p.webhook.rejected().is_empty(),
+        "{:?}",
+        p.webhook.rejected()
+    );
+}

@@ -92,7 +92,7 @@ impl Apns {
                 Ok(t) => t,
                 Err(o) => return o,
             };
-            let payload = serde_json::json!({
+            let mut payload = serde_json::json!({
                 "aps": {
                     "alert": {"title": n.title, "body": n.body},
                     "sound": "default",
@@ -104,6 +104,9 @@ impl Apns {
                 "sender_id": n.sender_id,
                 "count": n.count,
             });
+            if let Some(by) = n.mentioned_by {
+                payload["mentioned_by"] = by.into();
+            }
             let expiration = proto::time::now_ms() / 1000 + 24 * 3600;
             let req = match http::Request::post(format!("{}/3/device/{token}", self.base_url))
                 .header("authorization", format!("bearer {jwt}"))

@@ -32,6 +32,8 @@ pub struct Notification {
     pub body: String,
     /// The batch it comes from (with a device id, the idempotency key of one send).
     pub batch_id: i64,
+    /// Who mentioned the user in one of its messages (0: the system); `None`: no mention.
+    pub mentioned_by: Option<i64>,
 }
 
 impl Notification {
@@ -62,15 +64,20 @@ impl Notification {
         )
     }
 
-    /// The app-facing data every provider carries.
+    /// The app-facing data every provider carries (strings: FCM's data is string to
+    /// string). `mentioned_by` only when a message mentions the user.
     pub fn data(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut d = serde_json::json!({
             "type": "new_messages",
             "conversation_id": self.conversation_id.to_string(),
             "message_id": self.message_id.to_string(),
             "sender_id": self.sender_id.to_string(),
             "count": self.count.to_string(),
-        })
+        });
+        if let Some(by) = self.mentioned_by {
+            d["mentioned_by"] = by.to_string().into();
+        }
+        d
     }
 }
 
