@@ -37,6 +37,9 @@ struct Args {
     /// Seconds per load run.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Total rates (reactions/s) of the `reactions` scenario.
+    #[arg(long, default_value = "1000")]
+    reaction_rates: String,
     /// Total rates (msg/s) of the `direct` scenario.
     #[arg(long, default_value = "1000,2000,5000")]
     rates: String,
@@ -173,12 +176,16 @@ async fn main() -> anyhow::Result<()> {
         }
         // The in-memory ceiling routes chat messages only: it has no reactions to compare.
         if scenarios.iter().any(|s| s == "reactions") && kind != Kind::Ceiling {
-            let x = load::reactions(&t, 100, 1000, args.seconds, next_base(100)).await?;
-            eprintln!(
-                "   reactions: own event {:?} answered {}/{} refused {}",
-                x.own_event_ms, x.answered, x.sent, x.refused
-            );
-            r.insert("reactions".into(), json!(x));
+            let mut runs = Vec::new();
+            for rate in rates(&args.reaction_rates)? {
+                let x = load::reactions(&t, 100, rate, args.seconds, next_base(100)).await?;
+                eprintln!(
+                    "   reactions {rate}/s: own event {:?} answered {}/{} refused {}",
+                    x.own_event_ms, x.answered, x.sent, x.refused
+                );
+                runs.push(json!(x));
+            }
+            r.insert("reactions".into(), Value::Array(runs));
         }
         if scenarios.iter().any(|s| s == "slow") {
             let slow = (args.pairs / 100).max(1);
@@ -280,16 +287,22 @@ fn rows(results: &BTreeMap<&'static str, Value>) -> Vec<(String, BTreeMap<&'stat
                 d["duplicated"].as_f64(),
             );
         }
-        if let Some(x) = r.get("reactions") {
+        for x in r
+            .get("reactions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let rate = &x["rate"];
             for q in ["p50", "p99", "max"] {
                 add(
-                    format!("reactions 100 users × 1 message, 1000/s: own event {q} ms"),
+                    format!("reactions {rate}/s (100 users, 1 message): own event {q} ms"),
                     t,
                     x["own_event_ms"][q].as_f64(),
                 );
             }
             add(
-                "reactions: unanswered or refused".into(),
+                format!("reactions {rate}/s: unanswered or refused"),
                 t,
                 x["sent"]
                     .as_f64()
