@@ -146,8 +146,18 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
     warp::reply::with_status(warp::reply::json(body), status).into_response()
 }
 
-/// Parses a JSON body into `T`, telling bad JSON (`invalid_json`) from bad fields.
+/// Parses a JSON body into `T`, telling bad JSON (`invalid_json`) from bad fields. Every
+/// body is an object: serde would read a struct from an array too (`[null, null]` as a
+/// mute with no fields), so anything else is refused first.
 pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, HttpError> {
+    if !body.trim_ascii_start().starts_with(b"{") {
+        let valid = serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok();
+        return Err(if valid {
+            HttpError::bad("body must be a JSON object")
+        } else {
+            HttpError::coded(ErrorCode::InvalidJson, "body is not valid JSON")
+        });
+    }
     serde_json::from_slice(body).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             HttpError::coded(
@@ -310,6 +320,23 @@ mod tests {
         assert_eq!(query_param("x=1", "token"), None);
         assert_eq!(percent_decode("%"), "%");
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn bodies_are_objects() {
+        #[derive(Debug, Default, serde::Deserialize)]
+        struct B {
+            #[allow(dead_code)]
+            a: Option<i64>,
+        }
+        assert!(parse_body::<B>(b" {\"a\": 1}").is_ok());
+        assert!(
+            parse_body::<B>(b"[null]").is_err(),
+            "an array is no struct body"
+        );
+        assert!(parse_body::<B>(b"null").is_err());
+        assert!(parse_body::<B>(b"{").is_err());
+        assert!(parse_optional_body::<B>(b"").is_ok());
     }
 
     #[test]
