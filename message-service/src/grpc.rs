@@ -14,6 +14,7 @@ use proto::grpc_auth::{require_write, ApiKeys};
 use proto::grpc_status::{require_id, status};
 use proto::pb;
 use proto::pb::message_service_server::{MessageService, MessageServiceServer};
+use proto::pb::ChangeKind as K;
 use tonic::{Request, Response, Status};
 
 use crate::admission::{gates, Gate, Pass};
@@ -148,104 +149,82 @@ impl MessageService for MessageGrpc {
         &self,
         request: Request<pb::EditMessageRequest>,
     ) -> Result<Response<pb::EditMessageResponse>, Status> {
-        require_write(&request)?;
-        let r = request.into_inner();
-        let change = self
-            .change(pb::ChangeMessageRequest {
-                actor_id: r.actor_id,
-                message_id: r.message_id,
-                kind: pb::ChangeKind::Edited as i32,
+        self.change_rpc(
+            request,
+            |r| pb::ChangeMessageRequest {
                 text: r.text,
-                emoji: String::new(),
-                as_system: r.as_system,
-            })
-            .await?;
-        Ok(Response::new(pb::EditMessageResponse {
-            result: Some(pb::edit_message_response::Result::Change(change)),
-        }))
+                ..change(r.actor_id, r.message_id, K::Edited, r.as_system)
+            },
+            |c| pb::EditMessageResponse {
+                result: Some(pb::edit_message_response::Result::Change(c)),
+            },
+        )
+        .await
     }
 
     async fn delete_message(
         &self,
         request: Request<pb::DeleteMessageRequest>,
     ) -> Result<Response<pb::DeleteMessageResponse>, Status> {
-        require_write(&request)?;
-        let r = request.into_inner();
-        let change = self
-            .change(pb::ChangeMessageRequest {
-                actor_id: r.actor_id,
-                message_id: r.message_id,
-                kind: pb::ChangeKind::Deleted as i32,
-                as_system: r.as_system,
-                ..Default::default()
-            })
-            .await?;
-        Ok(Response::new(pb::DeleteMessageResponse {
-            result: Some(pb::delete_message_response::Result::Change(change)),
-        }))
+        self.change_rpc(
+            request,
+            |r| change(r.actor_id, r.message_id, K::Deleted, r.as_system),
+            |c| pb::DeleteMessageResponse {
+                result: Some(pb::delete_message_response::Result::Change(c)),
+            },
+        )
+        .await
     }
 
     async fn add_reaction(
         &self,
         request: Request<pb::AddReactionRequest>,
     ) -> Result<Response<pb::AddReactionResponse>, Status> {
-        require_write(&request)?;
-        let r = request.into_inner();
-        let change = self
-            .change(reaction(
-                r.user_id,
-                r.message_id,
-                r.emoji,
-                pb::ChangeKind::ReactionAdded,
-            ))
-            .await?;
-        Ok(Response::new(pb::AddReactionResponse {
-            result: Some(pb::add_reaction_response::Result::Change(change)),
-        }))
+        self.change_rpc(
+            request,
+            |r| pb::ChangeMessageRequest {
+                emoji: r.emoji,
+                ..change(r.user_id, r.message_id, K::ReactionAdded, false)
+            },
+            |c| pb::AddReactionResponse {
+                result: Some(pb::add_reaction_response::Result::Change(c)),
+            },
+        )
+        .await
     }
 
     async fn remove_reaction(
         &self,
         request: Request<pb::RemoveReactionRequest>,
     ) -> Result<Response<pb::RemoveReactionResponse>, Status> {
-        require_write(&request)?;
-        let r = request.into_inner();
-        let change = self
-            .change(reaction(
-                r.user_id,
-                r.message_id,
-                r.emoji,
-                pb::ChangeKind::ReactionRemoved,
-            ))
-            .await?;
-        Ok(Response::new(pb::RemoveReactionResponse {
-            result: Some(pb::remove_reaction_response::Result::Change(change)),
-        }))
+        self.change_rpc(
+            request,
+            |r| pb::ChangeMessageRequest {
+                emoji: r.emoji,
+                ..change(r.user_id, r.message_id, K::ReactionRemoved, false)
+            },
+            |c| pb::RemoveReactionResponse {
+                result: Some(pb::remove_reaction_response::Result::Change(c)),
+            },
+        )
+        .await
     }
 
     async fn pin_message(
         &self,
         request: Request<pb::PinMessageRequest>,
     ) -> Result<Response<pb::PinMessageResponse>, Status> {
-        require_write(&request)?;
-        let r = request.into_inner();
-        let kind = if r.pinned {
-            pb::ChangeKind::Pinned
-        } else {
-            pb::ChangeKind::Unpinned
-        };
-        let change = self
-            .change(pb::ChangeMessageRequest {
-                actor_id: r.actor_id,
-                message_id: r.message_id,
-                kind: kind as i32,
-                as_system: r.as_system,
-                ..Default::default()
-            })
-            .await?;
-        Ok(Response::new(pb::PinMessageResponse {
-            result: Some(pb::pin_message_response::Result::Change(change)),
-        }))
+        self.change_rpc(
+            request,
+            |r| {
+                let kind = if r.pinned { K::Pinned } else { K::Unpinned };
+                change(r.actor_id, r.message_id, kind, r.as_system)
+            },
+            |c| pb::PinMessageResponse {
+                result: Some(pb::pin_message_response::Result::Change(c)),
+            },
+        )
+        .await
     }
 
     async fn get_thread(
@@ -274,30 +253,32 @@ impl MessageService for MessageGrpc {
 }
 
 impl MessageGrpc {
-    /// The one change operation every change RPC translates into (what NATS carries).
-    async fn change(&self, req: pb::ChangeMessageRequest) -> Result<pb::MessageChange, Status> {
+    /// Every change RPC: translated (`into`) into the one change request NATS carries too,
+    /// run by `ops::change` under its gate, its change wrapped (`wrap`) in the RPC's answer.
+    async fn change_rpc<Req, Resp>(
+        &self,
+        request: Request<Req>,
+        into: impl FnOnce(Req) -> pb::ChangeMessageRequest,
+        wrap: impl FnOnce(pb::MessageChange) -> Resp,
+    ) -> Result<Response<Resp>, Status> {
+        require_write(&request)?;
         let _pass = self.admit(gates::CHANGE_MESSAGE).await?;
-        let resp = ops::change(&self.inner, req).await;
+        let resp = ops::change(&self.inner, into(request.into_inner())).await;
         match resp.result {
-            Some(pb::change_message_response::Result::Change(c)) => Ok(c),
+            Some(pb::change_message_response::Result::Change(c)) => Ok(Response::new(wrap(c))),
             Some(pb::change_message_response::Result::Error(e)) => Err(status(&e)),
             None => Err(Status::internal("empty change answer")),
         }
     }
 }
 
-/// A reaction change as the one change request.
-fn reaction(
-    user_id: i64,
-    message_id: i64,
-    emoji: String,
-    kind: pb::ChangeKind,
-) -> pb::ChangeMessageRequest {
+/// A change request without text or emoji.
+fn change(actor_id: i64, message_id: i64, kind: K, as_system: bool) -> pb::ChangeMessageRequest {
     pb::ChangeMessageRequest {
-        actor_id: user_id,
+        actor_id,
         message_id,
         kind: kind as i32,
-        emoji,
+        as_system,
         ..Default::default()
     }
 }

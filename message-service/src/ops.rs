@@ -1091,11 +1091,11 @@ pub(crate) async fn thread(inner: &Inner, req: pb::GetThreadRequest) -> pb::GetT
             .map_err(store_error)
     }
     .await;
-    pb::GetThreadResponse::from_result(res, |(root, conversation_id, page)| pb::GetThreadResponse {
-        root_id: root,
-        conversation_id,
-        messages: page.messages,
-        has_more: page.has_more,
+    pb::GetThreadResponse::from_result(res, |t| pb::GetThreadResponse {
+        root_id: t.root_id,
+        conversation_id: t.conversation_id,
+        messages: t.messages,
+        has_more: t.has_more,
         error: None,
     })
 }

@@ -9,13 +9,12 @@
 //! may make a change is not decided here: the rule is `ops`', judged inside the
 //! transaction on the locked roster and message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use proto::pb::{self, ChangeKind, ChatMessage, MessageChange, ReactionCount};
 use proto::ErrorCode;
 use sqlx::Row;
 
-use super::messages::MessagePage;
 use super::roles::Roster;
 use super::rows::{cut_to_page_budget, message_from_row, take_page};
 use super::{rejected, Store, StoreError};
@@ -60,6 +59,45 @@ pub(crate) struct Changed {
     pub(crate) change: MessageChange,
     /// The conversation's participants.
     pub(crate) participants: Vec<i64>,
+}
+
+/// What a reader who had everything up to `after_seq` needs of `changes` (ascending):
+/// none about messages after `after_seq` (those are shown as they are now), only the
+/// deletion of a deleted message (its edits and reactions are gone with its text), and
+/// only the last edit of a message edited several times (each carries the text now).
+pub(super) fn compact_changes(changes: Vec<MessageChange>, after_seq: i64) -> Vec<MessageChange> {
+    let kind = |c: &MessageChange| ChangeKind::try_from(c.kind).unwrap_or_default();
+    let deleted: HashSet<i64> = changes
+        .iter()
+        .filter(|c| kind(c) == ChangeKind::Deleted)
+        .map(|c| c.message_id)
+        .collect();
+    let mut last_edit: HashMap<i64, i64> = HashMap::new();
+    for c in changes.iter().filter(|c| kind(c) == ChangeKind::Edited) {
+        last_edit.insert(c.message_id, c.seq);
+    }
+    changes
+        .into_iter()
+        .filter(|c| c.message_seq <= after_seq)
+        .filter(|c| !deleted.contains(&c.message_id) || kind(c) == ChangeKind::Deleted)
+        .filter(|c| kind(c) != ChangeKind::Edited || last_edit.get(&c.message_id) == Some(&c.seq))
+        .collect()
+}
+
+/// A thread page: its root, the conversation, the messages (ascending), whether more follow.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ThreadPage {
+    pub(crate) root_id: i64,
+    pub(crate) conversation_id: i64,
+    pub(crate) messages: Vec<ChatMessage>,
+    pub(crate) has_more: bool,
+}
+
+/// What the member-only reads of one message need to know of it.
+struct Located {
+    conversation_id: i64,
+    sender_id: i64,
+    reply_to: Option<i64>,
 }
 
 /// `message_not_found` for `id`: also the answer to someone outside its conversation, so
@@ -364,7 +402,7 @@ impl Store {
                 .map(change_from_row)
                 .collect::<Result<Vec<_>, _>>()?
         });
-        Ok(super::messages::compact_changes(changes, i64::MAX))
+        Ok(compact_changes(changes, i64::MAX))
     }
 
     /// Fills in each message's reactions as `viewer` sees them (`me`), in one statement
@@ -424,6 +462,34 @@ impl Store {
         Ok(())
     }
 
+    /// Message `message_id`, if `user_id` is a participant of its conversation; else
+    /// `message_not_found`, whether it exists or not.
+    async fn locate_for_member(
+        &self,
+        user_id: i64,
+        message_id: i64,
+    ) -> Result<Located, StoreError> {
+        let found: Option<(i64, i64, Option<i64>)> = on_pool!(self, |pool, _begin| {
+            sqlx::query_as(
+                "SELECT conversation_id, sender_id, reply_to FROM messages WHERE id = $1",
+            )
+            .bind(message_id)
+            .fetch_optional(pool)
+            .await?
+        });
+        let Some((conversation_id, sender_id, reply_to)) = found else {
+            return Err(message_not_found(message_id));
+        };
+        if !self.participants(conversation_id).await?.contains(&user_id) {
+            return Err(message_not_found(message_id));
+        }
+        Ok(Located {
+            conversation_id,
+            sender_id,
+            reply_to,
+        })
+    }
+
     /// A page of `root_id`'s thread for a member: the root (when `after_seq` is below it)
     /// and its replies, ascending by seq. `root_id` may name a reply: its root's thread.
     pub(crate) async fn thread(
@@ -432,22 +498,11 @@ impl Store {
         message_id: i64,
         after_seq: i64,
         limit: u32,
-    ) -> Result<(i64, i64, MessagePage), StoreError> {
+    ) -> Result<ThreadPage, StoreError> {
         let page = proto::limits::MESSAGE_PAGE;
         let limit = i64::from(page.check(limit).unwrap_or(page.max));
-        let found: Option<(i64, Option<i64>)> = on_pool!(self, |pool, _begin| {
-            sqlx::query_as("SELECT conversation_id, reply_to FROM messages WHERE id = $1")
-                .bind(message_id)
-                .fetch_optional(pool)
-                .await?
-        });
-        let Some((conversation_id, reply_to)) = found else {
-            return Err(message_not_found(message_id));
-        };
-        if !self.participants(conversation_id).await?.contains(&user_id) {
-            return Err(message_not_found(message_id));
-        }
-        let root = reply_to.unwrap_or(message_id);
+        let found = self.locate_for_member(user_id, message_id).await?;
+        let root = found.reply_to.unwrap_or(message_id);
         let mut messages = on_pool!(self, |pool, _begin| {
             let rows = sqlx::query(concat!(
                 "SELECT ",
@@ -467,15 +522,12 @@ impl Store {
         let mut has_more = take_page(&mut messages, limit);
         has_more |= cut_to_page_budget(&mut messages);
         self.add_reactions(user_id, &mut messages).await?;
-        Ok((
-            root,
-            conversation_id,
-            MessagePage {
-                messages,
-                has_more,
-                ..MessagePage::default()
-            },
-        ))
+        Ok(ThreadPage {
+            root_id: root,
+            conversation_id: found.conversation_id,
+            messages,
+            has_more,
+        })
     }
 
     /// A conversation's pinned messages for a member, most recently pinned first.
@@ -512,18 +564,11 @@ impl Store {
         user_id: i64,
         message_id: i64,
     ) -> Result<(i64, Vec<pb::MessageRead>), StoreError> {
-        let found: Option<(i64, i64)> = on_pool!(self, |pool, _begin| {
-            sqlx::query_as("SELECT conversation_id, sender_id FROM messages WHERE id = $1")
-                .bind(message_id)
-                .fetch_optional(pool)
-                .await?
-        });
-        let Some((conversation_id, sender_id)) = found else {
-            return Err(message_not_found(message_id));
-        };
-        if !self.participants(conversation_id).await?.contains(&user_id) {
-            return Err(message_not_found(message_id));
-        }
+        let Located {
+            conversation_id,
+            sender_id,
+            ..
+        } = self.locate_for_member(user_id, message_id).await?;
         let rows: Vec<(i64, i64)> = on_pool!(self, |pool, _begin| {
             sqlx::query_as(
                 "SELECT user_id, read_at_ms FROM message_reads

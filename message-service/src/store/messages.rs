@@ -7,6 +7,7 @@ use proto::limits::MESSAGE_PAGE;
 use proto::pb::{self, ChatMessage};
 use proto::ErrorCode;
 
+use super::changes::compact_changes;
 use super::conversations::ConversationMeta;
 use super::rows::{cut_to_page_budget, message_from_row, take_page};
 use super::{rejected, Store, StoreError};
@@ -95,34 +96,6 @@ pub(crate) struct MessagePage {
     pub(crate) changes: Vec<pb::MessageChange>,
     /// Forward pages: the seq the page covers up to (the next page's `after_seq`).
     pub(crate) end_seq: i64,
-}
-
-/// What a reader who had everything up to `after_seq` needs of `changes` (ascending):
-/// none about messages after `after_seq` (those are shown as they are now), only the
-/// deletion of a deleted message (its edits and reactions are gone with its text), and
-/// only the last edit of a message edited several times (each carries the text now).
-pub(super) fn compact_changes(
-    changes: Vec<pb::MessageChange>,
-    after_seq: i64,
-) -> Vec<pb::MessageChange> {
-    use pb::ChangeKind;
-    use std::collections::{HashMap, HashSet};
-    let kind = |c: &pb::MessageChange| ChangeKind::try_from(c.kind).unwrap_or_default();
-    let deleted: HashSet<i64> = changes
-        .iter()
-        .filter(|c| kind(c) == ChangeKind::Deleted)
-        .map(|c| c.message_id)
-        .collect();
-    let mut last_edit: HashMap<i64, i64> = HashMap::new();
-    for c in changes.iter().filter(|c| kind(c) == ChangeKind::Edited) {
-        last_edit.insert(c.message_id, c.seq);
-    }
-    changes
-        .into_iter()
-        .filter(|c| c.message_seq <= after_seq)
-        .filter(|c| !deleted.contains(&c.message_id) || kind(c) == ChangeKind::Deleted)
-        .filter(|c| kind(c) != ChangeKind::Edited || last_edit.get(&c.message_id) == Some(&c.seq))
-        .collect()
 }
 
 /// A message naming neither a conversation nor a receiver.

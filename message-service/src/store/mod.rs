@@ -16,11 +16,11 @@
 //! - `roles`: group roles (owner, admins, members) as stored, and the roster a rule check
 //!   sees, read under the conversation's row lock.
 //! - `conversations`: conversations and their participants.
+//! - `changes`: edits, deletions, reactions and pins (each numbered in the conversation's
+//!   seq), the changes a forward page carries, and the reads that show a message as it is
+//!   now (reactions per reader, threads, pins, who read it).
 //! - `messages`: what a send is, the rules of who may speak where, every message read.
 //! - `receipts`: read marks and watermarks.
-//! - `changes`: edits, deletions, reactions and pins (each numbered in the conversation's
-//!   seq), and the reads that show a message as it is now (reactions, threads, pins,
-//!   who read it).
 //! - `outbox`: leases, republishing and cleanup of deliveries.
 //! - `pg_batch`, `sqlite_batch`: one backend's group commit each.
 //! - `send`: storing messages (one or a batch, idempotent retries), the shared loop.
