@@ -127,10 +127,14 @@ impl BackendError {
         }
     }
 
-    /// For `rate_limited`: when the next attempt can succeed.
+    /// For `rate_limited`, and `unavailable` past capacity: when the next attempt can
+    /// succeed.
     pub(crate) fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             BackendError::Limited(_, over) => Some(over.retry_after),
+            BackendError::Refused(e) if e.retry_after_ms > 0 => {
+                Some(std::time::Duration::from_millis(e.retry_after_ms))
+            }
             _ => None,
         }
     }

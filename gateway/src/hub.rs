@@ -137,6 +137,10 @@ pub struct ConnHandle {
     pub shared: Arc<ConnShared>,
     /// Where slow-consumer closes are counted.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// When the socket opened (unix ms, this gateway's clock), before it was registered:
+    /// repeats of messages published earlier are not its news (see
+    /// [`Hub::deliver`]).
+    pub opened_ms: i64,
 }
 
 impl ConnHandle {
@@ -361,12 +365,24 @@ impl Hub {
 
     /// The sockets of `users`, except the one named `skip`, with their owners.
     fn targets(&self, users: &[i64], skip: &str) -> Vec<(i64, ConnHandle)> {
+        self.targets_opened_by(users, skip, 0)
+    }
+
+    /// [`Hub::targets`], keeping only sockets opened at or before `opened_before_ms`
+    /// (0: every socket).
+    fn targets_opened_by(
+        &self,
+        users: &[i64],
+        skip: &str,
+        opened_before_ms: i64,
+    ) -> Vec<(i64, ConnHandle)> {
         let map = self.by_user.lock().unwrap_or_else(|e| e.into_inner());
         users
             .iter()
             .filter_map(|u| map.get(u).map(|v| (*u, v)))
             .flat_map(|(u, v)| v.iter().map(move |c| (u, c)))
             .filter(|(_, c)| *c.connection_id != *skip)
+            .filter(|(_, c)| opened_before_ms == 0 || c.opened_ms <= opened_before_ms)
             .map(|(u, c)| (u, c.clone()))
             .collect()
     }
@@ -382,9 +398,11 @@ impl Hub {
         let origin = d.origin_connection_id.as_str();
         match event {
             Event::Message(m) => {
-                // Repeats (outbox republishes, catch-ups) are dropped per socket by its
-                // writer, not here: the same message may rightly come again for a
-                // recipient whose socket opened on this gateway after the first copy.
+                // A repeat (outbox republish, catch-up) names when the first copy went
+                // out: sockets opened since are not owed it (their user had it on an
+                // earlier socket, or reads it with a resume), and a fresh socket must
+                // never get an old message as news. Repeats that do reach a socket that
+                // already has the message are dropped by its writer.
                 let live = Arc::new(LiveMessage {
                     key: m.id,
                     conversation_id: m.conversation_id,
@@ -392,7 +410,8 @@ impl Hub {
                     text: text(&ServerFrame::NewMessage(NewMessage::from_pb(m))),
                 });
                 let mut reached: Vec<i64> = Vec::new();
-                for (user, c) in self.targets(&d.recipient_ids, origin) {
+                let targets = self.targets_opened_by(&d.recipient_ids, origin, d.opened_before_ms);
+                for (user, c) in targets {
                     let queued = c.offer(Outbound::Message(live.clone()));
                     // Targets come grouped by user, so a repeat is always the last entry.
                     if queued && user != m.sender_id && reached.last() != Some(&user) {
@@ -488,6 +507,7 @@ mod tests {
             close: CancellationToken::new(),
             shared: Arc::new(ConnShared::with_byte_limit(bytes)),
             metrics: Arc::default(),
+            opened_ms: 0,
         };
         (h, rx)
     }
@@ -539,6 +559,49 @@ mod tests {
         assert!(!h.offer(frame(1)));
         assert_eq!(h.shared.close_code.load(Relaxed), 0);
         assert!(!h.shared.too_slow.is_cancelled());
+    }
+
+    /// A repeat names when its first copy went out; sockets opened since do not get it,
+    /// older ones and first copies reach everyone.
+    #[test]
+    fn a_repeat_reaches_only_sockets_open_at_its_first_publish() {
+        let hub = Hub::default();
+        let (mut old, mut old_rx) = handle(8, 0);
+        old.opened_ms = 1_000;
+        let (mut fresh, mut fresh_rx) = handle(8, 0);
+        fresh.connection_id = Arc::from("gw/2");
+        fresh.opened_ms = 3_000;
+        hub.add(7, old);
+        hub.add(7, fresh);
+        let message = |id| pb::Delivery {
+            event: Some(pb::delivery::Event::Message(pb::ChatMessage {
+                id,
+                conversation_id: 1,
+                sender_id: 8,
+                seq: id,
+                ..Default::default()
+            })),
+            recipient_ids: vec![7],
+            ..Default::default()
+        };
+        let mut repeat = message(1);
+        repeat.opened_before_ms = 2_000;
+        assert_eq!(hub.deliver(&repeat), vec![7], "the old socket still counts");
+        assert!(old_rx.try_recv().is_ok());
+        assert!(fresh_rx.try_recv().is_err(), "news to the fresh socket");
+        let mut at_open = message(2);
+        at_open.opened_before_ms = 3_000;
+        hub.deliver(&at_open);
+        assert!(
+            fresh_rx.try_recv().is_ok(),
+            "opened at the publish: owed it"
+        );
+        hub.deliver(&message(3));
+        assert!(old_rx.try_recv().is_ok() && old_rx.try_recv().is_ok());
+        assert!(
+            fresh_rx.try_recv().is_ok(),
+            "a first copy goes to every socket"
+        );
     }
 
     #[test]

@@ -96,6 +96,11 @@ impl From<BackendError> for HttpError {
             _ => status_for(e.code()),
         };
         let mut h = HttpError::new(status, e.code(), e.message());
+        if let (BackendError::Refused(_), Some(after)) = (&e, e.retry_after()) {
+            // `unavailable` past capacity: RFC 9110 `Retry-After`, whole seconds rounded up.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            h.headers = vec![(proto::headers::RETRY_AFTER, secs.to_string())];
+        }
         if let BackendError::Limited(budget, over) = e {
             // RFC 9110 `Retry-After` in whole seconds (rounded up: never too early), and the
             // IETF httpapi RateLimit fields: the policy (quota per window) and its state.

@@ -189,6 +189,9 @@ pub(crate) async fn open(
             ctx.settings.outbound_queue_bytes,
         )),
         metrics: ctx.metrics.clone(),
+        // Before the socket is registered and its Up event stamped: a catch-up for this
+        // socket names a publish time after its Up event, so it always passes the filter.
+        opened_ms: proto::time::now_ms(),
     };
     // The first frame, queued before the connection is visible to deliveries.
     let hello = ServerFrame::ConnectionEstablished(ConnectionEstablished {

@@ -123,7 +123,11 @@ impl App {
         for (route, sub) in subs {
             tasks.spawn(dispatch::serve(inner.clone(), route, sub));
         }
-        tasks.spawn(outbox::clean_up(inner.store.clone(), workers.completions));
+        tasks.spawn(outbox::clean_up(
+            inner.store.clone(),
+            inner.completions.clone(),
+            workers.completions,
+        ));
         tasks.spawn(sweep::sweep(inner.clone()));
         tasks.spawn(push_jobs::enqueue(
             inner.bus.clone(),
@@ -131,7 +135,11 @@ impl App {
             workers.push,
         ));
         if let Some(rx) = workers.sends {
-            tasks.spawn(commit::group_commit(inner.store.clone(), rx));
+            tasks.spawn(commit::group_commit(
+                inner.store.clone(),
+                inner.sends.queue(),
+                rx,
+            ));
         }
         if let Some(l) = ops {
             tasks.spawn(bus::ops::serve(l, Arc::new(Readiness(inner.clone()))));

@@ -6,9 +6,12 @@
 //! task that drains it. With `INDABA_GROUP_COMMIT=false` the door stores each message in
 //! its own transaction and no task runs.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
 
 use crate::metrics;
 use crate::store::{NewMessage, Sent, Store, StoreError};
@@ -20,14 +23,78 @@ const BATCHES_IN_FLIGHT: usize = 2;
 /// Sends waiting for the batcher before senders wait in turn.
 const QUEUE: usize = 4096;
 
-/// A message waiting to be stored, and who waits for the result.
-pub(crate) type PendingSend = (NewMessage, oneshot::Sender<Result<Sent, StoreError>>);
+/// A message waiting to be stored, when it started waiting, and who waits for the result.
+pub(crate) type PendingSend = (
+    NewMessage,
+    Instant,
+    oneshot::Sender<Result<Sent, StoreError>>,
+);
 
 /// Where sends are stored: through the batcher, or directly when group commit is off.
 #[derive(Debug)]
 pub(crate) struct Sends {
     store: Store,
     batcher: Option<mpsc::Sender<PendingSend>>,
+    queue: Arc<QueueState>,
+    /// Past this wait for the batcher, new sends are refused (`None`: never).
+    budget: Option<Duration>,
+}
+
+/// What the batcher's queue looks like to a new send: how many wait, and how long the
+/// head of the last batch taken had waited.
+///
+/// Past capacity the queue only grows: every accepted send then waits longer than the
+/// last, and at 5,000/s on a machine that commits 3,000/s a send waited seconds before its
+/// `message_sent`. So a send is refused at once (`unavailable`, with a retry hint) while
+/// sends are waiting and either the last batch's head had waited longer than the budget or
+/// no batch was taken for that long (the commits themselves are stuck). What is accepted
+/// then waits about one budget at most; the queue drains, and the next batch's head wait
+/// lets sends in again.
+#[derive(Debug)]
+pub(crate) struct QueueState {
+    waiting: AtomicUsize,
+    /// Microseconds the head of the last batch taken had waited.
+    head_wait_us: AtomicU64,
+    /// When the last batch was taken (µs since `epoch`).
+    last_take_us: AtomicU64,
+    epoch: Instant,
+}
+
+impl QueueState {
+    fn new() -> QueueState {
+        QueueState {
+            waiting: AtomicUsize::new(0),
+            head_wait_us: AtomicU64::new(0),
+            last_take_us: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn micros_since_epoch(&self, t: Instant) -> u64 {
+        u64::try_from(t.duration_since(self.epoch).as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// A batch of `n` was taken whose first send had waited since `head`.
+    fn taken(&self, n: usize, head: Instant) {
+        let now = Instant::now();
+        let wait = u64::try_from(now.duration_since(head).as_micros()).unwrap_or(u64::MAX);
+        self.head_wait_us.store(wait, Relaxed);
+        self.last_take_us
+            .store(self.micros_since_epoch(now), Relaxed);
+        self.waiting.fetch_sub(n, Relaxed);
+    }
+
+    /// Whether a new send would wait longer than `budget`.
+    fn over(&self, budget: Duration) -> bool {
+        if self.waiting.load(Relaxed) == 0 {
+            return false;
+        }
+        let budget_us = u64::try_from(budget.as_micros()).unwrap_or(u64::MAX);
+        let since_take = self
+            .micros_since_epoch(Instant::now())
+            .saturating_sub(self.last_take_us.load(Relaxed));
+        self.head_wait_us.load(Relaxed) > budget_us || since_take > budget_us
+    }
 }
 
 impl Sends {
@@ -35,12 +102,16 @@ impl Sends {
     pub(crate) fn new(
         store: Store,
         group_commit: bool,
+        budget: Option<Duration>,
     ) -> (Sends, Option<mpsc::Receiver<PendingSend>>) {
+        let queue = Arc::new(QueueState::new());
         if !group_commit {
             return (
                 Sends {
                     store,
                     batcher: None,
+                    queue,
+                    budget,
                 },
                 None,
             );
@@ -50,9 +121,16 @@ impl Sends {
             Sends {
                 store,
                 batcher: Some(tx),
+                queue,
+                budget,
             },
             Some(rx),
         )
+    }
+
+    /// What [`group_commit`] reports the queue's state to.
+    pub(crate) fn queue(&self) -> Arc<QueueState> {
+        self.queue.clone()
     }
 
     /// Stores a message, answering after its transaction committed.
@@ -64,11 +142,27 @@ impl Sends {
         if m.is_rich() {
             return self.store.send_message(&m).await;
         }
+        if let Some(budget) = self.budget {
+            if self.queue.over(budget) {
+                metrics::send_refused_overload();
+                return Err(overloaded(budget));
+            }
+        }
         let (tx, rx) = oneshot::channel();
-        if batcher.send((m, tx)).await.is_err() {
+        self.queue.waiting.fetch_add(1, Relaxed);
+        if batcher.send((m, Instant::now(), tx)).await.is_err() {
+            self.queue.waiting.fetch_sub(1, Relaxed);
             return Err(stopping());
         }
         rx.await.unwrap_or_else(|_| Err(stopping()))
+    }
+}
+
+/// The refusal of a send past capacity: nothing was stored, and a retry after about one
+/// budget finds the queue drained.
+fn overloaded(budget: Duration) -> StoreError {
+    StoreError::Overloaded {
+        retry_after_ms: u64::try_from(budget.as_millis()).unwrap_or(u64::MAX).max(1),
     }
 }
 
@@ -93,7 +187,11 @@ fn batches_in_flight(store: &Store) -> usize {
 
 /// Takes whatever sends are waiting (up to [`MAX_BATCH`]) whenever a batch slot is free,
 /// and stores them with one [`Store::send_many`].
-pub(crate) async fn group_commit(store: Store, mut rx: mpsc::Receiver<PendingSend>) {
+pub(crate) async fn group_commit(
+    store: Store,
+    queue: Arc<QueueState>,
+    mut rx: mpsc::Receiver<PendingSend>,
+) {
     let slots = Arc::new(Semaphore::new(batches_in_flight(&store)));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -104,9 +202,13 @@ pub(crate) async fn group_commit(store: Store, mut rx: mpsc::Receiver<PendingSen
             return;
         }
         let work = std::mem::replace(&mut batch, Vec::with_capacity(MAX_BATCH));
+        if let Some((_, head, _)) = work.first() {
+            queue.taken(work.len(), *head);
+        }
         let store = store.clone();
         tokio::spawn(async move {
-            let (messages, waiters): (Vec<_>, Vec<_>) = work.into_iter().unzip();
+            let (messages, waiters): (Vec<_>, Vec<_>) =
+                work.into_iter().map(|(m, _, w)| (m, w)).unzip();
             metrics::group_commit(messages.len());
             let results = store.send_many(&messages).await;
             for (w, r) in waiters.into_iter().zip(results) {

@@ -26,6 +26,7 @@ fn delivery(event: pb::delivery::Event, recipients: Vec<i64>, origin: &str) -> p
         recipient_ids: recipients,
         origin_connection_id: origin.to_owned(),
         more: Vec::new(),
+        opened_before_ms: 0,
     }
 }
 
@@ -47,6 +48,18 @@ async fn publish(inner: &Inner, gateway: &str, d: &pb::Delivery, what: &str) -> 
     }
 }
 
+/// Whether a delivery is the message's first publish or a repeat of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// Right after the commit.
+    First,
+    /// The outbox sweeper's: the first attempt may have reached some sockets already (its
+    /// writer died after publishing, or kept the row while its routing table was cold).
+    /// Only sockets open at the commit get it: a socket opened later was not owed it live
+    /// (its user had it on an earlier socket, or reads it with a resume).
+    Republish,
+}
+
 /// Publishes a committed message to every gateway that holds sockets of the participants,
 /// then hands it to the push enqueuer, which completes the outbox row once the push job is
 /// stored too. The sender's reply does not wait for the push queue.
@@ -56,17 +69,24 @@ pub(crate) async fn deliver(
     participants: &[i64],
     meta: &ConversationMeta,
     origin: &str,
+    attempt: Attempt,
 ) {
     // Remember it *before* reading the routing table: a socket-opened event applied after
     // that read then finds it here (catch_up), one applied before it is in the table.
     inner.recent.record(message, participants, origin);
     let groups = inner.routes.by_gateway(participants);
     let everyone_online = all_routed(&groups, participants, message.sender_id);
+    let opened_before_ms = match attempt {
+        Attempt::First => 0,
+        // 1 ms at least: 0 would mean every socket.
+        Attempt::Republish => message.created_at_ms.max(1),
+    };
     let ok = publish_groups(
         inner,
         &pb::delivery::Event::Message(message.clone()),
         groups,
         origin,
+        opened_before_ms,
     )
     .await;
     // On failure the row stays; the sweeper republishes it when the lease runs out. Same
@@ -81,15 +101,20 @@ pub(crate) async fn deliver(
     if everyone_online || !inner.settings.push_jobs {
         if delivered {
             inner.completions.complete(message.id);
+        } else {
+            inner.completions.release(message.id);
         }
         return;
     }
-    inner.push.offer(PushWork {
+    let queued = inner.push.offer(PushWork {
         message: message.clone(),
         participants: participants.to_vec(),
         meta: meta.clone(),
         delivered,
     });
+    if !queued {
+        inner.completions.release(message.id);
+    }
 }
 
 /// Whether every participant but `sender` appears in `groups` (has a socket somewhere).
@@ -112,20 +137,23 @@ pub(crate) async fn publish_event(
     origin: &str,
 ) -> bool {
     let groups = inner.routes.by_gateway(recipients);
-    publish_groups(inner, &event, groups, origin).await
+    publish_groups(inner, &event, groups, origin, 0).await
 }
 
 /// Publishes `event` to each gateway of `groups` (from [`crate::routes::Routes::by_gateway`]),
-/// naming the recipients it holds. Returns false if any publish failed.
+/// naming the recipients it holds, for sockets opened by `opened_before_ms` (0: all).
+/// Returns false if any publish failed.
 async fn publish_groups(
     inner: &Inner,
     event: &pb::delivery::Event,
     groups: Vec<(Arc<str>, Vec<i64>)>,
     origin: &str,
+    opened_before_ms: i64,
 ) -> bool {
     let mut ok = true;
     for (gateway, users) in groups {
-        let d = delivery(event.clone(), users, origin);
+        let mut d = delivery(event.clone(), users, origin);
+        d.opened_before_ms = opened_before_ms;
         ok &= publish(inner, &gateway, &d, "delivery").await;
     }
     ok
@@ -147,8 +175,12 @@ pub(crate) fn catch_up(inner: &Arc<Inner>, user: i64, gateway: &str, opened_ms: 
     tokio::spawn(async move {
         for p in recent {
             let event = pb::delivery::Event::Message((*p.message).clone());
-            // Never back to the socket that sent it.
-            let d = delivery(event, vec![user], &p.origin);
+            // Never back to the socket that sent it, and only to sockets open when it was
+            // first published (the one that opened before it, and its user's older ones,
+            // which drop it as a repeat): another socket of the user opened since then
+            // has no business with it.
+            let mut d = delivery(event, vec![user], &p.origin);
+            d.opened_before_ms = p.published_ms.max(1);
             if !publish(&inner, &gateway, &d, "catch-up").await {
                 return;
             }

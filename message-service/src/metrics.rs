@@ -44,6 +44,8 @@ struct Metrics {
     bus_errors: bus::metrics::Counter,
     /// `indaba_outbox_republished_total`.
     outbox_republished: bus::metrics::Counter,
+    /// `indaba_outbox_leases_renewed_total`.
+    outbox_renewed: bus::metrics::Counter,
     /// `indaba_catch_up_messages_total`.
     caught_up: bus::metrics::Counter,
     /// `indaba_group_commits_total`.
@@ -54,6 +56,8 @@ struct Metrics {
     push_jobs_skipped: bus::metrics::Counter,
     /// `indaba_requests_shed_total{reason="over_bound"|"past_deadline"}`.
     requests_shed: [bus::metrics::Counter; 2],
+    /// `indaba_sends_refused_overload_total`.
+    sends_refused_overload: bus::metrics::Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -69,6 +73,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         outbox_republished: r.counter(
             "indaba_outbox_republished_total",
             "Deliveries republished from the outbox after their writer died.",
+        ),
+        outbox_renewed: r.counter(
+            "indaba_outbox_leases_renewed_total",
+            "Outbox leases renewed for deliveries this instance is still publishing (late, not orphaned).",
         ),
         caught_up: r.counter(
             "indaba_catch_up_messages_total",
@@ -91,6 +99,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Requests not run: over their kind's bound (answered unavailable), or past their requester's deadline (dropped).",
             "reason",
             ["over_bound", "past_deadline"],
+        ),
+        sends_refused_overload: r.counter(
+            "indaba_sends_refused_overload_total",
+            "Sends refused with unavailable because the group commit's queue was over its budget.",
         ),
         registry: r,
     }
@@ -125,6 +137,11 @@ pub(crate) fn outbox_republished(n: usize) {
     METRICS.outbox_republished.inc_by(count(n));
 }
 
+/// Outbox leases renewed by their live writer.
+pub(crate) fn outbox_renewed(n: usize) {
+    METRICS.outbox_renewed.inc_by(count(n));
+}
+
 /// Recent messages published again to a gateway where a recipient's socket just opened.
 pub(crate) fn caught_up(n: usize) {
     METRICS.caught_up.inc_by(count(n));
@@ -144,6 +161,11 @@ pub(crate) fn push_job_skipped() {
 /// A request was refused: its kind's bound was full.
 pub(crate) fn shed_over_bound() {
     METRICS.requests_shed[0].inc();
+}
+
+/// A send was refused: the group commit's queue was over its budget.
+pub(crate) fn send_refused_overload() {
+    METRICS.sends_refused_overload.inc();
 }
 
 /// A request was dropped or cancelled: its requester had stopped waiting.

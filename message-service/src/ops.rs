@@ -10,7 +10,7 @@ use proto::limits::{CONVERSATION_PAGE, MAX_RECEIPT_IDS, MESSAGE_PAGE};
 use proto::pb::{self, ConversationKind};
 use proto::{field_error, pb_error, ErrorCode};
 
-use crate::delivery::{deliver, publish_event};
+use crate::delivery::{deliver, publish_event, Attempt};
 use crate::metrics;
 use crate::state::Inner;
 use crate::store::{self, ConversationCursor, Role, Roster, StoreError, SYSTEM_SENDER_ID};
@@ -90,6 +90,13 @@ answer_with_result_oneof!(
 pub(crate) fn store_error(e: StoreError) -> pb::Error {
     match e {
         StoreError::Rejected { code, message } => pb_error(code, message),
+        StoreError::Overloaded { retry_after_ms } => pb::Error {
+            retry_after_ms,
+            ..pb_error(
+                ErrorCode::Unavailable,
+                format!("too many messages in flight; retry in {retry_after_ms} ms"),
+            )
+        },
         other => {
             metrics::store_error();
             tracing::error!(error = %other, "store failure");
@@ -213,6 +220,8 @@ pub(crate) async fn send(inner: &Inner, req: pb::SendMessageRequest) -> pb::Send
         "message stored"
     );
     if !sent.duplicate {
+        // Until its delivery is out, the row is this instance's (its lease is renewed).
+        inner.completions.hold(sent.message.id);
         inner.crash_point_after_commit();
         metrics::message_stored();
         // Committed: publish now. The reply goes out after this, but a slow publish only
@@ -223,6 +232,7 @@ pub(crate) async fn send(inner: &Inner, req: pb::SendMessageRequest) -> pb::Send
             &sent.participants,
             &sent.meta,
             &req.origin_connection_id,
+            Attempt::First,
         )
         .instrument(tracing::info_span!("deliver"))
         .await;

@@ -113,15 +113,18 @@ impl PushQueue {
         (PushQueue(tx), rx)
     }
 
-    /// Queues `work` without waiting.
-    pub(crate) fn offer(&self, work: PushWork) {
+    /// Queues `work` without waiting. False when the backlog is full: the message is
+    /// then the sweeper's to redo.
+    pub(crate) fn offer(&self, work: PushWork) -> bool {
         let message_id = work.message.id;
         if self.0.try_send(Work::Message(work)).is_err() {
             tracing::debug!(
                 message_id,
                 "push queue backlog full; the sweeper will redo this message"
             );
+            return false;
         }
+        true
     }
 
     /// Queues a change's job without waiting (full: it is lost, and the pending
@@ -171,6 +174,8 @@ pub(crate) async fn enqueue(bus: Bus, done: Completions, rx: mpsc::Receiver<Work
             };
             if stored && w.delivered {
                 done.complete(w.message.id);
+            } else {
+                done.release(w.message.id);
             }
         }
     })

@@ -38,11 +38,13 @@ pub(crate) struct Published {
     pub(crate) message: Arc<pb::ChatMessage>,
     /// The sender's socket (`origin_connection_id`), empty when none.
     pub(crate) origin: Arc<str>,
+    /// When it was first published (unix ms).
+    pub(crate) published_ms: i64,
 }
 
 /// One recipient's recent messages, oldest first, with when they were published (monotonic,
-/// for the window; wall-clock ms, to compare with when a socket opened).
-type Queue = VecDeque<(Instant, i64, Published)>;
+/// for the window; the wall-clock time is [`Published::published_ms`]).
+type Queue = VecDeque<(Instant, Published)>;
 
 /// Recently published messages by recipient. Clones share the table.
 #[derive(Clone, Default)]
@@ -73,13 +75,14 @@ impl Recent {
         let p = Published {
             message: Arc::new(message.clone()),
             origin: Arc::from(origin),
+            published_ms: wall,
         };
         for &user in recipients {
             let q = g.by_user.entry(user).or_default();
-            q.push_back((now, wall, p.clone()));
+            q.push_back((now, p.clone()));
             while q.len() > PER_USER
                 || q.front()
-                    .is_some_and(|(t, _, _)| now.duration_since(*t) > WINDOW)
+                    .is_some_and(|(t, _)| now.duration_since(*t) > WINDOW)
             {
                 q.pop_front();
             }
@@ -97,8 +100,8 @@ impl Recent {
             .get(&user)
             .map(|q| {
                 q.iter()
-                    .filter(|(t, wall, _)| now.duration_since(*t) <= WINDOW && *wall > opened_ms)
-                    .map(|(_, _, p)| p.clone())
+                    .filter(|(t, p)| now.duration_since(*t) <= WINDOW && p.published_ms > opened_ms)
+                    .map(|(_, p)| p.clone())
                     .collect()
             })
             .unwrap_or_default()
@@ -119,7 +122,7 @@ impl Recent {
         g.by_user.retain(|_, q| {
             while q
                 .front()
-                .is_some_and(|(t, _, _)| now.duration_since(*t) > WINDOW)
+                .is_some_and(|(t, _)| now.duration_since(*t) > WINDOW)
             {
                 q.pop_front();
             }

@@ -37,6 +37,10 @@ pub struct Settings {
     /// Commit the sends that arrive together in one transaction (`INDABA_GROUP_COMMIT`,
     /// default true; false: one transaction per message, for comparison).
     pub group_commit: bool,
+    /// How long sends may wait for the group commit before new ones are refused with
+    /// `unavailable` and a retry hint (`INDABA_SEND_QUEUE_BUDGET_MS`, default 250; `None`:
+    /// never refused, they queue).
+    pub send_queue_budget: Option<std::time::Duration>,
     /// Fault injection (`INDABA_TEST_CRASH_AFTER_COMMITS`): abort after this many commits of
     /// new messages, before answering or publishing them. `None` in every real deployment.
     pub crash_after_commits: Option<u64>,
@@ -76,6 +80,7 @@ impl Settings {
             http_listen: Some(addr_from(&get, env::HTTP_LISTEN, "0.0.0.0:9090")?),
             push_jobs: config::flag(&get, env::PUSH_JOBS, true)?,
             group_commit: config::flag(&get, env::GROUP_COMMIT, true)?,
+            send_queue_budget: send_queue_budget_from(&get)?,
             jetstream_replicas: env::jetstream_replicas(&get).map_err(ConfigError)?,
             crash_after_commits: match get(env::TEST_CRASH_AFTER_COMMITS) {
                 None => None,
@@ -104,6 +109,14 @@ pub fn edit_window_from(
 ) -> Result<Option<std::time::Duration>, ConfigError> {
     let secs: u64 = config::integer(get, env::EDIT_WINDOW_SECS, 900, 0)?;
     Ok((secs > 0).then(|| std::time::Duration::from_secs(secs)))
+}
+
+/// Reads `INDABA_SEND_QUEUE_BUDGET_MS` (default 250 ms; 0: never refuse).
+pub fn send_queue_budget_from(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<std::time::Duration>, ConfigError> {
+    let ms: u64 = config::integer(get, env::SEND_QUEUE_BUDGET_MS, 250, 0)?;
+    Ok((ms > 0).then(|| std::time::Duration::from_millis(ms)))
 }
 
 /// Reads `INDABA_GRPC_LISTEN` (a socket address).

@@ -72,7 +72,11 @@ pub(crate) struct Workers {
 impl Inner {
     /// The shared state and the receivers of its queues.
     pub(crate) fn new(bus: Bus, store: Store, settings: Settings) -> (Inner, Workers) {
-        let (sends, sends_rx) = Sends::new(store.clone(), settings.group_commit);
+        let (sends, sends_rx) = Sends::new(
+            store.clone(),
+            settings.group_commit,
+            settings.send_queue_budget,
+        );
         let (completions, completions_rx) = Completions::channel();
         let (push, push_rx) = PushQueue::channel();
         let inner = Inner {

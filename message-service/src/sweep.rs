@@ -8,8 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::delivery::deliver;
+use crate::delivery::{deliver, Attempt};
 use crate::metrics;
+use crate::outbox;
 use crate::state::Inner;
 
 /// Pause between sweeps.
@@ -18,6 +19,8 @@ const EVERY: Duration = Duration::from_secs(1);
 const CLAIM: i64 = 500;
 /// Most messages deleted for retention per sweep.
 const PRUNE: i64 = 1000;
+/// Most outbox leases renewed per statement.
+const RENEW_CHUNK: usize = 10_000;
 
 /// Sweeps every [`EVERY`] until aborted.
 pub(crate) async fn sweep(inner: Arc<Inner>) {
@@ -39,6 +42,18 @@ pub(crate) async fn sweep(inner: Arc<Inner>) {
                 Err(e) => tracing::warn!(error = %e, "retention prune failed"),
             }
         }
+        // Rows this instance is merely late with are not orphans (see outbox::Completions).
+        // SQLite binds at most 32,766 parameters per statement.
+        for ids in inner
+            .completions
+            .overdue(outbox::RENEW_AFTER)
+            .chunks(RENEW_CHUNK)
+        {
+            match inner.store.renew_outbox(ids).await {
+                Ok(()) => metrics::outbox_renewed(ids.len()),
+                Err(e) => tracing::warn!(error = %e, "outbox lease renewal failed"),
+            }
+        }
         // Until every gateway answered the resync, "nobody to deliver to" may be wrong.
         if !inner.routes_warm() {
             continue;
@@ -56,6 +71,7 @@ pub(crate) async fn sweep(inner: Arc<Inner>) {
                         &p.participants,
                         &p.meta,
                         &p.origin_connection_id,
+                        Attempt::Republish,
                     )
                     .await;
                 }

@@ -86,6 +86,9 @@ pub const DATA_DIR: &str = "INDABA_DATA_DIR";
 pub const MAX_TEXT_CHARS: &str = "INDABA_MAX_TEXT_CHARS";
 /// Seconds after sending during which a user may edit a message. Default 900; 0: no limit.
 pub const EDIT_WINDOW_SECS: &str = "INDABA_EDIT_WINDOW_SECS";
+/// Milliseconds sends may queue for the group commit before new ones are refused with
+/// `unavailable` and a retry hint (overload). Default 250; 0: never refuse.
+pub const SEND_QUEUE_BUDGET_MS: &str = "INDABA_SEND_QUEUE_BUDGET_MS";
 /// Maximum participants of a group conversation. Default 1000.
 pub const MAX_GROUP_SIZE: &str = "INDABA_MAX_GROUP_SIZE";
 /// Stable id of this gateway instance (defaults to a random one; set it to the pod name).

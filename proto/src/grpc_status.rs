@@ -52,6 +52,9 @@ pub fn status(e: &pb::Error) -> Status {
     if !e.field.is_empty() {
         details.add_bad_request_violation(e.field.clone(), e.message.clone());
     }
+    if e.retry_after_ms > 0 {
+        details.set_retry_info(Some(std::time::Duration::from_millis(e.retry_after_ms)));
+    }
     Status::with_error_details(code(ErrorCode::parse(&e.code)), e.message.clone(), details)
 }
 
@@ -90,5 +93,25 @@ mod tests {
                 .map(|b| b.field_violations[0].field.as_str()),
             Some("text")
         );
+    }
+
+    #[test]
+    fn a_retry_hint_becomes_retry_info() {
+        let e = pb::Error {
+            retry_after_ms: 250,
+            ..crate::pb_error(ErrorCode::Unavailable, "overloaded")
+        };
+        let s = status(&e);
+        assert_eq!(s.code(), Code::Unavailable);
+        assert_eq!(
+            s.get_error_details()
+                .retry_info()
+                .and_then(|r| r.retry_delay),
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert!(status(&crate::pb_error(ErrorCode::Unavailable, "x"))
+            .get_error_details()
+            .retry_info()
+            .is_none());
     }
 }

@@ -39,6 +39,7 @@ pub fn pb_error(code: ErrorCode, message: impl Into<String>) -> pb::Error {
         code: code.as_str().to_owned(),
         message: message.into(),
         field: String::new(),
+        retry_after_ms: 0,
     }
 }
 

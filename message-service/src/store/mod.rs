@@ -87,6 +87,13 @@ pub enum StoreError {
         /// Detail for humans.
         message: String,
     },
+    /// More sends wait for the store than it commits within the send queue budget: refused
+    /// before anything was stored (see `crate::commit`).
+    #[error("overloaded: retry in {retry_after_ms} ms")]
+    Overloaded {
+        /// When a retry can succeed.
+        retry_after_ms: u64,
+    },
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),

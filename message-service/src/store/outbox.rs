@@ -95,6 +95,35 @@ impl Store {
         Ok(pending)
     }
 
+    /// Extends the leases of rows this instance still works on (see
+    /// `crate::outbox::Completions`): a live writer's late delivery is not an orphan.
+    pub async fn renew_outbox(&self, message_ids: &[i64]) -> Result<(), StoreError> {
+        if message_ids.is_empty() {
+            return Ok(());
+        }
+        let lease = lease_until(proto::time::now_ms());
+        if let Store::Postgres(pool) = self {
+            sqlx::query("UPDATE outbox SET lease_until_ms = $1 WHERE message_id = ANY($2)")
+                .bind(lease)
+                .bind(message_ids)
+                .execute(pool)
+                .await?;
+            return Ok(());
+        }
+        on_pool!(self, |pool, _begin| {
+            let mut qb = sqlx::QueryBuilder::new("UPDATE outbox SET lease_until_ms = ");
+            qb.push_bind(lease);
+            qb.push(" WHERE message_id IN (");
+            let mut sep = qb.separated(", ");
+            for id in message_ids {
+                sep.push_bind(*id);
+            }
+            qb.push(")");
+            qb.build().execute(pool).await?;
+        });
+        Ok(())
+    }
+
     /// Forgets outbox rows whose delivery was published.
     pub async fn complete_outbox(&self, message_ids: &[i64]) -> Result<(), StoreError> {
         if message_ids.is_empty() {

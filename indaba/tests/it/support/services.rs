@@ -24,6 +24,7 @@ pub fn message_service_settings(nats_url: &str, database_url: &str) -> message_s
         http_listen: None,
         push_jobs: true,
         group_commit: true,
+        send_queue_budget: Some(Duration::from_millis(250)),
         crash_after_commits: None,
         jetstream_replicas: 1,
     }
