@@ -25,6 +25,7 @@ struct Series {
 fn series(results: &Value) -> Vec<Series> {
     let colors = [
         ("ceiling", RGBColor(120, 120, 120)),
+        ("node", RGBColor(255, 127, 14)),
         ("single-node", RGBColor(31, 119, 180)),
         ("distributed", RGBColor(214, 39, 40)),
     ];

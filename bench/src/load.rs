@@ -14,6 +14,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use crate::cpu::{self, CpuCost};
 use crate::targets::Target;
 
 type Ws = WebSocketStream<TcpStream>;
@@ -177,6 +178,10 @@ pub struct DirectResult {
     pub rss_after_kib: u64,
     /// Receivers that stopped reading (the `slow` scenario).
     pub slow_receivers: usize,
+    /// CPU time of every process of the target and of the generator from just before the
+    /// first send until everything was answered and delivered (at most 7 s after the last
+    /// send), per distinct delivered message.
+    pub cpu: CpuCost,
 }
 
 #[derive(Default)]
@@ -224,6 +229,8 @@ pub async fn direct(
     let n = (per_sender * seconds as f64).round() as u64;
     let start_ns = now_ns() + 200_000_000; // everyone starts together, 200 ms from now
     let rss_before = t.rss_kib();
+    let procs = t.cpu_procs();
+    let cpu_before = cpu::sample(&procs);
     let mut readers = Vec::new();
     let mut senders = Vec::new();
     // Receivers' write halves (kept open), and the slow receivers, who never read.
@@ -258,17 +265,36 @@ pub async fn direct(
             )));
         }
     }
+    // The senders' sockets stay open for the acks of the last messages.
+    let mut sender_sinks = Vec::new();
     for s in senders {
-        let _ = s.await;
+        if let Ok(Some(sink)) = s.await {
+            sender_sinks.push(sink);
+        }
     }
-    // Grace for the last messages.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent = n * pairs as u64;
+    // Grace for the last messages: 7 s after the last send. The CPU window ends as soon as
+    // every send is answered and every acknowledged message delivered (never, with slow
+    // receivers: then at the end of the grace), so idle seconds do not count.
+    let grace_end = Instant::now() + Duration::from_secs(7);
+    let cpu_after = loop {
+        let done = slow == 0 && {
+            let tl = tally.lock().unwrap_or_else(|e| e.into_inner());
+            tl.acked + tl.refused >= sent && tl.seen.len() as u64 >= tl.acked
+        };
+        if done || Instant::now() >= grace_end {
+            break cpu::sample(&procs);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    tokio::time::sleep_until(grace_end.into()).await;
     let rss_after = t.rss_kib();
     for r in &readers {
         r.abort();
     }
     drop(parked);
     drop(sinks);
+    drop(sender_sinks);
     let mut tl = tally.lock().unwrap_or_else(|e| e.into_inner());
     let received: u64 = tl.seen.values().map(|c| u64::from(*c)).sum();
     let duplicated = received - tl.seen.len() as u64;
@@ -281,7 +307,7 @@ pub async fn direct(
         .iter()
         .filter(|k| !slow_senders.contains(&(**k >> 32)) && !tl.seen.contains_key(k))
         .count() as u64;
-    let sent = n * pairs as u64;
+    let cpu = cpu::cost(&cpu_before, &cpu_after, tl.seen.len() as u64);
     Ok(DirectResult {
         rate,
         pairs,
@@ -299,6 +325,7 @@ pub async fn direct(
         rss_before_kib: rss_before,
         rss_after_kib: rss_after,
         slow_receivers: slow,
+        cpu,
     })
 }
 
@@ -310,7 +337,7 @@ async fn send_loop(
     start_ns: u64,
     interval: Duration,
     tally: Arc<Mutex<Tally>>,
-) {
+) -> Option<Sink> {
     let iv = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
     for seq in 0..n {
         let sched = start_ns + seq * iv;
@@ -329,12 +356,10 @@ async fn send_loop(
             "client_msg_id": format!("b{sender}-{seq}-{sched}"),
         });
         if sink.send(Message::text(frame.to_string())).await.is_err() {
-            return;
+            return None;
         }
     }
-    // Keep the socket open for the acks of the last messages.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    drop(sink);
+    Some(sink)
 }
 
 async fn read_loop(mut stream: Stream, tally: Arc<Mutex<Tally>>) {

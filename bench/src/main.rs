@@ -1,12 +1,14 @@
 //! `indaba-bench`: Indaba's benchmark, one command (see README "Benchmark").
 //!
-//! Starts each target itself on loopback (the in-memory ceiling router, the single-node
-//! program, the distributed deployment), runs the scenarios against each in turn in the
-//! same run, and writes a JSON file and a markdown table under `bench/results/`, every
-//! figure next to the ceiling's.
+//! Starts each target itself on loopback (the in-memory ceiling router, the Node `ws` peer,
+//! the single-node program, the distributed deployment), runs the scenarios against each in
+//! turn in the same run, and writes a JSON file and a markdown table under `bench/results/`,
+//! every figure next to the ceiling's and the Node peer's, with the CPU time per delivered
+//! message of every process.
 
 mod ceiling;
 mod chart;
+mod cpu;
 mod load;
 mod targets;
 
@@ -24,8 +26,8 @@ use targets::{Kind, Target};
     about = "Open-loop load tests of Indaba against an in-memory ceiling"
 )]
 struct Args {
-    /// Targets, comma-separated: ceiling, single, distributed, distributed-per-message.
-    #[arg(long, default_value = "ceiling,single,distributed")]
+    /// Targets, comma-separated: ceiling, node, single, distributed, distributed-per-message.
+    #[arg(long, default_value = "ceiling,node,single,distributed")]
     targets: String,
     /// Scenarios, comma-separated: idle, direct, step, room, slow, reactions.
     #[arg(long, default_value = "idle,direct,step,room,slow")]
@@ -92,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .map(|t| match t.as_str() {
             "ceiling" => Ok(Kind::Ceiling),
+            "node" => Ok(Kind::Node),
             "single" => Ok(Kind::Single),
             "distributed" => Ok(Kind::Distributed),
             "distributed-per-message" => Ok(Kind::DistributedPerMessage),
@@ -129,6 +132,16 @@ async fn main() -> anyhow::Result<()> {
                 eprintln!(
                     "   direct {rate}/s: e2e {:?} ack {:?} lost {} dup {}",
                     x.end_to_end_ms, x.ack_ms, x.lost, x.duplicated
+                );
+                eprintln!(
+                    "   direct {rate}/s: CPU {:.0} µs/msg ({})",
+                    x.cpu.total_us_per_msg,
+                    x.cpu
+                        .processes
+                        .iter()
+                        .map(|p| format!("{} {:.0}", p.name, p.us_per_msg))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
                 runs.push(json!(x));
             }
@@ -174,8 +187,9 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("   room: last {:?} lost {}", x.last_recipient_ms, x.lost);
             r.insert("room".into(), json!(x));
         }
-        // The in-memory ceiling routes chat messages only: it has no reactions to compare.
-        if scenarios.iter().any(|s| s == "reactions") && kind != Kind::Ceiling {
+        // The in-memory routers route chat messages only: they have no reactions to compare.
+        if scenarios.iter().any(|s| s == "reactions") && !matches!(kind, Kind::Ceiling | Kind::Node)
+        {
             let mut runs = Vec::new();
             for rate in rates(&args.reaction_rates)? {
                 let x = load::reactions(&t, 100, rate, args.seconds, next_base(100)).await?;
@@ -213,14 +227,23 @@ async fn main() -> anyhow::Result<()> {
 /// One row: a metric of a scenario for every target.
 fn rows(results: &BTreeMap<&'static str, Value>) -> Vec<(String, BTreeMap<&'static str, f64>)> {
     let mut out: Vec<(String, BTreeMap<&'static str, f64>)> = Vec::new();
+    // A row only one target has (a process of its own) goes right after that target's
+    // previous row, not to the end of the table.
+    let mut cursor: BTreeMap<&'static str, usize> = BTreeMap::new();
     let mut add = |name: String, target: &'static str, v: Option<f64>| {
         if let Some(v) = v {
-            match out.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, m)) => {
-                    m.insert(target, v);
+            let at = match out.iter().position(|(n, _)| *n == name) {
+                Some(i) => {
+                    out[i].1.insert(target, v);
+                    i
                 }
-                None => out.push((name, BTreeMap::from([(target, v)]))),
-            }
+                None => {
+                    let i = cursor.get(target).map_or(out.len(), |c| c + 1);
+                    out.insert(i, (name, BTreeMap::from([(target, v)])));
+                    i
+                }
+            };
+            cursor.insert(target, at);
         }
     };
     for (target, r) in results {
@@ -251,6 +274,29 @@ fn rows(results: &BTreeMap<&'static str, Value>) -> Vec<(String, BTreeMap<&'stat
                     format!("direct {rate}/s: end-to-end {q} ms"),
                     t,
                     d["end_to_end_ms"][q].as_f64(),
+                );
+            }
+            add(
+                format!("direct {rate}/s: delivered msg/s (distinct, over the send window)"),
+                t,
+                d["cpu"]["delivered"]
+                    .as_f64()
+                    .zip(d["seconds"].as_f64())
+                    .map(|(n, s)| n / s.max(1.0)),
+            );
+            add(
+                format!("direct {rate}/s: CPU µs per delivered message, all processes"),
+                t,
+                d["cpu"]["total_us_per_msg"].as_f64(),
+            );
+            for p in d["cpu"]["processes"].as_array().into_iter().flatten() {
+                add(
+                    format!(
+                        "direct {rate}/s: CPU µs/msg, {}",
+                        p["name"].as_str().unwrap_or("?")
+                    ),
+                    t,
+                    p["us_per_msg"].as_f64(),
                 );
             }
             add(
@@ -388,22 +434,40 @@ fn write_report(args: &Args, results: &BTreeMap<&'static str, Value>) -> anyhow:
         args.out.join("latest.json"),
         serde_json::to_string_pretty(&doc)?,
     )?;
-    let targets: Vec<&str> = results.keys().copied().collect();
+    // In the order they run, whatever the map's order.
+    let order = [
+        "ceiling",
+        "node",
+        "single-node",
+        "distributed",
+        "distributed, commit per message",
+    ];
+    let mut targets: Vec<&str> = results.keys().copied().collect();
+    targets.sort_by_key(|t| order.iter().position(|o| o == t).unwrap_or(order.len()));
     let mut md = format!(
-        "# Indaba benchmark\n\nCommand: `{}`  \nMachine: {cpus} CPUs ({cpu_model}), load generator on the same machine, loopback only.\n\n| metric | {} |",
+        "# Indaba benchmark\n\nCommand: `{}`  \nMachine: {cpus} CPUs ({cpu_model}), load generator on the same machine, loopback only.\n",
         cmd.join(" "),
-        targets.join(" | ")
     );
-    let others: Vec<&str> = targets
-        .iter()
-        .copied()
-        .filter(|t| *t != "ceiling")
+    md.push_str(&references(results));
+    md.push_str(&format!("\n| metric | {} |", targets.join(" | ")));
+    // Ratios to the references of the same run: the in-memory Rust ceiling and the Node peer.
+    let refs: Vec<&str> = ["ceiling", "node"]
+        .into_iter()
+        .filter(|r| targets.contains(r))
         .collect();
-    for o in &others {
-        md.push_str(&format!(" {o} ÷ ceiling |"));
+    let mut ratios: Vec<(&str, &str)> = Vec::new();
+    for (k, r) in refs.iter().enumerate() {
+        for o in &targets {
+            if !refs[..=k].contains(o) {
+                ratios.push((o, r));
+            }
+        }
+    }
+    for (o, r) in &ratios {
+        md.push_str(&format!(" {o} ÷ {r} |"));
     }
     md.push_str("\n|---|");
-    for _ in 0..targets.len() + others.len() {
+    for _ in 0..targets.len() + ratios.len() {
         md.push_str("---:|");
     }
     md.push('\n');
@@ -415,14 +479,15 @@ fn write_report(args: &Args, results: &BTreeMap<&'static str, Value>) -> anyhow:
                 None => md.push_str(" — |"),
             }
         }
-        for o in &others {
-            match (vals.get(o), vals.get("ceiling")) {
+        for (o, r) in &ratios {
+            match (vals.get(o), vals.get(r)) {
                 (Some(v), Some(c)) if *c != 0.0 => md.push_str(&format!(" {:.2} |", v / c)),
                 _ => md.push_str(" — |"),
             }
         }
         md.push('\n');
     }
+    md.push_str(CPU_NOTE);
     match chart::draw(&doc, &args.out) {
         Ok(png) => md.push_str(&format!(
             "\n![latency against rate]({})\n",
@@ -435,6 +500,62 @@ fn write_report(args: &Args, results: &BTreeMap<&'static str, Value>) -> anyhow:
     std::fs::write(args.out.join("latest.md"), &md)?;
     println!("{md}");
     Ok(())
+}
+
+/// How the CPU rows are measured (printed under the table).
+const CPU_NOTE: &str =
+    "\nCPU µs per delivered message: user+system time (`/proc/<pid>/stat` utime+stime, in \
+clock ticks of `getconf CLK_TCK`) of every process of the target — gateway, message-service, \
+presence-service, nats-server, PostgreSQL (the postmaster with every backend and helper it forked, \
+and the time of those it reaped during the run), the single-node `indaba`, the Node router — and \
+of the generator (this process), read just before the first send of a run and again once every \
+send was answered and every acknowledged message delivered (at most 7 s after the last send), \
+divided by the distinct messages delivered in that run. The ceiling router runs inside the \
+generator's process, so its one figure is both. A tick is 10 ms at the usual CLK_TCK of 100: \
+short runs at low rates carry a few percent of rounding per process. The figure falls as the rate \
+rises (more messages per wakeup of every process, background work spread thinner): compare \
+targets at one rate.\n";
+
+/// The reference targets' figures of this run, for the header: with them a reader tells a
+/// slow machine from a slow change.
+fn references(results: &BTreeMap<&'static str, Value>) -> String {
+    let mut out = String::new();
+    for r in ["ceiling", "node"] {
+        let Some(x) = results.get(r) else { continue };
+        let mut parts: Vec<String> = Vec::new();
+        for d in x
+            .get("direct")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            parts.push(format!(
+                "direct {}/s p50 {} / p99 {} ms, {} CPU µs/msg",
+                d["rate"],
+                fmt(d["end_to_end_ms"]["p50"].as_f64().unwrap_or(0.0)),
+                fmt(d["end_to_end_ms"]["p99"].as_f64().unwrap_or(0.0)),
+                fmt(d["cpu"]["total_us_per_msg"].as_f64().unwrap_or(0.0)),
+            ));
+        }
+        if let Some(s) = x.get("step") {
+            parts.push(format!("step {} msg/s", s["highest_clean_rate"]));
+        }
+        if let Some(i) = x.get("idle") {
+            parts.push(format!(
+                "{} connects/s",
+                fmt(i["connects_per_s"].as_f64().unwrap_or(0.0))
+            ));
+        }
+        if !parts.is_empty() {
+            let what = if r == "ceiling" {
+                "Rust ceiling (in-memory, in the generator's process)"
+            } else {
+                "Node `ws` peer (bench/peer/node-router.js)"
+            };
+            out.push_str(&format!("{what} in this run: {}.  \n", parts.join("; ")));
+        }
+    }
+    out
 }
 
 fn fmt(v: f64) -> String {

@@ -1,7 +1,7 @@
 //! The systems under test, started by the benchmark itself on loopback: the ceiling router,
-//! the single-node program, and the distributed deployment (nats-server, a throwaway
-//! PostgreSQL cluster with default durability, message-service, presence-service, gateway —
-//! all separate processes, release builds).
+//! the Node peer (`bench/peer/node-router.js`), the single-node program, and the distributed
+//! deployment (nats-server, a throwaway PostgreSQL cluster with default durability,
+//! message-service, presence-service, gateway — all separate processes, release builds).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::ceiling::Ceiling;
+use crate::cpu::Proc;
 
 /// The JWT secret every real target is started with.
 pub const SECRET: &str = "bench-secret-0123456789abcdef";
@@ -20,6 +21,8 @@ pub const SECRET: &str = "bench-secret-0123456789abcdef";
 pub enum Kind {
     /// In-memory router (the ceiling).
     Ceiling,
+    /// The Node peer: an in-memory router on the `ws` package, the same frames.
+    Node,
     /// `indaba serve`.
     Single,
     /// Separate processes over NATS and PostgreSQL.
@@ -34,6 +37,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Ceiling => "ceiling",
+            Kind::Node => "node",
             Kind::Single => "single-node",
             Kind::Distributed => "distributed",
             Kind::DistributedPerMessage => "distributed, commit per message",
@@ -49,6 +53,8 @@ pub struct Target {
     pub addr: SocketAddr,
     /// The process holding client sockets (for RSS), if not this one.
     pub gateway_pid: Option<u32>,
+    /// The target's processes whose CPU time a run counts (the generator is added to them).
+    pub procs: Vec<Proc>,
     ceiling: Option<Ceiling>,
     children: Vec<Child>,
     _dir: Option<TempDir>,
@@ -127,6 +133,34 @@ fn spawn(bin: &Path, args: &[&str], env: &[(&str, String)], log: &Path) -> anyho
         .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", bin.display()))
 }
 
+fn proc(name: &str, pid: u32) -> Proc {
+    Proc {
+        name: name.into(),
+        pid,
+        tree: true,
+    }
+}
+
+/// The postmaster's pid: the first line of `postmaster.pid`.
+fn postmaster_pid(dir: &Path) -> anyhow::Result<u32> {
+    let f = dir.join("pg").join("postmaster.pid");
+    std::fs::read_to_string(&f)?
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no pid in {}", f.display()))
+}
+
+/// Where the Node peer lives: `bench/peer` of this source tree, else of the working directory.
+fn peer_dir() -> PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("peer");
+    if built.join("node-router.js").exists() {
+        built
+    } else {
+        PathBuf::from("bench/peer")
+    }
+}
+
 impl Target {
     /// Starts a target.
     pub async fn start(kind: Kind, bin_dir: &Path) -> anyhow::Result<Target> {
@@ -137,6 +171,7 @@ impl Target {
                     kind,
                     addr: c.addr,
                     gateway_pid: None,
+                    procs: Vec::new(),
                     ceiling: Some(c),
                     children: Vec::new(),
                     _dir: None,
@@ -160,6 +195,7 @@ impl Target {
                     kind,
                     addr,
                     gateway_pid: Some(pid),
+                    procs: vec![proc("indaba", pid)],
                     ceiling: None,
                     children: vec![child],
                     _dir: Some(dir),
@@ -167,9 +203,60 @@ impl Target {
                 wait_ready(addr, "/readyz", "indaba").await?;
                 Ok(t)
             }
+            Kind::Node => Self::node().await,
             Kind::Distributed => Self::distributed(bin_dir, true).await,
             Kind::DistributedPerMessage => Self::distributed(bin_dir, false).await,
         }
+    }
+
+    /// The Node peer: `node bench/peer/node-router.js` (`ws` installed there first if missing;
+    /// `INDABA_NODE` names another node binary).
+    async fn node() -> anyhow::Result<Target> {
+        let peer = peer_dir();
+        anyhow::ensure!(
+            peer.join("node-router.js").exists(),
+            "no {}",
+            peer.join("node-router.js").display()
+        );
+        if !peer.join("node_modules").join("ws").exists() {
+            eprintln!("   npm install in {}", peer.display());
+            // The lockfile's exact versions when there is one.
+            let install = if peer.join("package-lock.json").exists() {
+                "ci"
+            } else {
+                "install"
+            };
+            let ok = Command::new("npm")
+                .args([install, "--no-audit", "--no-fund"])
+                .current_dir(&peer)
+                .stdout(Stdio::null())
+                .status()
+                .map_err(|e| anyhow::anyhow!("cannot run npm: {e}"))?;
+            anyhow::ensure!(ok.success(), "npm install failed in {}", peer.display());
+        }
+        let dir = temp_dir("node")?;
+        let port = free_port()?;
+        let node = std::env::var("INDABA_NODE").unwrap_or_else(|_| "node".into());
+        let child = Command::new(&node)
+            .arg(peer.join("node-router.js"))
+            .args(["127.0.0.1", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.0.join("node.log"))?)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {node}: {e} (set INDABA_NODE)"))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let pid = child.id();
+        let t = Target {
+            kind: Kind::Node,
+            addr,
+            gateway_pid: Some(pid),
+            procs: vec![proc("node router", pid)],
+            ceiling: None,
+            children: vec![child],
+            _dir: Some(dir),
+        };
+        wait_ready(addr, "/readyz", "node router").await?;
+        Ok(t)
     }
 
     async fn distributed(bin_dir: &Path, group_commit: bool) -> anyhow::Result<Target> {
@@ -196,9 +283,13 @@ impl Target {
                 .map_err(|e| anyhow::anyhow!("cannot start {nats_bin}: {e} (run scripts/test.sh once, or set INDABA_NATS_SERVER)"))?,
         );
         wait_port(nats_port, "nats-server")?;
+        let mut procs = vec![proc("nats-server", children[0].id())];
         // PostgreSQL, default durability (fsync, synchronous_commit on): what production runs.
         let pg_port = free_port()?;
         let db = start_postgres(&dir.0, pg_port)?;
+        // The postmaster (started by pg_ctl, not a child of ours) and, counted with it, every
+        // backend it forks.
+        procs.push(proc("postgresql", postmaster_pid(&dir.0)?));
         let nats = format!("nats://127.0.0.1:{nats_port}");
         let gw_port = free_port()?;
         let mut env = common_env();
@@ -220,6 +311,9 @@ impl Target {
             &env,
             &dir.0.join("presence.log"),
         )?);
+        for (i, name) in [(1, "message-service"), (2, "presence-service")] {
+            procs.push(proc(name, children[i].id()));
+        }
         env.push(("INDABA_LISTEN", format!("127.0.0.1:{gw_port}")));
         env.push(("INDABA_GATEWAY_ID", "bench-gw".into()));
         let gw = spawn(
@@ -229,6 +323,7 @@ impl Target {
             &dir.0.join("gateway.log"),
         )?;
         let pid = gw.id();
+        procs.push(proc("gateway", pid));
         children.push(gw);
         let addr = SocketAddr::from(([127, 0, 0, 1], gw_port));
         let t = Target {
@@ -239,6 +334,7 @@ impl Target {
             },
             addr,
             gateway_pid: Some(pid),
+            procs,
             ceiling: None,
             children,
             _dir: Some(dir),
@@ -256,10 +352,10 @@ impl Target {
         Ok(t)
     }
 
-    /// A token for `user` (the ceiling takes the bare id).
+    /// A token for `user` (the ceiling and the Node peer take the bare id).
     pub fn token(&self, user: i64) -> String {
         match self.kind {
-            Kind::Ceiling => user.to_string(),
+            Kind::Ceiling | Kind::Node => user.to_string(),
             _ => gateway::auth::mint_hs256(SECRET, user, Duration::from_secs(3600))
                 .unwrap_or_default(),
         }
@@ -283,6 +379,22 @@ impl Target {
         v["id"]
             .as_i64()
             .ok_or_else(|| anyhow::anyhow!("no id in {v}"))
+    }
+
+    /// Every process whose CPU time a run counts: the target's and the generator (this
+    /// process, which is also the ceiling router).
+    pub fn cpu_procs(&self) -> Vec<Proc> {
+        let mut p = self.procs.clone();
+        p.push(Proc {
+            name: if self.kind == Kind::Ceiling {
+                "generator + ceiling router".into()
+            } else {
+                "generator".into()
+            },
+            pid: std::process::id(),
+            tree: false,
+        });
+        p
     }
 
     /// Resident memory of the process holding the sockets (this one for the ceiling), KiB.
