@@ -83,6 +83,7 @@ fn push_stream_api() -> Vec<String> {
 fn message_requests() -> Vec<&'static str> {
     vec![
         s::MSG_SEND,
+        s::MSG_SEND_BATCH,
         s::CONV_CREATE,
         s::CONV_GET,
         s::CONV_SHARED,

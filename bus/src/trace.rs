@@ -42,11 +42,18 @@ impl Extractor for One<'_> {
 /// Makes `span` continue the trace the message came with (a message without a valid
 /// `traceparent` leaves the span a new trace's root).
 pub fn follow(span: &tracing::Span, msg: &Message) {
-    if let Some(tp) = msg.header(proto::headers::TRACEPARENT) {
-        let cx = TraceContextPropagator::new().extract(&One(tp));
-        if cx.span().span_context().is_valid() {
-            let _ = span.set_parent(cx);
-        }
+    match msg.header(proto::headers::TRACEPARENT) {
+        Some(tp) => follow_traceparent(span, tp),
+        None => record_trace_id(span),
+    }
+}
+
+/// Makes `span` continue the trace of a `traceparent` value carried in a payload (one per
+/// entry of a batch); an invalid one leaves the span a new trace's root.
+pub fn follow_traceparent(span: &tracing::Span, traceparent: &str) {
+    let cx = TraceContextPropagator::new().extract(&One(traceparent));
+    if cx.span().span_context().is_valid() {
+        let _ = span.set_parent(cx);
     }
     record_trace_id(span);
 }

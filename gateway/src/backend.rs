@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use crate::ctx::Ctx;
 use crate::limits::OverBudget;
+use crate::send_queue::Answer;
 
 /// Most user ids one presence query may name.
 pub(crate) const MAX_PRESENCE_IDS: usize = 500;
@@ -341,9 +342,15 @@ pub(crate) async fn send(ctx: &Ctx, user_id: i64, s: Send) -> Result<(pb::ChatMe
     // carries it on to the delivery (see `bus::trace`).
     let span = tracing::info_span!("chat_message", user_id, trace_id = tracing::field::Empty);
     bus::trace::record_trace_id(&span);
-    let mut resp: pb::SendMessageResponse = call(ctx, Service::Message, subjects::MSG_SEND, &req)
-        .instrument(span)
-        .await?;
+    // Through the send queue: alone at rest, with the sends queued meanwhile under load.
+    let traceparent = span
+        .in_scope(bus::trace::current_traceparent)
+        .unwrap_or_default();
+    let mut resp = match ctx.sends.send(req, traceparent).instrument(span).await {
+        Answer::Reply(r) => *r,
+        Answer::Unavailable => return Err(BackendError::Unavailable(Service::Message)),
+        Answer::BadReply => return Err(BackendError::BadReply(Service::Message)),
+    };
     let m = value(&mut resp, Service::Message)?;
     let duplicate = resp.duplicate;
     ctx.metrics.message_sent(started.elapsed());

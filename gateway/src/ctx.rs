@@ -9,6 +9,7 @@ use std::time::Duration;
 use bus::Bus;
 use tokio_util::sync::CancellationToken;
 
+use crate::send_queue::SendQueue;
 use crate::settings::Settings;
 use crate::{auth, hub, limits, metrics};
 
@@ -40,6 +41,8 @@ pub(crate) struct Ctx {
     pub(crate) open_per_ip: Arc<limits::OpenPerIp>,
     /// Per-user budgets on this gateway, shared by every door (see `backend::spend`).
     pub(crate) budgets: Budgets,
+    /// Sends on their way to message-service, batched while others are in flight.
+    pub(crate) sends: Arc<SendQueue>,
 }
 
 /// The per-user budgets. A budget is per user, not per connection: a user's sockets, event
@@ -76,8 +79,16 @@ impl Budgets {
 impl Ctx {
     /// Fresh state for a gateway with these parts.
     pub(crate) fn new(settings: Settings, bus: Bus, verifier: auth::Verifier) -> Ctx {
+        let metrics: Arc<metrics::Metrics> = Arc::default();
+        let sends = Arc::new(SendQueue::new(
+            bus.clone(),
+            settings.request_timeout,
+            metrics.clone(),
+            settings.send_batches,
+        ));
         Ctx {
             budgets: Budgets::new(&settings),
+            sends,
             settings,
             bus,
             hub: hub::Hub::default(),
@@ -86,7 +97,7 @@ impl Ctx {
             shutdown: CancellationToken::new(),
             draining: CancellationToken::new(),
             routing_lock: tokio::sync::Mutex::new(()),
-            metrics: Arc::default(),
+            metrics,
             per_ip: limits::PerIp::default(),
             open_per_ip: Arc::default(),
         }

@@ -26,6 +26,7 @@ mod limits;
 mod metrics;
 mod reply;
 pub mod rest;
+mod send_queue;
 mod session;
 pub mod settings;
 mod sse;

@@ -79,6 +79,10 @@ pub struct Metrics {
     resumes: Counter,
     /// `indaba_bus_errors_total`.
     bus_errors: Counter,
+    /// `indaba_send_batches_total`.
+    send_batches: Counter,
+    /// `indaba_batched_sends_total`.
+    batched_sends: Counter,
     /// `indaba_bus_resyncs_total`.
     bus_resyncs: Counter,
     /// `indaba_send_latency_seconds`.
@@ -120,6 +124,14 @@ impl Default for Metrics {
             bus_errors: r.counter(
                 "indaba_bus_errors_total",
                 "Failed requests to backend services over the bus.",
+            ),
+            send_batches: r.counter(
+                "indaba_send_batches_total",
+                "Requests to message-service carrying several sends.",
+            ),
+            batched_sends: r.counter(
+                "indaba_batched_sends_total",
+                "Sends that went to message-service in a batch.",
             ),
             bus_resyncs: r.counter(
                 "indaba_bus_resyncs_total",
@@ -187,6 +199,12 @@ impl Metrics {
     /// A bus request failed (timeout, no responders, disconnected).
     pub fn bus_error(&self) {
         self.bus_errors.inc();
+    }
+
+    /// A request carrying `n` sends went to message-service.
+    pub fn send_batch(&self, n: usize) {
+        self.send_batches.inc();
+        self.batched_sends.inc_by(u64::try_from(n).unwrap_or(0));
     }
 
     /// The Prometheus text exposition.

@@ -50,6 +50,9 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// How long to wait for message-service before telling the client `unavailable`.
     pub request_timeout: Duration,
+    /// Send the sends that queue while earlier ones are in flight as one request
+    /// (`INDABA_SEND_BATCHES`, default true; see `send_queue`).
+    pub send_batches: bool,
     /// Time allowed to send a complete HTTP request head (slowloris guard).
     pub header_timeout: Duration,
     /// A socket with no client frame for this long counts as away (presence).
@@ -123,6 +126,7 @@ impl Settings {
             socket_send_buffer: None,
             heartbeat_interval: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
+            send_batches: true,
             header_timeout: Duration::from_secs(10),
             idle_away: Duration::from_secs(300),
             allowed_origins: Vec::new(),
@@ -224,6 +228,7 @@ impl Settings {
             65_536,
         )?;
         s.chat_rate_per_10s = config::integer(get, env::CHAT_RATE_PER_10S, s.chat_rate_per_10s, 1)?;
+        s.send_batches = config::flag(get, env::SEND_BATCHES, s.send_batches)?;
         s.rest_rate_per_10s = config::integer(get, env::REST_RATE_PER_10S, s.rest_rate_per_10s, 0)?;
         s.presence_visibility = match get(env::PRESENCE_VISIBILITY).as_deref().map(str::trim) {
             None | Some("") | Some("shared") => PresenceVisibility::Shared,

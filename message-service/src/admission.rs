@@ -86,6 +86,7 @@ pub(crate) mod gates {
 
     gates! {
         SEND = "send", Send;
+        SEND_BATCH = "send_batch", Send;
         CREATE_CONVERSATION = "create_conversation", Other;
         GET_CONVERSATION = "get_conversation", Other;
         MARK_READ = "mark_read", Other;

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use crate::settings::{BusSettings, Settings, StoreSettings};
 use crate::state::{Inner, Workers};
 use crate::store::Store;
-use crate::{commit, dispatch, grpc, metrics, outbox, push_jobs, sweep};
+use crate::{commit, dispatch, grpc, metrics, outbox, publisher, push_jobs, sweep};
 
 /// How long stopping waits for the gRPC server.
 const GRPC_STOP: Duration = Duration::from_secs(5);
@@ -73,7 +73,7 @@ impl App {
             BusSettings::Nats(url) => Bus::connect_nats(url, "message-service").await?,
             BusSettings::Shared(b) => b.clone(),
         };
-        let subs = dispatch::subscribe(&bus).await?;
+        let subs = dispatch::subscribe(&bus, settings.send_batches).await?;
         // Ask every gateway for its full socket list so routing works right away instead
         // of after the next heartbeat.
         bus.publish(subjects::GATEWAY_RESYNC, Bytes::new()).await?;
@@ -129,6 +129,9 @@ impl App {
             workers.completions,
         ));
         tasks.spawn(sweep::sweep(inner.clone()));
+        // Outside `tasks`: it must outlive the drain below, since requests still in flight
+        // publish through it (a delivery it never sent would wait out its outbox lease).
+        let publishing = tokio::spawn(publisher::run(inner.bus.clone(), workers.outgoing));
         tasks.spawn(push_jobs::enqueue(
             inner.bus.clone(),
             inner.completions.clone(),
@@ -167,6 +170,8 @@ impl App {
         tasks.abort_all();
         let permits = u32::try_from(inner.settings.max_in_flight).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout(DRAIN, inner.in_flight.acquire_many(permits)).await;
+        // Every finished request has heard its deliveries went out.
+        publishing.abort();
         let _ = inner.bus.flush().await;
         Ok(())
     }

@@ -1,18 +1,16 @@
 //! Delivery: every event for users leaves message-service here, as one `pb::Delivery`
 //! per gateway that holds sockets of its recipients (subject `deliver.gw.<id>`).
 //!
-//! Three kinds of publishing share [`publish`], the one place a delivery is encoded,
-//! published and, on failure, logged and counted: events to the current routing table
-//! ([`deliver`] for new messages, [`publish_event`] for receipts, typing and membership),
-//! the catch-up of a socket that just opened ([`catch_up`]), and `message_delivered`
-//! notices to senders ([`tell_delivered`]).
+//! Three kinds of publishing share the coalescing publisher (`crate::publisher`, the one
+//! place a delivery is encoded, published and, on failure, logged and counted): events to
+//! the current routing table ([`deliver`] for new messages, [`publish_event`] for receipts,
+//! typing and membership), the catch-up of a socket that just opened ([`catch_up`]), and
+//! `message_delivered` notices to senders ([`tell_delivered`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use bytes::Bytes;
-use prost::Message as _;
-use proto::{pb, subjects};
+use proto::pb;
 
 use crate::metrics;
 use crate::push_jobs::PushWork;
@@ -27,24 +25,6 @@ fn delivery(event: pb::delivery::Event, recipients: Vec<i64>, origin: &str) -> p
         origin_connection_id: origin.to_owned(),
         more: Vec::new(),
         opened_before_ms: 0,
-    }
-}
-
-/// Publishes `d` to `gateway`. On failure logs it as `what` and counts a bus error;
-/// returns whether it went out.
-async fn publish(inner: &Inner, gateway: &str, d: &pb::Delivery, what: &str) -> bool {
-    let subject = subjects::gateway_delivery(gateway);
-    match inner
-        .bus
-        .publish(&subject, Bytes::from(d.encode_to_vec()))
-        .await
-    {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::warn!(error = %e, %gateway, "{what} publish failed");
-            metrics::bus_error();
-            false
-        }
     }
 }
 
@@ -154,7 +134,7 @@ async fn publish_groups(
     for (gateway, users) in groups {
         let mut d = delivery(event.clone(), users, origin);
         d.opened_before_ms = opened_before_ms;
-        ok &= publish(inner, &gateway, &d, "delivery").await;
+        ok &= inner.outgoing.publish(gateway, d).await;
     }
     ok
 }
@@ -171,7 +151,7 @@ pub(crate) fn catch_up(inner: &Arc<Inner>, user: i64, gateway: &str, opened_ms: 
     }
     metrics::caught_up(recent.len());
     let inner = inner.clone();
-    let gateway = gateway.to_owned();
+    let gateway: Arc<str> = Arc::from(gateway);
     tokio::spawn(async move {
         for p in recent {
             let event = pb::delivery::Event::Message((*p.message).clone());
@@ -181,7 +161,7 @@ pub(crate) fn catch_up(inner: &Arc<Inner>, user: i64, gateway: &str, opened_ms: 
             // has no business with it.
             let mut d = delivery(event, vec![user], &p.origin);
             d.opened_before_ms = p.published_ms.max(1);
-            if !publish(&inner, &gateway, &d, "catch-up").await {
+            if !inner.outgoing.publish(gateway.clone(), d).await {
                 return;
             }
         }
@@ -214,7 +194,7 @@ pub(crate) async fn tell_delivered(inner: &Inner, acks: impl Iterator<Item = pb:
     }
     for (gateway, batch) in per_gateway {
         if let Some(first) = bundle(batch) {
-            publish(inner, &gateway, &first, "delivered notice").await;
+            inner.outgoing.publish(gateway, first).await;
         }
     }
 }

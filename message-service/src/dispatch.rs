@@ -77,8 +77,9 @@ macro_rules! request {
 }
 
 /// Every route of message-service, requests in the order `/metrics` lists them.
-pub(crate) static ROUTES: [Route; 19] = [
+pub(crate) static ROUTES: [Route; 20] = [
     request!("send", subjects::MSG_SEND, ops::send),
+    request!("send_batch", subjects::MSG_SEND_BATCH, ops::send_batch),
     request!(
         "create_conversation",
         subjects::CONV_CREATE,
@@ -139,9 +140,13 @@ pub(crate) fn request_counts() -> impl Iterator<Item = (&'static str, u64)> {
 /// share the load), a plain subscription for routing (every instance needs all of it).
 pub(crate) async fn subscribe(
     bus: &bus::Bus,
+    send_batches: bool,
 ) -> anyhow::Result<Vec<(&'static Route, bus::Subscriber)>> {
     let mut subs = Vec::with_capacity(ROUTES.len());
     for route in &ROUTES {
+        if route.subject == subjects::MSG_SEND_BATCH && !send_batches {
+            continue;
+        }
         let sub = match route.handler {
             Handler::Routing => bus.subscribe(route.subject).await?,
             Handler::Request(_) | Handler::DeliveryAcks => {
@@ -318,8 +323,9 @@ mod tests {
         assert_eq!(ops.len(), ROUTES.len() - 2);
         assert_eq!(ops[0], "send");
         let at = |name| ops.iter().position(|op| *op == name);
-        assert_eq!(at("set_participant_role"), Some(8));
-        assert_eq!(at("messages_since"), Some(11));
+        assert_eq!(at("send_batch"), Some(1));
+        assert_eq!(at("set_participant_role"), Some(9));
+        assert_eq!(at("messages_since"), Some(12));
         assert!(!ops.contains(&"routing") && !ops.contains(&"delivery_acks"));
         // Only the routing route listens without a queue group.
         let plain: Vec<&str> = ROUTES

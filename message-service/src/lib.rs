@@ -15,7 +15,8 @@
 //! - `routes`: which gateways hold which users' sockets; `recent`: what was published in
 //!   the last seconds, for sockets that open meanwhile.
 //! - `outbox`: batched cleanup of published deliveries; `commit`: group commit;
-//!   `push_jobs`: durable jobs for push-service.
+//!   `push_jobs`: durable jobs for push-service; `publisher`: deliveries coalesced per
+//!   gateway into one NATS message.
 //! - `admission`: each request kind's bound and the deadline past which work is
 //!   abandoned (both doors apply it).
 //! - `state`: what the instance's tasks share (`Inner`).
@@ -35,6 +36,7 @@ mod grpc;
 mod metrics;
 mod ops;
 mod outbox;
+mod publisher;
 mod push_jobs;
 mod recent;
 mod routes;

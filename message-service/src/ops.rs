@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use tracing::Instrument;
 
-use proto::limits::{CONVERSATION_PAGE, MAX_RECEIPT_IDS, MESSAGE_PAGE};
+use proto::limits::{CONVERSATION_PAGE, MAX_RECEIPT_IDS, MAX_SEND_BATCH, MESSAGE_PAGE};
 use proto::pb::{self, ConversationKind};
 use proto::{field_error, pb_error, ErrorCode};
 
@@ -47,6 +47,7 @@ macro_rules! answer_with_error_field {
     )*};
 }
 answer_with_error_field!(
+    pb::SendBatchResponse,
     pb::GetThreadResponse,
     pb::ListPinsResponse,
     pb::GetMessageReadsResponse,
@@ -240,6 +241,30 @@ pub(crate) async fn send(inner: &Inner, req: pb::SendMessageRequest) -> pb::Send
     pb::SendMessageResponse {
         result: Some(R::Message(sent.message)),
         duplicate: sent.duplicate,
+    }
+}
+
+/// Runs the sends of one gateway's batch side by side (the group commit puts them in the
+/// same transactions) and answers them in order. Each send is exactly [`send`] — the same
+/// rules as a lone one — in a span that continues that send's own trace.
+pub(crate) async fn send_batch(inner: &Inner, req: pb::SendBatchRequest) -> pb::SendBatchResponse {
+    if req.sends.len() > MAX_SEND_BATCH {
+        return pb::SendBatchResponse::failed(pb_error(
+            ErrorCode::InvalidField,
+            format!("a batch holds at most {MAX_SEND_BATCH} sends"),
+        ));
+    }
+    let mut traceparents = req.traceparents.into_iter();
+    let runs = req.sends.into_iter().map(|s| {
+        let span = tracing::info_span!("send", trace_id = tracing::field::Empty);
+        if let Some(tp) = traceparents.next().filter(|tp| !tp.is_empty()) {
+            bus::trace::follow_traceparent(&span, &tp);
+        }
+        send(inner, s).instrument(span)
+    });
+    pb::SendBatchResponse {
+        results: futures_util::future::join_all(runs).await,
+        error: None,
     }
 }
 

@@ -41,6 +41,10 @@ pub struct Settings {
     /// `unavailable` and a retry hint (`INDABA_SEND_QUEUE_BUDGET_MS`, default 250; `None`:
     /// never refused, they queue).
     pub send_queue_budget: Option<std::time::Duration>,
+    /// Answer gateways' send batches (`indaba.v1.msg.send_batch`). Always true in a
+    /// deployment; false is what a message-service of the release before batches does
+    /// (the rolling-upgrade test runs one).
+    pub send_batches: bool,
     /// Fault injection (`INDABA_TEST_CRASH_AFTER_COMMITS`): abort after this many commits of
     /// new messages, before answering or publishing them. `None` in every real deployment.
     pub crash_after_commits: Option<u64>,
@@ -81,6 +85,7 @@ impl Settings {
             push_jobs: config::flag(&get, env::PUSH_JOBS, true)?,
             group_commit: config::flag(&get, env::GROUP_COMMIT, true)?,
             send_queue_budget: send_queue_budget_from(&get)?,
+            send_batches: true,
             jetstream_replicas: env::jetstream_replicas(&get).map_err(ConfigError)?,
             crash_after_commits: match get(env::TEST_CRASH_AFTER_COMMITS) {
                 None => None,

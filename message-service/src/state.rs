@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::admission::Admission;
 use crate::commit::{PendingSend, Sends};
 use crate::outbox::Completions;
+use crate::publisher::Outgoing;
 use crate::push_jobs::{PushQueue, Work};
 use crate::recent::Recent;
 use crate::routes::Routes;
@@ -44,6 +45,8 @@ pub(crate) struct Inner {
     pub(crate) completions: Completions,
     /// Committed messages waiting to be enqueued for push-service.
     pub(crate) push: PushQueue,
+    /// Deliveries waiting to be published (coalesced per gateway).
+    pub(crate) outgoing: Outgoing,
     /// Requests being worked on (bounded by `settings.max_in_flight`).
     pub(crate) in_flight: Arc<Semaphore>,
     /// Each request kind's own bound (`admission`), shared by the NATS and gRPC doors.
@@ -67,6 +70,8 @@ pub(crate) struct Workers {
     pub(crate) completions: mpsc::Receiver<i64>,
     /// Committed messages and changes, for the push-job enqueuer.
     pub(crate) push: mpsc::Receiver<Work>,
+    /// Deliveries, for the publisher.
+    pub(crate) outgoing: mpsc::Receiver<crate::publisher::Item>,
 }
 
 impl Inner {
@@ -79,6 +84,7 @@ impl Inner {
         );
         let (completions, completions_rx) = Completions::channel();
         let (push, push_rx) = PushQueue::channel();
+        let (outgoing, outgoing_rx) = Outgoing::channel();
         let inner = Inner {
             bus,
             store,
@@ -89,6 +95,7 @@ impl Inner {
             sends,
             completions,
             push,
+            outgoing,
             acked: Mutex::new(FirstAcks::default()),
             routes_warm_at: tokio::time::Instant::now() + ROUTES_WARMUP,
             recent: Recent::default(),
@@ -98,6 +105,7 @@ impl Inner {
             sends: sends_rx,
             completions: completions_rx,
             push: push_rx,
+            outgoing: outgoing_rx,
         };
         (inner, workers)
     }

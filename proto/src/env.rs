@@ -86,6 +86,9 @@ pub const DATA_DIR: &str = "INDABA_DATA_DIR";
 pub const MAX_TEXT_CHARS: &str = "INDABA_MAX_TEXT_CHARS";
 /// Seconds after sending during which a user may edit a message. Default 900; 0: no limit.
 pub const EDIT_WINDOW_SECS: &str = "INDABA_EDIT_WINDOW_SECS";
+/// Whether a gateway sends the sends that queue while earlier ones are in flight as one
+/// request (`true`, the default) or each on its own (`false`).
+pub const SEND_BATCHES: &str = "INDABA_SEND_BATCHES";
 /// Milliseconds sends may queue for the group commit before new ones are refused with
 /// `unavailable` and a retry hint (overload). Default 250; 0: never refuse.
 pub const SEND_QUEUE_BUDGET_MS: &str = "INDABA_SEND_QUEUE_BUDGET_MS";

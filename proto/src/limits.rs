@@ -115,6 +115,9 @@ pub fn validate_client_msg_id(id: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// Most sends a gateway puts in one `SendBatchRequest`.
+pub const MAX_SEND_BATCH: usize = 256;
+
 /// Most distinct reactions (emoji) one message may carry.
 pub const MAX_REACTIONS_PER_MESSAGE: i64 = 20;
 /// Longest `:short_code:` reaction, in bytes, colons included.

@@ -6,6 +6,9 @@
 /// Request/reply: a gateway (or REST handler) asks message-service to persist a message.
 /// Payload `pb::SendMessageRequest`, reply `pb::SendMessageResponse`.
 pub const MSG_SEND: &str = "indaba.v1.msg.send";
+/// Request/reply: several sends of one gateway at once. `pb::SendBatchRequest` →
+/// `pb::SendBatchResponse` (answers in request order).
+pub const MSG_SEND_BATCH: &str = "indaba.v1.msg.send_batch";
 /// Request/reply: create a conversation. `pb::CreateConversationRequest` →
 /// `pb::CreateConversationResponse`.
 pub const CONV_CREATE: &str = "indaba.v1.conv.create";

@@ -24,6 +24,7 @@ mod push_abuse;
 mod push_fakes;
 mod rest;
 mod rich_messages;
+mod send_batches;
 mod single_node_settings;
 mod spec_client;
 mod store_suite;

@@ -88,7 +88,7 @@ pub enum StoreError {
         message: String,
     },
     /// More sends wait for the store than it commits within the send queue budget: refused
-    /// before anything was stored (see `crate::commit`).
+    /// before anything was stored (the group commit decides it).
     #[error("overloaded: retry in {retry_after_ms} ms")]
     Overloaded {
         /// When a retry can succeed.

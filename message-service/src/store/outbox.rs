@@ -96,7 +96,7 @@ impl Store {
     }
 
     /// Extends the leases of rows this instance still works on (see
-    /// `crate::outbox::Completions`): a live writer's late delivery is not an orphan.
+    /// the outbox completions): a live writer's late delivery is not an orphan.
     pub async fn renew_outbox(&self, message_ids: &[i64]) -> Result<(), StoreError> {
         if message_ids.is_empty() {
             return Ok(());
@@ -113,12 +113,8 @@ impl Store {
         on_pool!(self, |pool, _begin| {
             let mut qb = sqlx::QueryBuilder::new("UPDATE outbox SET lease_until_ms = ");
             qb.push_bind(lease);
-            qb.push(" WHERE message_id IN (");
-            let mut sep = qb.separated(", ");
-            for id in message_ids {
-                sep.push_bind(*id);
-            }
-            qb.push(")");
+            qb.push(" WHERE message_id IN ");
+            push_id_list(&mut qb, message_ids);
             qb.build().execute(pool).await?;
         });
         Ok(())
@@ -139,12 +135,8 @@ impl Store {
             return Ok(());
         }
         on_pool!(self, |pool, _begin| {
-            let mut qb = sqlx::QueryBuilder::new("DELETE FROM outbox WHERE message_id IN (");
-            let mut sep = qb.separated(", ");
-            for id in message_ids {
-                sep.push_bind(*id);
-            }
-            qb.push(")");
+            let mut qb = sqlx::QueryBuilder::new("DELETE FROM outbox WHERE message_id IN ");
+            push_id_list(&mut qb, message_ids);
             qb.build().execute(pool).await?;
         });
         Ok(())
@@ -158,6 +150,20 @@ impl Store {
                 .await?
         }))
     }
+}
+
+/// `(?, ?, …)`: the ids as an `IN` list of binds (SQLite has no arrays; PostgreSQL takes
+/// `= ANY($1)` instead, one statement text whatever the count).
+fn push_id_list<DB: sqlx::Database>(qb: &mut sqlx::QueryBuilder<DB>, ids: &[i64])
+where
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    qb.push("(");
+    let mut sep = qb.separated(", ");
+    for id in ids {
+        sep.push_bind(*id);
+    }
+    qb.push(")");
 }
 
 /// The deliveries of claimed outbox rows (`(message_id, origin)`) on PostgreSQL, read in

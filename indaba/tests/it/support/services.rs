@@ -25,6 +25,7 @@ pub fn message_service_settings(nats_url: &str, database_url: &str) -> message_s
         push_jobs: true,
         group_commit: true,
         send_queue_budget: Some(Duration::from_millis(250)),
+        send_batches: true,
         crash_after_commits: None,
         jetstream_replicas: 1,
     }
