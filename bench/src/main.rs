@@ -54,6 +54,9 @@ struct Args {
     /// Room size.
     #[arg(long, default_value_t = 1000)]
     room: usize,
+    /// Messages per second sent into the room by the `room` scenario.
+    #[arg(long, default_value_t = 20)]
+    room_rate: u64,
     /// Where the release binaries are.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
@@ -183,7 +186,14 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         if scenarios.iter().any(|s| s == "room") {
-            let x = load::room(&t, args.room, 20, args.seconds, next_base(args.room)).await?;
+            let x = load::room(
+                &t,
+                args.room,
+                args.room_rate,
+                args.seconds,
+                next_base(args.room),
+            )
+            .await?;
             eprintln!("   room: last {:?} lost {}", x.last_recipient_ms, x.lost);
             r.insert("room".into(), json!(x));
         }
