@@ -85,6 +85,7 @@ impl Ctx {
             settings.request_timeout,
             metrics.clone(),
             settings.send_batches,
+            settings.send_queue_budget,
         ));
         Ctx {
             budgets: Budgets::new(&settings),

@@ -83,6 +83,8 @@ pub struct Metrics {
     send_batches: Counter,
     /// `indaba_batched_sends_total`.
     batched_sends: Counter,
+    /// `indaba_sends_refused_overload_total`.
+    sends_refused_overload: Counter,
     /// `indaba_bus_resyncs_total`.
     bus_resyncs: Counter,
     /// `indaba_send_latency_seconds`.
@@ -132,6 +134,10 @@ impl Default for Metrics {
             batched_sends: r.counter(
                 "indaba_batched_sends_total",
                 "Sends that went to message-service in a batch.",
+            ),
+            sends_refused_overload: r.counter(
+                "indaba_sends_refused_overload_total",
+                "Sends refused with unavailable: they would have waited past the send queue budget.",
             ),
             bus_resyncs: r.counter(
                 "indaba_bus_resyncs_total",
@@ -205,6 +211,11 @@ impl Metrics {
     pub fn send_batch(&self, n: usize) {
         self.send_batches.inc();
         self.batched_sends.inc_by(u64::try_from(n).unwrap_or(0));
+    }
+
+    /// A send was refused: the send queue was over its budget.
+    pub fn send_refused_overload(&self) {
+        self.sends_refused_overload.inc();
     }
 
     /// The Prometheus text exposition.

@@ -12,6 +12,12 @@
 //! says "no responders" at once, nothing was received, and the sends go one by one (and
 //! for a while every batch does, without asking again).
 //!
+//! Overload is refused here too (`INDABA_SEND_QUEUE_BUDGET_MS`): when message-service falls
+//! behind, sends wait in this queue, where message-service cannot see them. A send arriving
+//! while the oldest queued one has waited past the budget is refused at once (`unavailable`,
+//! `retry_after_ms`). Queued sends are always sent: refusing them too would starve
+//! everyone whenever a request takes longer than the budget.
+//!
 //! This module keeps the queue and runs the requests; `backend::send` is the door to it and
 //! turns its [`Answer`]s into client errors.
 
@@ -33,6 +39,22 @@ pub(crate) const SLOTS: usize = 4;
 /// How long batches are not tried again after a "no responders".
 const RECHECK_AFTER: Duration = Duration::from_secs(30);
 
+/// The refusal of a send past capacity (`unavailable`, nothing stored, retry after about
+/// one budget).
+fn overloaded(budget: Duration) -> Answer {
+    let retry_after_ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX).max(1);
+    Answer::Reply(Box::new(pb::SendMessageResponse {
+        result: Some(pb::send_message_response::Result::Error(pb::Error {
+            retry_after_ms,
+            ..proto::pb_error(
+                proto::ErrorCode::Unavailable,
+                format!("too many messages in flight; retry in {retry_after_ms} ms"),
+            )
+        })),
+        duplicate: false,
+    }))
+}
+
 /// What became of one send.
 #[derive(Debug)]
 pub(crate) enum Answer {
@@ -50,6 +72,7 @@ struct Waiting {
     req: pb::SendMessageRequest,
     traceparent: String,
     answer: oneshot::Sender<Answer>,
+    since: Instant,
 }
 
 /// The queue of one gateway.
@@ -59,6 +82,8 @@ pub(crate) struct SendQueue {
     timeout: Duration,
     metrics: Arc<Metrics>,
     batches: bool,
+    /// Past this wait in the queue, sends are refused (`None`: never).
+    budget: Option<Duration>,
     waiting: Mutex<Vec<Waiting>>,
     slots: Arc<Semaphore>,
     /// Until when batches go one by one (no instance answered the batch subject).
@@ -67,18 +92,20 @@ pub(crate) struct SendQueue {
 
 impl SendQueue {
     /// A queue sending over `bus`; `batches` false sends every message on its own (as a
-    /// gateway before batches did).
+    /// gateway before batches did); past `budget` of waiting, sends are refused.
     pub(crate) fn new(
         bus: Bus,
         timeout: Duration,
         metrics: Arc<Metrics>,
         batches: bool,
+        budget: Option<Duration>,
     ) -> SendQueue {
         SendQueue {
             bus,
             timeout,
             metrics,
             batches,
+            budget,
             waiting: Mutex::default(),
             slots: Arc::new(Semaphore::new(SLOTS)),
             unbatched_until: Mutex::default(),
@@ -97,11 +124,24 @@ impl SendQueue {
         traceparent: String,
     ) -> Answer {
         let (tx, rx) = oneshot::channel();
-        self.waiting().push(Waiting {
-            req,
-            traceparent,
-            answer: tx,
-        });
+        {
+            let mut waiting = self.waiting();
+            // Overload: the oldest queued send has waited past the budget, so this one
+            // would too. Refused now, before anything is stored, with a retry hint.
+            if let (Some(budget), Some(oldest)) = (self.budget, waiting.first()) {
+                if oldest.since.elapsed() > budget {
+                    drop(waiting);
+                    self.metrics.send_refused_overload();
+                    return overloaded(budget);
+                }
+            }
+            waiting.push(Waiting {
+                req,
+                traceparent,
+                answer: tx,
+                since: Instant::now(),
+            });
+        }
         if let Ok(slot) = self.slots.clone().try_acquire_owned() {
             tokio::spawn(self.clone().drain(slot));
         }

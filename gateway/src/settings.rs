@@ -53,6 +53,9 @@ pub struct Settings {
     /// Send the sends that queue while earlier ones are in flight as one request
     /// (`INDABA_SEND_BATCHES`, default true; see `send_queue`).
     pub send_batches: bool,
+    /// Past this wait in the send queue, sends are refused with `unavailable` and a retry
+    /// hint (`INDABA_SEND_QUEUE_BUDGET_MS`, default 250; `None`: never).
+    pub send_queue_budget: Option<Duration>,
     /// Time allowed to send a complete HTTP request head (slowloris guard).
     pub header_timeout: Duration,
     /// A socket with no client frame for this long counts as away (presence).
@@ -127,6 +130,7 @@ impl Settings {
             heartbeat_interval: Duration::from_secs(10),
             request_timeout: Duration::from_secs(5),
             send_batches: true,
+            send_queue_budget: Some(Duration::from_millis(250)),
             header_timeout: Duration::from_secs(10),
             idle_away: Duration::from_secs(300),
             allowed_origins: Vec::new(),
@@ -229,6 +233,8 @@ impl Settings {
         )?;
         s.chat_rate_per_10s = config::integer(get, env::CHAT_RATE_PER_10S, s.chat_rate_per_10s, 1)?;
         s.send_batches = config::flag(get, env::SEND_BATCHES, s.send_batches)?;
+        let budget_ms = int(env::SEND_QUEUE_BUDGET_MS, 250, 0)?;
+        s.send_queue_budget = (budget_ms > 0).then(|| Duration::from_millis(budget_ms));
         s.rest_rate_per_10s = config::integer(get, env::REST_RATE_PER_10S, s.rest_rate_per_10s, 0)?;
         s.presence_visibility = match get(env::PRESENCE_VISIBILITY).as_deref().map(str::trim) {
             None | Some("") | Some("shared") => PresenceVisibility::Shared,
