@@ -177,13 +177,7 @@ impl SendQueue {
     /// One request for `batch`, every waiter answered.
     async fn run(&self, batch: Vec<Waiting>) {
         if batch.len() == 1 || !self.batches_now() {
-            // One by one, side by side (each its own request, as before batches).
-            let singles = batch.into_iter().map(|w| async move {
-                let answer = self.one(&w.req, &w.traceparent).await;
-                let _ = w.answer.send(answer);
-            });
-            futures_util::future::join_all(singles).await;
-            return;
+            return self.one_by_one(batch).await;
         }
         let (mut sends, mut traceparents, mut answers) = (
             Vec::with_capacity(batch.len()),
@@ -216,13 +210,14 @@ impl SendQueue {
                     .unbatched_until
                     .lock()
                     .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + RECHECK_AFTER);
-                let singles = req.sends.iter().zip(&req.traceparents).zip(answers).map(
-                    |((s, tp), answer)| async move {
-                        let _ = answer.send(self.one(s, tp).await);
-                    },
-                );
-                futures_util::future::join_all(singles).await;
-                return;
+                let batch = req.sends.into_iter().zip(req.traceparents).zip(answers);
+                let batch = batch.map(|((req, traceparent), answer)| Waiting {
+                    req,
+                    traceparent,
+                    answer,
+                    since: Instant::now(),
+                });
+                return self.one_by_one(batch.collect()).await;
             }
             Err(e) => {
                 self.metrics.bus_error();
@@ -259,6 +254,15 @@ impl SendQueue {
                 }
             }
         }
+    }
+
+    /// Each send on its own request, side by side (as before batches).
+    async fn one_by_one(&self, batch: Vec<Waiting>) {
+        let singles = batch.into_iter().map(|w| async move {
+            let answer = self.one(&w.req, &w.traceparent).await;
+            let _ = w.answer.send(answer);
+        });
+        futures_util::future::join_all(singles).await;
     }
 
     /// Whether batches may go as batches now.

@@ -104,28 +104,20 @@ impl Sends {
         group_commit: bool,
         budget: Option<Duration>,
     ) -> (Sends, Option<mpsc::Receiver<PendingSend>>) {
-        let queue = Arc::new(QueueState::new());
-        if !group_commit {
-            return (
-                Sends {
-                    store,
-                    batcher: None,
-                    queue,
-                    budget,
-                },
-                None,
-            );
-        }
-        let (tx, rx) = mpsc::channel(QUEUE);
-        (
-            Sends {
-                store,
-                batcher: Some(tx),
-                queue,
-                budget,
-            },
-            Some(rx),
-        )
+        let (batcher, rx) = match group_commit {
+            true => {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                (Some(tx), Some(rx))
+            }
+            false => (None, None),
+        };
+        let sends = Sends {
+            store,
+            batcher,
+            queue: Arc::new(QueueState::new()),
+            budget,
+        };
+        (sends, rx)
     }
 
     /// What [`group_commit`] reports the queue's state to.
