@@ -140,6 +140,7 @@ impl App {
         if let Some(rx) = workers.sends {
             tasks.spawn(commit::group_commit(
                 inner.store.clone(),
+                inner.completions.clone(),
                 inner.sends.queue(),
                 rx,
             ));

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use crate::metrics;
+use crate::outbox::Completions;
 use crate::store::{NewMessage, Sent, Store, StoreError};
 
 /// Most messages one group commit takes.
@@ -34,6 +35,8 @@ pub(crate) type PendingSend = (
 #[derive(Debug)]
 pub(crate) struct Sends {
     store: Store,
+    /// Where committed messages' outbox rows are held until published.
+    completions: Completions,
     batcher: Option<mpsc::Sender<PendingSend>>,
     queue: Arc<QueueState>,
     /// Past this wait for the batcher, new sends are refused (`None`: never).
@@ -101,6 +104,7 @@ impl Sends {
     /// The door, and the receiver [`group_commit`] drains (`None`: group commit is off).
     pub(crate) fn new(
         store: Store,
+        completions: Completions,
         group_commit: bool,
         budget: Option<Duration>,
     ) -> (Sends, Option<mpsc::Receiver<PendingSend>>) {
@@ -113,6 +117,7 @@ impl Sends {
         };
         let sends = Sends {
             store,
+            completions,
             batcher,
             queue: Arc::new(QueueState::new()),
             budget,
@@ -126,14 +131,16 @@ impl Sends {
     }
 
     /// Stores a message, answering after its transaction committed.
+    /// The message's outbox row is held (see [`Completions`]) before this returns, so the
+    /// caller publishes it and reports it done.
     pub(crate) async fn store(&self, m: NewMessage) -> Result<Sent, StoreError> {
-        let Some(batcher) = &self.batcher else {
-            return self.store.send_message(&m).await;
+        // Without group commit, and for replies and mentions (the shared loop), in its own
+        // transaction.
+        let Some(batcher) = self.batcher.as_ref().filter(|_| !m.is_rich()) else {
+            let sent = self.store.send_message(&m).await;
+            hold_rows(&self.completions, std::slice::from_ref(&sent));
+            return sent;
         };
-        // Replies and mentions take the shared loop, in their own transaction.
-        if m.is_rich() {
-            return self.store.send_message(&m).await;
-        }
         if let Some(budget) = self.budget {
             if self.queue.over(budget) {
                 metrics::send_refused_overload();
@@ -181,6 +188,7 @@ fn batches_in_flight(store: &Store) -> usize {
 /// and stores them with one [`Store::send_many`].
 pub(crate) async fn group_commit(
     store: Store,
+    completions: Completions,
     queue: Arc<QueueState>,
     mut rx: mpsc::Receiver<PendingSend>,
 ) {
@@ -198,15 +206,33 @@ pub(crate) async fn group_commit(
             queue.taken(work.len(), *head);
         }
         let store = store.clone();
+        let completions = completions.clone();
         tokio::spawn(async move {
             let (messages, waiters): (Vec<_>, Vec<_>) =
                 work.into_iter().map(|(m, _, w)| (m, w)).unzip();
             metrics::group_commit(messages.len());
             let results = store.send_many(&messages).await;
+            hold_rows(&completions, &results);
             for (w, r) in waiters.into_iter().zip(results) {
                 let _ = w.send(r);
             }
             drop(permit);
         });
+    }
+}
+
+/// Holds the outbox rows of what was just stored, each with all of its messages at once:
+/// were they held one by one as each send went on, a row could look done (and be deleted)
+/// while another of its messages was not yet published. Duplicates have no row.
+fn hold_rows(completions: &Completions, results: &[Result<Sent, StoreError>]) {
+    let mut rows: Vec<(i64, Vec<i64>)> = Vec::new();
+    for s in results.iter().flatten().filter(|s| !s.duplicate) {
+        match rows.iter_mut().find(|(row, _)| *row == s.outbox_row) {
+            Some((_, ids)) => ids.push(s.message.id),
+            None => rows.push((s.outbox_row, vec![s.message.id])),
+        }
+    }
+    for (row, ids) in rows {
+        completions.hold(row, &ids);
     }
 }

@@ -221,8 +221,7 @@ pub(crate) async fn send(inner: &Inner, req: pb::SendMessageRequest) -> pb::Send
         "message stored"
     );
     if !sent.duplicate {
-        // Until its delivery is out, the row is this instance's (its lease is renewed).
-        inner.completions.hold(sent.message.id);
+        // Its outbox row is held (renewed) until the delivery is out: see `Sends::store`.
         inner.crash_point_after_commit();
         metrics::message_stored();
         // Committed: publish now. The reply goes out after this, but a slow publish only

@@ -1,10 +1,12 @@
-//! Outbox cleanup: the rows of published deliveries are deleted in batches, off the
+//! Outbox cleanup: the rows of published batches are deleted in batches, off the
 //! request path.
 //!
-//! Whoever publishes a delivery (and, with push jobs, stores its job) reports the message
-//! id through [`Completions`]; one task deletes the reported rows in one statement every
-//! [`CLEANUP_EVERY`]. A lost report costs nothing but a republish: the row's lease runs
-//! out and the sweeper publishes it again (gateways drop the repeat).
+//! An outbox row records a committed batch (see the store's `outbox`). Whoever publishes
+//! a delivery (and, with push jobs, stores its job) reports the message id through
+//! [`Completions`]; once every message of a row is reported, the row is queued, and one
+//! task deletes the queued rows in one statement every [`CLEANUP_EVERY`]. A lost report
+//! costs nothing but a republish: the row's lease runs out and the sweeper publishes its
+//! messages again (gateways drop the repeats).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,8 +27,22 @@ const CLEANUP_BATCH: usize = 4096;
 /// the lease, so a live writer's row never looks orphaned (see [`Completions::overdue`]).
 pub(crate) const RENEW_AFTER: Duration = Duration::from_secs(2);
 
-/// Reports of published deliveries (bounded: when full, the sweeper redoes the message),
-/// and the rows this instance committed and is still working on.
+/// A row this instance holds: since when, and its messages not yet reported published.
+#[derive(Debug)]
+struct Held {
+    since: Instant,
+    pending: Vec<i64>,
+}
+
+/// Which rows and messages this instance holds.
+#[derive(Debug, Default)]
+struct Holds {
+    rows: HashMap<i64, Held>,
+    row_of: HashMap<i64, i64>,
+}
+
+/// Reports of published deliveries (bounded: when full, the sweeper redoes the row), and
+/// the rows this instance committed and is still working on.
 ///
 /// A row's lease says "its writer is still on it". Under overload a live writer may take
 /// longer than the lease to publish (its publish queue, the push queue and the cleanup
@@ -37,11 +53,11 @@ pub(crate) const RENEW_AFTER: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone)]
 pub(crate) struct Completions {
     tx: mpsc::Sender<i64>,
-    held: Arc<Mutex<HashMap<i64, Instant>>>,
+    held: Arc<Mutex<Holds>>,
 }
 
 impl Completions {
-    /// The reporting side and the receiver [`clean_up`] drains.
+    /// The reporting side and the receiver [`clean_up`] drains (row ids).
     pub(crate) fn channel() -> (Completions, mpsc::Receiver<i64>) {
         let (tx, rx) = mpsc::channel(65_536);
         (
@@ -53,51 +69,105 @@ impl Completions {
         )
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Instant>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, Holds> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// This instance committed `message_id` and will publish it: its row is not an orphan.
-    pub(crate) fn hold(&self, message_id: i64) {
-        self.held().insert(message_id, Instant::now());
-    }
-
-    /// The delivery of `message_id` is out: its outbox row may go.
-    pub(crate) fn complete(&self, message_id: i64) {
-        if self.tx.try_send(message_id).is_err() {
-            tracing::debug!(
-                message_id,
-                "outbox completion queue full; sweeper will redo it"
-            );
-            self.release(message_id);
+    /// This instance committed (or claimed) outbox row `row` holding `messages` and will
+    /// publish them: the row is not an orphan. All of a row's messages are held at once,
+    /// before any is published, so a row never looks done while some are still unheld. A
+    /// row with nothing left to publish (retention removed its messages) goes at once.
+    pub(crate) fn hold(&self, row: i64, messages: &[i64]) {
+        if row == 0 {
+            return;
+        }
+        if messages.is_empty() {
+            self.queue(row);
+            return;
+        }
+        let mut held = self.held();
+        let Holds { rows, row_of } = &mut *held;
+        let entry = rows.entry(row).or_insert_with(|| Held {
+            since: Instant::now(),
+            pending: Vec::with_capacity(messages.len()),
+        });
+        for id in messages {
+            row_of.insert(*id, row);
+            if !entry.pending.contains(id) {
+                entry.pending.push(*id);
+            }
         }
     }
 
-    /// This instance leaves `message_id` to the sweeper (its publish or its push job
-    /// failed): the lease is no longer renewed, so the row is republished once it runs out.
+    /// The delivery of `message_id` is out; its row may go once its other messages' are.
+    pub(crate) fn complete(&self, message_id: i64) {
+        let done = {
+            let mut held = self.held();
+            let Holds { rows, row_of } = &mut *held;
+            let Some(row) = row_of.remove(&message_id) else {
+                return; // not held here (released, or already reported)
+            };
+            match rows.get_mut(&row) {
+                Some(h) => {
+                    h.pending.retain(|id| *id != message_id);
+                    h.pending.is_empty().then_some(row)
+                }
+                None => None,
+            }
+        };
+        if let Some(row) = done {
+            self.queue(row);
+        }
+    }
+
+    /// Queues a row whose deliveries are all out for deletion.
+    fn queue(&self, row: i64) {
+        if self.tx.try_send(row).is_err() {
+            tracing::debug!(row, "outbox completion queue full; sweeper will redo it");
+            self.release_row(row);
+        }
+    }
+
+    /// This instance leaves `message_id`'s row to the sweeper (its publish or its push job
+    /// failed): the lease is no longer renewed, so every message of the row is republished
+    /// once it runs out.
     pub(crate) fn release(&self, message_id: i64) {
-        self.held().remove(&message_id);
+        let row = self.held().row_of.get(&message_id).copied();
+        if let Some(row) = row {
+            self.release_row(row);
+        }
+    }
+
+    fn release_row(&self, row: i64) {
+        let mut held = self.held();
+        if let Some(h) = held.rows.remove(&row) {
+            for id in h.pending {
+                held.row_of.remove(&id);
+            }
+        }
     }
 
     /// Held rows whose lease the sweep must renew: held longer than `after`.
     pub(crate) fn overdue(&self, after: Duration) -> Vec<i64> {
         let now = Instant::now();
         self.held()
+            .rows
             .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= after)
-            .map(|(id, _)| *id)
+            .filter(|(_, h)| now.duration_since(h.since) >= after)
+            .map(|(row, _)| *row)
             .collect()
     }
 
-    fn forget(&self, message_ids: &[i64]) {
-        let mut held = self.held();
-        for id in message_ids {
-            held.remove(id);
+    /// Rows deleted (or left to the sweeper by a failed cleanup): no longer held.
+    fn forget(&self, rows: &[i64]) {
+        for row in rows {
+            self.release_row(*row);
         }
     }
 }
 
-/// Deletes outbox rows of published deliveries, batched (one statement per batch).
+/// Deletes outbox rows whose deliveries are all published, batched (one statement per
+/// batch).
 ///
 /// It waits [`CLEANUP_EVERY`] between statements so one statement (and one commit: a WAL
 /// flush) clears many rows; without the pause it ran a commit per handful of messages
@@ -108,14 +178,13 @@ pub(crate) async fn clean_up(store: Store, done: Completions, mut rx: mpsc::Rece
     while rx.recv_many(&mut batch, CLEANUP_BATCH).await > 0 {
         tokio::time::sleep(CLEANUP_EVERY).await;
         while batch.len() < CLEANUP_BATCH {
-            let Ok(id) = rx.try_recv() else { break };
-            batch.push(id);
+            let Ok(row) = rx.try_recv() else { break };
+            batch.push(row);
         }
         if let Err(e) = store.complete_outbox(&batch).await {
             // Rows stay and get republished after their lease; gateways de-duplicate.
             tracing::warn!(error = %e, n = batch.len(), "outbox cleanup failed");
         }
-        // Deleted, or left to the sweeper: either way no longer this instance's to renew.
         done.forget(&batch);
         batch.clear();
     }
@@ -126,11 +195,10 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn held_rows_are_overdue_until_completed_or_released() {
+    async fn a_row_goes_once_all_its_messages_are_out() {
         let (done, mut rx) = Completions::channel();
-        done.hold(1);
-        done.hold(2);
-        done.hold(3);
+        done.hold(10, &[1, 2]);
+        done.hold(20, &[3]);
         assert!(
             done.overdue(RENEW_AFTER).is_empty(),
             "fresh rows need no renewal"
@@ -138,15 +206,33 @@ mod tests {
         tokio::time::advance(RENEW_AFTER).await;
         let mut overdue = done.overdue(RENEW_AFTER);
         overdue.sort_unstable();
-        assert_eq!(overdue, vec![1, 2, 3]);
-        done.release(2);
-        done.complete(3);
-        assert_eq!(rx.try_recv().ok(), Some(3));
-        // Completed rows stay held until the cleanup deleted them.
+        assert_eq!(overdue, vec![10, 20]);
+        done.complete(1);
+        done.complete(1); // a repeated report changes nothing
+        assert!(rx.try_recv().is_err(), "message 2 of row 10 is still out");
+        done.complete(2);
+        assert_eq!(rx.try_recv().ok(), Some(10));
+        // Completed rows stay held (renewed) until the cleanup deleted them.
         let mut overdue = done.overdue(RENEW_AFTER);
         overdue.sort_unstable();
-        assert_eq!(overdue, vec![1, 3], "a released row is the sweeper's");
-        done.forget(&[3]);
-        assert_eq!(done.overdue(RENEW_AFTER), vec![1]);
+        assert_eq!(overdue, vec![10, 20]);
+        done.forget(&[10]);
+        assert_eq!(done.overdue(RENEW_AFTER), vec![20]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_released_message_leaves_its_whole_row_to_the_sweeper() {
+        let (done, mut rx) = Completions::channel();
+        done.hold(10, &[1, 2]);
+        done.release(2);
+        tokio::time::advance(RENEW_AFTER).await;
+        assert!(done.overdue(RENEW_AFTER).is_empty(), "no longer renewed");
+        done.complete(1);
+        assert!(rx.try_recv().is_err(), "a released row is the sweeper's");
+        // A claimed row whose messages retention removed goes at once.
+        done.hold(30, &[]);
+        assert_eq!(rx.try_recv().ok(), Some(30));
+        done.hold(0, &[5]);
+        assert!(done.overdue(Duration::ZERO).is_empty(), "0 is no row");
     }
 }

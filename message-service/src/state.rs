@@ -77,12 +77,13 @@ pub(crate) struct Workers {
 impl Inner {
     /// The shared state and the receivers of its queues.
     pub(crate) fn new(bus: Bus, store: Store, settings: Settings) -> (Inner, Workers) {
+        let (completions, completions_rx) = Completions::channel();
         let (sends, sends_rx) = Sends::new(
             store.clone(),
+            completions.clone(),
             settings.group_commit,
             settings.send_queue_budget,
         );
-        let (completions, completions_rx) = Completions::channel();
         let (push, push_rx) = PushQueue::channel();
         let (outgoing, outgoing_rx) = Outgoing::channel();
         let inner = Inner {

@@ -15,7 +15,7 @@ use crate::state::Inner;
 
 /// Pause between sweeps.
 const EVERY: Duration = Duration::from_secs(1);
-/// Most outbox rows claimed per sweep.
+/// Most outbox rows (each a committed batch of messages) claimed per sweep.
 const CLAIM: i64 = 500;
 /// Most messages deleted for retention per sweep.
 const PRUNE: i64 = 1000;
@@ -59,12 +59,18 @@ pub(crate) async fn sweep(inner: Arc<Inner>) {
             continue;
         }
         match inner.store.claim_expired_outbox(CLAIM).await {
-            Ok(pending) => {
-                if !pending.is_empty() {
-                    tracing::info!(n = pending.len(), "republishing orphaned deliveries");
-                    metrics::outbox_republished(pending.len());
+            Ok(rows) => {
+                let n: usize = rows.iter().map(|r| r.deliveries.len()).sum();
+                if n > 0 {
+                    tracing::info!(n, rows = rows.len(), "republishing orphaned deliveries");
+                    metrics::outbox_republished(n);
                 }
-                for p in pending {
+                // Held like a fresh commit's rows: deleted once every message is out again.
+                for r in &rows {
+                    let ids: Vec<i64> = r.deliveries.iter().map(|p| p.message.id).collect();
+                    inner.completions.hold(r.row, &ids);
+                }
+                for p in rows.into_iter().flat_map(|r| r.deliveries) {
                     deliver(
                         &inner,
                         &p.message,

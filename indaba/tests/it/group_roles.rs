@@ -551,22 +551,6 @@ async fn grpc_follows_the_group_rules_and_the_system_may_do_anything() {
     assert_eq!(e.code(), Code::PermissionDenied);
 }
 
-/// The migrations of `backend` from before roles existed, in a directory of their own.
-fn migrations_before_roles(backend: &str) -> tempfile::TempDir {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../message-service/migrations")
-        .join(backend);
-    let dir = tempfile::tempdir().expect("tempdir");
-    for entry in std::fs::read_dir(src).expect("migrations") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.as_str() < "0004" {
-            std::fs::copy(&path, dir.path().join(&name)).expect("copy");
-        }
-    }
-    dir
-}
-
 /// Data written before roles existed: group 1 made by 1 (members 1, 2, 3), group 2 made by
 /// 5 who has left (members 6, 7), the direct conversation of 1 and 2.
 const LEGACY_ROWS: [&str; 2] = [
@@ -589,14 +573,7 @@ async fn assert_legacy_roles(store: &message_service::Store) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn existing_groups_are_owned_by_their_creator_after_migrating_postgres() {
     let url = fresh_database().await;
-    let before = migrations_before_roles("postgres");
-    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
-    sqlx::migrate::Migrator::new(before.path())
-        .await
-        .expect("migrator")
-        .run(&pool)
-        .await
-        .expect("old migrations");
+    let pool = postgres_before(&url, "0004").await;
     for sql in LEGACY_ROWS {
         sqlx::query(sql).execute(&pool).await.expect("legacy rows");
     }
@@ -611,17 +588,11 @@ async fn existing_groups_are_owned_by_their_creator_after_migrating_postgres() {
 async fn existing_groups_are_owned_by_their_creator_after_migrating_sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("old.db");
-    let before = migrations_before_roles("sqlite");
     let opts = sqlx::sqlite::SqliteConnectOptions::new()
         .filename(&file)
         .create_if_missing(true);
     let pool = sqlx::SqlitePool::connect_with(opts).await.expect("open");
-    sqlx::migrate::Migrator::new(before.path())
-        .await
-        .expect("migrator")
-        .run(&pool)
-        .await
-        .expect("old migrations");
+    migrate_before(&pool, "sqlite", "0004").await;
     for sql in LEGACY_ROWS {
         sqlx::query(sql).execute(&pool).await.expect("legacy rows");
     }

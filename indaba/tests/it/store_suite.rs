@@ -268,8 +268,9 @@ async fn outbox_rows_stay_leased_until_completed(store: Store) {
         .await
         .expect("send");
     hundred_concurrent_sends(&store, group).await;
-    // Every stored message left a row (no service is publishing here); fresh rows are still
-    // leased to their writer, and completing removes them.
+    // Every transaction left a row (no service is publishing here): each of these sends
+    // was its own. Fresh rows are still leased to their writer, and completing removes them.
+    assert!(a.outbox_row > 0 && b.outbox_row > 0 && a.outbox_row != b.outbox_row);
     let pending = store.outbox_len().await.expect("outbox");
     assert!(pending >= 100, "{pending}");
     assert!(store
@@ -278,7 +279,7 @@ async fn outbox_rows_stay_leased_until_completed(store: Store) {
         .expect("claim")
         .is_empty());
     store
-        .complete_outbox(&[a.message.id, b.message.id])
+        .complete_outbox(&[a.outbox_row, b.outbox_row])
         .await
         .expect("complete");
     assert_eq!(store.outbox_len().await.expect("outbox"), pending - 2);
@@ -303,6 +304,15 @@ async fn a_batch_commits_together_and_refuses_per_message(store: Store) {
         .map(|i| out[*i].as_ref().expect("stored").message.seq)
         .collect();
     assert_eq!(seqs, vec![before + 1, before + 2, before + 3]);
+    // The batch's stored messages share one outbox row.
+    let rows: Vec<i64> = [0, 2, 4]
+        .iter()
+        .map(|i| out[*i].as_ref().expect("stored").outbox_row)
+        .collect();
+    assert!(
+        rows[0] > 0 && rows.iter().all(|r| *r == rows[0]),
+        "{rows:?}"
+    );
     let mut out = out;
     assert_eq!(
         code(out.remove(3).expect_err("no such conversation")),
@@ -323,6 +333,10 @@ async fn a_batch_commits_together_and_refuses_per_message(store: Store) {
     let b4 = again[0].as_ref().expect("b4");
     let b1 = again[1].as_ref().expect("b1 again");
     assert!(!b4.duplicate && b1.duplicate);
+    assert!(
+        b4.outbox_row > 0 && b1.outbox_row == 0,
+        "a duplicate has no row"
+    );
     assert_eq!(b4.message.seq, before + 4);
     assert_eq!(b1.message.id, out[0].as_ref().expect("b1").message.id);
     assert_eq!(last_seq(&store, g2).await, before + 4, "no seq was burnt");
@@ -771,3 +785,75 @@ store_cases!(
     group_roles_are_stored_and_transferred,
     the_one_statement_conversation_list_matches_the_per_conversation_reads,
 );
+
+/// A rolling upgrade on PostgreSQL: rows of the per-message outbox, left before the
+/// migration or written after it by an instance of the previous release, are republished;
+/// one still leased to its (live) writer is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_message_outbox_rows_survive_the_upgrade_postgres() {
+    let url = fresh_database().await;
+    let pool = crate::support::postgres_before(&url, "0006").await;
+    for sql in [
+        "INSERT INTO conversations (kind, title, direct_key, created_by, created_at_ms, last_seq)
+         VALUES (1, '', '1:2', 1, 0, 1)",
+        "INSERT INTO participants (conversation_id, user_id, joined_at_ms)
+         SELECT id, u, 0 FROM conversations, (VALUES (1), (2)) AS v(u)",
+        "INSERT INTO messages (conversation_id, seq, sender_id, receiver_id, text, created_at_ms)
+         SELECT id, 1, 1, 2, 'before', 0 FROM conversations",
+        "INSERT INTO outbox (message_id, origin_connection_id, lease_until_ms)
+         SELECT id, 'old-conn', 0 FROM messages",
+    ] {
+        sqlx::query(sql).execute(&pool).await.expect("old rows");
+    }
+    let store = Store::connect_postgres(&url, 2).await.expect("migrate");
+    let republished = |claimed: &[message_service::store::ClaimedRow]| -> Vec<(String, String)> {
+        claimed
+            .iter()
+            .flat_map(|r| &r.deliveries)
+            .map(|d| (d.message.text.clone(), d.origin_connection_id.clone()))
+            .collect()
+    };
+    let claimed = store.claim_expired_outbox(100).await.expect("claim");
+    assert_eq!(
+        republished(&claimed),
+        [("before".into(), "old-conn".into())]
+    );
+    let rows: Vec<i64> = claimed.iter().map(|r| r.row).collect();
+    store.complete_outbox(&rows).await.expect("complete");
+
+    // An instance of the previous release, still running, writes per-message rows.
+    let mut sent = Vec::new();
+    for text in ["orphaned", "in flight"] {
+        let s = store
+            .send_message(&msg(1, None, Some(2), text, None))
+            .await
+            .expect("send");
+        store
+            .complete_outbox(&[s.outbox_row])
+            .await
+            .expect("complete");
+        sent.push(s.message.id);
+    }
+    let far = proto::time::now_ms() + 60_000;
+    for (id, origin, lease) in [(sent[0], "old-2", 0), (sent[1], "old-3", far)] {
+        sqlx::query("INSERT INTO outbox (message_id, origin_connection_id, lease_until_ms) VALUES ($1, $2, $3)")
+            .bind(id)
+            .bind(origin)
+            .bind(lease)
+            .execute(&pool)
+            .await
+            .expect("old instance's row");
+    }
+    let claimed = store.claim_expired_outbox(100).await.expect("claim");
+    assert_eq!(republished(&claimed), [("orphaned".into(), "old-2".into())]);
+    let legacy: Vec<i64> = sqlx::query_scalar("SELECT message_id FROM outbox")
+        .fetch_all(&pool)
+        .await
+        .expect("legacy rows");
+    assert_eq!(legacy, [sent[1]], "the leased row stays with its writer");
+    assert!(store
+        .claim_expired_outbox(100)
+        .await
+        .expect("claim")
+        .is_empty());
+}

@@ -79,6 +79,9 @@ pub struct Sent {
     pub meta: ConversationMeta,
     /// True when `client_msg_id` matched an already stored message.
     pub duplicate: bool,
+    /// The outbox row its delivery is recorded in, shared with the rest of its batch
+    /// (0 for a duplicate: its delivery went out with the original).
+    pub outbox_row: i64,
 }
 
 /// A page of messages.
@@ -338,7 +341,8 @@ impl Store {
     }
 
     /// Deletes up to `limit` messages created before `cutoff_ms` (retention). Returns how
-    /// many went. Their read marks and outbox rows go with them (ON DELETE CASCADE).
+    /// many went. Their read marks go with them (ON DELETE CASCADE); an outbox row naming one
+    /// is still republished, without it (the sweeper reads messages by id).
     pub(crate) async fn prune_before(&self, cutoff_ms: i64, limit: i64) -> Result<u64, StoreError> {
         Ok(on_pool!(self, |pool, _begin| {
             sqlx::query(

@@ -69,7 +69,7 @@ mod sqlite_batch;
 pub(crate) use changes::{ChangeRequest, Target};
 pub use conversations::ConversationMeta;
 pub use messages::{NewMessage, Sent};
-pub use outbox::PendingDelivery;
+pub use outbox::{ClaimedRow, PendingDelivery};
 pub use roles::{Role, Roster};
 
 pub use conversations::{ConversationCursor, Summary, UNREAD_CAP};

@@ -6,8 +6,8 @@
 //! commit — was where message-service waited (issue 8's profile). Here the batch travels
 //! as arrays and one statement (an implicit transaction, so no `BEGIN`/`COMMIT` round
 //! trips either) locks the conversations in id order, applies the send rules, numbers the
-//! accepted messages per conversation, bumps `last_seq`, and inserts messages and outbox
-//! rows. SQLite keeps the shared path: its statements are function calls, not round trips,
+//! accepted messages per conversation, bumps `last_seq`, and inserts the messages and the
+//! batch's outbox row. SQLite keeps the shared path: its statements are function calls, not round trips,
 //! and it has no arrays.
 //!
 //! Same rules and answers as the shared path: a refused message gets its own error and
@@ -90,10 +90,15 @@ WITH x AS (
     SELECT cid, seq, sender_id, receiver_id, text, client_msg_id, $9 FROM n
     RETURNING id, conversation_id, seq
 ), o AS (
-    INSERT INTO outbox (message_id, origin_connection_id, lease_until_ms)
-    SELECT m.id, n.origin, $10 FROM m JOIN n ON n.cid = m.conversation_id AND n.seq = m.seq
+    -- One outbox row for the batch (none when everything was refused).
+    INSERT INTO outbox_batches (message_ids, origins, lease_until_ms)
+    SELECT json_agg(m.id ORDER BY m.id)::text, json_agg(n.origin ORDER BY m.id)::text, $10
+    FROM m JOIN n ON n.cid = m.conversation_id AND n.seq = m.seq
+    HAVING count(*) > 0
+    RETURNING id
 )
-SELECT r.idx, r.err, r.cid, n.seq, m.id, r.title, r.kind, r.members
+SELECT r.idx, r.err, r.cid, n.seq, m.id, r.title, r.kind, r.members,
+       (SELECT id FROM o) AS outbox_row
 FROM r
 LEFT JOIN n ON n.idx = r.idx
 LEFT JOIN m ON m.conversation_id = n.cid AND m.seq = n.seq";
@@ -242,6 +247,9 @@ fn decode(
             participants: row.try_get("members")?,
             meta: ConversationMeta::from_row(row)?,
             duplicate: false,
+            outbox_row: row
+                .try_get::<Option<i64>, _>("outbox_row")?
+                .unwrap_or_default(),
         })),
         (None, None) => return Ok(None),
     }))

@@ -1,5 +1,5 @@
 //! Storing messages: one or a group commit's batch, each with its conversation's next
-//! `seq` and its outbox row in the same transaction, idempotent on the sender's
+//! `seq` and the batch's outbox row in the same transaction, idempotent on the sender's
 //! `client_msg_id`.
 //!
 //! PostgreSQL stores a batch in one statement (`pg_batch`), SQLite in a fixed number
@@ -12,7 +12,7 @@ use sqlx::Row;
 
 use super::conversations::ConversationMeta;
 use super::messages::{check_membership, no_target, NewMessage, Sent};
-use super::outbox::lease_until;
+use super::outbox::{self, lease_until};
 use super::rows::{
     conversation_not_found, direct_key, join_ids, message_from_row, CONVERSATION_EXISTS,
     DIRECT_BY_KEY, PARTICIPANTS,
@@ -114,6 +114,7 @@ impl Store {
             participants,
             meta: ConversationMeta::default(),
             duplicate: true,
+            outbox_row: 0,
         }))
     }
 
@@ -298,19 +299,12 @@ impl Store {
                         .execute(&mut *tx)
                         .await?;
                     }
-                    sqlx::query(
-                        "INSERT INTO outbox (message_id, origin_connection_id, lease_until_ms) VALUES ($1, $2, $3)",
-                    )
-                    .bind(message.id)
-                    .bind(&m.origin_connection_id)
-                    .bind(lease)
-                    .execute(&mut *tx)
-                    .await?;
                     Ok(Sent {
                         message,
                         participants,
                         meta,
                         duplicate: false,
+                        outbox_row: 0, // set below, once the batch's row is written
                     })
                 }
                 .await;
@@ -320,6 +314,15 @@ impl Store {
                     Err(e) => return Err(e),
                 }
             }
+            // One outbox row for everything this transaction stored.
+            let stored: Vec<(i64, &str)> = ms
+                .iter()
+                .zip(&out)
+                .filter_map(|(m, r)| {
+                    Some((r.as_ref().ok()?.message.id, m.origin_connection_id.as_str()))
+                })
+                .collect();
+            outbox::insert_row(&mut *tx, stored, lease, &mut out).await?;
             tx.commit().await?;
             Ok(out)
         })

@@ -4,7 +4,7 @@
 //! thread and the caller's task: the shared path's four statements per message made the
 //! single-node program's one writer the limit (~4,000 msg/s, with the CPU half idle). Here
 //! a batch is `BEGIN IMMEDIATE`, (direct conversations by key), the conversations with
-//! their members, one `INSERT` of the messages, one of their outbox rows, one `UPDATE` of
+//! their members, one `INSERT` of the messages, one of the batch's outbox row, one `UPDATE` of
 //! the sequence numbers, `COMMIT` — lists travel as JSON arrays (`json_each`), the
 //! SQLite stand-in for PostgreSQL's `unnest`. SQLite has one writer, so nothing here needs
 //! row locks: `BEGIN IMMEDIATE` takes the write lock before the first read.
@@ -20,6 +20,7 @@ use sqlx::{Row, SqlitePool};
 
 use super::conversations::ConversationMeta;
 use super::messages::{check_membership, no_target, NewMessage, Sent};
+use super::outbox;
 use super::rows::{conversation_not_found, direct_key};
 use super::{rejected, StoreError};
 
@@ -126,6 +127,7 @@ pub(super) async fn insert(
                 participants: c.members.clone(),
                 meta: c.meta.clone(),
                 duplicate: false,
+                outbox_row: 0, // set once the row is written
             })
         })());
     }
@@ -164,23 +166,16 @@ pub(super) async fn insert(
                 r.try_get("id")?,
             );
         }
-        let mut outbox = Vec::with_capacity(new_ids.len());
+        let mut stored = Vec::with_capacity(new_ids.len());
         for (m, r) in ms.iter().zip(out.iter_mut()) {
             let Ok(s) = r else { continue };
             s.message.id = new_ids
                 .get(&(s.message.conversation_id, s.message.seq))
                 .copied()
                 .ok_or_else(|| rejected(ErrorCode::Internal, "inserted message not returned"))?;
-            outbox.push(json!([s.message.id, m.origin_connection_id]));
+            stored.push((s.message.id, m.origin_connection_id.as_str()));
         }
-        sqlx::query(
-            "INSERT INTO outbox (message_id, origin_connection_id, lease_until_ms)
-             SELECT value ->> 0, value ->> 1, ?2 FROM json_each(?1)",
-        )
-        .bind(serde_json::Value::Array(outbox).to_string())
-        .bind(lease)
-        .execute(&mut *tx)
-        .await?;
+        outbox::insert_row(&mut *tx, stored, lease, &mut out).await?;
         let seqs: Vec<serde_json::Value> = convs
             .iter()
             .map(|(id, c)| json!([id, c.last_seq]))
