@@ -19,8 +19,15 @@ use crate::store::{NewMessage, Sent, Store, StoreError};
 
 /// Most messages one group commit takes.
 const MAX_BATCH: usize = 256;
-/// Group commits in flight at once on PostgreSQL (one fills while another commits).
-const BATCHES_IN_FLIGHT: usize = 2;
+/// Group commits in flight at once, per instance. One: the next batch fills while this one
+/// commits. SQLite has one writer at a time, so a second batch would only wait in its busy
+/// handler, which sleeps in steps of milliseconds (the single-node program's tail latency at
+/// 4,000 msg/s was seconds). On PostgreSQL a second batch in flight halved the batches at
+/// moderate load, and a batch statement's cost is mostly per statement (executor start-up,
+/// commit), not per row: one in flight spent 13–17% less PostgreSQL CPU per message at
+/// 1,000–2,000 msg/s with the same latency, and held a higher clean `step`
+/// (`bench/results/outbox-batches/`). Instances still commit side by side.
+const BATCHES_IN_FLIGHT: usize = 1;
 /// Sends waiting for the batcher before senders wait in turn.
 const QUEUE: usize = 4096;
 
@@ -173,17 +180,6 @@ fn stopping() -> StoreError {
     }
 }
 
-/// Batches in flight at once on `store`. SQLite has one writer at a time: a second batch
-/// would only wait in SQLite's busy handler, which sleeps in steps of milliseconds (the
-/// single-node program's tail latency at 4,000 msg/s was seconds). PostgreSQL commits two
-/// batches side by side.
-fn batches_in_flight(store: &Store) -> usize {
-    match store {
-        Store::Postgres(_) => BATCHES_IN_FLIGHT,
-        Store::Sqlite(_) => 1,
-    }
-}
-
 /// Takes whatever sends are waiting (up to [`MAX_BATCH`]) whenever a batch slot is free,
 /// and stores them with one [`Store::send_many`].
 pub(crate) async fn group_commit(
@@ -192,7 +188,7 @@ pub(crate) async fn group_commit(
     queue: Arc<QueueState>,
     mut rx: mpsc::Receiver<PendingSend>,
 ) {
-    let slots = Arc::new(Semaphore::new(batches_in_flight(&store)));
+    let slots = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
