@@ -27,18 +27,31 @@ const CLEANUP_BATCH: usize = 4096;
 /// the lease, so a live writer's row never looks orphaned (see [`Completions::overdue`]).
 pub(crate) const RENEW_AFTER: Duration = Duration::from_secs(2);
 
-/// A row this instance holds: since when, and its messages not yet reported published.
+/// A row this instance holds: since when, its messages, and how many of them are not yet
+/// reported published (a count, so a report costs the same whatever the batch's size).
 #[derive(Debug)]
 struct Held {
     since: Instant,
-    pending: Vec<i64>,
+    messages: Vec<i64>,
+    pending: usize,
 }
 
-/// Which rows and messages this instance holds.
+/// Which rows this instance holds, and the row of each message not yet reported.
 #[derive(Debug, Default)]
 struct Holds {
     rows: HashMap<i64, Held>,
     row_of: HashMap<i64, i64>,
+}
+
+impl Holds {
+    /// Lets go of `row` and of its messages' entries.
+    fn release_row(&mut self, row: i64) {
+        if let Some(h) = self.rows.remove(&row) {
+            for id in h.messages {
+                self.row_of.remove(&id);
+            }
+        }
+    }
 }
 
 /// Reports of published deliveries (bounded: when full, the sweeper redoes the row), and
@@ -89,12 +102,14 @@ impl Completions {
         let Holds { rows, row_of } = &mut *held;
         let entry = rows.entry(row).or_insert_with(|| Held {
             since: Instant::now(),
-            pending: Vec::with_capacity(messages.len()),
+            messages: Vec::with_capacity(messages.len()),
+            pending: 0,
         });
         for id in messages {
-            row_of.insert(*id, row);
-            if !entry.pending.contains(id) {
-                entry.pending.push(*id);
+            // A message already pending in this row (the row held twice) counts once.
+            if row_of.insert(*id, row) != Some(row) {
+                entry.messages.push(*id);
+                entry.pending += 1;
             }
         }
     }
@@ -107,13 +122,10 @@ impl Completions {
             let Some(row) = row_of.remove(&message_id) else {
                 return; // not held here (released, or already reported)
             };
-            match rows.get_mut(&row) {
-                Some(h) => {
-                    h.pending.retain(|id| *id != message_id);
-                    h.pending.is_empty().then_some(row)
-                }
-                None => None,
-            }
+            rows.get_mut(&row).and_then(|h| {
+                h.pending = h.pending.saturating_sub(1);
+                (h.pending == 0).then_some(row)
+            })
         };
         if let Some(row) = done {
             self.queue(row);
@@ -124,7 +136,7 @@ impl Completions {
     fn queue(&self, row: i64) {
         if self.tx.try_send(row).is_err() {
             tracing::debug!(row, "outbox completion queue full; sweeper will redo it");
-            self.release_row(row);
+            self.held().release_row(row);
         }
     }
 
@@ -132,18 +144,9 @@ impl Completions {
     /// failed): the lease is no longer renewed, so every message of the row is republished
     /// once it runs out.
     pub(crate) fn release(&self, message_id: i64) {
-        let row = self.held().row_of.get(&message_id).copied();
-        if let Some(row) = row {
-            self.release_row(row);
-        }
-    }
-
-    fn release_row(&self, row: i64) {
         let mut held = self.held();
-        if let Some(h) = held.rows.remove(&row) {
-            for id in h.pending {
-                held.row_of.remove(&id);
-            }
+        if let Some(row) = held.row_of.get(&message_id).copied() {
+            held.release_row(row);
         }
     }
 
@@ -160,8 +163,9 @@ impl Completions {
 
     /// Rows deleted (or left to the sweeper by a failed cleanup): no longer held.
     fn forget(&self, rows: &[i64]) {
+        let mut held = self.held();
         for row in rows {
-            self.release_row(*row);
+            held.release_row(*row);
         }
     }
 }

@@ -32,15 +32,13 @@ pub(super) fn lease_until(now_ms: i64) -> i64 {
 
 /// Writes one batch's row (same text on both backends): binds the ids and origins as
 /// [`row_lists`] encodes them, and the lease; returns the row's id.
-pub(super) const INSERT_ROW: &str =
+const INSERT_ROW: &str =
     "INSERT INTO outbox_batches (message_ids, origins, lease_until_ms) VALUES ($1, $2, $3)
      RETURNING id";
 
 /// A batch's message ids and their origin connections as the row stores them: two JSON
 /// arrays in the same order.
-pub(super) fn row_lists<'a>(
-    messages: impl IntoIterator<Item = (i64, &'a str)>,
-) -> (String, String) {
+fn row_lists<'a>(messages: impl IntoIterator<Item = (i64, &'a str)>) -> (String, String) {
     let (ids, origins): (Vec<i64>, Vec<&str>) = messages.into_iter().unzip();
     (
         serde_json::Value::from(ids).to_string(),

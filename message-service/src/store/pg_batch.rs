@@ -7,8 +7,8 @@
 //! as arrays and one statement (an implicit transaction, so no `BEGIN`/`COMMIT` round
 //! trips either) locks the conversations in id order, applies the send rules, numbers the
 //! accepted messages per conversation, bumps `last_seq`, and inserts the messages and the
-//! batch's outbox row. SQLite keeps the shared path: its statements are function calls, not round trips,
-//! and it has no arrays.
+//! batch's outbox row. SQLite keeps the shared path: its statements are function calls,
+//! not round trips, and it has no arrays.
 //!
 //! Same rules and answers as the shared path: a refused message gets its own error and
 //! the others go on; a database error (a retried `client_msg_id` hitting the unique index)
