@@ -100,6 +100,8 @@ fn message_requests() -> Vec<&'static str> {
         s::MSG_THREAD,
         s::MSG_PINS,
         s::MSG_READS,
+        s::MSG_UPLOAD,
+        s::MSG_ATTACHMENT,
     ]
 }
 

@@ -210,6 +210,8 @@ error_field!(
     pb::SetPushPreferencesResponse,
     pb::SharedContactsResponse,
     pb::GetThreadResponse,
+    pb::CreateUploadResponse,
+    pb::GetAttachmentUrlResponse,
     pb::ListPinsResponse,
     pb::GetMessageReadsResponse,
 );
@@ -297,6 +299,8 @@ pub(crate) struct Send {
     pub(crate) reply_to: Option<i64>,
     /// Users mentioned.
     pub(crate) mentions: Vec<i64>,
+    /// Uploads to attach.
+    pub(crate) attachments: Vec<i64>,
 }
 
 /// Stores a message (after the chat rate and the checks the gateway can make alone;
@@ -305,7 +309,10 @@ pub(crate) struct Send {
 pub(crate) async fn send(ctx: &Ctx, user_id: i64, s: Send) -> Result<(pb::ChatMessage, bool)> {
     let started = std::time::Instant::now();
     spend(ctx, Budget::Chat, user_id)?;
-    proto::limits::validate_text(&s.text, ctx.settings.max_text_chars)?;
+    // A photo on its own has no text.
+    if !(s.text.is_empty() && !s.attachments.is_empty()) {
+        proto::limits::validate_text(&s.text, ctx.settings.max_text_chars)?;
+    }
     if s.conversation_id.is_none() && s.receiver_id.is_none() {
         return Err(BackendError::refused(
             ErrorCode::InvalidField,
@@ -337,6 +344,7 @@ pub(crate) async fn send(ctx: &Ctx, user_id: i64, s: Send) -> Result<(pb::ChatMe
         as_system: false,
         reply_to: s.reply_to,
         mentions: s.mentions,
+        attachments: s.attachments,
     };
     // The root of the message's trace: the request carries it to message-service, which
     // carries it on to the delivery (see `bus::trace`).
@@ -464,6 +472,29 @@ pub(crate) async fn message_reads(
         message_id,
     };
     call_checked(ctx, Service::Message, subjects::MSG_READS, &req).await
+}
+
+/// A presigned upload slot (message-service checks the type, size, quota and membership).
+pub(crate) async fn create_upload(
+    ctx: &Ctx,
+    req: pb::CreateUploadRequest,
+) -> Result<pb::CreateUploadResponse> {
+    call_checked(ctx, Service::Message, subjects::MSG_UPLOAD, &req).await
+}
+
+/// A short-lived address of an attachment or its thumbnail, for a member.
+pub(crate) async fn attachment_url(
+    ctx: &Ctx,
+    user_id: i64,
+    attachment_id: i64,
+    thumbnail: bool,
+) -> Result<pb::GetAttachmentUrlResponse> {
+    let req = pb::GetAttachmentUrlRequest {
+        user_id,
+        attachment_id,
+        thumbnail,
+    };
+    call_checked(ctx, Service::Message, subjects::MSG_ATTACHMENT, &req).await
 }
 
 /// Which part of a conversation's messages a page holds.

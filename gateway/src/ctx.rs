@@ -43,6 +43,8 @@ pub(crate) struct Ctx {
     pub(crate) budgets: Budgets,
     /// Sends on their way to message-service, batched while others are in flight.
     pub(crate) sends: Arc<SendQueue>,
+    /// The local attachment directory this gateway serves signed URLs of, if any.
+    pub(crate) blobs: Option<Arc<storage::Local>>,
 }
 
 /// The per-user budgets. A budget is per user, not per connection: a user's sockets, event
@@ -78,7 +80,12 @@ impl Budgets {
 
 impl Ctx {
     /// Fresh state for a gateway with these parts.
-    pub(crate) fn new(settings: Settings, bus: Bus, verifier: auth::Verifier) -> Ctx {
+    pub(crate) fn new(
+        settings: Settings,
+        bus: Bus,
+        verifier: auth::Verifier,
+        blobs: Option<Arc<storage::Local>>,
+    ) -> Ctx {
         let metrics: Arc<metrics::Metrics> = Arc::default();
         let sends = Arc::new(SendQueue::new(
             bus.clone(),
@@ -101,6 +108,7 @@ impl Ctx {
             metrics,
             per_ip: limits::PerIp::default(),
             open_per_ip: Arc::default(),
+            blobs,
         }
     }
 }

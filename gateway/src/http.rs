@@ -77,12 +77,21 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>, shutdown: Cancel
         // the routes as a request extension.
         let warp_svc = warp::service(routes.clone());
         let t = transport.clone();
+        let blob_ctx = ctx.clone();
         let svc =
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(PeerAddr(peer.ip()));
                 req.extensions_mut().insert(t.clone());
                 let mut s = warp_svc.clone();
-                async move { tower_service::Service::call(&mut s, req).await }
+                let ctx = blob_ctx.clone();
+                async move {
+                    // Attachment bytes stream to and from disk, past warp's buffered bodies.
+                    if crate::blobs::handles(req.uri().path()) {
+                        return Ok::<_, Infallible>(crate::blobs::serve(req, ctx).await);
+                    }
+                    let r = tower_service::Service::call(&mut s, req).await?;
+                    Ok(crate::blobs::boxed(r))
+                }
             });
         let header_timeout = ctx.settings.header_timeout;
         tokio::spawn(async move {

@@ -10,7 +10,8 @@
 //!   the only module that talks to the services), `session` (opening and closing a
 //!   connection of any kind: address budget, connection cap, registration, hello frame);
 //! - replies: `reply` (the HTTP doors' JSON errors, bodies, bearer, query parameters);
-//! - doors: `ws` (handshake, socket, reader, resume, writer), [`rest`], `sse`;
+//! - doors: `ws` (handshake, socket, reader, resume, writer), [`rest`], `sse`, `blobs`
+//!   (the local attachment directory's signed URLs);
 //! - the server: `http` (accept loop, router), `delivery` (bus → hub), and [`App`] here.
 //!
 //! The gateway holds no durable state: killing it loses no acknowledged message (clients
@@ -18,6 +19,7 @@
 
 pub mod auth;
 mod backend;
+mod blobs;
 mod ctx;
 mod delivery;
 mod http;
@@ -95,7 +97,11 @@ impl App {
             .await?;
         let resync = bus.subscribe(subjects::GATEWAY_RESYNC).await?;
         let presence = bus.subscribe(subjects::PRESENCE_CHANGES).await?;
-        let ctx = Arc::new(Ctx::new(settings, bus, verifier));
+        let blobs = match &settings.storage_dir {
+            Some(dir) => Some(Arc::new(storage::Local::open(dir)?)),
+            None => None,
+        };
+        let ctx = Arc::new(Ctx::new(settings, bus, verifier, blobs));
         Ok(App {
             ctx,
             listener,

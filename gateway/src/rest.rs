@@ -153,6 +153,13 @@ async fn route(req: Request, ctx: Arc<Ctx>) -> Answer {
             mute(path_id(id)?, false, headers, body, ctx).await
         }
         ["push", "preferences"] if m == Method::PUT => preferences(headers, body, ctx).await,
+        ["uploads"] if m == Method::POST => create_upload(headers, body, ctx).await,
+        ["attachments", id] if m == Method::GET => {
+            attachment(path_id(id)?, false, headers, ctx).await
+        }
+        ["attachments", id, "thumbnail"] if m == Method::GET => {
+            attachment(path_id(id)?, true, headers, ctx).await
+        }
         _ => match allowed_methods(&segments) {
             // RFC 9110: a 405 names the methods that would work.
             Some(allow) => {
@@ -185,6 +192,8 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         ["messages", _] => "GET, PATCH, DELETE",
         ["messages", _, "thread" | "reads"] | ["conversations", _, "pins"] => "GET",
         ["push", "preferences"] => "PUT",
+        ["uploads"] => "POST",
+        ["attachments", _] | ["attachments", _, "thumbnail"] => "GET",
         ["openapi.json"] | ["events"] | ["dev", "token"] | ["conversations", _] | ["presence"] => {
             "GET"
         }
@@ -455,6 +464,7 @@ async fn message_reads(id: i64, headers: &HeaderMap, ctx: &Ctx) -> Answer {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SendBody {
+    #[serde(default)]
     text: String,
     #[serde(default)]
     client_msg_id: Option<frames::ClientMsgId>,
@@ -464,6 +474,8 @@ struct SendBody {
     reply_to: Option<frames::Id>,
     #[serde(default)]
     mentions: Vec<frames::Id>,
+    #[serde(default)]
+    attachments: Vec<frames::Id>,
 }
 
 /// A stored message, as the sender sees it (the `message_sent` frame minus `type`).
@@ -506,6 +518,7 @@ async fn send(conversation_id: Option<i64>, headers: &HeaderMap, body: &[u8], ct
         origin_connection_id: String::new(),
         reply_to: b.reply_to.map(|r| r.0),
         mentions: b.mentions.iter().map(|u| u.0).collect(),
+        attachments: b.attachments.iter().map(|a| a.0).collect(),
     };
     let (m, duplicate) = backend::send(ctx, user_id, send).await?;
     let status = if duplicate {
@@ -530,6 +543,77 @@ async fn get_message(id: i64, headers: &HeaderMap, ctx: &Ctx) -> Answer {
     let user_id = user(headers, ctx)?;
     let m = backend::message(ctx, user_id, id).await?;
     Ok(json(StatusCode::OK, &NewMessage::from_pb(&m)))
+}
+
+/// `POST /api/v1/uploads/` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadBody {
+    conversation_id: frames::Id,
+    filename: String,
+    content_type: String,
+    size: i64,
+    /// Audio: amplitudes 0–255, at most 100.
+    #[serde(default)]
+    waveform: Vec<u8>,
+}
+
+/// `POST /api/v1/uploads/` answer.
+#[derive(Debug, Serialize)]
+struct UploadAnswer {
+    upload_id: i64,
+    url: String,
+    method: String,
+    headers: std::collections::BTreeMap<String, String>,
+    expires_at: String,
+}
+
+async fn create_upload(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
+    let user_id = user(headers, ctx)?;
+    let b: UploadBody = parse_body(body)?;
+    let r = backend::create_upload(
+        ctx,
+        pb::CreateUploadRequest {
+            user_id,
+            conversation_id: b.conversation_id.0,
+            filename: b.filename,
+            content_type: b.content_type,
+            size: b.size,
+            waveform: b.waveform,
+        },
+    )
+    .await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &UploadAnswer {
+            upload_id: r.upload_id,
+            url: r.url,
+            method: r.method,
+            headers: r.headers.into_iter().collect(),
+            expires_at: proto::time::rfc3339_ms(r.expires_at_ms),
+        },
+    ))
+}
+
+/// `GET /api/v1/attachments/{id}/[thumbnail/]`: a redirect to a short-lived address of
+/// the bytes, for members only (anyone else: 404, as for an attachment that never was).
+async fn attachment(id: i64, thumbnail: bool, headers: &HeaderMap, ctx: &Ctx) -> Answer {
+    let user_id = user(headers, ctx)?;
+    let r = backend::attachment_url(ctx, user_id, id, thumbnail).await?;
+    let mut resp = StatusCode::FOUND.into_response();
+    let h = resp.headers_mut();
+    let location = http::HeaderValue::from_str(&r.url)
+        .map_err(|_| HttpError::from(backend::BackendError::BadReply(backend::Service::Message)))?;
+    h.insert(http::header::LOCATION, location);
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("private, no-store"),
+    );
+    h.insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    Ok(resp)
 }
 
 /// `POST …/typing/` body.

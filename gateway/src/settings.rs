@@ -100,6 +100,9 @@ pub struct Settings {
     pub dev_tokens: bool,
     /// Files served at `/<name>` (`index.html` also at `/`): the single-node program's demo.
     pub static_files: Vec<StaticFile>,
+    /// The local attachment directory whose signed URLs this gateway serves
+    /// (`/api/v1/blobs/…`; `INDABA_STORAGE_DIR` when no S3 bucket is set). `None`: none.
+    pub storage_dir: Option<PathBuf>,
 }
 
 /// A file compiled into the program and served over HTTP.
@@ -147,6 +150,7 @@ impl Settings {
             drain_window: Duration::from_secs(10),
             dev_tokens: false,
             static_files: Vec::new(),
+            storage_dir: None,
             jwt_issuer: None,
             jwt_audience: None,
             auth_timeout: Duration::from_secs(5),
@@ -199,6 +203,11 @@ impl Settings {
         get: &impl Fn(&str) -> Option<String>,
     ) -> Result<(), ConfigError> {
         let s = self;
+        if let storage::StorageSettings::Local { dir } =
+            storage::StorageSettings::from_source(get, None)?
+        {
+            s.storage_dir = Some(dir);
+        }
         if let Some(l) = get(env::LISTEN) {
             s.listen = l.parse().map_err(|_| {
                 ConfigError(format!("{} must be host:port, got {l:?}", env::LISTEN))

@@ -17,6 +17,8 @@ pub const DB_FILE: &str = "indaba.db";
 pub const PRESENCE_DB_FILE: &str = "presence.db";
 /// push-service's own SQLite file: devices, mutes and the durable notification batches.
 pub const PUSH_DB_FILE: &str = "push.db";
+/// Attachments (the local storage backend), under the data directory.
+pub const UPLOADS_DIR: &str = "uploads";
 
 /// Single-node configuration.
 #[derive(Debug, Clone)]
@@ -163,6 +165,7 @@ pub fn message_settings(
     };
     let mut s = message_service::Settings::from_source(get)?;
     s.store = message_service::StoreSettings::Sqlite(db);
+    s.storage = storage_settings(settings)?;
     s.bus = message_service::BusSettings::Shared(bus);
     // SQLite has one writer: a small pool.
     s.pool_size = 4;
@@ -175,6 +178,16 @@ pub fn message_settings(
     s.jetstream_replicas = 1;
     s.crash_after_commits = None;
     Ok(s)
+}
+
+/// Where the single-node program keeps attachments: S3 when `INDABA_S3_BUCKET` is set,
+/// else `INDABA_STORAGE_DIR`, else `<data dir>/uploads` (nothing to install).
+pub fn storage_settings(settings: &Settings) -> anyhow::Result<storage::StorageSettings> {
+    let get = |k: &str| settings.options.0.get(k).cloned();
+    Ok(storage::StorageSettings::from_source(
+        &get,
+        Some(&settings.data_dir.join(UPLOADS_DIR)),
+    )?)
 }
 
 /// The assembled single-node server.
@@ -217,6 +230,11 @@ impl SingleNode {
         gw.gateway_id = "local".into();
         gw.max_text_chars = settings.max_text_chars;
         gw.static_files = DEMO_FILES.to_vec();
+        // The gateway serves the local attachment directory's URLs (none with S3).
+        gw.storage_dir = match storage_settings(&settings)? {
+            storage::StorageSettings::Local { dir } => Some(dir),
+            _ => None,
+        };
         let gateway = gateway::App::build(gw).await?;
         Ok(SingleNode {
             gateway,

@@ -103,6 +103,8 @@ pub(crate) mod gates {
         THREAD = "thread", Page;
         PINS = "pins", Page;
         MESSAGE_READS = "message_reads", Other;
+        CREATE_UPLOAD = "create_upload", Other;
+        ATTACHMENT_URL = "attachment_url", Other;
     }
 }
 

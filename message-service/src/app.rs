@@ -84,7 +84,11 @@ impl App {
             bus.ensure_queue(&bus::jobs::PUSH_QUEUE.with_replicas(settings.jetstream_replicas))
                 .await?;
         }
-        let (inner, workers) = Inner::new(bus, store, settings);
+        let storage = storage::Storage::open(&settings.storage)?;
+        if let Some(s) = &storage {
+            tracing::info!(backend = s.kind(), "attachment storage");
+        }
+        let (inner, workers) = Inner::new(bus, store, settings, storage);
         Ok(App {
             inner: Arc::new(inner),
             workers,

@@ -77,7 +77,7 @@ macro_rules! request {
 }
 
 /// Every route of message-service, requests in the order `/metrics` lists them.
-pub(crate) static ROUTES: [Route; 20] = [
+pub(crate) static ROUTES: [Route; 22] = [
     request!("send", subjects::MSG_SEND, ops::send),
     request!("send_batch", subjects::MSG_SEND_BATCH, ops::send_batch),
     request!(
@@ -120,6 +120,12 @@ pub(crate) static ROUTES: [Route; 20] = [
     request!("thread", subjects::MSG_THREAD, ops::thread),
     request!("pins", subjects::MSG_PINS, ops::pins),
     request!("message_reads", subjects::MSG_READS, ops::message_reads),
+    request!("create_upload", subjects::MSG_UPLOAD, ops::create_upload),
+    request!(
+        "attachment_url",
+        subjects::MSG_ATTACHMENT,
+        ops::attachment_url
+    ),
     route!(
         "delivery_acks",
         subjects::DELIVERY_ACKS,

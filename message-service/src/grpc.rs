@@ -250,6 +250,22 @@ impl MessageService for MessageGrpc {
         let _pass = self.admit(gates::MESSAGE_READS).await?;
         answer(ops::message_reads(&self.inner, request.into_inner()).await)
     }
+
+    async fn create_upload(
+        &self,
+        request: Request<pb::CreateUploadRequest>,
+    ) -> Result<Response<pb::CreateUploadResponse>, Status> {
+        let _pass = self.admit(gates::CREATE_UPLOAD).await?;
+        answer(ops::create_upload(&self.inner, request.into_inner()).await)
+    }
+
+    async fn get_attachment_url(
+        &self,
+        request: Request<pb::GetAttachmentUrlRequest>,
+    ) -> Result<Response<pb::GetAttachmentUrlResponse>, Status> {
+        let _pass = self.admit(gates::ATTACHMENT_URL).await?;
+        answer(ops::attachment_url(&self.inner, request.into_inner()).await)
+    }
 }
 
 impl MessageGrpc {

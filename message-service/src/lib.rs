@@ -11,7 +11,8 @@
 //!
 //! Layout, bottom up (a module imports only from those on lines above it):
 //! - [`settings`], `metrics`: configuration read in one place; counters.
-//! - [`store`]: PostgreSQL/SQLite persistence (one SQL text for both) and the outbox.
+//! - [`store`]: PostgreSQL/SQLite persistence (one SQL text for both) and the outbox;
+//!   `media`: what an attachment's bytes are, and an image made safe to serve (no I/O).
 //! - `routes`: which gateways hold which users' sockets; `recent`: what was published in
 //!   the last seconds, for sockets that open meanwhile.
 //! - `outbox`: batched cleanup of published deliveries; `commit`: group commit;
@@ -21,7 +22,8 @@
 //!   abandoned (both doors apply it).
 //! - `state`: what the instance's tasks share (`Inner`).
 //! - `delivery`: every publish to gateways (new messages, events, catch-up, delivered
-//!   notices).
+//!   notices); `attachments`: upload slots, the checks that make an upload an attachment,
+//!   download addresses, removal of stale objects.
 //! - `ops`: one typed operation per request (validation, store, publish).
 //! - `dispatch` (the NATS route table and serve loop), `grpc` (the gRPC door), `sweep`
 //!   (republishing, expiry, retention).
@@ -29,10 +31,12 @@
 
 mod admission;
 mod app;
+mod attachments;
 mod commit;
 mod delivery;
 mod dispatch;
 mod grpc;
+mod media;
 mod metrics;
 mod ops;
 mod outbox;

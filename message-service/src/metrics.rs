@@ -58,6 +58,14 @@ struct Metrics {
     requests_shed: [bus::metrics::Counter; 2],
     /// `indaba_sends_refused_overload_total`.
     sends_refused_overload: bus::metrics::Counter,
+    /// `indaba_uploads_created_total`.
+    uploads_created: bus::metrics::Counter,
+    /// `indaba_storage_errors_total`.
+    storage_errors: bus::metrics::Counter,
+    /// `indaba_images_processed_total`.
+    images_processed: bus::metrics::Counter,
+    /// `indaba_image_processing_seconds_total`.
+    image_seconds_us: bus::metrics::Counter,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -104,9 +112,40 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "indaba_sends_refused_overload_total",
             "Sends refused with unavailable because the group commit's queue was over its budget.",
         ),
+        uploads_created: r.counter("indaba_uploads_created_total", "Presigned upload slots handed out."),
+        storage_errors: r.counter(
+            "indaba_storage_errors_total",
+            "Attachment storage requests that failed (answered unavailable).",
+        ),
+        images_processed: r.counter(
+            "indaba_images_processed_total",
+            "Images stripped of metadata and thumbnailed.",
+        ),
+        image_seconds_us: r.counter(
+            "indaba_image_processing_microseconds_total",
+            "Time spent decoding, stripping and thumbnailing images (divided by indaba_images_processed_total: mean).",
+        ),
         registry: r,
     }
 });
+
+/// An upload slot was handed out.
+pub(crate) fn upload_created() {
+    METRICS.uploads_created.inc();
+}
+
+/// A storage request failed.
+pub(crate) fn storage_error() {
+    METRICS.storage_errors.inc();
+}
+
+/// An image was processed in `took`.
+pub(crate) fn image_processed(took: std::time::Duration) {
+    METRICS.images_processed.inc();
+    METRICS
+        .image_seconds_us
+        .inc_by(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+}
 
 fn count(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)

@@ -57,6 +57,8 @@ answer_with_error_field!(
     pb::ListConversationsResponse,
     pb::GetUnreadCountsResponse,
     pb::SharedContactsResponse,
+    pb::CreateUploadResponse,
+    pb::GetAttachmentUrlResponse,
 );
 
 macro_rules! answer_with_result_oneof {
@@ -90,7 +92,9 @@ answer_with_result_oneof!(
 /// log line and a count) when the database failed.
 pub(crate) fn store_error(e: StoreError) -> pb::Error {
     match e {
-        StoreError::Rejected { code, message } => pb_error(code, message),
+        StoreError::Rejected { code, message } | StoreError::Conflict { code, message } => {
+            pb_error(code, message)
+        }
         StoreError::Overloaded { retry_after_ms } => pb::Error {
             retry_after_ms,
             ..pb_error(
@@ -167,7 +171,37 @@ pub(crate) fn validate_send(
         }
         None => {}
     }
-    validate_text(&req.text, max_text).map_err(|e| invalid("text", e))?;
+    // With attachments a message may have no text (a photo on its own).
+    if !(req.text.is_empty() && !req.attachments.is_empty()) {
+        validate_text(&req.text, max_text).map_err(|e| invalid("text", e))?;
+    }
+    if req.attachments.len() > crate::attachments::MAX_ATTACHMENTS {
+        return Err(field_error(
+            "attachments",
+            ErrorCode::InvalidField,
+            format!(
+                "a message has at most {} attachments",
+                crate::attachments::MAX_ATTACHMENTS
+            ),
+        ));
+    }
+    for (i, a) in req.attachments.iter().enumerate() {
+        positive("attachments", *a)?;
+        if req.attachments[..i].contains(a) {
+            return Err(field_error(
+                "attachments",
+                ErrorCode::InvalidField,
+                format!("attachment {a} is named twice"),
+            ));
+        }
+    }
+    if !req.attachments.is_empty() && req.as_system {
+        return Err(field_error(
+            "attachments",
+            ErrorCode::InvalidField,
+            "system messages carry no attachments",
+        ));
+    }
     if !req.client_msg_id.is_empty() {
         validate_client_msg_id(&req.client_msg_id).map_err(|e| invalid("client_msg_id", e))?;
     }
@@ -196,7 +230,23 @@ pub(crate) async fn send(inner: &Inner, req: pb::SendMessageRequest) -> pb::Send
     if let Err(e) = validate_send(&req, inner.settings.max_text_chars) {
         return pb::SendMessageResponse::failed(e);
     }
+    let attachments = match req.attachments.is_empty() {
+        true => Vec::new(),
+        false => match crate::attachments::prepare(
+            inner,
+            req.sender_id,
+            req.conversation_id,
+            &req.attachments,
+        )
+        .instrument(tracing::info_span!("attachments"))
+        .await
+        {
+            Ok(a) => a,
+            Err(e) => return pb::SendMessageResponse::failed(store_error(e)),
+        },
+    };
     let new = store::NewMessage {
+        attachments,
         sender_id: req.sender_id,
         conversation_id: req.conversation_id,
         receiver_id: req.receiver_id,
@@ -241,6 +291,26 @@ pub(crate) async fn send(inner: &Inner, req: pb::SendMessageRequest) -> pb::Send
         result: Some(R::Message(sent.message)),
         duplicate: sent.duplicate,
     }
+}
+
+/// A presigned upload slot (`attachments::create_upload`).
+pub(crate) async fn create_upload(
+    inner: &Inner,
+    req: pb::CreateUploadRequest,
+) -> pb::CreateUploadResponse {
+    crate::attachments::create_upload(inner, req)
+        .await
+        .unwrap_or_else(|e| pb::CreateUploadResponse::failed(store_error(e)))
+}
+
+/// A short-lived download address for a member (`attachments::url`).
+pub(crate) async fn attachment_url(
+    inner: &Inner,
+    req: pb::GetAttachmentUrlRequest,
+) -> pb::GetAttachmentUrlResponse {
+    crate::attachments::url(inner, req)
+        .await
+        .unwrap_or_else(|e| pb::GetAttachmentUrlResponse::failed(store_error(e)))
 }
 
 /// Runs the sends of one gateway's batch side by side (the group commit puts them in the

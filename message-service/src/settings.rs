@@ -51,6 +51,61 @@ pub struct Settings {
     /// Replicas of the push queue's stream when message-service creates it
     /// (`INDABA_JETSTREAM_REPLICAS`, default 1).
     pub jetstream_replicas: usize,
+    /// Where attachments live (`INDABA_S3_*`, `INDABA_STORAGE_DIR`; none: attachments are
+    /// refused with `unsupported`).
+    pub storage: storage::StorageSettings,
+    /// What uploads may be.
+    pub uploads: Uploads,
+}
+
+/// The limits on uploads.
+#[derive(Debug, Clone)]
+pub struct Uploads {
+    /// `INDABA_MAX_UPLOAD_BYTES` (default 25 MiB).
+    pub max_bytes: u64,
+    /// `INDABA_UPLOAD_ALLOWED_TYPES`: exact types or `image/*`-style wildcards.
+    pub allowed_types: Vec<String>,
+    /// `INDABA_UPLOAD_DAILY_QUOTA_BYTES` per user per 24 hours (default 500 MiB).
+    pub daily_quota_bytes: u64,
+    /// Images with more pixels are refused before decoding (50 megapixels: beyond any
+    /// phone camera, far below a decompression bomb).
+    pub max_image_pixels: u64,
+}
+
+/// The types an upload may declare by default: media, PDF, plain text, common office
+/// documents and archives, and anything declared as `application/octet-stream` (the last
+/// three are stored as downloads).
+pub const DEFAULT_ALLOWED_TYPES: &str = "image/*,audio/*,video/*,application/pdf,text/plain,\
+application/zip,application/msword,application/vnd.openxmlformats-officedocument.wordprocessingml.document,\
+application/vnd.openxmlformats-officedocument.spreadsheetml.sheet,application/octet-stream";
+
+impl Uploads {
+    /// Reads the upload limits.
+    pub fn from_source(get: &impl Fn(&str) -> Option<String>) -> Result<Uploads, ConfigError> {
+        let allowed_types: Vec<String> = get(env::UPLOAD_ALLOWED_TYPES)
+            .unwrap_or_else(|| DEFAULT_ALLOWED_TYPES.into())
+            .split(',')
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if let Some(bad) = allowed_types.iter().find(|t| !t.contains('/')) {
+            return Err(ConfigError(format!(
+                "{} entries must be types such as image/png or image/*, got {bad:?}",
+                env::UPLOAD_ALLOWED_TYPES
+            )));
+        }
+        Ok(Uploads {
+            max_bytes: config::integer(get, env::MAX_UPLOAD_BYTES, 25 * 1024 * 1024, 1)?,
+            allowed_types,
+            daily_quota_bytes: config::integer(
+                get,
+                env::UPLOAD_DAILY_QUOTA_BYTES,
+                500 * 1024 * 1024,
+                0,
+            )?,
+            max_image_pixels: 50_000_000,
+        })
+    }
 }
 
 impl Settings {
@@ -87,6 +142,8 @@ impl Settings {
             send_queue_budget: send_queue_budget_from(&get)?,
             send_batches: true,
             jetstream_replicas: env::jetstream_replicas(&get).map_err(ConfigError)?,
+            storage: storage::StorageSettings::from_source(&get, None)?,
+            uploads: Uploads::from_source(&get)?,
             crash_after_commits: match get(env::TEST_CRASH_AFTER_COMMITS) {
                 None => None,
                 Some(_) => Some(parse(&get, env::TEST_CRASH_AFTER_COMMITS, 1u64)?),

@@ -60,6 +60,10 @@ pub(crate) struct Inner {
     pub(crate) recent: Recent,
     /// New messages committed by this process (drives the fault-injection crash).
     commits: AtomicU64,
+    /// Where attachments live (`None`: not configured).
+    pub(crate) storage: Option<storage::Storage>,
+    /// Images processed at once (one: decoding must not take chat's CPU).
+    pub(crate) media_slots: Semaphore,
 }
 
 /// The receiving ends of [`Inner`]'s worker queues, for the tasks `App::run` starts.
@@ -76,7 +80,12 @@ pub(crate) struct Workers {
 
 impl Inner {
     /// The shared state and the receivers of its queues.
-    pub(crate) fn new(bus: Bus, store: Store, settings: Settings) -> (Inner, Workers) {
+    pub(crate) fn new(
+        bus: Bus,
+        store: Store,
+        settings: Settings,
+        storage: Option<storage::Storage>,
+    ) -> (Inner, Workers) {
         let (completions, completions_rx) = Completions::channel();
         let (sends, sends_rx) = Sends::new(
             store.clone(),
@@ -101,6 +110,8 @@ impl Inner {
             routes_warm_at: tokio::time::Instant::now() + ROUTES_WARMUP,
             recent: Recent::default(),
             commits: AtomicU64::new(0),
+            storage,
+            media_slots: Semaphore::new(1),
         };
         let workers = Workers {
             sends: sends_rx,

@@ -1,6 +1,7 @@
 //! The once-a-second housekeeping: republishes deliveries whose writer died before
 //! publishing (outbox rows past their lease), forgets gateways that stopped sending
-//! heartbeats and old catch-up entries, and applies message retention.
+//! heartbeats and old catch-up entries, applies message retention, and (every 10 s)
+//! removes the objects of stale uploads and deleted messages' attachments.
 //!
 //! It sits above [`crate::delivery`] because a republish is an ordinary delivery: the
 //! same routing, push job and outbox completion as the first attempt.
@@ -8,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::attachments;
 use crate::delivery::{deliver, Attempt};
 use crate::metrics;
 use crate::outbox;
@@ -17,6 +19,9 @@ use crate::state::Inner;
 const EVERY: Duration = Duration::from_secs(1);
 /// Most outbox rows (each a committed batch of messages) claimed per sweep.
 const CLAIM: i64 = 500;
+/// Attachment objects are swept every this many sweeps (10 s): a deleted message's
+/// objects go within seconds, without a query a second.
+const ATTACHMENT_SWEEP_EVERY: u64 = 10;
 /// Most messages deleted for retention per sweep.
 const PRUNE: i64 = 1000;
 /// Most outbox leases renewed per statement.
@@ -26,6 +31,7 @@ const RENEW_CHUNK: usize = 10_000;
 pub(crate) async fn sweep(inner: Arc<Inner>) {
     let mut tick = tokio::time::interval(EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick_count: u64 = 0;
     loop {
         tick.tick().await;
         inner.recent.prune();
@@ -42,6 +48,16 @@ pub(crate) async fn sweep(inner: Arc<Inner>) {
                 Err(e) => tracing::warn!(error = %e, "retention prune failed"),
             }
         }
+        if tick_count % ATTACHMENT_SWEEP_EVERY == 0 {
+            match attachments::sweep(&inner).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(n, "removed stale uploads and deleted messages' attachments")
+                }
+                Err(e) => tracing::warn!(error = %e, "attachment sweep failed"),
+            }
+        }
+        tick_count += 1;
         // Rows this instance is merely late with are not orphans (see outbox::Completions).
         // SQLite binds at most 32,766 parameters per statement.
         for ids in inner

@@ -147,6 +147,32 @@ pub const LOG: &str = "INDABA_LOG";
 /// Delete messages older than this many days (default: keep forever). Clients resuming
 /// past the retained range are told (`sync_complete.truncated`).
 pub const MESSAGE_RETENTION_DAYS: &str = "INDABA_MESSAGE_RETENTION_DAYS";
+/// Attachments: the directory of the local storage backend (the single-node program's
+/// default: `<INDABA_DATA_DIR>/uploads`). The gateway serves its signed URLs itself.
+pub const STORAGE_DIR: &str = "INDABA_STORAGE_DIR";
+/// Attachments in S3-compatible object storage: the bucket (setting it selects S3).
+pub const S3_BUCKET: &str = "INDABA_S3_BUCKET";
+/// The S3 API endpoint message-service talks to (default `https://s3.<region>.amazonaws.com`).
+pub const S3_ENDPOINT: &str = "INDABA_S3_ENDPOINT";
+/// The endpoint clients' presigned URLs name, when they reach storage by another address
+/// than message-service does (default: `INDABA_S3_ENDPOINT`).
+pub const S3_PUBLIC_ENDPOINT: &str = "INDABA_S3_PUBLIC_ENDPOINT";
+/// The bucket's region (default `us-east-1`; R2: `auto`).
+pub const S3_REGION: &str = "INDABA_S3_REGION";
+/// Credentials for S3 (required with `INDABA_S3_BUCKET`).
+pub const S3_ACCESS_KEY_ID: &str = "INDABA_S3_ACCESS_KEY_ID";
+pub const S3_SECRET_ACCESS_KEY: &str = "INDABA_S3_SECRET_ACCESS_KEY";
+/// Path-style URLs (`endpoint/bucket/key`) instead of virtual-host ones (default true with
+/// a custom endpoint, as MinIO and most S3-compatible servers want; false for AWS).
+pub const S3_PATH_STYLE: &str = "INDABA_S3_PATH_STYLE";
+/// The largest upload accepted, in bytes (default 25 MiB).
+pub const MAX_UPLOAD_BYTES: &str = "INDABA_MAX_UPLOAD_BYTES";
+/// Comma-separated declared types an upload may have (`image/*` style prefixes allowed;
+/// default: images, audio, video, PDF and `application/octet-stream`).
+pub const UPLOAD_ALLOWED_TYPES: &str = "INDABA_UPLOAD_ALLOWED_TYPES";
+/// Bytes one user may upload per 24 hours (default 500 MiB).
+pub const UPLOAD_DAILY_QUOTA_BYTES: &str = "INDABA_UPLOAD_DAILY_QUOTA_BYTES";
+
 /// Size of the PostgreSQL/SQLite connection pool. Default 16 (PostgreSQL), 4 (SQLite).
 pub const DB_POOL_SIZE: &str = "INDABA_DB_POOL_SIZE";
 

@@ -53,11 +53,28 @@ pub enum ErrorCode {
     InvalidReply,
     /// `mentions` names someone who is not a participant of the conversation.
     InvalidMention,
+    /// An upload that cannot be attached: unknown, another user's, another conversation's,
+    /// already attached, or never completed.
+    InvalidAttachment,
+    /// The upload's time ran out (its URL expired before the bytes arrived, or it was never
+    /// attached within a day).
+    UploadExpired,
+    /// The stored object's size differs from the declared one.
+    SizeMismatch,
+    /// The bytes are not of the declared type.
+    TypeMismatch,
+    /// The declared type is not on the allowed list.
+    UnsupportedMediaType,
+    /// The user's daily upload allowance is spent.
+    QuotaExceeded,
+    /// An image with more pixels than the server decodes (a decompression bomb, or a photo
+    /// far beyond any camera's).
+    ImageTooLarge,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and exhaustive tests.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::InvalidJson,
         ErrorCode::MissingType,
         ErrorCode::UnknownType,
@@ -82,6 +99,13 @@ impl ErrorCode {
         ErrorCode::TooManyReactions,
         ErrorCode::InvalidReply,
         ErrorCode::InvalidMention,
+        ErrorCode::InvalidAttachment,
+        ErrorCode::UploadExpired,
+        ErrorCode::SizeMismatch,
+        ErrorCode::TypeMismatch,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::ImageTooLarge,
     ];
 
     /// The wire form of the code.
@@ -111,6 +135,13 @@ impl ErrorCode {
             ErrorCode::TooManyReactions => "too_many_reactions",
             ErrorCode::InvalidReply => "invalid_reply",
             ErrorCode::InvalidMention => "invalid_mention",
+            ErrorCode::InvalidAttachment => "invalid_attachment",
+            ErrorCode::UploadExpired => "upload_expired",
+            ErrorCode::SizeMismatch => "size_mismatch",
+            ErrorCode::TypeMismatch => "type_mismatch",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
+            ErrorCode::ImageTooLarge => "image_too_large",
         }
     }
 
@@ -125,9 +156,10 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             // The state of the message refuses the change: the client must not retry it.
             ErrorCode::EditWindowExpired | ErrorCode::TooManyReactions => 409,
-            ErrorCode::MessageDeleted => 410,
-            ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::RateLimited => 429,
+            ErrorCode::MessageDeleted | ErrorCode::UploadExpired => 410,
+            ErrorCode::PayloadTooLarge | ErrorCode::ImageTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::RateLimited | ErrorCode::QuotaExceeded => 429,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
             ErrorCode::InvalidJson
@@ -139,6 +171,9 @@ impl ErrorCode {
             | ErrorCode::InvalidReceiver
             | ErrorCode::InvalidReply
             | ErrorCode::InvalidMention
+            | ErrorCode::InvalidAttachment
+            | ErrorCode::SizeMismatch
+            | ErrorCode::TypeMismatch
             // A request the current state refuses: the client must change it, not retry.
             | ErrorCode::TooManyParticipants
             | ErrorCode::Unsupported => 400,

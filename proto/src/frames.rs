@@ -95,7 +95,8 @@ pub struct ChatMessage {
     /// The other user (the spec always sends it; optional when `conversation_id` is given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receiver_id: Option<Id>,
-    /// The message body.
+    /// The message body (may be left out, or empty, when there are attachments).
+    #[serde(default)]
     pub text: String,
     /// Idempotency key: resending with the same key never stores a second copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,6 +107,9 @@ pub struct ChatMessage {
     /// Users to mention (participants only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mentions: Vec<Id>,
+    /// Uploads to attach (`upload_id`s from `POST /api/v1/uploads/`, at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Id>,
 }
 
 /// `edit_message`: replace the text of your message.
@@ -377,6 +381,7 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         #[serde(rename = "type")]
         ty: Option<serde_json::Value>,
         client_msg_id: Option<serde_json::Value>,
+        text: Option<serde::de::IgnoredAny>,
     }
     // serde would happily read a struct from a JSON array; frames are objects only.
     if !text.trim_start().starts_with('{') {
@@ -426,11 +431,22 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
             reference,
         });
     }
-    serde_json::from_str::<ClientFrame>(text).map_err(|e| FrameError {
+    let frame = serde_json::from_str::<ClientFrame>(text).map_err(|e| FrameError {
         code: ErrorCode::InvalidField,
         message: strip_position(&e.to_string()),
-        reference,
-    })
+        reference: reference.clone(),
+    })?;
+    // Only a message with attachments may leave its text out.
+    if let ClientFrame::ChatMessage(m) = &frame {
+        if probe.text.is_none() && m.attachments.is_empty() {
+            return Err(FrameError {
+                code: ErrorCode::InvalidField,
+                message: "missing field `text`".to_owned(),
+                reference,
+            });
+        }
+    }
+    Ok(frame)
 }
 
 /// serde_json appends " at line 1 column 57"; clients do not need the position.
@@ -525,6 +541,79 @@ pub struct NewMessage {
     /// Who pinned it (null: not pinned).
     #[serde(default)]
     pub pinned_by: Option<i64>,
+    /// Files attached (none once deleted).
+    #[serde(default)]
+    pub attachments: Vec<AttachmentView>,
+}
+
+/// An attachment as clients see it. `url` and `thumbnail` are the gateway's download
+/// routes (members only; each answers with a redirect to a short-lived address).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttachmentView {
+    pub id: i64,
+    pub filename: String,
+    pub content_type: String,
+    pub size: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    /// `GET` this for the file (`/api/v1/attachments/{id}/`).
+    pub url: String,
+    /// `GET` this for a JPEG of at most 320 px (images only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumbnail: Option<String>,
+    /// Audio: the sender's waveform, one amplitude (0–255) per sample.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waveform: Vec<u8>,
+}
+
+impl AttachmentView {
+    /// The client form of a stored attachment.
+    pub fn from_pb(a: &crate::pb::Attachment) -> AttachmentView {
+        let url = format!("/api/v1/attachments/{}/", a.id);
+        AttachmentView {
+            id: a.id,
+            filename: a.filename.clone(),
+            content_type: a.content_type.clone(),
+            size: a.size,
+            width: (a.width > 0).then_some(a.width),
+            height: (a.height > 0).then_some(a.height),
+            duration_ms: (a.duration_ms > 0).then_some(a.duration_ms),
+            thumbnail: a.has_thumbnail.then(|| format!("{url}thumbnail/")),
+            url,
+            waveform: a.waveform.clone(),
+        }
+    }
+}
+
+/// What a notification says for a message without text: "📷 Photo", "🎤 Voice message
+/// (0:12)", "📎 file.pdf" (the first attachment; "+ N more" for the rest).
+pub fn attachment_summary(list: &[crate::pb::Attachment]) -> String {
+    let Some(a) = list.first() else {
+        return String::new();
+    };
+    let mut s = if a.content_type.starts_with("image/") {
+        "📷 Photo".to_owned()
+    } else if a.content_type.starts_with("audio/") {
+        match a.duration_ms {
+            0 => "🎤 Voice message".to_owned(),
+            ms => {
+                let secs = (ms + 500) / 1000;
+                format!("🎤 Voice message ({}:{:02})", secs / 60, secs % 60)
+            }
+        }
+    } else if a.content_type.starts_with("video/") {
+        "🎥 Video".to_owned()
+    } else {
+        format!("📎 {}", a.filename)
+    };
+    if list.len() > 1 {
+        s.push_str(&format!(" + {} more", list.len() - 1));
+    }
+    s
 }
 
 /// One emoji's reactions on a message, as the reader sees them.
@@ -999,6 +1088,7 @@ impl NewMessage {
             last_reply_at: time_or_null(m.last_reply_at_ms),
             pinned_at: time_or_null(m.pinned_at_ms),
             pinned_by: (m.pinned_at_ms > 0).then_some(m.pinned_by),
+            attachments: m.attachments.iter().map(AttachmentView::from_pb).collect(),
         }
     }
 }
@@ -1082,6 +1172,7 @@ mod tests {
                 client_msg_id: None,
                 reply_to: None,
                 mentions: Vec::new(),
+                attachments: Vec::new(),
             })
         );
         let f = parse_client_frame(
@@ -1160,6 +1251,11 @@ mod tests {
         assert_eq!(
             code(r#"{"type":"chat_message","receiver_id":2}"#),
             ErrorCode::InvalidField
+        );
+        // With attachments the text may be left out.
+        assert!(
+            parse_client_frame(r#"{"type":"chat_message","receiver_id":2,"attachments":[4]}"#)
+                .is_ok()
         );
         assert_eq!(
             code(r#"{"type":"chat_message","receiver_id":"bob","text":"x"}"#),

@@ -19,14 +19,15 @@ pub const fn code(c: ErrorCode) -> Code {
         }
         ErrorCode::Forbidden => Code::PermissionDenied,
         ErrorCode::Unauthorized => Code::Unauthenticated,
-        ErrorCode::RateLimited => Code::ResourceExhausted,
+        ErrorCode::RateLimited | ErrorCode::QuotaExceeded => Code::ResourceExhausted,
         ErrorCode::Unavailable => Code::Unavailable,
         ErrorCode::Internal => Code::Internal,
         ErrorCode::TooManyParticipants
         | ErrorCode::Unsupported
         | ErrorCode::MessageDeleted
         | ErrorCode::EditWindowExpired
-        | ErrorCode::TooManyReactions => Code::FailedPrecondition,
+        | ErrorCode::TooManyReactions
+        | ErrorCode::UploadExpired => Code::FailedPrecondition,
         ErrorCode::MethodNotAllowed => Code::Unimplemented,
         ErrorCode::InvalidJson
         | ErrorCode::MissingType
@@ -37,7 +38,12 @@ pub const fn code(c: ErrorCode) -> Code {
         | ErrorCode::InvalidReceiver
         | ErrorCode::InvalidReply
         | ErrorCode::InvalidMention
-        | ErrorCode::PayloadTooLarge => Code::InvalidArgument,
+        | ErrorCode::PayloadTooLarge
+        | ErrorCode::InvalidAttachment
+        | ErrorCode::SizeMismatch
+        | ErrorCode::TypeMismatch
+        | ErrorCode::UnsupportedMediaType
+        | ErrorCode::ImageTooLarge => Code::InvalidArgument,
     }
 }
 

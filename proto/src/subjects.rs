@@ -48,6 +48,11 @@ pub const MSG_PINS: &str = "indaba.v1.msg.pins";
 /// Request/reply: who read a message ("seen by"). `pb::GetMessageReadsRequest` →
 /// `pb::GetMessageReadsResponse`.
 pub const MSG_READS: &str = "indaba.v1.msg.reads";
+/// Request/reply: a presigned upload. `pb::CreateUploadRequest` → `pb::CreateUploadResponse`.
+pub const MSG_UPLOAD: &str = "indaba.v1.msg.upload";
+/// Request/reply: a short-lived address of an attachment's bytes.
+/// `pb::GetAttachmentUrlRequest` → `pb::GetAttachmentUrlResponse`.
+pub const MSG_ATTACHMENT: &str = "indaba.v1.msg.attachment";
 /// Request/reply: a user's unread counts. `pb::GetUnreadCountsRequest` →
 /// `pb::GetUnreadCountsResponse`.
 pub const UNREAD: &str = "indaba.v1.msg.unread";

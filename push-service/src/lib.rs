@@ -319,11 +319,20 @@ async fn intake(inner: &Inner, payload: &[u8]) -> Result<(), store::StoreError> 
     if seen.is_none() {
         tracing::warn!("presence unavailable: treating recipients as offline");
     }
+    // A photo or voice note on its own is announced by what it is.
+    let summary;
+    let text = match m.text.is_empty() {
+        true => {
+            summary = proto::frames::attachment_summary(&m.attachments);
+            summary.as_str()
+        }
+        false => m.text.as_str(),
+    };
     let incoming = store::Incoming {
         message_id: m.id,
         conversation_id: m.conversation_id,
         sender_id: m.sender_id,
-        text: &m.text,
+        text,
         mentions: &m.mentions,
         title: &job.conversation_title,
         kind: i64::from(job.conversation_kind),

@@ -439,6 +439,7 @@ impl Conn {
             origin_connection_id: self.session.connection_id.to_string(),
             reply_to: m.reply_to.map(|r| r.0),
             mentions: m.mentions.iter().map(|u| u.0).collect(),
+            attachments: m.attachments.iter().map(|a| a.0).collect(),
         };
         match backend::send(&self.ctx, self.session.user_id, send).await {
             Ok((msg, duplicate)) => {

@@ -704,6 +704,7 @@ async fn a_flood_of_conversation_reads_leaves_others_sends_their_slots() {
             origin_connection_id: String::new(),
             reply_to: None,
             mentions: Vec::new(),
+            attachments: Vec::new(),
         })
         .collect();
     for chunk in seeds.chunks(100) {

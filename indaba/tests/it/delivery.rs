@@ -145,6 +145,7 @@ async fn outbox_delivers_after_a_crash_between_commit_and_publish() {
             origin_connection_id: "gw-dead/1".into(),
             reply_to: None,
             mentions: Vec::new(),
+            attachments: Vec::new(),
         })
         .await
         .expect("store");

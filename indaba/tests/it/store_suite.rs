@@ -26,6 +26,7 @@ fn msg(
         origin_connection_id: String::new(),
         reply_to: None,
         mentions: Vec::new(),
+        attachments: Vec::new(),
     }
 }
 

@@ -224,7 +224,7 @@ impl Store {
                     // For everyone, and from storage: the text, mentions and reactions go;
                     // the tombstone keeps id, seq, sender, time and thread place.
                     sqlx::query(
-                        "UPDATE messages SET text = '', mentions = NULL, deleted_at_ms = $2,
+                        "UPDATE messages SET text = '', mentions = NULL, attachments = NULL, deleted_at_ms = $2,
                              deleted_by = $3, pinned_at_ms = 0, pinned_by = NULL
                          WHERE id = $1",
                     )

@@ -41,6 +41,8 @@ pub struct NewMessage {
     pub reply_to: Option<i64>,
     /// Users mentioned (validated against the participants in the insert).
     pub mentions: Vec<i64>,
+    /// Checked uploads to attach (claimed in the insert's transaction).
+    pub attachments: Vec<proto::pb::Attachment>,
 }
 
 impl NewMessage {
@@ -48,7 +50,7 @@ impl NewMessage {
     /// written by the shared loop, not the batch statements (which stay lean for plain
     /// text, the bulk of traffic).
     pub(crate) fn is_rich(&self) -> bool {
-        self.reply_to.is_some() || !self.mentions.is_empty()
+        self.reply_to.is_some() || !self.mentions.is_empty() || !self.attachments.is_empty()
     }
 
     /// The message as stored under `id` at `seq` of `conversation_id` (the batch paths

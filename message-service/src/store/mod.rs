@@ -65,12 +65,14 @@ mod pg_batch;
 mod receipts;
 mod send;
 mod sqlite_batch;
+mod uploads;
 
 pub(crate) use changes::{ChangeRequest, Target};
 pub use conversations::ConversationMeta;
 pub use messages::{NewMessage, Sent};
 pub use outbox::{ClaimedRow, PendingDelivery};
 pub use roles::{Role, Roster};
+pub(crate) use uploads::{invalid_attachment, Checked, NewUpload, Upload};
 
 pub use conversations::{ConversationCursor, Summary, UNREAD_CAP};
 pub(crate) use messages::SYSTEM_SENDER_ID;
@@ -94,12 +96,26 @@ pub enum StoreError {
         /// When a retry can succeed.
         retry_after_ms: u64,
     },
+    /// Another transaction won a race this one needed (an upload attached to two messages
+    /// at once): this one was rolled back whole, and its client gets the code.
+    #[error("{code}: {message}")]
+    Conflict {
+        /// Stable client-facing code.
+        code: ErrorCode,
+        /// Detail for humans.
+        message: String,
+    },
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     /// Migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// A refusal with a client-facing code, for the operations beside the store (attachments).
+pub(crate) fn refusal(code: ErrorCode, message: impl Into<String>) -> StoreError {
+    rejected(code, message)
 }
 
 /// A refusal with a client-facing code.

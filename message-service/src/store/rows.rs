@@ -53,7 +53,9 @@ macro_rules! message_columns {
             $p,
             "pinned_at_ms, ",
             $p,
-            "pinned_by"
+            "pinned_by, ",
+            $p,
+            "attachments"
         )
     };
 }
@@ -152,6 +154,9 @@ where
         last_reply_at_ms: row.try_get("last_reply_at_ms")?,
         pinned_at_ms: row.try_get("pinned_at_ms")?,
         pinned_by: row.try_get::<Option<i64>, _>("pinned_by")?.unwrap_or(0),
+        attachments: super::uploads::parse_attachments(
+            row.try_get::<Option<String>, _>("attachments")?.as_deref(),
+        ),
     })
 }
 
@@ -238,7 +243,7 @@ mod tests {
             "id, conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms, reply_to"
         ));
         assert!(message_columns!("m.").starts_with("m.id, m.conversation_id, "));
-        assert_eq!(message_columns!("m.").matches("m.").count(), 17);
+        assert_eq!(message_columns!("m.").matches("m.").count(), 18);
         assert_eq!(join_ids(&[7, 3, 7]).as_deref(), Some("3,7"));
         assert_eq!(parse_ids(Some("3,7")), vec![3, 7]);
         assert_eq!(join_ids(&[]), None);

@@ -17,6 +17,7 @@ use super::rows::{
     conversation_not_found, direct_key, join_ids, message_from_row, CONVERSATION_EXISTS,
     DIRECT_BY_KEY, PARTICIPANTS,
 };
+use super::uploads::{attachments_json, invalid_attachment};
 use super::{pg_batch, rejected, sqlite_batch, Store, StoreError};
 
 /// A batch's answers, one per message in input order; `Err` for the whole batch only
@@ -220,6 +221,26 @@ impl Store {
                             ));
                         }
                     }
+                    // Checked before anything of the message is written, so a refusal
+                    // leaves nothing behind; claimed after the insert (below).
+                    for a in &m.attachments {
+                        let usable: Option<i64> = sqlx::query_scalar(
+                            "SELECT id FROM uploads WHERE id = $1 AND user_id = $2
+                             AND conversation_id = $3 AND message_id IS NULL
+                             AND final_key IS NOT NULL",
+                        )
+                        .bind(a.id)
+                        .bind(m.sender_id)
+                        .bind(conversation_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if usable.is_none() {
+                            return Err(invalid_attachment(
+                                a.id,
+                                "not an unused upload of yours in this conversation",
+                            ));
+                        }
+                    }
                     // A reply joins its target's thread: the root is stored (threads are
                     // one level deep, so a reply to a reply lands beside it).
                     let root = match m.reply_to {
@@ -259,8 +280,8 @@ impl Store {
                     let seq: i64 = bumped.try_get("last_seq")?;
                     let meta = ConversationMeta::from_row(&bumped)?;
                     let row = sqlx::query(concat!(
-                        "INSERT INTO messages (conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms, reply_to, mentions)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                        "INSERT INTO messages (conversation_id, seq, sender_id, receiver_id, text, client_msg_id, created_at_ms, reply_to, mentions, attachments)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                          RETURNING ",
                         message_columns!()
                     ))
@@ -273,9 +294,27 @@ impl Store {
                     .bind(now)
                     .bind(root)
                     .bind(join_ids(&m.mentions))
+                    .bind(attachments_json(&m.attachments))
                     .fetch_one(&mut *tx)
                     .await?;
                     let message = message_from_row(&row)?;
+                    for a in &m.attachments {
+                        // Two sends racing for one upload both passed the check above; the
+                        // second waits on the first's row lock and finds it taken.
+                        let claimed = sqlx::query(
+                            "UPDATE uploads SET message_id = $1 WHERE id = $2 AND message_id IS NULL",
+                        )
+                        .bind(message.id)
+                        .bind(a.id)
+                        .execute(&mut *tx)
+                        .await?;
+                        if claimed.rows_affected() != 1 {
+                            return Err(StoreError::Conflict {
+                                code: ErrorCode::InvalidAttachment,
+                                message: format!("attachment {}: already attached", a.id),
+                            });
+                        }
+                    }
                     if let Some(root) = root {
                         sqlx::query(
                             "UPDATE messages SET reply_count = reply_count + 1, last_reply_at_ms = $2

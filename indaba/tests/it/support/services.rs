@@ -28,6 +28,9 @@ pub fn message_service_settings(nats_url: &str, database_url: &str) -> message_s
         send_batches: true,
         crash_after_commits: None,
         jetstream_replicas: 1,
+        storage: storage::StorageSettings::None,
+        uploads: message_service::settings::Uploads::from_source(&|_| None)
+            .expect("default upload limits"),
     }
 }
 
