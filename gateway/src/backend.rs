@@ -310,7 +310,7 @@ pub(crate) async fn send(ctx: &Ctx, user_id: i64, s: Send) -> Result<(pb::ChatMe
     let started = std::time::Instant::now();
     spend(ctx, Budget::Chat, user_id)?;
     // A photo on its own has no text.
-    if !(s.text.is_empty() && !s.attachments.is_empty()) {
+    if !s.text.is_empty() || s.attachments.is_empty() {
         proto::limits::validate_text(&s.text, ctx.settings.max_text_chars)?;
     }
     if s.conversation_id.is_none() && s.receiver_id.is_none() {

@@ -17,8 +17,6 @@ use crate::settings::Uploads;
 use crate::state::Inner;
 use crate::store::{invalid_attachment, refusal, Checked, NewUpload, StoreError, Upload};
 
-/// How long a client has to send an upload's bytes.
-const UPLOAD_URL_TTL: Duration = Duration::from_secs(15 * 60);
 /// How long a download address works.
 const DOWNLOAD_URL_TTL: Duration = Duration::from_secs(5 * 60);
 /// An upload never attached within this long is removed.
@@ -164,7 +162,7 @@ pub(crate) async fn create_upload(
         &upload_key,
         &declared,
         u64::try_from(req.size).unwrap_or(0),
-        UPLOAD_URL_TTL,
+        limits.url_ttl,
     );
     let id = inner
         .store

@@ -172,7 +172,7 @@ pub(crate) fn validate_send(
         None => {}
     }
     // With attachments a message may have no text (a photo on its own).
-    if !(req.text.is_empty() && !req.attachments.is_empty()) {
+    if !req.text.is_empty() || req.attachments.is_empty() {
         validate_text(&req.text, max_text).map_err(|e| invalid("text", e))?;
     }
     if req.attachments.len() > crate::attachments::MAX_ATTACHMENTS {

@@ -67,6 +67,9 @@ pub struct Uploads {
     pub allowed_types: Vec<String>,
     /// `INDABA_UPLOAD_DAILY_QUOTA_BYTES` per user per 24 hours (default 500 MiB).
     pub daily_quota_bytes: u64,
+    /// How long a client has to send an upload's bytes (`INDABA_UPLOAD_URL_TTL_SECS`,
+    /// default 15 minutes).
+    pub url_ttl: std::time::Duration,
     /// Images with more pixels are refused before decoding (50 megapixels: beyond any
     /// phone camera, far below a decompression bomb).
     pub max_image_pixels: u64,
@@ -103,6 +106,12 @@ impl Uploads {
                 500 * 1024 * 1024,
                 0,
             )?,
+            url_ttl: std::time::Duration::from_secs(config::integer(
+                get,
+                env::UPLOAD_URL_TTL_SECS,
+                900,
+                1,
+            )?),
             max_image_pixels: 50_000_000,
         })
     }

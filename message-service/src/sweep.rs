@@ -48,7 +48,7 @@ pub(crate) async fn sweep(inner: Arc<Inner>) {
                 Err(e) => tracing::warn!(error = %e, "retention prune failed"),
             }
         }
-        if tick_count % ATTACHMENT_SWEEP_EVERY == 0 {
+        if tick_count.is_multiple_of(ATTACHMENT_SWEEP_EVERY) {
             match attachments::sweep(&inner).await {
                 Ok(0) => {}
                 Ok(n) => {

@@ -170,6 +170,8 @@ pub const MAX_UPLOAD_BYTES: &str = "INDABA_MAX_UPLOAD_BYTES";
 /// Comma-separated declared types an upload may have (`image/*` style prefixes allowed;
 /// default: images, audio, video, PDF and `application/octet-stream`).
 pub const UPLOAD_ALLOWED_TYPES: &str = "INDABA_UPLOAD_ALLOWED_TYPES";
+/// How long an upload URL is valid, in seconds (default 900).
+pub const UPLOAD_URL_TTL_SECS: &str = "INDABA_UPLOAD_URL_TTL_SECS";
 /// Bytes one user may upload per 24 hours (default 500 MiB).
 pub const UPLOAD_DAILY_QUOTA_BYTES: &str = "INDABA_UPLOAD_DAILY_QUOTA_BYTES";
 

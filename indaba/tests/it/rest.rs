@@ -618,5 +618,5 @@ async fn schemathesis_finds_no_server_errors_or_schema_violations() {
         "schemathesis found problems:\n{report}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(report.contains("Tested: 30"), "{report}");
+    assert!(report.contains("Tested: 33"), "{report}");
 }

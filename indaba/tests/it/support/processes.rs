@@ -103,6 +103,73 @@ impl Nats {
     }
 }
 
+/// A real S3-compatible server (s3s-fs, installed by `scripts/test.sh`; it checks SigV4
+/// signatures and presigned URLs' expiry) on a free port, serving a bucket in a temporary
+/// directory.
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+    /// The directory the server keeps objects in (`<root>/<bucket>/<key>`).
+    pub root: tempfile::TempDir,
+}
+
+impl S3Server {
+    pub const BUCKET: &'static str = "indaba-test";
+    pub const ACCESS_KEY: &'static str = "test-access-key";
+    pub const SECRET_KEY: &'static str = "test-secret-key-0123456789";
+
+    pub fn start() -> S3Server {
+        let bin = std::env::var("INDABA_S3_SERVER").unwrap_or_else(|_| {
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools/s3s-fs/bin/s3s-fs").into()
+        });
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(root.path().join(Self::BUCKET)).expect("bucket");
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--access-key",
+                Self::ACCESS_KEY,
+                "--secret-key",
+                Self::SECRET_KEY,
+            ])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {bin} (set INDABA_S3_SERVER or run scripts/test.sh): {e}")
+            });
+        wait_for_port(port, "s3s-fs");
+        S3Server { child, port, root }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The `INDABA_S3_*` settings that point at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        [
+            ("INDABA_S3_BUCKET", Self::BUCKET.to_owned()),
+            ("INDABA_S3_ENDPOINT", self.endpoint()),
+            ("INDABA_S3_REGION", "us-east-1".to_owned()),
+            ("INDABA_S3_ACCESS_KEY_ID", Self::ACCESS_KEY.to_owned()),
+            ("INDABA_S3_SECRET_ACCESS_KEY", Self::SECRET_KEY.to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for Nats {
     fn drop(&mut self) {
         let _ = self.child.kill();
