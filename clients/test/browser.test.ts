@@ -255,3 +255,95 @@ it('rich messages in the demo: edit, delete, react, reply, thread, pin, seen by'
   await dan.screenshot({ path: join(artifacts, 'demo-rich-dan.png') });
   expect(errors).toEqual([]);
 });
+
+/** A real PNG of `w`×`h` (RGB, a gradient), encoded here with zlib: no image library. */
+async function pngOf(w: number, h: number): Promise<Buffer> {
+  const { deflateSync, crc32 } = await import('node:zlib');
+  const chunk = (type: string, data: Buffer) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(body) >>> 0);
+    return Buffer.concat([len, body, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8);
+  const rows: Buffer[] = [];
+  for (let y = 0; y < h; y++) {
+    const row = Buffer.alloc(1 + w * 3);
+    for (let x = 0; x < w; x++) row.set([(x * 255) / w, (y * 255) / h, 128], 1 + x * 3);
+    rows.push(row);
+  }
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr),
+    chunk('IDAT', deflateSync(Buffer.concat(rows))),
+    chunk('IEND', Buffer.alloc(0)),
+  ]);
+}
+
+it('attachments in the demo: a photo by the picker and one by drag-and-drop, seen as thumbnails by the other user', { timeout: 120_000 }, async (ctx) => {
+  const opts = { viewport: { width: 1100, height: 700 } };
+  const alice = await (await browser.newContext(opts)).newPage();
+  const carol = await (await browser.newContext(opts)).newPage();
+  const errors: string[] = [];
+  ctx.onTestFailed(async () => {
+    console.error('page errors:', errors.join('\n'));
+    mkdirSync(artifacts, { recursive: true });
+    await alice.screenshot({ path: join(artifacts, 'failed-attach-alice.png') }).catch(() => {});
+    await carol.screenshot({ path: join(artifacts, 'failed-attach-carol.png') }).catch(() => {});
+  });
+  for (const [name, p] of [['alice', alice], ['carol', carol]] as const) {
+    p.on('pageerror', (e) => errors.push(`${name}: ${e.stack ?? e}`));
+    p.on('console', (m) => {
+      if (m.type() === 'error') errors.push(`${name} console: ${m.text()} ${m.location().url}`);
+    });
+  }
+  await signIn(alice, 1);
+  await alice.getByTestId('new-chat').fill('3');
+  await alice.getByTestId('start-chat').click();
+  await alice.getByTestId('conversation').filter({ hasText: 'Carol' }).click();
+  await signIn(carol, 3);
+
+  // By the picker: a real PNG file.
+  await alice.getByTestId('attach-input').setInputFiles({ name: 'living room.png', mimeType: 'image/png', buffer: await pngOf(640, 480) });
+  const carolConv = carol.getByTestId('conversation').filter({ hasText: 'Alice' });
+  await carolConv.filter({ hasText: '📷 Photo' }).waitFor({ timeout: 20_000 });
+  await carolConv.click();
+  const thumbs = carol.getByTestId('attachment-thumbnail');
+  await thumbs.first().waitFor({ timeout: 20_000 });
+  // The thumbnail really loaded (a decoded image, at most 320 px wide).
+  await expect.poll(() => thumbs.first().evaluate((img: HTMLImageElement) => img.complete && img.naturalWidth), { timeout: 15_000 }).toBe(320);
+  // The sender sees it too, once the server has checked it.
+  await alice.getByTestId('attachment-thumbnail').first().waitFor({ timeout: 20_000 });
+
+  // By drag-and-drop onto the conversation.
+  const bytes = [...(await pngOf(200, 100))];
+  const drop = await alice.evaluateHandle((b: number[]) => {
+    const dt = new DataTransfer();
+    dt.items.add(new File([new Uint8Array(b)], 'key box.png', { type: 'image/png' }));
+    return dt;
+  }, bytes);
+  await alice.getByTestId('drop-zone').dispatchEvent('drop', { dataTransfer: drop });
+  await expect.poll(() => thumbs.count(), { timeout: 20_000 }).toBe(2);
+  await expect.poll(() => thumbs.nth(1).evaluate((img: HTMLImageElement) => img.complete && img.naturalWidth), { timeout: 15_000 }).toBe(200);
+
+  // Opening it shows the full image: the link the page follows is a short-lived address.
+  const [popup] = await Promise.all([carol.waitForEvent('popup'), carol.getByTestId('attachment').first().click()]);
+  await popup.waitForURL(/\/api\/v1\/blobs\/|X-Amz-Signature/, { timeout: 15_000 });
+  await popup.waitForLoadState();
+  const size = await popup.evaluate(() => {
+    const img = document.querySelector('img');
+    return img ? [img.naturalWidth, img.naturalHeight] : null;
+  });
+  expect(size).toEqual([640, 480]);
+  mkdirSync(artifacts, { recursive: true });
+  await carol.screenshot({ path: join(artifacts, 'demo-attachments.png') });
+  // Nothing of the file or its addresses is kept by the page.
+  const kept = await alice.evaluate(() => JSON.stringify({ ...localStorage }) + JSON.stringify({ ...sessionStorage }));
+  expect(kept).not.toMatch(/blobs|X-Amz|living room/);
+  expect(errors).toEqual([]);
+});

@@ -128,6 +128,36 @@ describe('messaging', () => {
   });
 });
 
+describe('attachments', () => {
+  it('upload() sends the bytes to storage with progress; sendMessage({attachments}) delivers them; attachmentUrl() fetches them', async () => {
+    const a = clients.make(11);
+    const b = clients.make(12);
+    await connected(a, b);
+    const got = collect(b, 'new_message');
+    const first = await a.sendMessage({ receiverId: 12, text: 'the contract follows' });
+    const pdf = new TextEncoder().encode('%PDF-1.4\n% a contract\n');
+    const progress: number[] = [];
+    const up = await a.upload(pdf, { conversationId: first.conversation_id, filename: 'contract.pdf', contentType: 'application/pdf', onProgress: (sent) => progress.push(sent) });
+    expect(up).toMatchObject({ filename: 'contract.pdf', contentType: 'application/pdf', size: pdf.length });
+    expect(progress.at(-1)).toBe(pdf.length);
+    // No text: the file is the message.
+    const sent = await a.sendMessage({ conversationId: first.conversation_id, attachments: [up.uploadId] });
+    await until(() => got.length === 2, 'bob to get the file');
+    const view = got[1]!.attachments![0]!;
+    expect(view).toMatchObject({ id: up.uploadId, filename: 'contract.pdf', content_type: 'application/pdf', size: pdf.length, url: `/api/v1/attachments/${up.uploadId}/` });
+    expect(got[1]!.message_id).toBe(sent.message_id);
+    const url = await b.attachmentUrl(view.id);
+    const res = await fetch(url);
+    expect(res.status).toBe(200);
+    expect(res.headers.get('x-content-type-options')).toBe('nosniff');
+    expect(new Uint8Array(await res.arrayBuffer())).toEqual(pdf);
+    // Refusals reject like any other send.
+    await expect(a.sendMessage({ conversationId: first.conversation_id, attachments: [up.uploadId] })).rejects.toMatchObject({ code: 'invalid_attachment' });
+    await expect(a.upload(pdf, { conversationId: first.conversation_id, filename: 'x.exe', contentType: 'application/x-msdownload' })).rejects.toMatchObject({ code: 'unsupported_media_type' });
+    await expect(a.sendMessage({ conversationId: first.conversation_id, text: ' ' })).rejects.toMatchObject({ code: 'empty_text' });
+  });
+});
+
 describe('resume', () => {
   it('a client that was away gets what it missed, once and in order', async () => {
     const a = clients.make(11);

@@ -155,10 +155,10 @@ async fn route(req: Request, ctx: Arc<Ctx>) -> Answer {
         ["push", "preferences"] if m == Method::PUT => preferences(headers, body, ctx).await,
         ["uploads"] if m == Method::POST => create_upload(headers, body, ctx).await,
         ["attachments", id] if m == Method::GET => {
-            attachment(path_id(id)?, false, headers, ctx).await
+            attachment(path_id(id)?, false, query, headers, ctx).await
         }
         ["attachments", id, "thumbnail"] if m == Method::GET => {
-            attachment(path_id(id)?, true, headers, ctx).await
+            attachment(path_id(id)?, true, query, headers, ctx).await
         }
         _ => match allowed_methods(&segments) {
             // RFC 9110: a 405 names the methods that would work.
@@ -595,11 +595,43 @@ async fn create_upload(headers: &HeaderMap, body: &[u8], ctx: &Ctx) -> Answer {
     ))
 }
 
+/// `GET /api/v1/attachments/{id}/[thumbnail/]` answer with `?redirect=false`.
+#[derive(Debug, Serialize)]
+struct AttachmentUrl {
+    url: String,
+    expires_at: String,
+}
+
 /// `GET /api/v1/attachments/{id}/[thumbnail/]`: a redirect to a short-lived address of
 /// the bytes, for members only (anyone else: 404, as for an attachment that never was).
-async fn attachment(id: i64, thumbnail: bool, headers: &HeaderMap, ctx: &Ctx) -> Answer {
+/// With `?redirect=false` the address as JSON, for clients that hand a URL to an image
+/// view which cannot send the bearer token (`<img>`, React Native's `Image`).
+async fn attachment(
+    id: i64,
+    thumbnail: bool,
+    query: &str,
+    headers: &HeaderMap,
+    ctx: &Ctx,
+) -> Answer {
     let user_id = user(headers, ctx)?;
+    let redirect = match single_param(query, "redirect")?.as_deref() {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(_) => return Err(HttpError::bad("redirect must be true or false")),
+    };
     let r = backend::attachment_url(ctx, user_id, id, thumbnail).await?;
+    if !redirect {
+        let body = AttachmentUrl {
+            url: r.url,
+            expires_at: proto::time::rfc3339_ms(r.expires_at_ms),
+        };
+        let mut resp = json(StatusCode::OK, &body);
+        resp.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("private, no-store"),
+        );
+        return Ok(resp);
+    }
     let mut resp = StatusCode::FOUND.into_response();
     let h = resp.headers_mut();
     let location = http::HeaderValue::from_str(&r.url)

@@ -168,7 +168,11 @@ pub(crate) fn clean_image(
     let mut img = DynamicImage::from_decoder(decoder).map_err(unreadable)?;
     img.apply_orientation(orientation);
     let (width, height) = (img.width(), img.height());
-    let thumb = img.thumbnail(THUMBNAIL_PX, THUMBNAIL_PX).into_rgb8();
+    // Smaller images are not blown up: the thumbnail is the image itself, re-encoded.
+    let thumb = match width.max(height) > THUMBNAIL_PX {
+        true => img.thumbnail(THUMBNAIL_PX, THUMBNAIL_PX).into_rgb8(),
+        false => img.to_rgb8(),
+    };
     let mut thumbnail = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut thumbnail, 80)
         .encode_image(&thumb)
@@ -310,6 +314,9 @@ mod tests {
         assert_eq!((clean.width, clean.height), (640, 480));
         let t = image::load_from_memory(&clean.thumbnail).unwrap();
         assert_eq!((t.width(), t.height()), (320, 240));
+        let small = clean_image(Bytes::from(jpeg(200, 100)), "image/jpeg", 50_000_000).unwrap();
+        let t = image::load_from_memory(&small.thumbnail).unwrap();
+        assert_eq!((t.width(), t.height()), (200, 100), "not enlarged");
         assert!(image::load_from_memory(&clean.bytes).is_ok());
     }
 

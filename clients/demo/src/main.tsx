@@ -1,9 +1,10 @@
 // Indaba demo: sign in as a demo user, chat, watch ticks, typing and presence; edit and delete
-// your messages, react, reply, follow threads, pin, and see who read what.
+// your messages, react, reply, follow threads, pin, see who read what, and send photos and
+// files (picker or drag-and-drop; the bytes go straight to storage, never kept by the page).
 // Everything real-time goes through @indaba/client's useChat and usePresence.
 import { StrictMode, useEffect, useMemo, useRef, useState } from 'react';
 import { createRoot } from 'react-dom/client';
-import type { ChatMessage, ConnectionState, ConversationState, PresenceInfo, ThreadState } from '@indaba/client';
+import type { Attachment, ChatMessage, ConnectionState, ConversationState, IndabaClient, PresenceInfo, ThreadState } from '@indaba/client';
 import { useChat, usePresence, type SendOptions, type UseChatResult } from '@indaba/client/react';
 
 const NAMES: Record<number, string> = { 1: 'Alice', 2: 'Bob', 3: 'Carol', 4: 'Dan' };
@@ -221,6 +222,15 @@ function titleOf(c: ConversationState, me: number): string {
   return others.length ? others.map(nameOf).join(', ') : `Conversation ${c.id}`;
 }
 
+/** What a message without text shows in the list: its first attachment. */
+function summaryOf(m: ChatMessage): string {
+  const a = m.attachments?.[0];
+  if (!a) return m.upload_ids?.length ? '📎 File' : ' ';
+  if (a.content_type.startsWith('image/')) return '📷 Photo';
+  if (a.content_type.startsWith('audio/')) return '🎤 Voice message';
+  return `📎 ${a.filename}`;
+}
+
 function Dot({ p }: { p?: PresenceInfo }) {
   const status = p?.status ?? 'offline';
   return <span className={`dot ${status}`} data-testid="presence" data-presence={status} title={status} />;
@@ -235,7 +245,7 @@ function ConversationItem({ c, me, presence, active, onClick }: { c: Conversatio
       {other !== undefined ? <Dot p={presence[other]} /> : <span className="dot group" />}
       <div className="meta">
         <div className="title">{titleOf(c, me)}</div>
-        <div className={`preview ${typing ? 'typing' : ''}`}>{typing ? 'typing…' : last ? (last.deleted ? 'message deleted' : last.text) : ' '}</div>
+        <div className={`preview ${typing ? 'typing' : ''}`}>{typing ? 'typing…' : last ? (last.deleted ? 'message deleted' : last.text || summaryOf(last)) : ' '}</div>
       </div>
       {c.unread_mentions > 0 && (
         <span className="unread mention" data-testid="unread-mentions" title="mentions">
@@ -334,8 +344,19 @@ function Message({ m, conv, me, chat, onError, inThread, onReply, onOpenThread, 
           </button>
         </form>
       ) : (
-        <span className="text">{m.text}</span>
+        m.text && <span className="text">{m.text}</span>
       )}
+      {!m.deleted && m.attachments?.length ? (
+        <div className="attachments">
+          {m.attachments.map((a) => (
+            <AttachmentView key={a.id} a={a} client={chat.client} onError={onError} />
+          ))}
+        </div>
+      ) : m.upload_ids?.length && !m.deleted ? (
+        <div className="attachments pending" data-testid="attachment-pending">
+          📎 sending {m.upload_ids.length} file{m.upload_ids.length > 1 ? 's' : ''}…
+        </div>
+      ) : null}
       {m.edited_at && !m.deleted && (
         <span className="edited" data-testid="edited" title={`edited ${new Date(m.edited_at).toLocaleString()}`}>
           edited
@@ -444,6 +465,62 @@ function Message({ m, conv, me, chat, onError, inThread, onReply, onOpenThread, 
   );
 }
 
+/** One attachment: an image's thumbnail (click: the full image in a new tab), a player for
+ *  audio, a download link for the rest. Addresses are asked for when shown and expire in
+ *  minutes; nothing is cached beyond the page. */
+function AttachmentView({ a, client, onError }: { a: Attachment; client: IndabaClient | null; onError(message: string): void }) {
+  const [src, setSrc] = useState<string | null>(null);
+  const isImage = a.content_type.startsWith('image/');
+  const isAudio = a.content_type.startsWith('audio/');
+  useEffect(() => {
+    if (!client || (!a.thumbnail && !isAudio)) return;
+    let live = true;
+    client
+      .attachmentUrl(a.id, { thumbnail: !!a.thumbnail })
+      .then((u) => live && setSrc(u))
+      .catch(() => live && setSrc(null));
+    return () => {
+      live = false;
+    };
+  }, [client, a.id, a.thumbnail, isAudio]);
+  const open = () => {
+    if (!client) return;
+    // Opened first, filled in after: a window opened after an await is a popup to block.
+    const w = window.open('', '_blank');
+    if (w) w.opener = null;
+    client
+      .attachmentUrl(a.id)
+      .then((u) => {
+        if (w) w.location.href = u;
+      })
+      .catch((e: Error) => {
+        w?.close();
+        onError(e.message);
+      });
+  };
+  if (isImage && a.thumbnail) {
+    return (
+      <button className="attachment image" data-testid="attachment" data-attachment-id={a.id} onClick={open} title={a.filename}>
+        {src ? <img data-testid="attachment-thumbnail" src={src} alt={a.filename} width={a.width && a.height ? Math.min(320, a.width) : undefined} /> : <span className="placeholder">📷</span>}
+      </button>
+    );
+  }
+  if (isAudio) {
+    const secs = a.duration_ms ? Math.round(a.duration_ms / 1000) : null;
+    return (
+      <div className="attachment audio" data-testid="attachment" data-attachment-id={a.id}>
+        🎤 {secs !== null ? `${Math.floor(secs / 60)}:${String(secs % 60).padStart(2, '0')}` : 'Voice message'}
+        {src && <audio controls preload="none" src={src} />}
+      </div>
+    );
+  }
+  return (
+    <button className="attachment file link" data-testid="attachment" data-attachment-id={a.id} onClick={open}>
+      📎 {a.filename} <span className="size">({Math.max(1, Math.round(a.size / 1024))} KB)</span>
+    </button>
+  );
+}
+
 function Composer({ testId, placeholder, onSend, onTyping, autoFocus }: { testId: string; placeholder: string; onSend(text: string): void; onTyping?(on: boolean): void; autoFocus?: boolean }) {
   const [text, setText] = useState('');
   return (
@@ -504,6 +581,29 @@ function Thread({
   const typers = conv.typing.map(nameOf);
   const lastMine = [...messages].reverse().find((m) => m.mine && m.message_id !== undefined && !m.deleted)?.key;
   const send = (t: string, opts: SendOptions) => void chat.sendMessage(t, opts).catch((e: Error) => onError(e.message));
+  const [uploading, setUploading] = useState<{ name: string; percent: number } | null>(null);
+  const [dragging, setDragging] = useState(false);
+  const fileInput = useRef<HTMLInputElement>(null);
+  // A file goes to storage first, then out as a message of its own.
+  const attach = async (files: FileList | null) => {
+    const client = chat.client;
+    if (!client || !files?.length) return;
+    for (const file of Array.from(files).slice(0, 10)) {
+      setUploading({ name: file.name, percent: 0 });
+      try {
+        const up = await client.upload(file, {
+          conversationId: conv.id,
+          onProgress: (sent, total) => setUploading({ name: file.name, percent: total ? Math.round((sent / total) * 100) : 100 }),
+        });
+        send('', { attachments: [up.uploadId], replyTo: replyTo?.message_id });
+      } catch (e) {
+        onError((e as Error).message);
+      }
+    }
+    setUploading(null);
+    setReplyTo(null);
+    if (fileInput.current) fileInput.current.value = '';
+  };
   return (
     <>
       <div className="thread-head">
@@ -513,7 +613,20 @@ function Thread({
           📌 Pinned{chat.pinned.length ? ` (${chat.pinned.length})` : ''}
         </button>
       </div>
-      <div className="messages">
+      <div
+        className={`messages${dragging ? ' dropping' : ''}`}
+        data-testid="drop-zone"
+        onDragOver={(e) => {
+          e.preventDefault();
+          setDragging(true);
+        }}
+        onDragLeave={() => setDragging(false)}
+        onDrop={(e) => {
+          e.preventDefault();
+          setDragging(false);
+          void attach(e.dataTransfer.files);
+        }}
+      >
         {messages.map((m) => (
           <Message key={m.key} m={m} conv={conv} me={me} chat={chat} onError={onError} onReply={setReplyTo} onOpenThread={onOpenThread} showSeen={m.key === lastMine} />
         ))}
@@ -532,6 +645,17 @@ function Thread({
           </button>
         </div>
       )}
+      {uploading && (
+        <div className="uploading" data-testid="uploading">
+          Uploading {uploading.name}… {uploading.percent}%
+        </div>
+      )}
+      <div className="attach-row">
+        <button className="link" data-testid="attach" title="Attach a photo or file" onClick={() => fileInput.current?.click()}>
+          📎 Attach
+        </button>
+        <input ref={fileInput} type="file" hidden multiple data-testid="attach-input" onChange={(e) => void attach(e.target.files)} />
+      </div>
       <Composer
         key={conv.id}
         testId="composer"

@@ -49,7 +49,7 @@ export function setReaction(
 /** A message deleted for everyone: no text, no reactions, not pinned; id, seq, sender, time stay. */
 export function tombstone<M extends ChatMessage>(m: M, deletedAt: string, deletedBy: number): M {
   if (m.deleted && m.deleted_at === deletedAt && m.deleted_by === deletedBy) return m;
-  return { ...m, text: '', deleted: true, deleted_at: deletedAt, deleted_by: deletedBy, reactions: {}, pinned_at: null, pinned_by: null };
+  return { ...m, text: '', deleted: true, deleted_at: deletedAt, deleted_by: deletedBy, reactions: {}, pinned_at: null, pinned_by: null, attachments: [] };
 }
 
 /** Applies a change event to a message (absolute values: applying one twice changes nothing).

@@ -24,6 +24,7 @@ import {
   type Presence,
   type ReactionChanged,
   type SendResult,
+  type UploadResult,
   type ServerFrame,
   type ThreadPage,
   type Transport,
@@ -93,13 +94,28 @@ export interface IndabaClientOptions {
 export interface SendMessageInput {
   conversationId?: Id | null;
   receiverId?: Id | null;
-  text: string;
+  text?: string;
   /** Your own idempotency key (1–64 printable ASCII). Default: a random one. */
   clientMsgId?: string;
   /** Reply to this message (a reply to a reply joins the root's thread). */
   replyTo?: Id | null;
   /** Users mentioned (participants of the conversation). */
   mentions?: Id[];
+  /** Uploads to attach (`uploadId`s from `upload()`, at most 10); the text may then be empty. */
+  attachments?: Id[];
+}
+
+export interface UploadOptions {
+  /** The conversation the file will be sent in (uploads are per conversation). */
+  conversationId: Id;
+  /** Default: the File's name, else "file". */
+  filename?: string;
+  /** Default: the Blob's type, else application/octet-stream. */
+  contentType?: string;
+  /** Audio: amplitudes 0–255, at most 100. */
+  waveform?: number[];
+  /** Called as bytes go out (browsers: as they are sent; elsewhere: at the start and end). */
+  onProgress?: (sent: number, total: number) => void;
 }
 
 /** Events: every server frame type (after de-duplication for `new_message`), plus the client's own. */
@@ -424,10 +440,14 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
       const receiver_id = toInt(input.receiverId);
       if (conversation_id === undefined && receiver_id === undefined)
         throw new IndabaError('invalid_field', 'sendMessage needs a conversationId or a receiverId');
-      if (typeof input.text !== 'string' || input.text.trim() === '') throw new IndabaError('empty_text', 'text is empty');
+      const attachments = (input.attachments ?? []).map((a) => needId(a, 'attachments'));
+      if (attachments.length > 10) throw new IndabaError('invalid_field', 'a message has at most 10 attachments');
+      const text = input.text ?? '';
+      if (typeof text !== 'string' || (text.trim() === '' && !attachments.length)) throw new IndabaError('empty_text', 'text is empty');
       const id = input.clientMsgId ?? newClientMsgId(this.random);
       if (!/^[\x21-\x7e]{1,64}$/.test(id)) throw new IndabaError('invalid_field', 'clientMsgId must be 1-64 printable ASCII characters');
-      item = { client_msg_id: id, text: input.text, queued_at: Date.now(), attempts: 0 };
+      item = { client_msg_id: id, text, queued_at: Date.now(), attempts: 0 };
+      if (attachments.length) item.attachments = attachments;
       if (conversation_id !== undefined) item.conversation_id = conversation_id;
       if (receiver_id !== undefined) item.receiver_id = receiver_id;
       const reply_to = toInt(input.replyTo);
@@ -665,6 +685,64 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
     } catch (e) {
       return rejected(e);
     }
+  }
+
+  // ---------------------------------------------------------------- attachments
+
+  /** Uploads a file straight to the server's object storage (a presigned `PUT`: the bytes
+   *  never pass through a gateway), then resolves with the id to attach:
+   *  `sendMessage({ conversationId, text, attachments: [uploadId] })`. The server checks
+   *  the type against the bytes, and strips photos' metadata (location) when attached. */
+  async upload(file: Blob | ArrayBuffer | Uint8Array, opts: UploadOptions): Promise<UploadResult> {
+    const conversation_id = needId(opts.conversationId, 'conversationId');
+    const blob = file as Blob & { name?: string };
+    const size = typeof blob.size === 'number' ? blob.size : (file as ArrayBuffer).byteLength;
+    const filename = opts.filename ?? blob.name ?? 'file';
+    const contentType = opts.contentType || blob.type || 'application/octet-stream';
+    const slot = await this.api<{ upload_id: number; url: string; method: string; headers: Record<string, string> }>(
+      'POST',
+      '/api/v1/uploads/',
+      { conversation_id, filename, content_type: contentType, size, ...(opts.waveform ? { waveform: opts.waveform } : {}) },
+    );
+    const url = /^https?:/i.test(slot.url) ? slot.url : this.apiUrl + slot.url;
+    // The length is signed too; the runtime sets it from the body (browsers forbid setting it).
+    const headers: Record<string, string> = {};
+    for (const [k, v] of Object.entries(slot.headers)) if (k.toLowerCase() !== 'content-length') headers[k] = v;
+    const progress = opts.onProgress;
+    const XHR = (globalThis as { XMLHttpRequest?: typeof XMLHttpRequest }).XMLHttpRequest;
+    let status: number;
+    if (progress && XHR) {
+      status = await new Promise<number>((resolve, reject) => {
+        const x = new XHR();
+        x.open(slot.method, url);
+        for (const [k, v] of Object.entries(headers)) x.setRequestHeader(k, v);
+        x.upload.onprogress = (e) => progress(e.loaded, size);
+        x.onload = () => resolve(x.status);
+        x.onerror = () => reject(new IndabaError('network', 'upload failed'));
+        x.send(file as XMLHttpRequestBodyInit);
+      });
+    } else {
+      const f = this.opts.fetch ?? (globalThis.fetch as typeof fetch | undefined);
+      if (!f) throw new IndabaError('unsupported', 'no fetch available');
+      progress?.(0, size);
+      try {
+        const res = await f(url, { method: slot.method, headers, body: file as BodyInit });
+        status = res.status;
+      } catch (e) {
+        throw new IndabaError('network', String((e as Error)?.message ?? e));
+      }
+    }
+    if (status < 200 || status >= 300) throw new IndabaError(status === 410 || status === 403 ? 'upload_expired' : 'upload_failed', `the storage answered ${status}`, status);
+    progress?.(size, size);
+    return { uploadId: slot.upload_id, filename, contentType, size };
+  }
+
+  /** A short-lived address (minutes) of an attachment or its thumbnail, for an `<img>`,
+   *  a download link or React Native's `Image` (members only). */
+  async attachmentUrl(attachmentId: Id, opts: { thumbnail?: boolean } = {}): Promise<string> {
+    const id = needId(attachmentId, 'attachmentId');
+    const r = await this.api<{ url: string }>('GET', `/api/v1/attachments/${id}/${opts.thumbnail ? 'thumbnail/' : ''}?redirect=false`);
+    return /^https?:/i.test(r.url) ? r.url : this.apiUrl + r.url;
   }
 
   /** Who read a message ("seen by"), earliest first. */
@@ -1277,6 +1355,7 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
         if (item.receiver_id !== undefined) frame.receiver_id = item.receiver_id;
         if (item.reply_to !== undefined) frame.reply_to = item.reply_to;
         if (item.mentions?.length) frame.mentions = item.mentions;
+        if (item.attachments?.length) frame.attachments = item.attachments;
         if (!this.sendFrame(frame)) break;
         this.inflight.add(item.client_msg_id);
         item.attempts++;
@@ -1300,6 +1379,7 @@ export class IndabaClient extends Emitter<IndabaClientEvents> {
           else if (item.receiver_id !== undefined) body.receiver_id = item.receiver_id;
           if (item.reply_to !== undefined) body.reply_to = item.reply_to;
           if (item.mentions?.length) body.mentions = item.mentions;
+          if (item.attachments?.length) body.attachments = item.attachments;
           const r = await this.api<SendResult>('POST', path, body);
           this.remember(r.message_id);
           this.observeSeq(r.conversation_id, r.seq);

@@ -1,5 +1,5 @@
 export { IndabaClient, tokenExpiry } from './client.js';
-export type { IndabaClientOptions, IndabaClientEvents, SendMessageInput, TokenReason, WebSocketConstructor, WebSocketLike } from './client.js';
+export type { IndabaClientOptions, IndabaClientEvents, SendMessageInput, TokenReason, UploadOptions, WebSocketConstructor, WebSocketLike } from './client.js';
 export { ChatStore } from './store.js';
 export type { ChatMessage, ChatSnapshot, ChatStoreOptions, ConversationState, MessageStatus, PresenceInfo, ThreadState } from './store.js';
 export { addReply, applyChange, ChangeVersions, richDefaults, setReaction, tombstone } from './changes.js';

@@ -5,7 +5,7 @@ import { ChatStore, type ChatMessage, type ChatSnapshot, type ChatStoreOptions, 
 import type { Id, MessageDeleted, MessageRead, MessageReads, MessageUpdated, PinChanged, PinsList, ReactionChanged, SendResult, ThreadPage } from './types.js';
 
 /** Options of a message sent with `sendMessage(text, options)`. */
-export type SendOptions = Pick<SendMessageInput, 'replyTo' | 'mentions'>;
+export type SendOptions = Pick<SendMessageInput, 'replyTo' | 'mentions' | 'attachments'>;
 
 export interface UseChatOptions extends IndabaClientOptions, ChatStoreOptions {
   /** An existing client to use instead of creating one (it is not disconnected on unmount). */

@@ -6,6 +6,7 @@
 import { addReply, applyChange, ChangeVersions, richDefaults } from './changes.js';
 import type { IndabaClient, SendMessageInput } from './client.js';
 import type {
+  Attachment,
   ConnectionState,
   ConversationInfo,
   Id,
@@ -54,6 +55,10 @@ export interface ChatMessage {
   last_reply_at: string | null;
   pinned_at: string | null;
   pinned_by: number | null;
+  /** Files attached (your pending message: none until the server has checked them). */
+  attachments?: Attachment[];
+  /** Your pending message: the upload ids it carries. */
+  upload_ids?: number[];
 }
 
 /** A thread: its root and replies (loaded ones and those that arrived live, yours pending last). */
@@ -186,6 +191,8 @@ export class ChatStore {
           const status = m.status === 'pending' ? early ?? 'sent' : m.status;
           this.remove(m);
           this.insert({ ...m, message_id: s.message_id, seq: s.seq, conversation_id: s.conversation_id, created_at: s.created_at, status }, false);
+          // Your own socket gets no new_message: read what the server made of the files.
+          if (m.upload_ids?.length) void this.loadAttachments(s.conversation_id, s.message_id);
         }
         this.bumpConv(s.conversation_id, s.seq);
         this.changed();
@@ -262,6 +269,20 @@ export class ChatStore {
   }
 
   /** A message this store holds (in a conversation, a thread, the pins), by id. */
+  /** Fills in a sent message's attachments as the server stored them. */
+  private async loadAttachments(conversationId: number, messageId: number): Promise<void> {
+    try {
+      const v = await this.client.api<MessageView>('GET', `/api/v1/messages/${messageId}/`);
+      const cur = this.getMessage(messageId, conversationId);
+      if (cur && !cur.deleted) {
+        this.replace(cur, { ...cur, attachments: v.attachments ?? [] });
+        this.changed();
+      }
+    } catch {
+      /* shown on the next history load */
+    }
+  }
+
   getMessage(messageId: number, conversationId?: number): ChatMessage | undefined {
     const lists = conversationId !== undefined ? [this.msgs.get(conversationId) ?? EMPTY] : [...this.msgs.values()];
     for (const list of lists) {
@@ -314,7 +335,7 @@ export class ChatStore {
   }
 
   /** Sends a message; `replyTo` files it in that message's thread. */
-  send(conversationId: number, text: string, opts: Pick<SendMessageInput, 'replyTo' | 'mentions'> = {}): Promise<SendResult> {
+  send(conversationId: number, text: string, opts: Pick<SendMessageInput, 'replyTo' | 'mentions' | 'attachments'> = {}): Promise<SendResult> {
     return this.client.sendMessage({ conversationId, text, ...opts });
   }
 
@@ -489,6 +510,7 @@ export class ChatStore {
           ...richDefaults(),
           reply_to: it.reply_to ?? null,
           mentions: it.mentions ?? [],
+          ...(it.attachments?.length ? { upload_ids: it.attachments } : {}),
         },
         false,
       );
@@ -711,6 +733,7 @@ export class ChatStore {
       last_reply_at: w.last_reply_at ?? d.last_reply_at,
       pinned_at: w.pinned_at ?? d.pinned_at,
       pinned_by: w.pinned_by ?? d.pinned_by,
+      attachments: w.attachments ?? [],
     };
     if (w.client_msg_id) m.client_msg_id = w.client_msg_id;
     if (w.receiver_id !== undefined) m.receiver_id = w.receiver_id;

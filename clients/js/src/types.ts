@@ -57,6 +57,34 @@ export interface MessageView {
   /** When and by whom it was pinned, or null. */
   pinned_at: string | null;
   pinned_by: number | null;
+  /** Files attached (photos, documents, voice notes); none once deleted. */
+  attachments?: Attachment[];
+}
+
+/** A file on a message. `url` and `thumbnail` are the server's members-only routes: fetch
+ *  them with the token, or ask `client.attachmentUrl()` for an address an `<img>` can load. */
+export interface Attachment {
+  id: number;
+  filename: string;
+  /** What the bytes were found to be (`application/octet-stream`: a download). */
+  content_type: string;
+  size: number;
+  width?: number;
+  height?: number;
+  duration_ms?: number;
+  url: string;
+  /** Images: a JPEG of at most 320 px. */
+  thumbnail?: string;
+  /** Audio: the sender's waveform (0–255 per sample). */
+  waveform?: number[];
+}
+
+/** What `client.upload()` resolves with: pass `uploadId` in `sendMessage({ attachments })`. */
+export interface UploadResult {
+  uploadId: number;
+  filename: string;
+  contentType: string;
+  size: number;
 }
 
 export interface NewMessage extends MessageView {
@@ -312,6 +340,8 @@ export interface OutboxItem {
   reply_to?: number;
   /** Users mentioned. */
   mentions?: number[];
+  /** Upload ids attached. */
+  attachments?: number[];
   /** When the app queued it (ms since epoch). */
   queued_at: number;
   /** How many times it was put on the wire. */
