@@ -316,6 +316,10 @@ async fn examine(
         height: 0,
         duration_ms: 0,
     };
+    if checked.content_type.starts_with("audio/") {
+        checked.duration_ms = audio_duration(inner, storage, key, limits).await?;
+        return Ok(checked);
+    }
     if !media::is_processed_image(&checked.content_type) {
         return Ok(checked);
     }
@@ -358,6 +362,32 @@ async fn examine(
     checked.width = i32::try_from(clean.width).unwrap_or(i32::MAX);
     checked.height = i32::try_from(clean.height).unwrap_or(i32::MAX);
     Ok(checked)
+}
+
+/// A voice note's length (0 when it cannot be read: the note is still sent, without one).
+async fn audio_duration(
+    inner: &Inner,
+    storage: &Storage,
+    key: &str,
+    limits: &Uploads,
+) -> Result<i64, StoreError> {
+    let data = storage
+        .read(key, limits.max_bytes)
+        .await
+        .map_err(storage_error)?;
+    let _slot = inner
+        .media_slots
+        .acquire()
+        .await
+        .map_err(|_| refusal(ErrorCode::Unavailable, "message-service is stopping; retry"))?;
+    // A malformed file that trips the demuxer costs the duration, not the message.
+    Ok(
+        tokio::task::spawn_blocking(move || media::audio_duration_ms(data))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0),
+    )
 }
 
 /// A short-lived address of an attachment (or its thumbnail) for a member of its

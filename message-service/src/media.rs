@@ -230,6 +230,55 @@ fn strip_metadata(data: Bytes, kind: &str, orientation: u8) -> Result<Bytes, Ima
     })
 }
 
+/// An audio file's length in milliseconds, read by demuxing (no decoding): from the
+/// container's frame count when it has one, else from the last packet's end (Chrome's WebM
+/// recordings carry no duration). `None` when the container is not one of WebM/Matroska,
+/// Ogg, MP4/M4A, MP3, WAV or FLAC, or cannot be read.
+pub(crate) fn audio_duration_ms(data: Bytes) -> Option<i64> {
+    use symphonia::core::formats::FormatOptions;
+    use symphonia::core::io::MediaSourceStream;
+    use symphonia::core::meta::MetadataOptions;
+    use symphonia::core::probe::Hint;
+    let mss = MediaSourceStream::new(Box::new(Cursor::new(data)), Default::default());
+    let probed = symphonia::default::get_probe()
+        .format(
+            &Hint::new(),
+            mss,
+            &FormatOptions::default(),
+            &MetadataOptions::default(),
+        )
+        .ok()?;
+    let mut format = probed.format;
+    let track = format.default_track()?;
+    let (id, params) = (track.id, track.codec_params.clone());
+    let ms = |ts: u64, tb: symphonia::core::units::TimeBase| {
+        // A zero time base would make the library assert.
+        (tb.numer > 0 && tb.denom > 0).then(|| {
+            let t = tb.calc_time(ts);
+            i64::try_from(t.seconds).unwrap_or(i64::MAX / 2000) * 1000
+                + (t.frac * 1000.0).round() as i64
+        })
+    };
+    if let (Some(n), Some(tb)) = (params.n_frames, params.time_base) {
+        if n > 0 {
+            return ms(n, tb);
+        }
+    }
+    if let (Some(n), Some(rate)) = (params.n_frames, params.sample_rate) {
+        if n > 0 && rate > 0 {
+            return i64::try_from(n.saturating_mul(1000) / u64::from(rate)).ok();
+        }
+    }
+    let tb = params.time_base?;
+    let mut end = 0u64;
+    while let Ok(p) = format.next_packet() {
+        if p.track_id() == id {
+            end = end.max(p.ts().saturating_add(p.dur()));
+        }
+    }
+    ms(end, tb).filter(|d| *d > 0)
+}
+
 /// A TIFF structure holding one field, Orientation (0x0112) = `o`: big-endian header,
 /// one IFD with one SHORT entry, no next IFD.
 fn orientation_exif(o: u8) -> Vec<u8> {
@@ -333,6 +382,30 @@ mod tests {
             }
         }
         !c
+    }
+
+    #[test]
+    fn a_voice_note_has_a_length() {
+        // 1.5 s of 8 kHz, 16-bit mono PCM in a WAV container.
+        let samples = 12_000u32;
+        let mut wav = b"RIFF".to_vec();
+        wav.extend_from_slice(&(36 + samples * 2).to_le_bytes());
+        wav.extend_from_slice(b"WAVEfmt ");
+        wav.extend_from_slice(&16u32.to_le_bytes());
+        wav.extend_from_slice(&1u16.to_le_bytes());
+        wav.extend_from_slice(&1u16.to_le_bytes());
+        wav.extend_from_slice(&8000u32.to_le_bytes());
+        wav.extend_from_slice(&16000u32.to_le_bytes());
+        wav.extend_from_slice(&2u16.to_le_bytes());
+        wav.extend_from_slice(&16u16.to_le_bytes());
+        wav.extend_from_slice(b"data");
+        wav.extend_from_slice(&(samples * 2).to_le_bytes());
+        wav.resize(wav.len() + samples as usize * 2, 0);
+        assert_eq!(audio_duration_ms(Bytes::from(wav)), Some(1500));
+        assert_eq!(
+            audio_duration_ms(Bytes::from_static(b"OggS not really")),
+            None
+        );
     }
 
     #[test]

@@ -1252,7 +1252,25 @@ mod tests {
             code(r#"{"type":"chat_message","receiver_id":2}"#),
             ErrorCode::InvalidField
         );
-        // With attachments the text may be left out.
+        // With attachments the text may be left out; a notification then says what it is.
+        let a = |ct: &str, name: &str, ms: i64| crate::pb::Attachment {
+            content_type: ct.into(),
+            filename: name.into(),
+            duration_ms: ms,
+            ..Default::default()
+        };
+        assert_eq!(
+            attachment_summary(&[a("image/jpeg", "k.jpg", 0)]),
+            "📷 Photo"
+        );
+        assert_eq!(
+            attachment_summary(&[a("audio/ogg", "v.ogg", 12_400)]),
+            "🎤 Voice message (0:12)"
+        );
+        assert_eq!(
+            attachment_summary(&[a("application/pdf", "file.pdf", 0), a("image/png", "x", 0)]),
+            "📎 file.pdf + 1 more"
+        );
         assert!(
             parse_client_frame(r#"{"type":"chat_message","receiver_id":2,"attachments":[4]}"#)
                 .is_ok()

@@ -385,6 +385,27 @@ fn png_bomb() -> Vec<u8> {
     real
 }
 
+/// `ms` of silence: 8 kHz, 16-bit mono PCM in a WAV container.
+fn wav_of_ms(ms: u32) -> Vec<u8> {
+    let samples = 8 * ms;
+    let mut wav = b"RIFF".to_vec();
+    wav.extend_from_slice(&(36 + samples * 2).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    for v in [16u32] {
+        wav.extend_from_slice(&v.to_le_bytes());
+    }
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&8000u32.to_le_bytes());
+    wav.extend_from_slice(&16000u32.to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&(samples * 2).to_le_bytes());
+    wav.resize(wav.len() + samples as usize * 2, 0);
+    wav
+}
+
 fn crc32(data: &[u8]) -> u32 {
     let mut c = 0xFFFF_FFFFu32;
     for b in data {
@@ -562,6 +583,50 @@ async fn flow(n: &Node) {
     )
     .await;
     assert_eq!(status, 404, "no thumbnail for a PDF");
+
+    // A voice note: its length read from the file, its waveform as the client drew it.
+    let wav = wav_of_ms(1500);
+    let body = json!({"conversation_id": conv, "filename": "voice.wav", "content_type": "audio/wav", "size": wav.len(), "waveform": [0, 40, 200, 255, 90]});
+    let (status, slot) = http(
+        n.addr,
+        "POST",
+        "/api/v1/uploads/",
+        Some(&alice),
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!(status, 201, "{slot}");
+    assert_eq!(put(n, &slot, &wav).await.status, 200);
+    let voice = slot["upload_id"].as_i64().expect("id");
+    alice_ws
+        .send(json!({"type": "chat_message", "conversation_id": conv, "attachments": [voice], "client_msg_id": "voice-1"}))
+        .await;
+    alice_ws.recv_type("message_sent").await;
+    let got = loop {
+        // Bob's socket also has the messages sent over REST meanwhile.
+        let m = bob_ws.recv_type("new_message").await;
+        if m["client_msg_id"] == "voice-1" {
+            break m;
+        }
+    };
+    let a = &got["attachments"][0];
+    assert_eq!(
+        (a["content_type"].as_str(), a["duration_ms"].as_i64()),
+        (Some("audio/wav"), Some(1500)),
+        "{a}"
+    );
+    assert_eq!(a["waveform"], json!([0, 40, 200, 255, 90]));
+    let too_long: Vec<u8> = vec![7; 101];
+    let body = json!({"conversation_id": conv, "filename": "v.wav", "content_type": "audio/wav", "size": 10, "waveform": too_long});
+    let (status, v) = http(
+        n.addr,
+        "POST",
+        "/api/v1/uploads/",
+        Some(&alice),
+        Some(&body.to_string()),
+    )
+    .await;
+    assert_eq!((status, code(&v)), (400, "invalid_field"), "{v}");
 
     // Refusals. Each leaves nothing stored: the spare upload stays usable throughout.
     let spare = upload(n, &alice, conv, "spare.png", "image/png", &png(40, 30)).await;
