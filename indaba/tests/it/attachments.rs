@@ -391,9 +391,7 @@ fn wav_of_ms(ms: u32) -> Vec<u8> {
     let mut wav = b"RIFF".to_vec();
     wav.extend_from_slice(&(36 + samples * 2).to_le_bytes());
     wav.extend_from_slice(b"WAVEfmt ");
-    for v in [16u32] {
-        wav.extend_from_slice(&v.to_le_bytes());
-    }
+    wav.extend_from_slice(&16u32.to_le_bytes());
     wav.extend_from_slice(&1u16.to_le_bytes());
     wav.extend_from_slice(&1u16.to_le_bytes());
     wav.extend_from_slice(&8000u32.to_le_bytes());
