@@ -11,6 +11,7 @@ mod chart;
 mod cpu;
 mod load;
 mod targets;
+mod uploads;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,7 +30,7 @@ struct Args {
     /// Targets, comma-separated: ceiling, node, single, distributed, distributed-per-message.
     #[arg(long, default_value = "ceiling,node,single,distributed")]
     targets: String,
-    /// Scenarios, comma-separated: idle, direct, step, room, slow, reactions.
+    /// Scenarios, comma-separated: idle, direct, step, room, slow, reactions, uploads.
     #[arg(long, default_value = "idle,direct,step,room,slow")]
     scenarios: String,
     /// Idle connections (this sandbox allows 20,000 open files per process, and the ceiling
@@ -57,6 +58,12 @@ struct Args {
     /// Messages per second sent into the room by the `room` scenario.
     #[arg(long, default_value_t = 20)]
     room_rate: u64,
+    /// Clients uploading photos in the `uploads` scenario (beside `direct` at 2,000/s).
+    #[arg(long, default_value_t = 50)]
+    uploaders: usize,
+    /// Size of each photo in the `uploads` scenario, in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    photo_bytes: usize,
     /// Where the release binaries are.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
@@ -113,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     };
     for kind in kinds {
         eprintln!("== {}", kind.name());
-        let t = Target::start(kind, &args.bin_dir).await?;
+        let t = std::sync::Arc::new(Target::start(kind, &args.bin_dir).await?);
         let mut r = serde_json::Map::new();
         if scenarios.iter().any(|s| s == "idle") {
             let x = load::idle(&t, args.idle, next_base(args.idle)).await?;
@@ -227,6 +234,56 @@ async fn main() -> anyhow::Result<()> {
                 x.end_to_end_ms, x.lost, x.rss_before_kib, x.rss_after_kib
             );
             r.insert("slow".into(), json!(x));
+        }
+        // Photos shared while everyone chats: chat latency with and without them. The
+        // in-memory routers have no attachments.
+        if scenarios.iter().any(|s| s == "uploads") && !matches!(kind, Kind::Ceiling | Kind::Node) {
+            let photo = std::sync::Arc::new(uploads::photo(args.photo_bytes));
+            let quiet = load::direct(
+                &t,
+                args.pairs,
+                2000,
+                args.seconds,
+                0,
+                next_base(args.pairs * 2),
+            )
+            .await?;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let uploaders = tokio::spawn(uploads::run(
+                t.clone(),
+                args.uploaders,
+                next_base(args.uploaders * 2),
+                photo.clone(),
+                stop.clone(),
+            ));
+            // Let the uploads reach their pace before measuring.
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            let busy = load::direct(
+                &t,
+                args.pairs,
+                2000,
+                args.seconds,
+                0,
+                next_base(args.pairs * 2),
+            )
+            .await?;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let up = uploaders.await?;
+            eprintln!(
+                "   uploads: chat p99 {:.2} ms without, {:.2} ms with {} uploaders ({:.1} photos/s, {:.1} MiB/s, photo message p99 {:.0} ms, {} failed{})",
+                quiet.end_to_end_ms.p99,
+                busy.end_to_end_ms.p99,
+                up.clients,
+                up.per_second,
+                up.mib_per_second,
+                up.photo_message_ms.p99,
+                up.failed,
+                up.first_error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+            );
+            r.insert(
+                "uploads".into(),
+                json!({"rate": 2000, "without_uploads": quiet, "with_uploads": busy, "uploads": up}),
+            );
         }
         results.insert(kind.name(), Value::Object(r));
         drop(t);

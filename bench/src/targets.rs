@@ -293,26 +293,53 @@ impl Target {
         let nats = format!("nats://127.0.0.1:{nats_port}");
         let gw_port = free_port()?;
         let mut env = common_env();
+        // Object storage for attachments: s3s-fs (installed by scripts/test.sh), so uploads
+        // go where a deployment's go, not through the gateway. Without it, no attachments.
+        let s3_bin =
+            std::env::var("INDABA_S3_SERVER").unwrap_or_else(|_| ".tools/s3s-fs/bin/s3s-fs".into());
+        if Path::new(&s3_bin).exists() {
+            let s3_port = free_port()?;
+            let root = dir.0.join("s3");
+            std::fs::create_dir_all(root.join("bench"))?;
+            children.push(
+                Command::new(&s3_bin)
+                    .args(["--host", "127.0.0.1", "--port", &s3_port.to_string()])
+                    .args([
+                        "--access-key",
+                        "bench-key",
+                        "--secret-key",
+                        "bench-secret-0123456789",
+                    ])
+                    .arg(&root)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?,
+            );
+            wait_port(s3_port, "s3s-fs")?;
+            procs.push(proc("s3s-fs", children[children.len() - 1].id()));
+            env.push(("INDABA_S3_BUCKET", "bench".into()));
+            env.push(("INDABA_S3_ENDPOINT", format!("http://127.0.0.1:{s3_port}")));
+            env.push(("INDABA_S3_ACCESS_KEY_ID", "bench-key".into()));
+            env.push((
+                "INDABA_S3_SECRET_ACCESS_KEY",
+                "bench-secret-0123456789".into(),
+            ));
+        }
         env.push(("NATS_URL", nats.clone()));
         env.push(("DATABASE_URL", db));
         env.push(("INDABA_GRPC_LISTEN", "127.0.0.1:0".into()));
         env.push(("INDABA_HTTP_LISTEN", "127.0.0.1:0".into()));
         env.push(("INDABA_DB_POOL_SIZE", "32".into()));
         env.push(("INDABA_GROUP_COMMIT", group_commit.to_string()));
-        children.push(spawn(
-            &bin_dir.join("message-service"),
-            &[],
-            &env,
-            &dir.0.join("message-service.log"),
-        )?);
-        children.push(spawn(
-            &bin_dir.join("presence-service"),
-            &[],
-            &env,
-            &dir.0.join("presence.log"),
-        )?);
-        for (i, name) in [(1, "message-service"), (2, "presence-service")] {
-            procs.push(proc(name, children[i].id()));
+        for name in ["message-service", "presence-service"] {
+            let child = spawn(
+                &bin_dir.join(name),
+                &[],
+                &env,
+                &dir.0.join(format!("{name}.log")),
+            )?;
+            procs.push(proc(name, child.id()));
+            children.push(child);
         }
         env.push(("INDABA_LISTEN", format!("127.0.0.1:{gw_port}")));
         env.push(("INDABA_GATEWAY_ID", "bench-gw".into()));
