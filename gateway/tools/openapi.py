@@ -207,6 +207,49 @@ P["/api/v1/messages/{id}/reads/"] = {"get":op("getMessageReads","Who read a mess
 P["/api/v1/conversations/{id}/pins/"] = {"get":op("listPins","A conversation's pinned messages, most recently pinned first","Pinned messages",
  {"type":"object","required":["conversation_id","messages"],"properties":{"conversation_id":I64,"messages":msgs}},change=False)}
 
+# Attachments: presigned uploads, attachments on sends and messages, members-only downloads.
+S["SendBody"]["required"] = []
+S["SendBody"]["properties"]["text"]["minLength"] = 0
+S["SendBody"]["properties"]["text"]["description"] = "The text; may be empty or left out when the message has attachments"
+S["SendBody"]["properties"]["attachments"] = {"type":"array","maxItems":10,"items":copy.deepcopy(Id),"description":"Upload ids from POST /api/v1/uploads/ (each yours, for this conversation, complete and unused)"}
+S["Attachment"] = {"type":"object","required":["id","filename","content_type","size","url"],"properties":{
+ "id":I64,"filename":{"type":"string"},
+ "content_type":{"type":"string","description":"What the bytes were found to be; application/octet-stream for anything served as a download"},
+ "size":I64,"width":{"type":"integer"},"height":{"type":"integer"},"duration_ms":I64,
+ "url":{"type":"string","description":"GET (members only): a redirect to a short-lived address of the bytes"},
+ "thumbnail":{"type":"string","description":"GET (images): a redirect to a JPEG of at most 320 px"},
+ "waveform":{"type":"array","maxItems":100,"items":{"type":"integer","minimum":0,"maximum":255}}}}
+S["Message"]["properties"]["attachments"] = {"type":"array","items":ref("Attachment")}
+S["UploadBody"] = {"type":"object","additionalProperties":False,"required":["conversation_id","filename","content_type","size"],"properties":{
+ "conversation_id":copy.deepcopy(Id),
+ "filename":{"type":"string","maxLength":1024,"description":"Sanitised: the last path component, no control characters"},
+ "content_type":{"type":"string","maxLength":100,"description":"Checked against the bytes' magic number for images, audio, video and PDF"},
+ "size":{**I64,"minimum":1,"description":"Exactly the bytes that will be sent (at most INDABA_MAX_UPLOAD_BYTES)"},
+ "waveform":{"type":"array","maxItems":100,"items":{"type":"integer","minimum":0,"maximum":255}}}}
+upload_ok = {"type":"object","required":["upload_id","url","method","headers","expires_at"],"properties":{
+ "upload_id":I64,
+ "url":{"type":"string","description":"Where to send the bytes: the object storage (S3), or this gateway's /api/v1/blobs/ path (local storage; resolve it against the gateway's address)"},
+ "method":{"type":"string","enum":["PUT"]},
+ "headers":{"type":"object","additionalProperties":{"type":"string"},"description":"Headers the upload must carry exactly (they are signed)"},
+ "expires_at":{"type":"string","format":"date-time"}}}
+up = {"operationId":"createUpload","summary":"A presigned upload of one file to one conversation; attach it with `attachments` on a send",
+ "requestBody":json_body(ref("UploadBody")),"responses":{"201":ok("A presigned upload",upload_ok),**errs(*common)}}
+up["responses"]["404"] = err("Not a participant of the conversation, or no such conversation (`conversation_not_found`)")
+up["responses"]["413"] = err("Declared size over the limit, or body larger than 64 KiB (`payload_too_large`)")
+up["responses"]["415"] = err("Type not on the allowed list (`unsupported_media_type`)")
+up["responses"]["429"] = err("Rate limited (`rate_limited`) or the daily upload allowance is spent (`quota_exceeded`)")
+P["/api/v1/uploads/"] = {"post":up}
+def download(opid, summary):
+    r = {k: copy.deepcopy(v) for k, v in errs(*common).items() if k != "413"}
+    r["302"] = {"description":"Redirect to a short-lived address of the bytes (`Content-Disposition` with the file name, `X-Content-Type-Options: nosniff`)","headers":{"Location":{"schema":{"type":"string"}}}}
+    r["404"] = err("No such attachment, not a member of its conversation, or its message was deleted (`not_found`)")
+    r["200"] = ok("The short-lived address (with `redirect=false`)",{"type":"object","required":["url","expires_at"],"properties":{"url":{"type":"string"},"expires_at":{"type":"string","format":"date-time"}}})
+    return {"get":{"operationId":opid,"summary":summary,"parameters":[copy.deepcopy(idp),
+      {"name":"redirect","in":"query","required":False,"schema":{"type":"string","enum":["true","false"]},"description":"false: answer 200 with the address as JSON instead of redirecting"}],
+      "responses":r}}
+P["/api/v1/attachments/{id}/"] = download("getAttachment","An attachment's bytes (members only)")
+P["/api/v1/attachments/{id}/thumbnail/"] = download("getAttachmentThumbnail","An image attachment's thumbnail, a JPEG of at most 320 px (members only)")
+
 import os
 json.dump(doc, open(os.path.join(os.path.dirname(__file__), '..', 'openapi.json'), 'w'), indent=1)
 print("paths", len(doc["paths"]))
