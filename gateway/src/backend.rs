@@ -350,11 +350,18 @@ pub(crate) async fn send(ctx: &Ctx, user_id: i64, s: Send) -> Result<(pb::ChatMe
     // carries it on to the delivery (see `bus::trace`).
     let span = tracing::info_span!("chat_message", user_id, trace_id = tracing::field::Empty);
     bus::trace::record_trace_id(&span);
-    // Through the send queue: alone at rest, with the sends queued meanwhile under load.
+    // Through the send queue: alone at rest, with the sends queued meanwhile under load;
+    // a send with attachments always alone (`SendQueue::send_alone`).
     let traceparent = span
         .in_scope(bus::trace::current_traceparent)
         .unwrap_or_default();
-    let mut resp = match ctx.sends.send(req, traceparent).instrument(span).await {
+    let sending = async {
+        match req.attachments.is_empty() {
+            true => ctx.sends.send(req, traceparent).await,
+            false => ctx.sends.send_alone(req, traceparent).await,
+        }
+    };
+    let mut resp = match sending.instrument(span).await {
         Answer::Reply(r) => *r,
         Answer::Unavailable => return Err(BackendError::Unavailable(Service::Message)),
         Answer::BadReply => return Err(BackendError::BadReply(Service::Message)),

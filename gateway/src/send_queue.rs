@@ -36,6 +36,11 @@ use crate::metrics::Metrics;
 /// Requests in flight at once per gateway: one is answered while the next fills.
 pub(crate) const SLOTS: usize = 4;
 
+/// How long a send with attachments may take: checking its files (storage round trips, an
+/// image decoded, stripped and thumbnailed, perhaps behind others) takes seconds, not the
+/// milliseconds of a commit.
+pub(crate) const ATTACHMENT_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long batches are not tried again after a "no responders".
 const RECHECK_AFTER: Duration = Duration::from_secs(30);
 
@@ -148,6 +153,18 @@ impl SendQueue {
         // Every drain task re-checks the queue after letting its slot go, so a send queued
         // while all slots were busy is always taken.
         rx.await.unwrap_or(Answer::Unavailable)
+    }
+
+    /// A send with attachments: on its own request beside the queue, never in a batch. A
+    /// batch is answered when its slowest send is, and checking files is slow: in the queue
+    /// it would hold one of the [`SLOTS`], and every chat message behind it, for seconds.
+    pub(crate) async fn send_alone(
+        &self,
+        req: pb::SendMessageRequest,
+        traceparent: String,
+    ) -> Answer {
+        self.request(&req, &traceparent, ATTACHMENT_SEND_TIMEOUT)
+            .await
     }
 
     /// Sends what is queued, batch after batch, until the queue is empty.
@@ -287,6 +304,16 @@ impl SendQueue {
     /// One send on its own request (its trace in the `traceparent` header, as the bus
     /// sets it for requests made inside a span).
     async fn one(&self, req: &pb::SendMessageRequest, traceparent: &str) -> Answer {
+        self.request(req, traceparent, self.timeout).await
+    }
+
+    /// One `MSG_SEND` request, answered within `timeout`.
+    async fn request(
+        &self,
+        req: &pb::SendMessageRequest,
+        traceparent: &str,
+        timeout: Duration,
+    ) -> Answer {
         let headers: Vec<(&str, &str)> = if traceparent.is_empty() {
             Vec::new()
         } else {
@@ -298,7 +325,7 @@ impl SendQueue {
                 subjects::MSG_SEND,
                 &headers,
                 Bytes::from(req.encode_to_vec()),
-                self.timeout,
+                timeout,
             )
             .await
         {

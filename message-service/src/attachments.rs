@@ -329,17 +329,19 @@ async fn examine(
         .map_err(storage_error)?;
     let kind = checked.content_type.clone();
     let max_pixels = limits.max_image_pixels;
-    // One image at a time per instance: decoding is CPU work that chat must not wait on.
-    let _slot = inner
-        .media_slots
-        .acquire()
+    // Within the instance's media budget: decoding is CPU work chat must not wait behind.
+    let (cleaned, took) = inner
+        .media
+        .run(move || {
+            let started = std::time::Instant::now();
+            (
+                media::clean_image(data, &kind, max_pixels),
+                started.elapsed(),
+            )
+        })
         .await
-        .map_err(|_| refusal(ErrorCode::Unavailable, "message-service is stopping; retry"))?;
-    let started = std::time::Instant::now();
-    let cleaned = tokio::task::spawn_blocking(move || media::clean_image(data, &kind, max_pixels))
-        .await
-        .map_err(|_| refusal(ErrorCode::Internal, "image processing failed"))?;
-    crate::metrics::image_processed(started.elapsed());
+        .ok_or_else(|| refusal(ErrorCode::Internal, "image processing failed"))?;
+    crate::metrics::image_processed(took);
     let clean = cleaned.map_err(|e| match e {
         ImageError::TooManyPixels { .. } => {
             refusal(ErrorCode::ImageTooLarge, format!("attachment {id}: {e}"))
@@ -375,19 +377,13 @@ async fn audio_duration(
         .read(key, limits.max_bytes)
         .await
         .map_err(storage_error)?;
-    let _slot = inner
-        .media_slots
-        .acquire()
-        .await
-        .map_err(|_| refusal(ErrorCode::Unavailable, "message-service is stopping; retry"))?;
     // A malformed file that trips the demuxer costs the duration, not the message.
-    Ok(
-        tokio::task::spawn_blocking(move || media::audio_duration_ms(data))
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(0),
-    )
+    Ok(inner
+        .media
+        .run(move || media::audio_duration_ms(data))
+        .await
+        .flatten()
+        .unwrap_or(0))
 }
 
 /// A short-lived address of an attachment (or its thumbnail) for a member of its

@@ -3,8 +3,8 @@
 //! count read from the header before anything is decoded, metadata (EXIF with its GPS
 //! position, XMP, IPTC, comments) removed without re-encoding, and a JPEG thumbnail.
 //!
-//! No I/O: message-service's attachment checks (`attachments`) feed it bytes on a
-//! blocking thread.
+//! No I/O: message-service's attachment checks (`attachments`) feed it bytes, and
+//! [`MediaBudget`] runs the work on a blocking thread within its CPU share.
 
 use std::io::Cursor;
 
@@ -14,6 +14,38 @@ use img_parts::jpeg::{markers, Jpeg, JpegSegment};
 use img_parts::png::Png;
 use img_parts::webp::WebP;
 use img_parts::ImageEXIF;
+
+/// Image and audio work of one instance: one job at a time, and at most `share` of one core
+/// over time (a job that took 20 ms at a share of 0.5 lets the next start 40 ms after it
+/// started). Chat comes first: past the share photos wait, messages do not.
+#[derive(Debug)]
+pub(crate) struct MediaBudget {
+    next_start: tokio::sync::Mutex<tokio::time::Instant>,
+    share: f64,
+}
+
+impl MediaBudget {
+    /// A budget of `ms_per_sec` milliseconds of work per second (at most 1000).
+    pub(crate) fn new(ms_per_sec: u64) -> MediaBudget {
+        MediaBudget {
+            next_start: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+            share: (ms_per_sec.clamp(1, 1000) as f64) / 1000.0,
+        }
+    }
+
+    /// Runs `job` on a blocking thread when the budget allows; `None` if it panicked.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let mut next = self.next_start.lock().await;
+        tokio::time::sleep_until(*next).await;
+        let started = tokio::time::Instant::now();
+        let out = tokio::task::spawn_blocking(job).await.ok();
+        *next = started + started.elapsed().div_f64(self.share);
+        out
+    }
+}
 
 /// How many leading bytes [`sniff`] needs.
 pub(crate) const SNIFF_BYTES: u64 = 64;

@@ -70,6 +70,10 @@ pub struct Uploads {
     /// How long a client has to send an upload's bytes (`INDABA_UPLOAD_URL_TTL_SECS`,
     /// default 15 minutes).
     pub url_ttl: std::time::Duration,
+    /// Milliseconds of image and audio work per second one instance may spend
+    /// (`INDABA_MEDIA_CPU_MS_PER_SEC`, default 500: half a core; photos wait past it, chat
+    /// does not).
+    pub media_cpu_ms_per_sec: u64,
     /// Images with more pixels are refused before decoding (50 megapixels: beyond any
     /// phone camera, far below a decompression bomb).
     pub max_image_pixels: u64,
@@ -112,6 +116,8 @@ impl Uploads {
                 900,
                 1,
             )?),
+            media_cpu_ms_per_sec: config::integer(get, env::MEDIA_CPU_MS_PER_SEC, 500, 10)?
+                .min(1000),
             max_image_pixels: 50_000_000,
         })
     }

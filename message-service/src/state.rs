@@ -62,8 +62,8 @@ pub(crate) struct Inner {
     commits: AtomicU64,
     /// Where attachments live (`None`: not configured).
     pub(crate) storage: Option<storage::Storage>,
-    /// Images processed at once (one: decoding must not take chat's CPU).
-    pub(crate) media_slots: Semaphore,
+    /// Image and audio work: one job at a time, within its CPU share.
+    pub(crate) media: crate::media::MediaBudget,
 }
 
 /// The receiving ends of [`Inner`]'s worker queues, for the tasks `App::run` starts.
@@ -93,6 +93,7 @@ impl Inner {
             settings.group_commit,
             settings.send_queue_budget,
         );
+        let media_ms = settings.uploads.media_cpu_ms_per_sec;
         let (push, push_rx) = PushQueue::channel();
         let (outgoing, outgoing_rx) = Outgoing::channel();
         let inner = Inner {
@@ -111,7 +112,7 @@ impl Inner {
             recent: Recent::default(),
             commits: AtomicU64::new(0),
             storage,
-            media_slots: Semaphore::new(1),
+            media: crate::media::MediaBudget::new(media_ms),
         };
         let workers = Workers {
             sends: sends_rx,

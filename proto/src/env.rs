@@ -172,6 +172,9 @@ pub const MAX_UPLOAD_BYTES: &str = "INDABA_MAX_UPLOAD_BYTES";
 pub const UPLOAD_ALLOWED_TYPES: &str = "INDABA_UPLOAD_ALLOWED_TYPES";
 /// How long an upload URL is valid, in seconds (default 900).
 pub const UPLOAD_URL_TTL_SECS: &str = "INDABA_UPLOAD_URL_TTL_SECS";
+/// Milliseconds of image and audio processing per second one message-service may spend
+/// (default 500, at most 1000).
+pub const MEDIA_CPU_MS_PER_SEC: &str = "INDABA_MEDIA_CPU_MS_PER_SEC";
 /// Bytes one user may upload per 24 hours (default 500 MiB).
 pub const UPLOAD_DAILY_QUOTA_BYTES: &str = "INDABA_UPLOAD_DAILY_QUOTA_BYTES";
 

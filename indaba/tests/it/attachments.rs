@@ -783,3 +783,137 @@ async fn flow(n: &Node) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// The gRPC door runs the same operations: a backend creates the upload, the bytes go to S3,
+/// the send attaches them, members get an address and anyone else `NOT_FOUND`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_over_grpc() {
+    use proto::pb;
+    use tonic::metadata::MetadataValue;
+    const KEY: &str = "backend-0123456789abcdef";
+    fn with_key<T>(msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        let v: MetadataValue<_> = format!("Bearer {KEY}").parse().expect("metadata");
+        r.metadata_mut().insert("authorization", v);
+        r
+    }
+    let nats = Nats::start();
+    let db = fresh_database().await;
+    let s3 = S3Server::start();
+    let env = s3.env();
+    let get = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let mut settings = message_service_settings(&nats.url(), &db);
+    settings.storage = storage::StorageSettings::from_source(&get, None).expect("s3");
+    settings.grpc_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    settings.grpc_keys =
+        proto::grpc_auth::ApiKeys::parse(&format!("django:{KEY}:rw")).expect("keys");
+    let app = message_service::App::build(settings).await.expect("build");
+    let grpc = app.grpc_addr().expect("grpc");
+    let _ms = run_with_stop(|rx| app.run(stopped(rx)));
+    let mut c = pb::message_service_client::MessageServiceClient::connect(format!("http://{grpc}"))
+        .await
+        .expect("connect");
+
+    let conv = c
+        .create_conversation(with_key(pb::CreateConversationRequest {
+            creator_id: 10,
+            participant_ids: vec![20],
+            ..Default::default()
+        }))
+        .await
+        .expect("create")
+        .into_inner();
+    let Some(pb::create_conversation_response::Result::Conversation(conv)) = conv.result else {
+        panic!("no conversation");
+    };
+    let bytes = png(64, 32);
+    let slot = c
+        .create_upload(with_key(pb::CreateUploadRequest {
+            user_id: 10,
+            conversation_id: conv.id,
+            filename: "floor plan.png".into(),
+            content_type: "image/png".into(),
+            size: i64::try_from(bytes.len()).expect("len"),
+            ..Default::default()
+        }))
+        .await
+        .expect("upload")
+        .into_inner();
+    assert!(slot.url.starts_with(&s3.endpoint()), "{}", slot.url);
+    let headers: Vec<(&str, &str)> = slot
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("content-length"))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let gw: SocketAddr = "127.0.0.1:1".parse().expect("unused");
+    assert_eq!(
+        raw(gw, "PUT", &slot.url, &headers, &bytes).await.status,
+        200
+    );
+    let sent = c
+        .send_message(with_key(pb::SendMessageRequest {
+            sender_id: 10,
+            conversation_id: Some(conv.id),
+            attachments: vec![slot.upload_id],
+            ..Default::default()
+        }))
+        .await
+        .expect("send")
+        .into_inner();
+    let Some(pb::send_message_response::Result::Message(m)) = sent.result else {
+        panic!("not sent: {sent:?}");
+    };
+    let a = &m.attachments[0];
+    assert_eq!(
+        (
+            a.id,
+            a.filename.as_str(),
+            a.width,
+            a.height,
+            a.has_thumbnail
+        ),
+        (slot.upload_id, "floor plan.png", 64, 32, true)
+    );
+
+    let url = c
+        .get_attachment_url(with_key(pb::GetAttachmentUrlRequest {
+            user_id: 20,
+            attachment_id: a.id,
+            thumbnail: false,
+        }))
+        .await
+        .expect("url")
+        .into_inner()
+        .url;
+    let got = raw(gw, "GET", &url, &[], b"").await;
+    assert_eq!(got.status, 200);
+    assert_eq!(image::load_from_memory(&got.body).expect("png").width(), 64);
+
+    let stranger = c
+        .get_attachment_url(with_key(pb::GetAttachmentUrlRequest {
+            user_id: 99,
+            attachment_id: a.id,
+            thumbnail: false,
+        }))
+        .await
+        .expect_err("not a member");
+    assert_eq!(stranger.code(), tonic::Code::NotFound);
+    let refused = c
+        .create_upload(with_key(pb::CreateUploadRequest {
+            user_id: 10,
+            conversation_id: conv.id,
+            filename: "run.exe".into(),
+            content_type: "application/x-msdownload".into(),
+            size: 10,
+            ..Default::default()
+        }))
+        .await
+        .expect_err("a disallowed type");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains("not an allowed type"),
+        "{}",
+        refused.message()
+    );
+}
