@@ -61,6 +61,14 @@ struct Args {
     /// Clients uploading photos in the `uploads` scenario (beside `direct` at 2,000/s).
     #[arg(long, default_value_t = 50)]
     uploaders: usize,
+    /// What the `uploads` scenario sends: `photo` (a JPEG: checked, stripped, thumbnailed) or
+    /// `pdf` (only its first bytes read).
+    #[arg(long, default_value = "photo")]
+    upload_kind: String,
+    /// Each uploader's rate in kbit/s (0: as fast as loopback allows; 4000 is a phone's
+    /// uplink).
+    #[arg(long, default_value_t = 0)]
+    upload_kbps: u64,
     /// Size of each photo in the `uploads` scenario, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
     photo_bytes: usize,
@@ -238,7 +246,10 @@ async fn main() -> anyhow::Result<()> {
         // Photos shared while everyone chats: chat latency with and without them. The
         // in-memory routers have no attachments.
         if scenarios.iter().any(|s| s == "uploads") && !matches!(kind, Kind::Ceiling | Kind::Node) {
-            let photo = std::sync::Arc::new(uploads::photo(args.photo_bytes));
+            let photo = std::sync::Arc::new(uploads::Upload::of_kind(
+                &args.upload_kind,
+                args.photo_bytes,
+            )?);
             let quiet = load::direct(
                 &t,
                 args.pairs,
@@ -254,6 +265,7 @@ async fn main() -> anyhow::Result<()> {
                 args.uploaders,
                 next_base(args.uploaders * 2),
                 photo.clone(),
+                args.upload_kbps,
                 stop.clone(),
             ));
             // Let the uploads reach their pace before measuring.

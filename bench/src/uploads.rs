@@ -21,6 +21,9 @@ use crate::targets::{http, Target};
 pub struct UploadsResult {
     pub clients: usize,
     pub photo_bytes: usize,
+    pub content_type: &'static str,
+    /// Each client's upload rate (0: unlimited).
+    pub kbps_per_client: u64,
     /// Photos uploaded and sent as messages.
     pub completed: u64,
     pub failed: u64,
@@ -31,6 +34,44 @@ pub struct UploadsResult {
     pub photo_message_ms: Latency,
     /// The first failure seen, if any.
     pub first_error: Option<String>,
+}
+
+/// What the uploaders send: a photo (checked, stripped, thumbnailed) or a document of the
+/// same size (only its first bytes are read): the second shows what the bytes cost, the
+/// first what processing costs on top.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub bytes: Vec<u8>,
+    pub content_type: &'static str,
+    pub filename: &'static str,
+}
+
+impl Upload {
+    pub fn of_kind(kind: &str, size: usize) -> anyhow::Result<Upload> {
+        Ok(match kind {
+            "photo" => Upload {
+                bytes: photo(size),
+                content_type: "image/jpeg",
+                filename: "room.jpg",
+            },
+            "pdf" => {
+                let mut bytes = b"%PDF-1.4\n".to_vec();
+                let mut x = 0x9e37_79b9_7f4a_7c15u64;
+                while bytes.len() < size {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    bytes.push(x as u8);
+                }
+                Upload {
+                    bytes,
+                    content_type: "application/pdf",
+                    filename: "contract.pdf",
+                }
+            }
+            other => anyhow::bail!("unknown upload kind {other:?} (photo or pdf)"),
+        })
+    }
 }
 
 /// A JPEG of about `target` bytes: camera-like noise, so it compresses like a photo.
@@ -69,7 +110,8 @@ pub async fn run(
     t: Arc<Target>,
     clients: usize,
     base_user: i64,
-    photo: Arc<Vec<u8>>,
+    photo: Arc<Upload>,
+    kbps: u64,
     stop: Arc<AtomicBool>,
 ) -> UploadsResult {
     let hist = Arc::new(Mutex::new(
@@ -91,16 +133,29 @@ pub async fn run(
             let token = t.token(user);
             let body =
                 json!({"receiver_id": user + clients as i64, "text": "photos follow"}).to_string();
-            let conv = match http(t.addr, "POST", "/api/v1/messages/", Some(&token), &body).await {
-                Ok((201, v)) => v["conversation_id"].as_i64().unwrap_or(0),
-                other => {
-                    fail(&failures, format!("first message: {other:?}"));
-                    return;
+            // The first message makes the conversation; refused as overloaded (it lands
+            // beside the chat load), it is retried, as a client would.
+            let mut conv = 0;
+            for _ in 0..50 {
+                match http(t.addr, "POST", "/api/v1/messages/", Some(&token), &body).await {
+                    Ok((201, v)) => {
+                        conv = v["conversation_id"].as_i64().unwrap_or(0);
+                        break;
+                    }
+                    Ok((503, _)) => tokio::time::sleep(Duration::from_millis(300)).await,
+                    other => {
+                        fail(&failures, format!("first message: {other:?}"));
+                        return;
+                    }
                 }
-            };
+            }
+            if conv == 0 {
+                fail(&failures, "first message: refused 50 times".into());
+                return;
+            }
             while !stop.load(Ordering::Relaxed) {
                 let t0 = Instant::now();
-                match one(t.addr, &token, conv, &photo).await {
+                match one(t.addr, &token, conv, &photo, kbps).await {
                     Ok(()) => {
                         let us = u64::try_from(t0.elapsed().as_micros())
                             .unwrap_or(u64::MAX)
@@ -124,12 +179,14 @@ pub async fn run(
     let (failed, first_error) = failures.lock().expect("lock").clone();
     UploadsResult {
         clients,
-        photo_bytes: photo.len(),
+        photo_bytes: photo.bytes.len(),
+        content_type: photo.content_type,
+        kbps_per_client: kbps,
         completed,
         failed,
         seconds,
         per_second: completed as f64 / seconds,
-        mib_per_second: completed as f64 * photo.len() as f64 / seconds / 1_048_576.0,
+        mib_per_second: completed as f64 * photo.bytes.len() as f64 / seconds / 1_048_576.0,
         photo_message_ms: Latency::of(&h),
         first_error,
     }
@@ -142,8 +199,15 @@ fn fail(f: &Mutex<(u64, Option<String>)>, e: String) {
 }
 
 /// One photo: slot, bytes, message.
-async fn one(gateway: SocketAddr, token: &str, conv: i64, photo: &[u8]) -> anyhow::Result<()> {
-    let body = json!({"conversation_id": conv, "filename": "room.jpg", "content_type": "image/jpeg", "size": photo.len()}).to_string();
+async fn one(
+    gateway: SocketAddr,
+    token: &str,
+    conv: i64,
+    upload: &Upload,
+    kbps: u64,
+) -> anyhow::Result<()> {
+    let photo = &upload.bytes[..];
+    let body = json!({"conversation_id": conv, "filename": upload.filename, "content_type": upload.content_type, "size": photo.len()}).to_string();
     let (status, slot) = http(gateway, "POST", "/api/v1/uploads/", Some(token), &body).await?;
     anyhow::ensure!(status == 201, "upload slot: {status} {slot}");
     let url = slot["url"].as_str().unwrap_or("");
@@ -166,7 +230,19 @@ async fn one(gateway: SocketAddr, token: &str, conv: i64, photo: &[u8]) -> anyho
     head.push_str("\r\n");
     let mut s = tokio::net::TcpStream::connect(&host).await?;
     s.write_all(head.as_bytes()).await?;
-    s.write_all(photo).await?;
+    // At a phone's uplink rate when one is given, else as fast as loopback takes it.
+    match kbps {
+        0 => s.write_all(photo).await?,
+        _ => {
+            let started = Instant::now();
+            for (i, chunk) in photo.chunks(16 * 1024).enumerate() {
+                s.write_all(chunk).await?;
+                let sent_bits = ((i + 1) * 16 * 1024 * 8) as f64;
+                let due = Duration::from_secs_f64(sent_bits / (kbps as f64 * 1000.0));
+                tokio::time::sleep_until((started + due).into()).await;
+            }
+        }
+    }
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut buf)).await??;
     let answer = String::from_utf8_lossy(&buf[..buf.len().min(200)]).into_owned();

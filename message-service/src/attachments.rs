@@ -3,8 +3,10 @@
 //! needed. Every door reaches these through `ops` (NATS and gRPC alike), so the rules —
 //! size, type, quota, membership, one use — hold for every caller.
 //!
-//! Attaching copies the upload to a key no client can write before anything is checked,
-//! so nobody can swap the bytes after the check with a still-valid upload URL.
+//! What is served is what was checked: it lives under a key no client can write (images
+//! and voice notes are read once and the checked bytes written there; other files are
+//! copied there inside the storage before their first bytes are read), so nobody can swap
+//! the bytes after the check with a still-valid upload URL.
 
 use std::time::Duration;
 
@@ -259,15 +261,7 @@ async fn check(
             ),
         ));
     }
-    // From here on the bytes are in a key only this service writes.
     let final_key = new_key("a");
-    match storage.copy(&u.upload_key, &final_key).await {
-        Ok(()) => {}
-        Err(StorageError::NotFound) => {
-            return Err(invalid_attachment(id, "nothing was uploaded yet"))
-        }
-        Err(e) => return Err(storage_error(e)),
-    }
     let checked = match examine(inner, storage, u, &final_key, limits).await {
         Ok(c) => c,
         Err(e) => {
@@ -288,19 +282,50 @@ async fn check(
         .ok_or_else(|| refusal(ErrorCode::Internal, "checked upload has no view"))
 }
 
-/// The type and, for images, the stripped bytes and thumbnail of the object at `key`.
+/// Checks an upload and stores what is served under `final_key`, a key only this service
+/// writes, so what was checked is what is served even if the client sends other bytes with
+/// its still-valid upload URL. Images and voice notes are read once and what was read is
+/// checked, processed and written; anything else is copied inside the storage and its first
+/// bytes read from the copy.
 async fn examine(
     inner: &Inner,
     storage: &Storage,
     u: &Upload,
-    key: &str,
+    final_key: &str,
     limits: &Uploads,
 ) -> Result<Checked, StoreError> {
     let id = u.id;
-    let head = storage
-        .read_prefix(key, media::SNIFF_BYTES)
-        .await
-        .map_err(storage_error)?;
+    let declared = media::normalise(&u.declared_type);
+    let whole = media::is_processed_image(&declared) || declared.starts_with("audio/");
+    let data = match whole {
+        true => {
+            let data = storage
+                .read(&u.upload_key, limits.max_bytes)
+                .await
+                .map_err(|e| missing_or(e, id))?;
+            if i64::try_from(data.len()).ok() != Some(u.declared_size) {
+                return Err(refusal(
+                    ErrorCode::SizeMismatch,
+                    format!("attachment {id}: the object changed size while it was checked"),
+                ));
+            }
+            Some(data)
+        }
+        false => {
+            storage
+                .copy(&u.upload_key, final_key)
+                .await
+                .map_err(|e| missing_or(e, id))?;
+            None
+        }
+    };
+    let head = match &data {
+        Some(d) => d.slice(..d.len().min(media::SNIFF_BYTES as usize)),
+        None => storage
+            .read_prefix(final_key, media::SNIFF_BYTES)
+            .await
+            .map_err(storage_error)?,
+    };
     let content_type = media::stored_type(&u.declared_type, media::sniff(&head)).map_err(|()| {
         refusal(
             ErrorCode::TypeMismatch,
@@ -308,7 +333,7 @@ async fn examine(
         )
     })?;
     let mut checked = Checked {
-        final_key: key.to_owned(),
+        final_key: final_key.to_owned(),
         thumbnail_key: None,
         content_type,
         stored_size: u.declared_size,
@@ -316,17 +341,24 @@ async fn examine(
         height: 0,
         duration_ms: 0,
     };
+    let Some(data) = data else {
+        return Ok(checked);
+    };
     if checked.content_type.starts_with("audio/") {
-        checked.duration_ms = audio_duration(inner, storage, key, limits).await?;
+        // A malformed file that trips the demuxer costs the duration, not the message.
+        let audio = data.clone();
+        checked.duration_ms = inner
+            .media
+            .run(move || media::audio_duration_ms(audio))
+            .await
+            .flatten()
+            .unwrap_or(0);
+        storage
+            .write(final_key, data, &checked.content_type)
+            .await
+            .map_err(storage_error)?;
         return Ok(checked);
     }
-    if !media::is_processed_image(&checked.content_type) {
-        return Ok(checked);
-    }
-    let data = storage
-        .read(key, limits.max_bytes)
-        .await
-        .map_err(storage_error)?;
     let kind = checked.content_type.clone();
     let max_pixels = limits.max_image_pixels;
     // Within the instance's media budget: decoding is CPU work chat must not wait behind.
@@ -350,10 +382,10 @@ async fn examine(
             refusal(ErrorCode::TypeMismatch, format!("attachment {id}: {e}"))
         }
     })?;
-    let thumb_key = format!("{key}-thumb");
+    let thumb_key = format!("{final_key}-thumb");
     checked.stored_size = i64::try_from(clean.bytes.len()).unwrap_or(i64::MAX);
     storage
-        .write(key, clean.bytes, &checked.content_type)
+        .write(final_key, clean.bytes, &checked.content_type)
         .await
         .map_err(storage_error)?;
     storage
@@ -366,24 +398,17 @@ async fn examine(
     Ok(checked)
 }
 
-/// A voice note's length (0 when it cannot be read: the note is still sent, without one).
-async fn audio_duration(
-    inner: &Inner,
-    storage: &Storage,
-    key: &str,
-    limits: &Uploads,
-) -> Result<i64, StoreError> {
-    let data = storage
-        .read(key, limits.max_bytes)
-        .await
-        .map_err(storage_error)?;
-    // A malformed file that trips the demuxer costs the duration, not the message.
-    Ok(inner
-        .media
-        .run(move || media::audio_duration_ms(data))
-        .await
-        .flatten()
-        .unwrap_or(0))
+/// An upload object that went missing between its size and its bytes is not there; any
+/// other failure is the storage's.
+fn missing_or(e: StorageError, id: i64) -> StoreError {
+    match e {
+        StorageError::NotFound => invalid_attachment(id, "nothing was uploaded yet"),
+        StorageError::TooLarge(_) => refusal(
+            ErrorCode::SizeMismatch,
+            format!("attachment {id}: the object is larger than declared"),
+        ),
+        e => storage_error(e),
+    }
 }
 
 /// A short-lived address of an attachment (or its thumbnail) for a member of its
