@@ -299,7 +299,12 @@ impl Target {
             std::env::var("INDABA_S3_SERVER").unwrap_or_else(|_| ".tools/s3s-fs/bin/s3s-fs".into());
         if Path::new(&s3_bin).exists() {
             let s3_port = free_port()?;
-            let root = dir.0.join("s3");
+            // `INDABA_BENCH_S3_DIR` puts the objects on another disk (e.g. /dev/shm), as a
+            // deployment's storage is not on the database's disk.
+            let root = match std::env::var_os("INDABA_BENCH_S3_DIR") {
+                Some(d) => PathBuf::from(d).join(format!("indaba-bench-s3-{}", std::process::id())),
+                None => dir.0.join("s3"),
+            };
             std::fs::create_dir_all(root.join("bench"))?;
             children.push(
                 Command::new(&s3_bin)
