@@ -917,3 +917,85 @@ async fn attachments_over_grpc() {
         refused.message()
     );
 }
+
+/// The lifecycle: an upload never attached is removed a day later, and a message removed by
+/// retention takes its objects with it (both by the sweep, within seconds of coming due).
+#[tokio::test]
+async fn stale_uploads_and_retention_remove_the_objects() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = dir.path().to_owned();
+    let gateway_dir = local.clone();
+    let cluster = TestCluster::builder()
+        .gateway_settings(move |g| g.storage_dir = Some(gateway_dir.clone()))
+        .message_service_settings(move |m| {
+            m.storage = storage::StorageSettings::Local { dir: local.clone() };
+            m.retention = Some(Duration::from_secs(86_400));
+        })
+        .build()
+        .await;
+    let n = Node {
+        addr: cluster.gw(0),
+        s3: None,
+        _keep: Box::new(()),
+    };
+    let alice = token(1);
+    let conv = direct(&n, &alice, 2).await;
+    let kept = upload(&n, &alice, conv, "door.png", "image/png", &png(30, 20)).await;
+    let (status, m) = send(&n, &alice, conv, "the door", &[kept]).await;
+    assert_eq!(status, 201, "{m}");
+    let never = upload(&n, &alice, conv, "draft.png", "image/png", &png(10, 10)).await;
+    let location = redirect(&n, &token(2), &format!("/api/v1/attachments/{kept}/")).await;
+    assert_eq!(raw(n.addr, "GET", &location, &[], b"").await.status, 200);
+    let files = || walk(&dir.path().join("objects"));
+    assert_eq!(
+        files(),
+        3,
+        "the attachment, its thumbnail and the draft's upload"
+    );
+
+    // A day passes for the draft, two for the message.
+    let pool = sqlx::PgPool::connect(cluster.db()).await.expect("pg");
+    sqlx::query("UPDATE uploads SET created_at_ms = created_at_ms - 90000000 WHERE id = $1")
+        .bind(never)
+        .execute(&pool)
+        .await
+        .expect("age the draft");
+    sqlx::query("UPDATE messages SET created_at_ms = created_at_ms - 172800000 WHERE id = $1")
+        .bind(m["message_id"].as_i64().expect("id"))
+        .execute(&pool)
+        .await
+        .expect("age the message");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM uploads")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        if rows == 0 && files() == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{rows} upload rows and {} files left",
+            files()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(raw(n.addr, "GET", &location, &[], b"").await.status, 404);
+    drop(cluster);
+}
+
+/// Files under `dir`, recursively.
+fn walk(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.file_type().map(|t| t.is_dir()) {
+                    Ok(true) => walk(&e.path()),
+                    _ => 1,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
