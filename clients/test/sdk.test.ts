@@ -130,11 +130,11 @@ describe('messaging', () => {
 
 describe('attachments', () => {
   it('upload() sends the bytes to storage with progress; sendMessage({attachments}) delivers them; attachmentUrl() fetches them', async () => {
-    const a = clients.make(11);
-    const b = clients.make(12);
+    const a = clients.make(71);
+    const b = clients.make(72);
     await connected(a, b);
     const got = collect(b, 'new_message');
-    const first = await a.sendMessage({ receiverId: 12, text: 'the contract follows' });
+    const first = await a.sendMessage({ receiverId: 72, text: 'the contract follows' });
     const pdf = new TextEncoder().encode('%PDF-1.4\n% a contract\n');
     const progress: number[] = [];
     const up = await a.upload(pdf, { conversationId: first.conversation_id, filename: 'contract.pdf', contentType: 'application/pdf', onProgress: (sent) => progress.push(sent) });
