@@ -275,11 +275,7 @@ async fn check(
     if let Err(e) = storage.delete(&u.upload_key).await {
         tracing::debug!(error = %e, upload = id, "upload object left for the sweep");
     }
-    let mut checked_upload = u.clone();
-    checked_upload.checked = Some(checked);
-    checked_upload
-        .view()
-        .ok_or_else(|| refusal(ErrorCode::Internal, "checked upload has no view"))
+    Ok(u.view_as(&checked))
 }
 
 /// Checks an upload and stores what is served under `final_key`, a key only this service

@@ -112,10 +112,12 @@ impl Storage {
 
     /// The whole object, refused when it is over `limit` bytes.
     pub async fn read(&self, key: &str, limit: u64) -> Result<Bytes, StorageError> {
-        match self {
-            Storage::Local(l) => l.read(key, limit).await,
-            Storage::S3(s) => s.read(key, limit).await,
+        // One byte past the limit tells "too large" from "exactly the limit".
+        let data = self.read_prefix(key, limit.saturating_add(1)).await?;
+        if data.len() as u64 > limit {
+            return Err(StorageError::TooLarge(limit));
         }
+        Ok(data)
     }
 
     /// The object's first `n` bytes (fewer when it is shorter).

@@ -216,14 +216,6 @@ impl Local {
         }
     }
 
-    pub(crate) async fn read(&self, key: &str, limit: u64) -> Result<Bytes, StorageError> {
-        let data = self.read_prefix(key, limit.saturating_add(1)).await?;
-        if data.len() as u64 > limit {
-            return Err(StorageError::TooLarge(limit));
-        }
-        Ok(data)
-    }
-
     pub(crate) async fn read_prefix(&self, key: &str, n: u64) -> Result<Bytes, StorageError> {
         let file = tokio::fs::File::open(self.path(key)?)
             .await

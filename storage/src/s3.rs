@@ -172,14 +172,6 @@ impl S3 {
         }
     }
 
-    pub(crate) async fn read(&self, key: &str, limit: u64) -> Result<Bytes, StorageError> {
-        let data = self.read_prefix(key, limit.saturating_add(1)).await?;
-        if data.len() as u64 > limit {
-            return Err(StorageError::TooLarge(limit));
-        }
-        Ok(data)
-    }
-
     pub(crate) async fn read_prefix(&self, key: &str, n: u64) -> Result<Bytes, StorageError> {
         if n == 0 {
             return Ok(Bytes::new());

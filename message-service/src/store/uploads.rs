@@ -56,8 +56,12 @@ pub(crate) struct Checked {
 impl Upload {
     /// The readers' view of this upload once attached.
     pub(crate) fn view(&self) -> Option<pb::Attachment> {
-        let c = self.checked.as_ref()?;
-        Some(pb::Attachment {
+        self.checked.as_ref().map(|c| self.view_as(c))
+    }
+
+    /// The readers' view of this upload as `c` found it.
+    pub(crate) fn view_as(&self, c: &Checked) -> pb::Attachment {
+        pb::Attachment {
             id: self.id,
             filename: self.filename.clone(),
             content_type: c.content_type.clone(),
@@ -67,7 +71,7 @@ impl Upload {
             duration_ms: c.duration_ms,
             has_thumbnail: c.thumbnail_key.is_some(),
             waveform: self.waveform.clone(),
-        })
+        }
     }
 }
 
